@@ -1,0 +1,38 @@
+"""fastdrop: memory-speed CPU dropout with exact, bit-packed, counter-based masks.
+
+Layers, each using only the ones above it:
+
+1. ``fastdrop.rng`` -- the Philox4x32-10 block function;
+2. ``fastdrop.maskstream`` -- which random bits each element gets (docs/mask-stream.md);
+3. ``fastdrop.reference`` -- the spec executed in NumPy (the oracle);
+4. ``fastdrop.kernels`` -- compiled kernels, one module per backend;
+5. this module -- validation, dispatch, `Generator`, threads.
+
+``import fastdrop`` imports NumPy only; a compiled backend loads on first use.
+"""
+from . import reference
+from ._api import bernoulli_mask, dropout, dropout_backward, dropout_backward_recompute
+from ._backends import available_backends
+from ._config import get_num_threads, set_num_threads
+from ._mask import DropoutMask, pack_mask, unpack_mask
+from .generator import Generator, default_generator
+from .rng import philox4x32_10
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "DropoutMask",
+    "Generator",
+    "available_backends",
+    "bernoulli_mask",
+    "default_generator",
+    "dropout",
+    "dropout_backward",
+    "dropout_backward_recompute",
+    "get_num_threads",
+    "pack_mask",
+    "philox4x32_10",
+    "reference",
+    "set_num_threads",
+    "unpack_mask",
+]

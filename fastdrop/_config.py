@@ -1,0 +1,88 @@
+"""Run-time configuration: thread count and the sizes that decide how kernels split work.
+
+Defaults:
+
+- threads: ``FASTDROP_NUM_THREADS`` if set, else the CPUs this process may run on.
+- ``SERIAL_ELEMENTS``: arrays with fewer elements run on one thread (a parallel
+  launch costs more than it saves below this size).
+"""
+import os
+import threading
+import warnings
+
+SERIAL_ELEMENTS = 1 << 15
+ENV_THREADS = "FASTDROP_NUM_THREADS"
+
+
+def available_cpus():
+    """Number of CPUs this process may run on."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+
+
+def _threads_from_environment():
+    text = os.environ.get(ENV_THREADS)
+    if text is None or not text.strip():
+        return available_cpus()
+    try:
+        threads = int(text)
+        if threads < 1:
+            raise ValueError
+    except ValueError:
+        warnings.warn(
+            f"{ENV_THREADS}={text!r} is not a positive integer; using {available_cpus()} threads",
+            RuntimeWarning, stacklevel=2,
+        )
+        return available_cpus()
+    return threads
+
+
+_state = threading.local()
+_default_threads = _threads_from_environment()
+
+
+def set_num_threads(n):
+    """Set how many threads fastdrop's kernels use (in the calling Python thread).
+
+    Parameters
+    ----------
+    n : int
+        Number of threads, at least 1. Backends cap it at the threads they were
+        started with (Numba: ``NUMBA_NUM_THREADS``).
+
+    Raises
+    ------
+    TypeError
+        If ``n`` is not an integer.
+    ValueError
+        If ``n`` < 1.
+
+    Notes
+    -----
+    The setting is per Python thread, like Numba's; threads that never call it use
+    ``FASTDROP_NUM_THREADS`` or, without it, all available CPUs. Masks and outputs
+    do not depend on the thread count.
+    """
+    import operator
+
+    try:
+        n = operator.index(n)
+    except TypeError:
+        raise TypeError(f"number of threads must be an integer, got {n!r}") from None
+    if isinstance(n, bool) or n < 1:
+        raise ValueError(f"number of threads must be >= 1, got {n!r}")
+    _state.threads = n
+
+
+def get_num_threads():
+    """Number of threads fastdrop's kernels use in the calling Python thread.
+
+    Returns
+    -------
+    int
+        The value of the last ``set_num_threads`` in this thread, else the default
+        from ``FASTDROP_NUM_THREADS`` or the number of available CPUs.
+    """
+    return getattr(_state, "threads", _default_threads)

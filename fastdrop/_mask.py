@@ -1,0 +1,116 @@
+"""Packed masks: the DropoutMask record and packing to and from uint64 words."""
+import numpy as np
+
+from .maskstream.spec import WORD_BITS
+
+
+def words_for(n):
+    """Number of uint64 words that hold ``n`` mask bits."""
+    return -(-n // WORD_BITS)
+
+
+def pack_mask(keep):
+    """Pack a boolean keep-mask into uint64 words (bit i of word i // 64 is element i).
+
+    Parameters
+    ----------
+    keep : array_like of bool
+        Any shape; read in C order. Nonzero means kept.
+
+    Returns
+    -------
+    numpy.ndarray of uint64, shape (ceil(n / 64),)
+        Little-endian bit order; unused bits of the last word are 0.
+
+    Raises
+    ------
+    TypeError
+        If ``keep`` is not boolean.
+    """
+    keep = np.asarray(keep)
+    if keep.dtype != np.bool_:
+        raise TypeError(f"pack_mask needs a boolean array, got dtype {keep.dtype}")
+    n = keep.size
+    padded = np.zeros(words_for(n) * WORD_BITS, dtype=np.bool_)
+    padded[:n] = keep.reshape(-1)
+    packed = np.packbits(padded, bitorder="little")
+    return packed.view("<u8").astype(np.uint64)
+
+
+def unpack_mask(words, n):
+    """Unpack uint64 mask words into ``n`` booleans (True = kept).
+
+    Parameters
+    ----------
+    words : array_like of uint64
+        Packed words, bit i of word i // 64 is element i.
+    n : int
+        Number of elements; ``len(words)`` must be ``ceil(n / 64)``.
+
+    Returns
+    -------
+    numpy.ndarray of bool, shape (n,)
+
+    Raises
+    ------
+    TypeError
+        If ``words`` is not uint64.
+    ValueError
+        If ``n`` is negative or does not match the number of words.
+    """
+    words = np.asarray(words)
+    if words.dtype != np.uint64:
+        raise TypeError(f"mask words must be uint64, got dtype {words.dtype}")
+    if words.ndim != 1:
+        raise ValueError(f"mask words must be one-dimensional, got shape {words.shape}")
+    n = int(n)
+    if n < 0 or words.size != words_for(n):
+        raise ValueError(f"{words.size} mask words cannot hold n={n} elements "
+                         f"(need {words_for(max(n, 0))})")
+    as_bytes = np.ascontiguousarray(words).astype("<u8").view(np.uint8)
+    return np.unpackbits(as_bytes, bitorder="little")[:n].astype(np.bool_)
+
+
+class DropoutMask:
+    """The mask of one dropout call: packed keep bits and what regenerates them.
+
+    Attributes
+    ----------
+    words : numpy.ndarray of uint64
+        ``ceil(n / 64)`` words; bit i of word i // 64 is element i of the input
+        in C order (1 = kept). Exactly ``8 * ceil(n / 64)`` bytes.
+    n : int
+        Number of elements.
+    shape : tuple of int
+        Shape of the input.
+    p : float
+        Drop probability.
+    seed, stream, offset : int
+        The mask-stream coordinates: element i has global index ``offset + i``.
+        Passing these to ``dropout_backward_recompute`` or ``bernoulli_mask``
+        reproduces the mask without storing it.
+    """
+
+    __slots__ = ("words", "n", "shape", "p", "seed", "stream", "offset")
+
+    def __init__(self, words, *, shape, p, seed, stream, offset):
+        self.words = words
+        self.shape = tuple(shape)
+        self.n = int(np.prod(self.shape, dtype=np.int64))
+        self.p = float(p)
+        self.seed = int(seed)
+        self.stream = int(stream)
+        self.offset = int(offset)
+
+    @property
+    def nbytes(self):
+        """Bytes held by the packed words."""
+        return self.words.nbytes
+
+    def unpack(self):
+        """The keep mask as booleans in the input's shape."""
+        return unpack_mask(self.words, self.n).reshape(self.shape)
+
+    def __repr__(self):
+        return (f"DropoutMask(shape={self.shape}, p={self.p!r}, seed={self.seed}, "
+                f"stream={self.stream}, offset={self.offset}, nbytes={self.nbytes})")

@@ -1,0 +1,1 @@
+"""Compute kernels, one module per backend. Private: the public API validates and dispatches here."""

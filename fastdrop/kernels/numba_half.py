@@ -1,0 +1,105 @@
+"""float16 arithmetic for Numba kernels, which see float16 arrays as uint16 bit patterns.
+
+Numba has no CPU float16 type. The spec's float16 rule is: widen x to float32
+(exact), multiply by the float32 value of s rounded to float16 (exact: 11 x 11
+significand bits fit in 24), round the product once to float16, to nearest even.
+The conversions below follow IEEE 754 exactly and match NumPy's ``astype``.
+"""
+import numpy as np
+from numba import njit, types
+from numba.extending import intrinsic, overload
+
+
+@intrinsic
+def float32_bits(typingctx, value):
+    """Reinterpret a float32 as its uint32 bit pattern."""
+    if value != types.float32:
+        return None
+
+    def codegen(context, builder, signature, args):
+        return builder.bitcast(args[0], context.get_value_type(types.uint32))
+
+    return types.uint32(types.float32), codegen
+
+
+@intrinsic
+def float32_from_bits(typingctx, bits):
+    """Reinterpret the low 32 bits of an unsigned integer as a float32."""
+    if not isinstance(bits, types.Integer):
+        return None
+
+    def codegen(context, builder, signature, args):
+        low_bits = context.cast(builder, args[0], signature.args[0], types.uint32)
+        return builder.bitcast(low_bits, context.get_value_type(types.float32))
+
+    return types.float32(bits), codegen
+
+
+@njit(inline="always", cache=True)
+def half_bits_to_float32(half):
+    """Exact float16 (bit pattern) -> float32."""
+    h = np.uint32(half)
+    sign = (h & np.uint32(0x8000)) << np.uint32(16)
+    exponent = h & np.uint32(0x7C00)
+    mantissa = h & np.uint32(0x03FF)
+    if exponent == np.uint32(0x7C00):  # inf or NaN
+        bits = sign | np.uint32(0x7F800000) | (mantissa << np.uint32(13))
+    elif exponent != np.uint32(0):  # normal: rebias the exponent from 15 to 127
+        bits = sign | (((h & np.uint32(0x7FFF)) + np.uint32(0x1C000)) << np.uint32(13))
+    elif mantissa == np.uint32(0):
+        bits = sign
+    else:  # subnormal: normalise the significand
+        biased = np.uint32(113)
+        while (mantissa & np.uint32(0x0400)) == np.uint32(0):
+            mantissa <<= np.uint32(1)
+            biased -= np.uint32(1)
+        bits = sign | (biased << np.uint32(23)) | ((mantissa & np.uint32(0x03FF)) << np.uint32(13))
+    return float32_from_bits(bits)
+
+
+@njit(inline="always", cache=True)
+def float32_to_half_bits(value):
+    """float32 -> float16 bit pattern, rounding to nearest even; NaN stays a quiet NaN."""
+    f = float32_bits(value)
+    sign = (f >> np.uint32(16)) & np.uint32(0x8000)
+    f &= np.uint32(0x7FFFFFFF)
+    if f >= np.uint32(0x7F800000):
+        if f == np.uint32(0x7F800000):
+            return np.uint16(sign | np.uint32(0x7C00))
+        return np.uint16(sign | np.uint32(0x7E00) | ((f >> np.uint32(13)) & np.uint32(0x03FF)))
+    if f >= np.uint32(0x47800000):  # |v| >= 2**16 overflows
+        return np.uint16(sign | np.uint32(0x7C00))
+    if f >= np.uint32(0x38800000):  # normal float16 range: drop 13 bits, round half to even
+        half = (f >> np.uint32(13)) - np.uint32(0x1C000)
+        rest = f & np.uint32(0x1FFF)
+        if rest > np.uint32(0x1000) or (rest == np.uint32(0x1000) and (half & np.uint32(1))):
+            half += np.uint32(1)  # a carry into the exponent is the right answer (up to inf)
+        return np.uint16(sign | half)
+    if f <= np.uint32(0x33000000):  # |v| <= 2**-25 rounds to zero (2**-25 is a tie, to even)
+        return np.uint16(sign)
+    # float16 subnormal: units of 2**-24
+    shift = np.uint32(126) - (f >> np.uint32(23))
+    significand = (f & np.uint32(0x007FFFFF)) | np.uint32(0x00800000)
+    half = significand >> shift
+    rest = significand & ((np.uint32(1) << shift) - np.uint32(1))
+    halfway = np.uint32(1) << (shift - np.uint32(1))
+    if rest > halfway or (rest == halfway and (half & np.uint32(1))):
+        half += np.uint32(1)
+    return np.uint16(sign | half)
+
+
+def scaled(value, scale):
+    """value * scale rounded to value's type (float16 given as uint16 bits)."""
+    raise NotImplementedError("only callable from Numba code")
+
+
+@overload(scaled, inline="always")
+def _scaled_overload(value, scale):
+    if isinstance(value, types.Integer):  # float16 bits; scale is float32
+        def scaled_half(value, scale):
+            return float32_to_half_bits(half_bits_to_float32(value) * scale)
+        return scaled_half
+
+    def scaled_float(value, scale):
+        return value * scale
+    return scaled_float

@@ -1,0 +1,154 @@
+"""Numba backend: mask generation, fused dropout, and backward kernels.
+
+All kernels work on 1-D C-contiguous arrays (float16 as uint16 bit patterns); the
+public API reshapes, copies strided input and validates before calling here.
+Work is split into ranges of whole 64-bit mask words, so no two threads ever
+write the same mask word, and the result never depends on the split.
+
+Local mask word k holds elements 64k .. 64k+63 of the array. With a global
+``offset`` that is not a multiple of 64 those elements straddle two global mask
+words; each range walks its global words once, carrying the upper one forward.
+"""
+import numba
+import numpy as np
+from numba import njit, prange
+
+from .._config import SERIAL_ELEMENTS
+from ..maskstream.numba_words import global_mask_word
+from .numba_half import scaled
+
+_ZERO = np.uint64(0)
+_ONE = np.uint64(1)
+_SIX = np.uint64(6)
+_LANE_MASK = np.uint64(63)
+_WORD = np.uint64(64)
+_NO_VALUES = np.empty(0, dtype=np.float32)
+_NO_WORDS = np.empty(0, dtype=np.uint64)
+
+
+@njit(inline="always", cache=True)
+def _apply_word(source, target, start, count, keep, scale, zero):
+    """target[start + j] = source[start + j] * scale where bit j of keep is set, else +0."""
+    for j in range(count):
+        value = scaled(source[start + j], scale)
+        target[start + j] = value if (keep >> np.uint64(j)) & _ONE else zero
+
+
+@njit(cache=True)
+def _stream_range(source, target, words, scale, zero, seed, stream, threshold, drop_all,
+                  offset, n, first, stop):
+    """Local mask words first..stop-1 generated from the stream.
+
+    Writes the words if ``words`` is non-empty, and the scaled values if ``target`` is.
+    """
+    store_words = words.size > 0
+    apply_values = target.size > 0
+    shift = np.uint64(offset) & _LANE_MASK
+    base = np.uint64(offset) >> _SIX
+    low = global_mask_word(seed, stream, base + np.uint64(first), threshold, drop_all)
+    for k in range(first, stop):
+        start = k * 64
+        count = min(64, n - start)
+        if shift == _ZERO:
+            keep = low
+            if k + 1 < stop:
+                low = global_mask_word(seed, stream, base + np.uint64(k + 1), threshold, drop_all)
+        else:
+            high = _ZERO
+            if count > 64 - np.int64(shift):  # elements reach into the next global word
+                high = global_mask_word(seed, stream, base + np.uint64(k + 1), threshold, drop_all)
+            keep = (low >> shift) | (high << (_WORD - shift))
+            low = high
+        if count < 64:
+            keep &= (_ONE << np.uint64(count)) - _ONE
+        if store_words:
+            words[k] = keep
+        if apply_values:
+            _apply_word(source, target, start, count, keep, scale, zero)
+
+
+@njit(cache=True)
+def _mask_range(source, target, words, scale, zero, n, first, stop):
+    """target = source * scale where the stored mask words keep, +0 elsewhere."""
+    for k in range(first, stop):
+        start = k * 64
+        _apply_word(source, target, start, min(64, n - start), words[k], scale, zero)
+
+
+@njit(parallel=True, cache=True)
+def _stream_parallel(source, target, words, scale, zero, seed, stream, threshold, drop_all,
+                     offset, n, chunks):
+    total = (n + 63) // 64
+    per_chunk = (total + chunks - 1) // chunks
+    for chunk in prange(chunks):
+        first = chunk * per_chunk
+        stop = min(first + per_chunk, total)
+        if first < stop:
+            _stream_range(source, target, words, scale, zero, seed, stream, threshold,
+                          drop_all, offset, n, first, stop)
+
+
+@njit(parallel=True, cache=True)
+def _mask_parallel(source, target, words, scale, zero, n, chunks):
+    total = (n + 63) // 64
+    per_chunk = (total + chunks - 1) // chunks
+    for chunk in prange(chunks):
+        first = chunk * per_chunk
+        stop = min(first + per_chunk, total)
+        if first < stop:
+            _mask_range(source, target, words, scale, zero, n, first, stop)
+
+
+def _threads_for(n, threads):
+    if n < SERIAL_ELEMENTS or threads <= 1:
+        return 1
+    threads = min(threads, numba.config.NUMBA_NUM_THREADS)
+    numba.set_num_threads(threads)
+    return threads
+
+
+def _kernel_view(array):
+    """The array as the kernels see it (float16 as uint16 bits)."""
+    return array.view(np.uint16) if array.dtype == np.float16 else array
+
+
+def _kernel_scale(dtype, scale):
+    """s rounded once to the array's dtype, then held in the type the kernel multiplies in."""
+    with np.errstate(over="ignore"):
+        return np.float32(np.float16(scale)) if dtype == np.float16 else dtype.type(scale)
+
+
+def scale_by_stream(source, target, words, n, scale, threshold, drop_all, seed, stream, offset,
+                    threads):
+    """Mask words from the stream, and/or target = source * keep * scale (1-D contiguous arrays).
+
+    ``source``/``target`` may be None (mask only); ``words`` may be None (recompute, no mask).
+    """
+    if source is None:
+        source = target = _NO_VALUES
+        kernel_scale, zero = np.float32(0), np.float32(0)
+    else:
+        kernel_scale = _kernel_scale(source.dtype, scale)
+        source, target = _kernel_view(source), _kernel_view(target)
+        zero = target.dtype.type(0)
+    words = _NO_WORDS if words is None else words
+    args = (source, target, words, kernel_scale, zero, np.uint64(seed), np.uint64(stream),
+            np.uint64(threshold), bool(drop_all), np.int64(offset), np.int64(n))
+    chunks = _threads_for(n, threads)
+    if chunks == 1:
+        _stream_range(*args, 0, (n + 63) // 64)
+    else:
+        _stream_parallel(*args, chunks)
+
+
+def scale_by_mask(source, target, words, scale, threads):
+    """target = source * keep * scale with keep read from packed words (1-D contiguous arrays)."""
+    n = source.size
+    kernel_scale = _kernel_scale(source.dtype, scale)
+    source, target = _kernel_view(source), _kernel_view(target)
+    args = (source, target, words, kernel_scale, target.dtype.type(0), np.int64(n))
+    chunks = _threads_for(n, threads)
+    if chunks == 1:
+        _mask_range(*args, 0, (n + 63) // 64)
+    else:
+        _mask_parallel(*args, chunks)
