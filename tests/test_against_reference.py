@@ -1,0 +1,96 @@
+"""Compiled backends are bit-identical to fastdrop.reference: masks and outputs.
+
+The grid of the acceptance criteria: sizes around word boundaries and one large
+odd size, p from 0 to 1 including values a hair from the ends, offsets that are
+not multiples of 64, every float dtype, one and two threads.
+"""
+import functools
+
+import numpy as np
+import pytest
+
+import fastdrop
+from fastdrop import reference
+from tests.conftest import FLOAT_DTYPES, bits
+
+SIZES = [0, 1, 63, 64, 65, 1000, 2**20 + 3]
+PS = [0.0, 1e-9, 0.1, 1 / 3, 0.5, 0.9, 1 - 1e-9, 1.0]
+OFFSETS = [0, 5, 64 * 3 + 61]
+
+
+@functools.lru_cache(maxsize=None)
+def reference_keep(n, p, seed, stream, offset):
+    return reference.keep_bits(n, p, seed, stream, offset)
+
+
+@functools.lru_cache(maxsize=None)
+def sample_input(n, dtype):
+    rng = np.random.default_rng(n)
+    x = rng.standard_normal(n) * 3
+    x[::97] = 0.0
+    x[1::101] = -0.0
+    if n > 10:
+        x[2], x[3], x[4] = np.inf, -np.inf, np.nan  # dropped lanes must still give +0.0
+    return x.astype(dtype)
+
+
+@pytest.mark.parametrize("thread_count", [1, 2])
+@pytest.mark.parametrize("offset", OFFSETS)
+@pytest.mark.parametrize("p", PS)
+@pytest.mark.parametrize("n", SIZES)
+def test_dropout_bit_identical(compiled_backend, threads, thread_count, n, p, offset):
+    fastdrop.set_num_threads(thread_count)
+    seed, stream = 0x0123456789ABCDEF, 77
+    keep = reference_keep(n, p, seed, stream, offset)
+    expected_words = reference.pack_mask(keep)
+    words = fastdrop.bernoulli_mask(n, p, seed=seed, stream=stream, offset=offset,
+                                    backend=compiled_backend)
+    assert np.array_equal(words, expected_words)
+    for dtype in FLOAT_DTYPES:
+        x = sample_input(n, dtype)
+        expected = reference.scale_kept(x, keep, p)
+        y, mask = fastdrop.dropout(x, p, seed=seed, stream=stream, offset=offset,
+                                   backend=compiled_backend)
+        assert y.dtype == x.dtype and y.shape == x.shape
+        assert np.array_equal(bits(y), bits(expected)), (dtype, n, p, offset)
+        assert np.array_equal(mask.words, expected_words)
+        assert mask.words.nbytes == 8 * (-(-n // 64))
+
+
+@pytest.mark.parametrize("dtype", FLOAT_DTYPES)
+@pytest.mark.parametrize("p", [0.1, 0.5, 0.77])
+def test_public_functions_match_reference_functions(compiled_backend, dtype, p):
+    """Each public function against the reference function of the same name and arguments."""
+    x = sample_input(5000, dtype).reshape(50, 100)
+    kwargs = dict(seed=99, stream=3, offset=17)
+    y, mask = fastdrop.dropout(x, p, backend=compiled_backend, **kwargs)
+    y_ref, mask_ref = reference.dropout(x, p, **kwargs)
+    assert np.array_equal(bits(y), bits(y_ref))
+    assert np.array_equal(mask.words, mask_ref.words)
+    assert (mask.seed, mask.stream, mask.offset, mask.p, mask.n, mask.shape) == \
+        (mask_ref.seed, mask_ref.stream, mask_ref.offset, mask_ref.p, mask_ref.n, mask_ref.shape)
+
+    grad = sample_input(5000, dtype)[::-1].reshape(50, 100)
+    backward = fastdrop.dropout_backward(grad, mask, backend=compiled_backend)
+    assert np.array_equal(bits(backward), bits(reference.dropout_backward(grad, mask_ref)))
+    recomputed = fastdrop.dropout_backward_recompute(grad, p, backend=compiled_backend, **kwargs)
+    assert np.array_equal(bits(recomputed),
+                          bits(reference.dropout_backward_recompute(grad, p, **kwargs)))
+    assert np.array_equal(
+        fastdrop.bernoulli_mask(5000, p, backend=compiled_backend, **kwargs),
+        reference.bernoulli_mask(5000, p, **kwargs))
+
+
+def test_numpy_backend_is_the_reference():
+    x = sample_input(1000, np.float32)
+    y, mask = fastdrop.dropout(x, 0.3, seed=5, stream=6, backend="numpy")
+    y_ref, mask_ref = reference.dropout(x, 0.3, seed=5, stream=6)
+    assert np.array_equal(bits(y), bits(y_ref))
+    assert np.array_equal(mask.words, mask_ref.words)
+
+
+def test_auto_backend_gives_the_same_result_as_reference():
+    x = sample_input(1000, np.float64)
+    y, _ = fastdrop.dropout(x, 0.4, seed=1, stream=2)
+    y_ref, _ = reference.dropout(x, 0.4, seed=1, stream=2)
+    assert np.array_equal(bits(y), bits(y_ref))

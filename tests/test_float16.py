@@ -1,0 +1,67 @@
+"""float16 arithmetic: x * s computed in float32 and rounded once, exactly as NumPy rounds."""
+import numpy as np
+import pytest
+
+import fastdrop
+from tests.conftest import bits
+
+numba = pytest.importorskip("numba")
+from fastdrop.kernels.numba_half import float32_to_half_bits, half_bits_to_float32  # noqa: E402
+
+
+@numba.njit
+def _widen(halves):
+    out = np.empty(halves.size, np.float32)
+    for i in range(halves.size):
+        out[i] = half_bits_to_float32(halves[i])
+    return out
+
+
+@numba.njit
+def _narrow(values):
+    out = np.empty(values.size, np.uint16)
+    for i in range(values.size):
+        out[i] = float32_to_half_bits(values[i])
+    return out
+
+
+def test_every_float16_widens_exactly():
+    halves = np.arange(2**16, dtype=np.uint32).astype(np.uint16)
+    expected = halves.view(np.float16).astype(np.float32)
+    got = _widen(halves)
+    nan = np.isnan(expected)
+    assert np.array_equal(got.view(np.uint32)[~nan], expected.view(np.uint32)[~nan])
+    assert np.all(np.isnan(got[nan]))
+
+
+def test_float32_narrows_like_numpy():
+    rng = np.random.default_rng(0)
+    near_half_range = rng.integers(0x33000000 - 50, 0x47800000 + 50, 2_000_000, dtype=np.int64)
+    signs = rng.integers(0, 2, near_half_range.size, dtype=np.int64) << 31
+    patterns = np.concatenate([
+        (near_half_range | signs).astype(np.uint32),
+        rng.integers(0, 2**32, 500_000, dtype=np.uint64).astype(np.uint32),
+        np.array([0x33000000, 0x33000001, 0x387FFFFF, 0x38800000, 0x477FEFFF, 0x477FF000,
+                  0x47800000, 0x7F800000, 0xFF800000, 0x80000000, 0], np.uint32),
+    ])
+    values = patterns.view(np.float32)
+    with np.errstate(all="ignore"):
+        expected = values.astype(np.float16).view(np.uint16)
+    got = _narrow(values)
+    nan = np.isnan(values)
+    assert np.array_equal(got[~nan], expected[~nan])
+    assert np.all(np.isnan(got.view(np.float16)[nan]))
+
+
+@pytest.mark.parametrize("p", [0.1, 0.3, 0.5, 0.999999])
+def test_float16_dropout_on_every_float16_value(any_backend, p):
+    """All 65536 float16 values through dropout: kept ones equal float16(float32(x) * s16)."""
+    x = np.arange(2**16, dtype=np.uint32).astype(np.uint16).view(np.float16)
+    y, mask = fastdrop.dropout(x, p, seed=6, stream=6, backend=any_backend)
+    keep = mask.unpack()
+    with np.errstate(all="ignore"):
+        product = (x.astype(np.float32) * np.float32(np.float16(1 / (1 - p)))).astype(np.float16)
+    finite = ~np.isnan(x)
+    assert np.array_equal(bits(y[keep & finite]), bits(product[keep & finite]))
+    assert np.all(np.isnan(y[keep & ~finite]))
+    assert np.all(y.view(np.uint16)[~keep] == 0)
