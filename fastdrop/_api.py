@@ -71,8 +71,9 @@ def dropout(x, p=0.5, *, seed=None, stream=None, offset=0, training=True, inplac
         Overwrite x (which must be a writable ndarray; views are written through).
     out : ndarray, optional
         Array of x's shape and dtype to receive the result.
-    backend : {"auto", "numba", "numpy"}, default "auto"
-        "numpy" runs `fastdrop.reference`; "auto" picks the fastest available.
+    backend : {"auto", "cython", "numba", "numpy"}, default "auto"
+        "numpy" runs `fastdrop.reference`; "auto" picks Cython when it was built
+        (no JIT warm-up), else Numba.
 
     Returns
     -------
@@ -233,7 +234,7 @@ def bernoulli_mask(n, p, *, seed, stream=0, offset=0, backend="auto"):
         64-bit call id.
     offset : int, default 0
         Global index of the first element.
-    backend : {"auto", "numba", "numpy"}, default "auto"
+    backend : {"auto", "cython", "numba", "numpy"}, default "auto"
 
     Returns
     -------

@@ -13,10 +13,11 @@ import importlib.util
 
 # name -> (module with the kernel interface, module that must be importable for it)
 _COMPILED = {
+    "cython": ("fastdrop.kernels.cython_kernels", "fastdrop.kernels.cython_kernels"),
     "numba": ("fastdrop.kernels.numba_kernels", "numba"),
 }
-# "auto" takes the first available of these.
-_PREFERENCE = ("numba",)
+# "auto" takes the first available: Cython needs no JIT warm-up.
+_PREFERENCE = ("cython", "numba")
 BACKENDS = ("numpy",) + tuple(_COMPILED)
 
 
@@ -41,7 +42,8 @@ def resolve_backend(backend):
         raise ValueError(f"unknown backend {backend!r}; choose from {('auto',) + BACKENDS}")
     if not backend_available(backend):
         raise ValueError(f"backend {backend!r} is not available here: "
-                         f"{_COMPILED[backend][1]} cannot be imported")
+                         f"{_COMPILED[backend][1]} cannot be imported"
+                         + (" (the extension was not built)" if backend == "cython" else ""))
     return backend
 
 

@@ -13,8 +13,8 @@ import numba
 import numpy as np
 from numba import njit, prange
 
-from .._config import SERIAL_ELEMENTS
 from ..maskstream.numba_words import global_mask_word
+from .common import chunk_count, kernel_scale, kernel_view
 from .numba_half import scaled
 
 _ZERO = np.uint64(0)
@@ -99,23 +99,11 @@ def _mask_parallel(source, target, words, scale, zero, n, chunks):
             _mask_range(source, target, words, scale, zero, n, first, stop)
 
 
-def _threads_for(n, threads):
-    if n < SERIAL_ELEMENTS or threads <= 1:
-        return 1
-    threads = min(threads, numba.config.NUMBA_NUM_THREADS)
-    numba.set_num_threads(threads)
-    return threads
-
-
-def _kernel_view(array):
-    """The array as the kernels see it (float16 as uint16 bits)."""
-    return array.view(np.uint16) if array.dtype == np.float16 else array
-
-
-def _kernel_scale(dtype, scale):
-    """s rounded once to the array's dtype, then held in the type the kernel multiplies in."""
-    with np.errstate(over="ignore"):
-        return np.float32(np.float16(scale)) if dtype == np.float16 else dtype.type(scale)
+def _chunks(n, threads):
+    chunks = chunk_count(n, min(threads, numba.config.NUMBA_NUM_THREADS))
+    if chunks > 1:
+        numba.set_num_threads(chunks)
+    return chunks
 
 
 def scale_by_stream(source, target, words, n, scale, threshold, drop_all, seed, stream, offset,
@@ -126,15 +114,15 @@ def scale_by_stream(source, target, words, n, scale, threshold, drop_all, seed, 
     """
     if source is None:
         source = target = _NO_VALUES
-        kernel_scale, zero = np.float32(0), np.float32(0)
+        element_scale, zero = np.float32(0), np.float32(0)
     else:
-        kernel_scale = _kernel_scale(source.dtype, scale)
-        source, target = _kernel_view(source), _kernel_view(target)
+        element_scale = kernel_scale(source.dtype, scale)
+        source, target = kernel_view(source), kernel_view(target)
         zero = target.dtype.type(0)
     words = _NO_WORDS if words is None else words
-    args = (source, target, words, kernel_scale, zero, np.uint64(seed), np.uint64(stream),
+    args = (source, target, words, element_scale, zero, np.uint64(seed), np.uint64(stream),
             np.uint64(threshold), bool(drop_all), np.int64(offset), np.int64(n))
-    chunks = _threads_for(n, threads)
+    chunks = _chunks(n, threads)
     if chunks == 1:
         _stream_range(*args, 0, (n + 63) // 64)
     else:
@@ -144,10 +132,10 @@ def scale_by_stream(source, target, words, n, scale, threshold, drop_all, seed, 
 def scale_by_mask(source, target, words, scale, threads):
     """target = source * keep * scale with keep read from packed words (1-D contiguous arrays)."""
     n = source.size
-    kernel_scale = _kernel_scale(source.dtype, scale)
-    source, target = _kernel_view(source), _kernel_view(target)
-    args = (source, target, words, kernel_scale, target.dtype.type(0), np.int64(n))
-    chunks = _threads_for(n, threads)
+    element_scale = kernel_scale(source.dtype, scale)
+    source, target = kernel_view(source), kernel_view(target)
+    args = (source, target, words, element_scale, target.dtype.type(0), np.int64(n))
+    chunks = _chunks(n, threads)
     if chunks == 1:
         _mask_range(*args, 0, (n + 63) // 64)
     else:

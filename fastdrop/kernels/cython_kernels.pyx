@@ -1,0 +1,148 @@
+# cython: language_level=3, boundscheck=False, wraparound=False, cdivision=True
+"""Cython/OpenMP backend: the kernels of fastdrop/include/fastdrop/dropout.h over threads.
+
+Same private interface as fastdrop.kernels.numba_kernels (1-D C-contiguous arrays,
+float16 as uint16). Threads run ``prange`` over ranges of whole mask words, so no
+two threads write one word; built without OpenMP the same loop runs serially.
+"""
+import numpy as np
+
+cimport numpy as cnp
+from cython.parallel cimport prange
+from libc.stdint cimport int64_t, uint16_t, uint64_t
+
+from fastdrop.kernels.openmp cimport FD_OPENMP_ENABLED, omp_get_max_threads
+from fastdrop.libfastdrop cimport (
+    fd_apply_mask_range_f16, fd_apply_mask_range_f32, fd_apply_mask_range_f64,
+    fd_dropout_range_f16, fd_dropout_range_f32, fd_dropout_range_f64, fd_mask_params,
+    fd_words_for,
+)
+
+from fastdrop.kernels.common import chunk_count, kernel_scale, kernel_view
+
+cnp.import_array()
+
+ctypedef fused element_t:
+    double
+    float
+    uint16_t
+
+
+def openmp_enabled():
+    """Whether this module was compiled with OpenMP."""
+    return bool(FD_OPENMP_ENABLED)
+
+
+def max_threads():
+    """OpenMP's default team size (1 without OpenMP)."""
+    return omp_get_max_threads()
+
+
+cdef inline void _stream_range(const element_t *source, element_t *target, uint64_t *words,
+                               double scale, const fd_mask_params *params,
+                               int64_t first, int64_t stop) noexcept nogil:
+    if element_t is double:
+        fd_dropout_range_f64(source, target, words, scale, params, first, stop)
+    elif element_t is float:
+        fd_dropout_range_f32(source, target, words, <float>scale, params, first, stop)
+    else:
+        fd_dropout_range_f16(source, target, words, <float>scale, params, first, stop)
+
+
+cdef inline void _mask_range(const element_t *source, element_t *target, const uint64_t *words,
+                             double scale, int64_t n, int64_t first,
+                             int64_t stop) noexcept nogil:
+    if element_t is double:
+        fd_apply_mask_range_f64(source, target, words, scale, n, first, stop)
+    elif element_t is float:
+        fd_apply_mask_range_f32(source, target, words, <float>scale, n, first, stop)
+    else:
+        fd_apply_mask_range_f16(source, target, words, <float>scale, n, first, stop)
+
+
+cdef void _stream_chunks(const element_t *source, element_t *target, uint64_t *words,
+                         double scale, const fd_mask_params *params, int chunks) noexcept nogil:
+    cdef int64_t total = fd_words_for(params.n)
+    cdef int64_t per_chunk = (total + chunks - 1) // chunks
+    cdef int chunk
+    if chunks == 1:
+        _stream_range(source, target, words, scale, params, 0, total)
+        return
+    for chunk in prange(chunks, num_threads=chunks, schedule="static"):
+        _stream_range(source, target, words, scale, params, chunk * per_chunk,
+                      min((chunk + 1) * per_chunk, total))
+
+
+cdef void _mask_chunks(const element_t *source, element_t *target, const uint64_t *words,
+                       double scale, int64_t n, int chunks) noexcept nogil:
+    cdef int64_t total = fd_words_for(n)
+    cdef int64_t per_chunk = (total + chunks - 1) // chunks
+    cdef int chunk
+    if chunks == 1:
+        _mask_range(source, target, words, scale, n, 0, total)
+        return
+    for chunk in prange(chunks, num_threads=chunks, schedule="static"):
+        _mask_range(source, target, words, scale, n, chunk * per_chunk,
+                    min((chunk + 1) * per_chunk, total))
+
+
+cdef inline void *_data(array):
+    return NULL if array is None else cnp.PyArray_DATA(<cnp.ndarray>array)
+
+
+def scale_by_stream(source, target, words, int64_t n, double scale, uint64_t threshold,
+                    bint drop_all, uint64_t seed, uint64_t stream, uint64_t offset, int threads):
+    """Mask words from the stream and/or target = source * keep * scale (see numba_kernels)."""
+    cdef fd_mask_params params
+    params.seed, params.stream, params.threshold = seed, stream, threshold
+    params.drop_all, params.offset, params.n = drop_all, offset, n
+    cdef int chunks = chunk_count(n, threads)
+    cdef uint64_t *word_data = <uint64_t *>_data(words)
+    cdef double element_scale
+    if n == 0:
+        return
+    if source is None:
+        with nogil:
+            _stream_chunks[float](NULL, NULL, word_data, 0.0, &params, chunks)
+        return
+    element_scale = kernel_scale(source.dtype, scale)
+    source, target = kernel_view(source), kernel_view(target)
+    cdef void *source_data = _data(source)
+    cdef void *target_data = _data(target)
+    if source.dtype == np.float64:
+        with nogil:
+            _stream_chunks[double](<double *>source_data, <double *>target_data, word_data,
+                                   element_scale, &params, chunks)
+    elif source.dtype == np.float32:
+        with nogil:
+            _stream_chunks[float](<float *>source_data, <float *>target_data, word_data,
+                                  element_scale, &params, chunks)
+    else:
+        with nogil:
+            _stream_chunks[uint16_t](<uint16_t *>source_data, <uint16_t *>target_data,
+                                     word_data, element_scale, &params, chunks)
+
+
+def scale_by_mask(source, target, words, double scale, int threads):
+    """target = source * keep * scale with keep read from packed words."""
+    cdef int64_t n = source.size
+    cdef int chunks = chunk_count(n, threads)
+    cdef const uint64_t *word_data = <const uint64_t *>_data(words)
+    cdef double element_scale = kernel_scale(source.dtype, scale)
+    if n == 0:
+        return
+    source, target = kernel_view(source), kernel_view(target)
+    cdef void *source_data = _data(source)
+    cdef void *target_data = _data(target)
+    if source.dtype == np.float64:
+        with nogil:
+            _mask_chunks[double](<double *>source_data, <double *>target_data, word_data,
+                                 element_scale, n, chunks)
+    elif source.dtype == np.float32:
+        with nogil:
+            _mask_chunks[float](<float *>source_data, <float *>target_data, word_data,
+                                element_scale, n, chunks)
+    else:
+        with nogil:
+            _mask_chunks[uint16_t](<uint16_t *>source_data, <uint16_t *>target_data,
+                                   word_data, element_scale, n, chunks)

@@ -1,0 +1,52 @@
+# cython: language_level=3
+"""fastdrop's C-level API for Cython: ``from fastdrop.libfastdrop cimport ...``.
+
+Declares the ``nogil`` functions of the installed C headers (folder given by
+``fastdrop.get_include()``; add it to your extension's ``include_dirs``).
+See fastdrop/include/fastdrop/dropout.h and docs/embedding.md.
+"""
+from libc.stdint cimport int64_t, uint16_t, uint32_t, uint64_t
+
+
+cdef extern from "fastdrop/dropout.h" nogil:
+    ctypedef struct fd_mask_params:
+        uint64_t seed
+        uint64_t stream
+        uint64_t threshold
+        int drop_all
+        uint64_t offset
+        int64_t n
+
+    # random-number layer
+    void fd_philox4x32_10(const uint32_t *counter, const uint32_t *key, uint32_t *out)
+
+    # mask stream
+    fd_mask_params fd_mask_params_make(uint64_t seed, uint64_t stream, double p,
+                                       uint64_t offset, int64_t n)
+    uint64_t fd_mask_word(uint64_t seed, uint64_t stream, uint64_t word, uint64_t threshold)
+    uint64_t fd_global_mask_word(const fd_mask_params *params, uint64_t word)
+
+    # float16 bit patterns
+    float fd_half_to_float(uint16_t half)
+    uint16_t fd_float_to_half(float value)
+
+    # kernels over ranges [first, stop) of local mask words
+    int64_t fd_words_for(int64_t n)
+    void fd_mask_words_range(uint64_t *words, const fd_mask_params *params,
+                             int64_t first, int64_t stop)
+    void fd_dropout_range_f64(const double *source, double *target, uint64_t *words,
+                              double scale, const fd_mask_params *params,
+                              int64_t first, int64_t stop)
+    void fd_dropout_range_f32(const float *source, float *target, uint64_t *words,
+                              float scale, const fd_mask_params *params,
+                              int64_t first, int64_t stop)
+    void fd_dropout_range_f16(const uint16_t *source, uint16_t *target, uint64_t *words,
+                              float scale, const fd_mask_params *params,
+                              int64_t first, int64_t stop)
+    void fd_apply_mask_range_f64(const double *source, double *target, const uint64_t *words,
+                                 double scale, int64_t n, int64_t first, int64_t stop)
+    void fd_apply_mask_range_f32(const float *source, float *target, const uint64_t *words,
+                                 float scale, int64_t n, int64_t first, int64_t stop)
+    void fd_apply_mask_range_f16(const uint16_t *source, uint16_t *target,
+                                 const uint64_t *words, float scale, int64_t n,
+                                 int64_t first, int64_t stop)
