@@ -29,6 +29,7 @@ __all__ = [
     "dropout",
     "dropout_backward",
     "dropout_backward_recompute",
+    "get_include",
     "get_num_threads",
     "pack_mask",
     "philox4x32_10",
@@ -36,3 +37,19 @@ __all__ = [
     "set_num_threads",
     "unpack_mask",
 ]
+
+
+def get_include():
+    """Folder holding fastdrop's C headers (``fastdrop/dropout.h`` and friends).
+
+    Add it to ``include_dirs`` to use fastdrop from C or Cython, like
+    ``numpy.get_include()``.
+
+    Returns
+    -------
+    str
+        Absolute path of the folder that contains ``fastdrop/*.h``.
+    """
+    import os
+
+    return os.path.join(os.path.dirname(os.path.abspath(__file__)), "include")

@@ -23,8 +23,11 @@ _BLOCK_SHIFT = np.uint64(BLOCK_SHIFT)
 def mask_word(seed, stream, word, threshold):
     """Keep bits of global mask word ``word`` for 0 <= p < 1 (threshold = floor(p * 2**64)).
 
-    All arguments are uint64. Bit i of the result is 1 iff element 64*word + i is kept.
+    Arguments are taken as uint64. Bit i of the result is 1 iff element 64*word + i is kept.
     """
+    # Numba turns mixed int64/uint64 arithmetic into float64: make every input uint64.
+    seed, stream, word, threshold = (np.uint64(seed), np.uint64(stream), np.uint64(word),
+                                     np.uint64(threshold))
     if threshold == _ZERO:
         return _ALL
     key0 = seed & _MASK32

@@ -1,0 +1,1 @@
+"""Runnable examples of embedding fastdrop; the test suite executes each of them."""
