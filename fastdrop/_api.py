@@ -54,9 +54,10 @@ def dropout(x, p=0.5, *, seed=None, stream=None, offset=0, training=True, inplac
     p : float, default 0.5
         Drop probability in [0, 1]; exact to 2**-64. ``p = 0`` keeps every
         element, ``p = 1`` drops every element.
-    seed : int, optional
-        64-bit key in [0, 2**64). ``None`` takes the seed and a fresh stream from
-        the default `Generator` (seeded from OS entropy).
+    seed : int, Generator or None
+        64-bit key in [0, 2**64); or a `Generator`, which supplies its seed and
+        its next stream; ``None`` uses the default `Generator` (seeded from OS
+        entropy). A stream is taken only once every argument has been checked.
     stream : int, optional
         64-bit call id in [0, 2**64); defaults to 0 when ``seed`` is given. Use a
         new stream for each call that needs a new mask.
@@ -118,10 +119,11 @@ def dropout(x, p=0.5, *, seed=None, stream=None, offset=0, training=True, inplac
                                  training=training, inplace=inplace, out=out)
     p = _validate.check_p(p)
     x, target = _validate.prepare_target(x, "x", inplace, out)
+    _validate.check_seed_stream(seed, stream)
+    offset = _validate.check_offset(offset, x.size)
     if not training:
         return (x if target is None else _validate.deliver(x, x, target)), None
     seed, stream = _validate.resolve_seed_stream(seed, stream)
-    offset = _validate.check_offset(offset, x.size)
     n = x.size
     words = np.empty(words_for(n), dtype=np.uint64)
     threshold, drop_all = _stream_parameters(p)
@@ -219,7 +221,7 @@ def dropout_backward_recompute(grad, p, *, seed, stream, offset=0, inplace=False
         threads))
 
 
-def bernoulli_mask(n, p, *, seed, stream=0, offset=0, backend="auto"):
+def bernoulli_mask(n, p, *, seed, stream=None, offset=0, backend="auto"):
     """Packed keep bits of ``n`` elements with global indices ``offset .. offset + n - 1``.
 
     Parameters
@@ -228,10 +230,10 @@ def bernoulli_mask(n, p, *, seed, stream=0, offset=0, backend="auto"):
         Number of elements.
     p : float
         Drop probability in [0, 1].
-    seed : int
-        64-bit key.
-    stream : int, default 0
-        64-bit call id.
+    seed : int or Generator
+        64-bit key, or a `Generator` that supplies the seed and its next stream.
+    stream : int, optional
+        64-bit call id; 0 when omitted with an integer seed.
     offset : int, default 0
         Global index of the first element.
     backend : {"auto", "cython", "numba", "numpy"}, default "auto"
@@ -261,8 +263,8 @@ def bernoulli_mask(n, p, *, seed, stream=0, offset=0, backend="auto"):
         return reference.bernoulli_mask(n, p, seed=seed, stream=stream, offset=offset)
     n = _validate.check_count(n)
     p = _validate.check_p(p)
-    seed, stream = _validate.check_seed(seed), _validate.check_stream(stream)
     offset = _validate.check_offset(offset, n)
+    seed, stream = _validate.resolve_seed_stream(seed, stream)
     words = np.empty(words_for(n), dtype=np.uint64)
     threshold, drop_all = _stream_parameters(p)
     kernels.scale_by_stream(None, None, words, n, 0.0, threshold, drop_all, seed, stream, offset,

@@ -68,10 +68,12 @@ def set_num_threads(n):
     import operator
 
     try:
+        if isinstance(n, bool):
+            raise TypeError
         n = operator.index(n)
     except TypeError:
         raise TypeError(f"number of threads must be an integer, got {n!r}") from None
-    if isinstance(n, bool) or n < 1:
+    if n < 1:
         raise ValueError(f"number of threads must be >= 1, got {n!r}")
     _state.threads = n
 

@@ -57,17 +57,37 @@ def check_count(n):
     return check_integer(n, "n", 0, MAX_ELEMENTS)
 
 
-def resolve_seed_stream(seed, stream):
-    """(seed, stream) as ints; seed=None draws both from the default Generator."""
-    if seed is None:
+def _is_generator(seed):
+    from .generator import Generator
+
+    return isinstance(seed, Generator)
+
+
+def check_seed_stream(seed, stream):
+    """Check seed (int, Generator or None) and stream without drawing a stream."""
+    if seed is None or _is_generator(seed):
         if stream is not None:
-            raise ValueError(f"stream={stream!r} was given without a seed; pass seed too")
+            raise ValueError(f"stream={stream!r} was given without an integer seed; "
+                             "pass seed too (a Generator chooses its own streams)")
+        return
+    check_seed(seed)
+    if stream is not None:
+        check_stream(stream)
+
+
+def resolve_seed_stream(seed, stream):
+    """(seed, stream) as ints. Call it after every other check, so a failed call takes no stream.
+
+    seed=None draws from the default Generator, a Generator draws its next stream.
+    """
+    check_seed_stream(seed, stream)
+    if seed is None:
         from .generator import default_generator
 
-        return default_generator().reserve_stream()
-    seed = check_seed(seed)
-    stream = 0 if stream is None else check_stream(stream)
-    return seed, stream
+        seed = default_generator()
+    if _is_generator(seed):
+        return seed.reserve_stream()
+    return check_seed(seed), 0 if stream is None else check_stream(stream)
 
 
 def as_float_array(x, name):

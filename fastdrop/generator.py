@@ -88,18 +88,17 @@ class Generator:
         """``fastdrop.dropout`` with this generator's seed and its next stream.
 
         Keyword arguments are those of `fastdrop.dropout` other than seed and stream.
+        The stream is taken only if every argument is valid.
         """
         from ._api import dropout
 
-        seed, stream = self.reserve_stream()
-        return dropout(x, p, seed=seed, stream=stream, **kwargs)
+        return dropout(x, p, seed=self, **kwargs)
 
     def bernoulli_mask(self, n, p, **kwargs):
         """``fastdrop.bernoulli_mask`` with this generator's seed and its next stream."""
         from ._api import bernoulli_mask
 
-        seed, stream = self.reserve_stream()
-        return bernoulli_mask(n, p, seed=seed, stream=stream, **kwargs)
+        return bernoulli_mask(n, p, seed=self, **kwargs)
 
     def __repr__(self):
         return f"Generator(seed={self._seed}, next stream={self._next_stream})"

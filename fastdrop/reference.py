@@ -98,12 +98,12 @@ def scale_kept(x, keep, p):
     return np.where(keep, kept, x.dtype.type(0))
 
 
-def bernoulli_mask(n, p, *, seed, stream=0, offset=0):
+def bernoulli_mask(n, p, *, seed, stream=None, offset=0):
     """Packed keep bits of ``n`` elements starting at global index ``offset``; see `fastdrop.bernoulli_mask`."""
     n = _validate.check_count(n)
     p = _validate.check_p(p)
-    seed, stream = _validate.check_seed(seed), _validate.check_stream(stream)
     offset = _validate.check_offset(offset, n)
+    seed, stream = _validate.resolve_seed_stream(seed, stream)
     return pack_mask(keep_bits(n, p, seed, stream, offset))
 
 
@@ -111,10 +111,11 @@ def dropout(x, p=0.5, *, seed=None, stream=None, offset=0, training=True, inplac
     """Inverted dropout; see `fastdrop.dropout`."""
     p = _validate.check_p(p)
     x, target = _validate.prepare_target(x, "x", inplace, out)
+    _validate.check_seed_stream(seed, stream)
+    offset = _validate.check_offset(offset, x.size)
     if not training:
         return (x if target is None else _validate.deliver(x, x, target)), None
     seed, stream = _validate.resolve_seed_stream(seed, stream)
-    offset = _validate.check_offset(offset, x.size)
     keep = keep_bits(x.size, p, seed, stream, offset)
     y = scale_kept(x.reshape(-1), keep, p)
     mask = DropoutMask(pack_mask(keep), shape=x.shape, p=p, seed=seed, stream=stream, offset=offset)

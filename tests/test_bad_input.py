@@ -349,3 +349,17 @@ def test_limits_themselves_are_accepted(backend):
     grad = np.ones(SHAPE, np.float32)
     fastdrop.dropout_backward(grad, mask, p=0.5, backend=backend)
     fastdrop.dropout_backward(grad, mask.words, p=0.5, backend=backend)
+
+
+@pytest.mark.parametrize("backend", fastdrop.available_backends())
+@pytest.mark.parametrize("kwargs, error", [
+    (dict(seed=-1), ValueError), (dict(seed=1.5), TypeError), (dict(stream=3), ValueError),
+    (dict(seed=1, stream=2**64), ValueError), (dict(seed=1, offset=-1), ValueError),
+])
+def test_training_off_still_checks_every_argument(backend, kwargs, error):
+    """dropout(training=False) validates like training=True and writes nothing on error."""
+    x = np.arange(6, dtype=np.float32)
+    out = np.full(6, 9.0, np.float32)
+    with pytest.raises(error):
+        fastdrop.dropout(x, 0.5, training=False, out=out, backend=backend, **kwargs)
+    assert np.all(out == 9.0)

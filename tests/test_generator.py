@@ -256,3 +256,36 @@ def test_default_generator_reproduces_after_restoring_state():
     default.state = saved
     again = fastdrop.dropout(ones(), 0.5)[1].words
     np.testing.assert_array_equal(first, again)
+
+
+@pytest.mark.parametrize("backend", fastdrop.available_backends())
+def test_a_failed_call_takes_no_stream(backend):
+    """Streams count successful calls only: arguments are checked before a stream is taken."""
+    gen = fastdrop.Generator(5)
+    x = np.ones(100, np.float32)
+    for bad in [dict(p=2.0), dict(p=0.5, offset=-1), dict(p=0.5, out=np.empty(3, np.float32))]:
+        p = bad.pop("p")
+        with pytest.raises((ValueError, TypeError)):
+            gen.dropout(x, p, backend=backend, **bad)
+    with pytest.raises(TypeError):
+        gen.dropout(np.arange(10), 0.5, backend=backend)
+    with pytest.raises(ValueError):
+        gen.bernoulli_mask(10, -0.5, backend=backend)
+    assert gen.state["stream"] == 0
+    default = fastdrop.default_generator()
+    before = default.state["stream"]
+    with pytest.raises(ValueError):
+        fastdrop.dropout(x, 0.5, offset=-1, backend=backend)
+    assert default.state["stream"] == before
+
+
+@pytest.mark.parametrize("backend", fastdrop.available_backends())
+def test_a_generator_can_be_passed_as_seed(backend):
+    gen = fastdrop.Generator(77)
+    x = np.ones(500, np.float32)
+    y, mask = fastdrop.dropout(x, 0.5, seed=gen, backend=backend)
+    words = fastdrop.bernoulli_mask(500, 0.5, seed=gen, backend=backend)
+    assert (mask.seed, mask.stream) == (77, 0) and gen.state["stream"] == 2
+    assert np.array_equal(words, fastdrop.bernoulli_mask(500, 0.5, seed=77, stream=1))
+    with pytest.raises(ValueError, match="stream"):
+        fastdrop.dropout(x, 0.5, seed=gen, stream=3, backend=backend)

@@ -181,3 +181,21 @@ def test_drop_all_and_keep_all_do_not_depend_on_thread_count(backend, restore_th
             y, mask = fastdrop.dropout(x, p, seed=3, offset=5, backend=backend)
             outputs.add((y.tobytes(), mask.words.tobytes()))
         assert len(outputs) == 1
+
+
+def test_numba_thread_setting_is_restored_after_a_call(threads):
+    numba = pytest.importorskip("numba")
+    if numba.config.NUMBA_NUM_THREADS < 2:
+        pytest.skip("needs 2 Numba threads")
+    numba.set_num_threads(1)
+    try:
+        fastdrop.set_num_threads(2)
+        fastdrop.dropout(np.ones(2**17, np.float32), 0.5, seed=1, backend="numba")
+        assert numba.get_num_threads() == 1
+    finally:
+        numba.set_num_threads(numba.config.NUMBA_NUM_THREADS)
+
+
+def test_bool_thread_count_is_a_type_error():
+    with pytest.raises(TypeError):
+        fastdrop.set_num_threads(True)

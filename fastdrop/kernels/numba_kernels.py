@@ -99,11 +99,22 @@ def _mask_parallel(source, target, words, scale, zero, n, chunks):
             _mask_range(source, target, words, scale, zero, n, first, stop)
 
 
-def _chunks(n, threads):
+def _run(serial, parallel, args, n, threads):
+    """Run the serial range kernel, or the parallel one on ``threads`` threads.
+
+    Numba's own thread setting is restored afterwards, so fastdrop's does not leak
+    into the caller's Numba code.
+    """
     chunks = chunk_count(n, min(threads, numba.config.NUMBA_NUM_THREADS))
-    if chunks > 1:
-        numba.set_num_threads(chunks)
-    return chunks
+    if chunks == 1:
+        serial(*args, 0, (n + 63) // 64)
+        return
+    previous = numba.get_num_threads()
+    numba.set_num_threads(chunks)
+    try:
+        parallel(*args, chunks)
+    finally:
+        numba.set_num_threads(previous)
 
 
 def scale_by_stream(source, target, words, n, scale, threshold, drop_all, seed, stream, offset,
@@ -122,11 +133,7 @@ def scale_by_stream(source, target, words, n, scale, threshold, drop_all, seed, 
     words = _NO_WORDS if words is None else words
     args = (source, target, words, element_scale, zero, np.uint64(seed), np.uint64(stream),
             np.uint64(threshold), bool(drop_all), np.int64(offset), np.int64(n))
-    chunks = _chunks(n, threads)
-    if chunks == 1:
-        _stream_range(*args, 0, (n + 63) // 64)
-    else:
-        _stream_parallel(*args, chunks)
+    _run(_stream_range, _stream_parallel, args, n, threads)
 
 
 def scale_by_mask(source, target, words, scale, threads):
@@ -135,8 +142,4 @@ def scale_by_mask(source, target, words, scale, threads):
     element_scale = kernel_scale(source.dtype, scale)
     source, target = kernel_view(source), kernel_view(target)
     args = (source, target, words, element_scale, target.dtype.type(0), np.int64(n))
-    chunks = _chunks(n, threads)
-    if chunks == 1:
-        _mask_range(*args, 0, (n + 63) // 64)
-    else:
-        _mask_parallel(*args, chunks)
+    _run(_mask_range, _mask_parallel, args, n, threads)
