@@ -184,3 +184,16 @@ def test_serial_build_without_openmp_gives_the_same_masks(tmp_path):
     result = subprocess.run([sys.executable, "-c", script], cwd=copy, capture_output=True,
                             text=True, timeout=300, env=dict(environment, PYTHONPATH=str(copy)))
     assert result.stdout.strip() == "ok", result.stderr[-3000:]
+
+
+def test_docs_show_the_tested_examples_verbatim():
+    """docs/embedding.md quotes each example file exactly (so the docs cannot drift)."""
+    import re
+
+    text = (REPO / "docs" / "embedding.md").read_text()
+    quoted = re.findall(r"<!-- example: (\S+) -->\n```\w+\n(.*?)\n```", text, flags=re.S)
+    assert {path for path, _ in quoted} == {
+        "fastdrop/examples/numba_embedding.py", "fastdrop/examples/cython_embedding.pyx",
+        "fastdrop/examples/c_embedding.c"}
+    for path, body in quoted:
+        assert body == (REPO / path).read_text().rstrip(), path

@@ -11,6 +11,7 @@ import sys
 # subcommand name -> module (relative to this package)
 SUBCOMMANDS = {
     "demo": ".demo",
+    "info": ".info",
 }
 
 

@@ -1,0 +1,34 @@
+"""``fastdrop info``: versions, backends, OpenMP, threads, CPU, Numba cache."""
+
+
+def register(subparsers):
+    parser = subparsers.add_parser("info", help="show versions, backends, threads and CPU")
+    parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    parser.set_defaults(handler=run)
+
+
+def _text(value):
+    if isinstance(value, dict):
+        return ", ".join(f"{key} {'yes' if ok else 'no'}" for key, ok in value.items())
+    if isinstance(value, list):
+        return " ".join(value) or "none"
+    if value is None:
+        return "not installed / not built"
+    if value is True or value is False:
+        return "yes" if value else "no"
+    return str(value)
+
+
+def run(args):
+    import json
+
+    from .._sysinfo import collect
+
+    info = collect()
+    if args.json:
+        print(json.dumps(info, indent=2))
+        return 0
+    width = max(len(key) for key in info)
+    for key, value in info.items():
+        print(f"{key:<{width}}  {_text(value)}")
+    return 0
