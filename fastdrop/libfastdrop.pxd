@@ -25,6 +25,10 @@ cdef extern from "fastdrop/dropout.h" nogil:
                                        uint64_t offset, int64_t n)
     uint64_t fd_mask_word(uint64_t seed, uint64_t stream, uint64_t word, uint64_t threshold)
     uint64_t fd_global_mask_word(const fd_mask_params *params, uint64_t word)
+    int FD_BATCH_WORDS
+    void fd_mask_words_batch(const fd_mask_params *params, uint64_t word, uint64_t *out)
+    int fd_simd_enabled()
+    int fd_set_simd(int enabled)
 
     # float16 bit patterns
     float fd_half_to_float(uint16_t half)

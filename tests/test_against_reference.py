@@ -94,3 +94,22 @@ def test_auto_backend_gives_the_same_result_as_reference():
     y, _ = fastdrop.dropout(x, 0.4, seed=1, stream=2)
     y_ref, _ = reference.dropout(x, 0.4, seed=1, stream=2)
     assert np.array_equal(bits(y), bits(y_ref))
+
+
+@pytest.mark.skipif("cython" not in fastdrop.available_backends(), reason="extension not built")
+@pytest.mark.parametrize("simd", [True, False])
+@pytest.mark.parametrize("p", PS)
+def test_cython_simd_and_portable_paths_agree_with_reference(p, simd):
+    """The AVX2 batch path (where the CPU has it) and the portable path give the same words."""
+    from fastdrop.kernels import cython_kernels
+
+    before = cython_kernels.simd_enabled()
+    try:
+        cython_kernels.set_simd(simd)
+        for n, offset in [(64 * 8 * 3 + 5, 0), (5000, 61), (1000, 2**32 * 64 - 640)]:
+            keep = reference_keep(n, p, 12345, 2**40 + 3, offset)
+            words = fastdrop.bernoulli_mask(n, p, seed=12345, stream=2**40 + 3, offset=offset,
+                                            backend="cython")
+            assert np.array_equal(words, reference.pack_mask(keep)), (n, offset)
+    finally:
+        cython_kernels.set_simd(before)

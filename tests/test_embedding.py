@@ -93,7 +93,6 @@ def _build_extension(tmp_path, pyx_path, module):
 
 
 def test_cython_example_compiles_against_the_package_and_matches_reference(tmp_path):
-    pytest.importorskip("Cython")
     _build_extension(tmp_path, EXAMPLES / "cython_embedding.pyx", "cython_embedding")
     script = textwrap.dedent("""
         import numpy as np, fastdrop, cython_embedding

@@ -15,7 +15,7 @@ from fastdrop.kernels.openmp cimport FD_OPENMP_ENABLED, omp_get_max_threads
 from fastdrop.libfastdrop cimport (
     fd_apply_mask_range_f16, fd_apply_mask_range_f32, fd_apply_mask_range_f64,
     fd_dropout_range_f16, fd_dropout_range_f32, fd_dropout_range_f64, fd_mask_params,
-    fd_words_for,
+    fd_set_simd, fd_simd_enabled, fd_words_for,
 )
 
 from fastdrop.kernels.common import chunk_count, kernel_scale, kernel_view
@@ -31,6 +31,20 @@ ctypedef fused element_t:
 def openmp_enabled():
     """Whether this module was compiled with OpenMP."""
     return bool(FD_OPENMP_ENABLED)
+
+
+def simd_enabled():
+    """Whether mask words are computed on the AVX2 path (CPU has it and it is not switched off)."""
+    return bool(fd_simd_enabled())
+
+
+def set_simd(enabled):
+    """Switch the AVX2 path off (False) or back on where the CPU has it (True).
+
+    Results are identical either way; tests use this to check both paths.
+    Returns the resulting state.
+    """
+    return bool(fd_set_simd(1 if enabled else 0))
 
 
 def max_threads():
@@ -146,3 +160,39 @@ def scale_by_mask(source, target, words, double scale, int threads):
         with nogil:
             _mask_chunks[uint16_t](<uint16_t *>source_data, <uint16_t *>target_data,
                                    word_data, element_scale, n, chunks)
+
+
+ctypedef fused real_t:
+    double
+    float
+
+
+cdef void _scale_chunks(real_t *values, real_t scale, int64_t n, int chunks) noexcept nogil:
+    cdef int64_t per_chunk = (n + chunks - 1) // chunks
+    cdef int64_t i, first, stop
+    cdef int chunk
+    for chunk in prange(chunks, num_threads=chunks, schedule="static"):
+        first = chunk * per_chunk
+        stop = min(first + per_chunk, n)
+        for i in range(first, stop):
+            values[i] = values[i] * scale
+
+
+def scale_in_place(values, double scale, int threads):
+    """values *= scale on ``threads`` threads: the memory-bandwidth floor benchmarks compare with.
+
+    Dropout in place must read and write every element once, as this does; it is the
+    fastest any in-place dropout can be. 1-D C-contiguous float32 or float64 only.
+    """
+    cdef int64_t n = values.size
+    cdef void *data = _data(values)
+    if n == 0:
+        return
+    if values.dtype == np.float64:
+        with nogil:
+            _scale_chunks[double](<double *>data, scale, n, max(threads, 1))
+    elif values.dtype == np.float32:
+        with nogil:
+            _scale_chunks[float](<float *>data, <float>scale, n, max(threads, 1))
+    else:
+        raise TypeError(f"scale_in_place takes float32 or float64, got {values.dtype}")

@@ -81,4 +81,144 @@ static inline uint64_t fd_global_mask_word(const fd_mask_params *params, uint64_
                                                params->threshold);
 }
 
+/* Keep bits of FD_BATCH_WORDS consecutive global words word, word + 1, ... at once.
+ *
+ * The same bits as fd_global_mask_word. On x86-64 CPUs with AVX2 (detected at run
+ * time; the build itself targets plain x86-64) the eight words run side by side in
+ * vector lanes, where the Philox multiplies are 4-wide and independent words hide
+ * each other's latency; the batch then draws rounds until every lane of every word is
+ * decided, which never changes a word's bits. Elsewhere each word is computed alone. */
+#define FD_BATCH_WORDS 8
+
+#if (defined(__x86_64__) || defined(_M_X64)) && (defined(__GNUC__) || defined(__clang__))
+#define FD_HAVE_AVX2_PATH 1
+#include <immintrin.h>
+
+/* -1: not yet detected; 0: off; 1: on. fd_set_simd(0) forces the portable path. */
+static int fd_simd_state = -1;
+
+static inline int fd_simd_enabled(void)
+{
+    if (fd_simd_state < 0)
+        fd_simd_state = __builtin_cpu_supports("avx2") ? 1 : 0;
+    return fd_simd_state;
+}
+
+/* Turn the SIMD path off (0) or back on where the CPU has it (1); returns the new state. */
+static inline int fd_set_simd(int enabled)
+{
+    fd_simd_state = enabled ? (__builtin_cpu_supports("avx2") ? 1 : 0) : 0;
+    return fd_simd_state;
+}
+
+#define FD_AVX2_ROUND(x0, x1, x2, x3, m0, m1, k0, k1, low32)                                \
+    do {                                                                                    \
+        const __m256i product0 = _mm256_mul_epu32(x0, m0);                                  \
+        const __m256i product1 = _mm256_mul_epu32(x2, m1);                                  \
+        x0 = _mm256_xor_si256(_mm256_xor_si256(_mm256_srli_epi64(product1, 32), x1), k0);   \
+        x2 = _mm256_xor_si256(_mm256_xor_si256(_mm256_srli_epi64(product0, 32), x3), k1);   \
+        x1 = _mm256_and_si256(product1, low32);                                             \
+        x3 = _mm256_and_si256(product0, low32);                                             \
+    } while (0)
+
+#define FD_AVX2_DECIDE(random_bits, threshold_bit, undecided, dropped)                      \
+    do {                                                                                    \
+        const __m256i differs = _mm256_and_si256(_mm256_xor_si256(random_bits, threshold_bit), \
+                                                 undecided);                                \
+        dropped = _mm256_or_si256(dropped, _mm256_and_si256(differs, threshold_bit));       \
+        undecided = _mm256_andnot_si256(differs, undecided);                                \
+    } while (0)
+
+__attribute__((target("avx2"))) static void fd_mask_words_batch_avx2(
+    const fd_mask_params *params, uint64_t word, uint64_t out[FD_BATCH_WORDS])
+{
+    /* 64-bit lanes hold 32-bit Philox words; lanes 0-3 are words word..word+3 (a),
+     * lanes 4-7 of the batch are words word+4..word+7 (b). */
+    const uint64_t threshold = params->threshold;
+    const __m256i low32 = _mm256_set1_epi64x(0xFFFFFFFF);
+    const __m256i m0 = _mm256_set1_epi64x(FD_PHILOX_M0), m1 = _mm256_set1_epi64x(FD_PHILOX_M1);
+    const __m256i stream0 = _mm256_set1_epi64x((long long)(params->stream & 0xFFFFFFFF));
+    const __m256i stream1 = _mm256_set1_epi64x((long long)(params->stream >> 32));
+    const __m256i words_a = _mm256_add_epi64(_mm256_set1_epi64x((long long)word),
+                                             _mm256_set_epi64x(3, 2, 1, 0));
+    const __m256i words_b = _mm256_add_epi64(words_a, _mm256_set1_epi64x(4));
+    const __m256i low_a = _mm256_and_si256(words_a, low32), high_a = _mm256_srli_epi64(words_a, 32);
+    const __m256i low_b = _mm256_and_si256(words_b, low32), high_b = _mm256_srli_epi64(words_b, 32);
+    __m256i undecided_a = _mm256_set1_epi64x(-1), undecided_b = undecided_a;
+    __m256i dropped_a = _mm256_setzero_si256(), dropped_b = dropped_a;
+    for (int block = 0; block < 32; ++block) {
+        const __m256i block_bits = _mm256_set1_epi64x((long long)block << FD_BLOCK_SHIFT);
+        __m256i a0 = low_a, a1 = _mm256_or_si256(high_a, block_bits), a2 = stream0, a3 = stream1;
+        __m256i b0 = low_b, b1 = _mm256_or_si256(high_b, block_bits), b2 = stream0, b3 = stream1;
+        uint32_t key0 = (uint32_t)params->seed, key1 = (uint32_t)(params->seed >> 32);
+        for (int round = 0; round < 10; ++round) {
+            if (round) {
+                key0 += FD_PHILOX_W0;
+                key1 += FD_PHILOX_W1;
+            }
+            const __m256i k0 = _mm256_set1_epi64x(key0), k1 = _mm256_set1_epi64x(key1);
+            FD_AVX2_ROUND(a0, a1, a2, a3, m0, m1, k0, k1, low32);
+            FD_AVX2_ROUND(b0, b1, b2, b3, m0, m1, k0, k1, low32);
+        }
+        const int position_even = 63 - 2 * block, position_odd = 62 - 2 * block;
+        const __m256i bit_even = _mm256_set1_epi64x(-(long long)((threshold >> position_even) & 1));
+        const __m256i bit_odd = _mm256_set1_epi64x(-(long long)((threshold >> position_odd) & 1));
+        FD_AVX2_DECIDE(_mm256_or_si256(a0, _mm256_slli_epi64(a1, 32)), bit_even, undecided_a, dropped_a);
+        FD_AVX2_DECIDE(_mm256_or_si256(b0, _mm256_slli_epi64(b1, 32)), bit_even, undecided_b, dropped_b);
+        FD_AVX2_DECIDE(_mm256_or_si256(a2, _mm256_slli_epi64(a3, 32)), bit_odd, undecided_a, dropped_a);
+        FD_AVX2_DECIDE(_mm256_or_si256(b2, _mm256_slli_epi64(b3, 32)), bit_odd, undecided_b, dropped_b);
+        const __m256i any = _mm256_or_si256(undecided_a, undecided_b);
+        /* lanes still equal to T so far are >= T once T's remaining bits are zero */
+        if (_mm256_testz_si256(any, any) || (threshold & ((UINT64_C(1) << position_odd) - 1)) == 0)
+            break;
+    }
+    const __m256i all = _mm256_set1_epi64x(-1);
+    _mm256_storeu_si256((__m256i *)out, _mm256_xor_si256(dropped_a, all));
+    _mm256_storeu_si256((__m256i *)(out + 4), _mm256_xor_si256(dropped_b, all));
+}
+#else
+#define FD_HAVE_AVX2_PATH 0
+static inline int fd_simd_enabled(void) { return 0; }
+static inline int fd_set_simd(int enabled) { (void)enabled; return 0; }
+#endif
+
+static inline void fd_mask_words_batch(const fd_mask_params *params, uint64_t word,
+                                       uint64_t out[FD_BATCH_WORDS])
+{
+#if FD_HAVE_AVX2_PATH
+    if (!params->drop_all && params->threshold != 0 && fd_simd_enabled()) {
+        fd_mask_words_batch_avx2(params, word, out);
+        return;
+    }
+#endif
+    for (int w = 0; w < FD_BATCH_WORDS; ++w)
+        out[w] = fd_global_mask_word(params, word + (uint64_t)w);
+}
+
+/* Global mask words in increasing order, computed a batch at a time. */
+typedef struct {
+    const fd_mask_params *params;
+    uint64_t next_word; /* global index of buffer[0] */
+    int used;           /* words of buffer already handed out */
+    uint64_t buffer[FD_BATCH_WORDS];
+} fd_word_reader;
+
+static inline void fd_word_reader_start(fd_word_reader *reader, const fd_mask_params *params,
+                                        uint64_t word)
+{
+    reader->params = params;
+    reader->next_word = word;
+    reader->used = FD_BATCH_WORDS;
+}
+
+static inline uint64_t fd_word_reader_next(fd_word_reader *reader)
+{
+    if (reader->used == FD_BATCH_WORDS) {
+        fd_mask_words_batch(reader->params, reader->next_word, reader->buffer);
+        reader->next_word += FD_BATCH_WORDS;
+        reader->used = 0;
+    }
+    return reader->buffer[reader->used++];
+}
+
 #endif /* FASTDROP_MASK_STREAM_H */
