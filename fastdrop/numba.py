@@ -68,7 +68,7 @@ def _element_scale_overload(array, p):
 
     def element_scale(array, p):
         scale = 0.0 if p >= 1.0 else 1.0 / (1.0 - p)  # float64, then rounded once
-        return dtype(scale), dtype(0.0)
+        return dtype(scale)
     return element_scale
 
 
@@ -77,7 +77,7 @@ def mask_words_range(words, n, p, seed, stream, offset, first, stop):
     """Fill words[first:stop] with the keep bits of elements offset .. offset + n - 1."""
     threshold, drop_all = stream_parameters(p)
     no_values = np.empty(0, dtype=np.float32)  # (a global array would be read-only in Numba)
-    _stream_range(no_values, no_values, words, np.float32(0), np.float32(0), np.uint64(seed),
+    _stream_range(no_values, no_values, words, np.float32(0), np.uint64(seed),
                   np.uint64(stream), threshold, drop_all, np.int64(offset), np.int64(n),
                   first, stop)
 
@@ -89,8 +89,8 @@ def dropout_range(source, target, words, p, seed, stream, offset, first, stop):
     Writes words[first:stop] too unless ``words`` is empty.
     """
     threshold, drop_all = stream_parameters(p)
-    scale, zero = _element_scale(source, p)
-    _stream_range(source, target, words, scale, zero, np.uint64(seed), np.uint64(stream),
+    scale = _element_scale(source, p)
+    _stream_range(source, target, words, scale, np.uint64(seed), np.uint64(stream),
                   threshold, drop_all, np.int64(offset), np.int64(source.size), first, stop)
 
 
@@ -103,5 +103,5 @@ def dropout_backward_recompute_range(grad, target, p, seed, stream, offset, firs
 @njit(cache=True)
 def apply_mask_range(source, target, words, p, first, stop):
     """Backward over mask words [first, stop) from stored words: target = source * keep / (1 - p)."""
-    scale, zero = _element_scale(source, p)
-    _mask_range(source, target, words, scale, zero, np.int64(source.size), first, stop)
+    scale = _element_scale(source, p)
+    _mask_range(source, target, words, scale, np.int64(source.size), first, stop)

@@ -35,6 +35,30 @@ def float32_from_bits(typingctx, bits):
     return types.float32(bits), codegen
 
 
+@intrinsic
+def float64_bits(typingctx, value):
+    """Reinterpret a float64 as its uint64 bit pattern."""
+    if value != types.float64:
+        return None
+
+    def codegen(context, builder, signature, args):
+        return builder.bitcast(args[0], context.get_value_type(types.uint64))
+
+    return types.uint64(types.float64), codegen
+
+
+@intrinsic
+def float64_from_bits(typingctx, bits):
+    """Reinterpret a uint64 bit pattern as a float64."""
+    if bits != types.uint64:
+        return None
+
+    def codegen(context, builder, signature, args):
+        return builder.bitcast(args[0], context.get_value_type(types.float64))
+
+    return types.float64(types.uint64), codegen
+
+
 @njit(inline="always", cache=True)
 def half_bits_to_float32(half):
     """Exact float16 (bit pattern) -> float32."""
@@ -88,18 +112,28 @@ def float32_to_half_bits(value):
     return np.uint16(sign | half)
 
 
-def scaled(value, scale):
-    """value * scale rounded to value's type (float16 given as uint16 bits)."""
+def kept(value, scale, lane):
+    """value * scale rounded to value's type, with its bits ANDed with ``lane`` (all ones or 0).
+
+    Dropped lanes so become +0 whatever value holds (inf, NaN), without a branch, so
+    the loops that call this vectorise. float16 values come as uint16 bit patterns.
+    """
     raise NotImplementedError("only callable from Numba code")
 
 
-@overload(scaled, inline="always")
-def _scaled_overload(value, scale):
+@overload(kept, inline="always")
+def _kept_overload(value, scale, lane):
     if isinstance(value, types.Integer):  # float16 bits; scale is float32
-        def scaled_half(value, scale):
-            return float32_to_half_bits(half_bits_to_float32(value) * scale)
-        return scaled_half
+        def kept_half(value, scale, lane):
+            product = float32_to_half_bits(half_bits_to_float32(value) * scale)
+            return np.uint16(product & np.uint16(lane & np.uint64(0xFFFF)))
+        return kept_half
+    if value == types.float32:
+        def kept_float32(value, scale, lane):
+            bits = float32_bits(value * scale) & np.uint32(lane & np.uint64(0xFFFFFFFF))
+            return float32_from_bits(bits)
+        return kept_float32
 
-    def scaled_float(value, scale):
-        return value * scale
-    return scaled_float
+    def kept_float64(value, scale, lane):
+        return float64_from_bits(float64_bits(value * scale) & lane)
+    return kept_float64

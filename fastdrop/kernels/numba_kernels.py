@@ -13,9 +13,9 @@ import numba
 import numpy as np
 from numba import njit, prange
 
-from ..maskstream.numba_words import global_mask_word
+from ..maskstream.numba_words import BATCH_WORDS, mask_words_batch
 from .common import chunk_count, kernel_scale, kernel_view
-from .numba_half import scaled
+from .numba_half import kept
 
 _ZERO = np.uint64(0)
 _ONE = np.uint64(1)
@@ -27,15 +27,42 @@ _NO_WORDS = np.empty(0, dtype=np.uint64)
 
 
 @njit(inline="always", cache=True)
-def _apply_word(source, target, start, count, keep, scale, zero):
-    """target[start + j] = source[start + j] * scale where bit j of keep is set, else +0."""
-    for j in range(count):
-        value = scaled(source[start + j], scale)
-        target[start + j] = value if (keep >> np.uint64(j)) & _ONE else zero
+def _apply_word(source, target, start, count, keep, scale, in_place):
+    """target[start + j] = source[start + j] * scale where bit j of keep is set, else +0.
+
+    Branch-free per element, on views of the word's elements (indices provably
+    non-negative), so the loops vectorise; the in-place loop touches one array only,
+    so the compiler need not guard against overlap.
+    """
+    values = target[start:start + count]
+    if in_place:
+        for j in range(count):
+            lane = _ZERO - ((keep >> np.uint64(j)) & _ONE)  # all ones where kept
+            values[j] = kept(values[j], scale, lane)
+    else:
+        inputs = source[start:start + count]
+        for j in range(count):
+            lane = _ZERO - ((keep >> np.uint64(j)) & _ONE)
+            values[j] = kept(inputs[j], scale, lane)
+
+
+@njit(inline="always", cache=True)
+def _same_memory(source, target):
+    return source.size > 0 and source.ctypes.data == target.ctypes.data
+
+
+@njit(inline="always", cache=True)
+def _next_word(buffer, used, next_word, seed, stream, threshold, drop_all):
+    """The next global mask word from a batch buffer, refilled BATCH_WORDS at a time."""
+    if used == BATCH_WORDS:
+        buffer = mask_words_batch(seed, stream, next_word, threshold, drop_all)
+        next_word += np.uint64(BATCH_WORDS)
+        used = 0
+    return buffer[used], buffer, used + 1, next_word
 
 
 @njit(cache=True)
-def _stream_range(source, target, words, scale, zero, seed, stream, threshold, drop_all,
+def _stream_range(source, target, words, scale, seed, stream, threshold, drop_all,
                   offset, n, first, stop):
     """Local mask words first..stop-1 generated from the stream.
 
@@ -43,20 +70,25 @@ def _stream_range(source, target, words, scale, zero, seed, stream, threshold, d
     """
     store_words = words.size > 0
     apply_values = target.size > 0
+    in_place = _same_memory(source, target)
     shift = np.uint64(offset) & _LANE_MASK
-    base = np.uint64(offset) >> _SIX
-    low = global_mask_word(seed, stream, base + np.uint64(first), threshold, drop_all)
+    next_word = (np.uint64(offset) >> _SIX) + np.uint64(first)
+    buffer = (_ZERO, _ZERO, _ZERO, _ZERO, _ZERO, _ZERO, _ZERO, _ZERO)
+    low, buffer, used, next_word = _next_word(buffer, BATCH_WORDS, next_word, seed, stream,
+                                              threshold, drop_all)
     for k in range(first, stop):
         start = k * 64
         count = min(64, n - start)
         if shift == _ZERO:
             keep = low
             if k + 1 < stop:
-                low = global_mask_word(seed, stream, base + np.uint64(k + 1), threshold, drop_all)
+                low, buffer, used, next_word = _next_word(buffer, used, next_word, seed, stream,
+                                                          threshold, drop_all)
         else:
             high = _ZERO
             if count > 64 - np.int64(shift):  # elements reach into the next global word
-                high = global_mask_word(seed, stream, base + np.uint64(k + 1), threshold, drop_all)
+                high, buffer, used, next_word = _next_word(buffer, used, next_word, seed,
+                                                           stream, threshold, drop_all)
             keep = (low >> shift) | (high << (_WORD - shift))
             low = high
         if count < 64:
@@ -64,19 +96,20 @@ def _stream_range(source, target, words, scale, zero, seed, stream, threshold, d
         if store_words:
             words[k] = keep
         if apply_values:
-            _apply_word(source, target, start, count, keep, scale, zero)
+            _apply_word(source, target, start, count, keep, scale, in_place)
 
 
 @njit(cache=True)
-def _mask_range(source, target, words, scale, zero, n, first, stop):
+def _mask_range(source, target, words, scale, n, first, stop):
     """target = source * scale where the stored mask words keep, +0 elsewhere."""
+    in_place = _same_memory(source, target)
     for k in range(first, stop):
         start = k * 64
-        _apply_word(source, target, start, min(64, n - start), words[k], scale, zero)
+        _apply_word(source, target, start, min(64, n - start), words[k], scale, in_place)
 
 
 @njit(parallel=True, cache=True)
-def _stream_parallel(source, target, words, scale, zero, seed, stream, threshold, drop_all,
+def _stream_parallel(source, target, words, scale, seed, stream, threshold, drop_all,
                      offset, n, chunks):
     total = (n + 63) // 64
     per_chunk = (total + chunks - 1) // chunks
@@ -84,19 +117,19 @@ def _stream_parallel(source, target, words, scale, zero, seed, stream, threshold
         first = chunk * per_chunk
         stop = min(first + per_chunk, total)
         if first < stop:
-            _stream_range(source, target, words, scale, zero, seed, stream, threshold,
+            _stream_range(source, target, words, scale, seed, stream, threshold,
                           drop_all, offset, n, first, stop)
 
 
 @njit(parallel=True, cache=True)
-def _mask_parallel(source, target, words, scale, zero, n, chunks):
+def _mask_parallel(source, target, words, scale, n, chunks):
     total = (n + 63) // 64
     per_chunk = (total + chunks - 1) // chunks
     for chunk in prange(chunks):
         first = chunk * per_chunk
         stop = min(first + per_chunk, total)
         if first < stop:
-            _mask_range(source, target, words, scale, zero, n, first, stop)
+            _mask_range(source, target, words, scale, n, first, stop)
 
 
 def _run(serial, parallel, args, n, threads):
@@ -125,13 +158,12 @@ def scale_by_stream(source, target, words, n, scale, threshold, drop_all, seed, 
     """
     if source is None:
         source = target = _NO_VALUES
-        element_scale, zero = np.float32(0), np.float32(0)
+        element_scale = np.float32(0)
     else:
         element_scale = kernel_scale(source.dtype, scale)
         source, target = kernel_view(source), kernel_view(target)
-        zero = target.dtype.type(0)
     words = _NO_WORDS if words is None else words
-    args = (source, target, words, element_scale, zero, np.uint64(seed), np.uint64(stream),
+    args = (source, target, words, element_scale, np.uint64(seed), np.uint64(stream),
             np.uint64(threshold), bool(drop_all), np.int64(offset), np.int64(n))
     _run(_stream_range, _stream_parallel, args, n, threads)
 
@@ -141,5 +173,5 @@ def scale_by_mask(source, target, words, scale, threads):
     n = source.size
     element_scale = kernel_scale(source.dtype, scale)
     source, target = kernel_view(source), kernel_view(target)
-    args = (source, target, words, element_scale, target.dtype.type(0), np.int64(n))
+    args = (source, target, words, element_scale, np.int64(n))
     _run(_mask_range, _mask_parallel, args, n, threads)
