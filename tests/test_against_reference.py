@@ -100,7 +100,7 @@ def test_auto_backend_gives_the_same_result_as_reference():
 @pytest.mark.parametrize("simd", [True, False])
 @pytest.mark.parametrize("p", PS)
 def test_cython_simd_and_portable_paths_agree_with_reference(p, simd):
-    """The AVX2 batch path (where the CPU has it) and the portable path give the same words."""
+    """The AVX2 paths (where the CPU has them) and the portable paths give the same bits."""
     from fastdrop.kernels import cython_kernels
 
     before = cython_kernels.simd_enabled()
@@ -111,5 +111,13 @@ def test_cython_simd_and_portable_paths_agree_with_reference(p, simd):
             words = fastdrop.bernoulli_mask(n, p, seed=12345, stream=2**40 + 3, offset=offset,
                                             backend="cython")
             assert np.array_equal(words, reference.pack_mask(keep)), (n, offset)
+            for dtype in FLOAT_DTYPES:
+                x = sample_input(n, dtype)
+                y, _ = fastdrop.dropout(x, p, seed=12345, stream=2**40 + 3, offset=offset,
+                                       backend="cython")
+                assert np.array_equal(bits(y), bits(reference.scale_kept(x, keep, p)))
+                grad = x[::-1].copy()
+                back = fastdrop.dropout_backward(grad, words, p=p, backend="cython")
+                assert np.array_equal(bits(back), bits(reference.scale_kept(grad, keep, p)))
     finally:
         cython_kernels.set_simd(before)

@@ -76,46 +76,67 @@ static inline uint16_t fd_keep_f16(uint16_t value, float scale, uint32_t lane)
     return (uint16_t)(fd_float_to_half(fd_half_to_float(value) * scale) & lane);
 }
 
-/* Scaling of one word's elements: target[j] = source[j] * scale where bit j of keep is
- * set, else +0 (j < count). For full words the 64 lane masks are gathered first, so
- * the scaling loop is a plain vectorisable loop; an in-place call gets its own path
- * so the compiler sees one array and need not check for overlap. */
-#define FD_SCALE_FULL_WORD(SUFFIX, source, target, keep, scale)                             \
-    uint32_t lanes[64];                                                                     \
+/* The 64 lane masks of a word's keep bits (all ones where kept). Two ways, one per
+ * instruction set: a table lookup per byte suits plain SSE2; with AVX2 per-lane
+ * variable shifts do it in registers. */
+#define FD_LANES_FROM_TABLE(lanes, keep)                                                    \
     for (int byte = 0; byte < 8; ++byte)                                                    \
-        memcpy(lanes + 8 * byte, fd_byte_lanes[((keep) >> (8 * byte)) & 0xFF],             \
-               sizeof fd_byte_lanes[0]);                                                    \
-    for (int j = 0; j < 64; ++j)                                                            \
-        (target)[j] = fd_keep_##SUFFIX((source)[j], scale, lanes[j]);
+        memcpy((lanes) + 8 * byte, fd_byte_lanes[((keep) >> (8 * byte)) & 0xFF],           \
+               sizeof fd_byte_lanes[0]);
+#define FD_LANES_FROM_SHIFTS(lanes, keep)                                                   \
+    {                                                                                       \
+        const uint32_t keep_low = (uint32_t)(keep), keep_high = (uint32_t)((keep) >> 32);  \
+        for (int j = 0; j < 32; ++j)                                                        \
+            (lanes)[j] = (keep_low & (UINT32_C(1) << j)) ? UINT32_C(0xFFFFFFFF) : 0;        \
+        for (int j = 0; j < 32; ++j)                                                        \
+            (lanes)[32 + j] = (keep_high & (UINT32_C(1) << j)) ? UINT32_C(0xFFFFFFFF) : 0;  \
+    }
 
-#define FD_DEFINE_APPLY_WORD(SUFFIX, T, SCALE_T)                                            \
-    static inline void fd_scale_word_copy_##SUFFIX(const T *FD_RESTRICT source,                \
-                                                   T *FD_RESTRICT target, uint64_t keep,       \
-                                                   SCALE_T scale)                           \
+/* Prefetch distance in mask words, and a prefetch of one word's elements. */
+#define FD_PREFETCH_WORDS 16
+#if defined(__GNUC__) || defined(__clang__)
+#define FD_PREFETCH_WORD(address, T)                                                        \
+    for (int line = 0; line < (int)(64 * sizeof(T)); line += 64)                            \
+        __builtin_prefetch((const char *)(address) + line, 1, 3);
+#else
+#define FD_PREFETCH_WORD(address, T)
+#endif
+
+/* One set of kernels for element type T. Scaling of a word's elements: target[j] =
+ * source[j] * scale where bit j of keep is set, else +0 (j < count). Full words gather
+ * their lane masks first, so the scaling is a plain vectorisable loop; an in-place call
+ * gets its own path so the compiler sees one array and need not check for overlap. */
+#define FD_DEFINE_KERNELS(SUFFIX, T, SCALE_T, VARIANT, ATTRIBUTES, FILL_LANES)              \
+    ATTRIBUTES static inline void fd_scale_word_copy_##SUFFIX##VARIANT(                     \
+        const T *FD_RESTRICT source, T *FD_RESTRICT target, uint64_t keep, SCALE_T scale)   \
     {                                                                                       \
-        FD_SCALE_FULL_WORD(SUFFIX, source, target, keep, scale)                             \
+        uint32_t lanes[64];                                                                 \
+        FILL_LANES(lanes, keep)                                                             \
+        for (int j = 0; j < 64; ++j)                                                        \
+            target[j] = fd_keep_##SUFFIX(source[j], scale, lanes[j]);                       \
     }                                                                                       \
-    static inline void fd_scale_word_inplace_##SUFFIX(T *values, uint64_t keep,             \
-                                                      SCALE_T scale)                        \
+    ATTRIBUTES static inline void fd_scale_word_inplace_##SUFFIX##VARIANT(                  \
+        T *values, uint64_t keep, SCALE_T scale)                                            \
     {                                                                                       \
-        FD_SCALE_FULL_WORD(SUFFIX, values, values, keep, scale)                             \
+        uint32_t lanes[64];                                                                 \
+        FILL_LANES(lanes, keep)                                                             \
+        for (int j = 0; j < 64; ++j)                                                        \
+            values[j] = fd_keep_##SUFFIX(values[j], scale, lanes[j]);                       \
     }                                                                                       \
-    static inline void fd_apply_word_##SUFFIX(const T *source, T *target, int64_t count,    \
-                                              uint64_t keep, SCALE_T scale)                 \
+    ATTRIBUTES static inline void fd_apply_word_##SUFFIX##VARIANT(                          \
+        const T *source, T *target, int64_t count, uint64_t keep, SCALE_T scale)            \
     {                                                                                       \
         if (count == 64 && source == target) {                                              \
-            fd_scale_word_inplace_##SUFFIX(target, keep, scale);                            \
+            fd_scale_word_inplace_##SUFFIX##VARIANT(target, keep, scale);                   \
         } else if (count == 64) {                                                           \
-            fd_scale_word_copy_##SUFFIX(source, target, keep, scale);                       \
+            fd_scale_word_copy_##SUFFIX##VARIANT(source, target, keep, scale);              \
         } else {                                                                            \
             for (int64_t j = 0; j < count; ++j)                                             \
                 target[j] = fd_keep_##SUFFIX(source[j], scale,                              \
                                              ((keep >> j) & 1) ? UINT32_C(0xFFFFFFFF) : 0); \
         }                                                                                   \
-    }
-
-#define FD_DEFINE_DROPOUT_RANGE(SUFFIX, T, SCALE_T)                                         \
-    static inline void fd_dropout_range_##SUFFIX(                                           \
+    }                                                                                       \
+    ATTRIBUTES static inline void fd_dropout_range_##SUFFIX##VARIANT(                       \
         const T *source, T *target, uint64_t *words, SCALE_T scale,                         \
         const fd_mask_params *params, int64_t first, int64_t stop)                          \
     {                                                                                       \
@@ -144,32 +165,68 @@ static inline uint16_t fd_keep_f16(uint16_t value, float scale, uint32_t lane)
                 keep &= (UINT64_C(1) << count) - 1;                                         \
             if (words)                                                                      \
                 words[k] = keep;                                                            \
-            if (target)                                                                     \
-                fd_apply_word_##SUFFIX(source + start, target + start, count, keep, scale); \
+            if (target) {                                                                   \
+                /* keep memory busy while later words are computed: fetch ahead */          \
+                if (k + FD_PREFETCH_WORDS < stop)                                           \
+                    FD_PREFETCH_WORD(source + start + 64 * FD_PREFETCH_WORDS, T);           \
+                fd_apply_word_##SUFFIX##VARIANT(source + start, target + start, count,      \
+                                                keep, scale);                               \
+            }                                                                               \
         }                                                                                   \
-    }
-
-#define FD_DEFINE_APPLY_MASK_RANGE(SUFFIX, T, SCALE_T)                                      \
-    static inline void fd_apply_mask_range_##SUFFIX(                                        \
+    }                                                                                       \
+    ATTRIBUTES static inline void fd_apply_mask_range_##SUFFIX##VARIANT(                    \
         const T *source, T *target, const uint64_t *words, SCALE_T scale, int64_t n,        \
         int64_t first, int64_t stop)                                                        \
     {                                                                                       \
         for (int64_t k = first; k < stop; ++k) {                                            \
             const int64_t start = k * 64;                                                   \
             const int64_t count = n - start < 64 ? n - start : 64;                          \
-            fd_apply_word_##SUFFIX(source + start, target + start, count, words[k], scale); \
+            fd_apply_word_##SUFFIX##VARIANT(source + start, target + start, count,          \
+                                            words[k], scale);                               \
         }                                                                                   \
     }
 
-FD_DEFINE_APPLY_WORD(f64, double, double)
-FD_DEFINE_APPLY_WORD(f32, float, float)
-FD_DEFINE_APPLY_WORD(f16, uint16_t, float)
-FD_DEFINE_DROPOUT_RANGE(f64, double, double)
-FD_DEFINE_DROPOUT_RANGE(f32, float, float)
-FD_DEFINE_DROPOUT_RANGE(f16, uint16_t, float)
-FD_DEFINE_APPLY_MASK_RANGE(f64, double, double)
-FD_DEFINE_APPLY_MASK_RANGE(f32, float, float)
-FD_DEFINE_APPLY_MASK_RANGE(f16, uint16_t, float)
+/* The public kernels: the AVX2 variant where the CPU has it (fd_simd_enabled), the
+ * portable one elsewhere. Both give identical bits. */
+#if FD_HAVE_AVX2_PATH
+#define FD_DISPATCH(SUFFIX, NAME, ARGS)                                                     \
+    if (fd_simd_enabled()) {                                                                \
+        NAME##_##SUFFIX##_avx2 ARGS;                                                        \
+        return;                                                                             \
+    }                                                                                       \
+    NAME##_##SUFFIX##_portable ARGS;
+#else
+#define FD_DISPATCH(SUFFIX, NAME, ARGS) NAME##_##SUFFIX##_portable ARGS;
+#endif
+
+#define FD_DEFINE_PUBLIC_KERNELS(SUFFIX, T, SCALE_T)                                        \
+    FD_DEFINE_KERNELS(SUFFIX, T, SCALE_T, _portable, , FD_LANES_FROM_TABLE)                 \
+    FD_DEFINE_AVX2_KERNELS(SUFFIX, T, SCALE_T)                                              \
+    static inline void fd_dropout_range_##SUFFIX(                                           \
+        const T *source, T *target, uint64_t *words, SCALE_T scale,                         \
+        const fd_mask_params *params, int64_t first, int64_t stop)                          \
+    {                                                                                       \
+        FD_DISPATCH(SUFFIX, fd_dropout_range,                                               \
+                    (source, target, words, scale, params, first, stop))                    \
+    }                                                                                       \
+    static inline void fd_apply_mask_range_##SUFFIX(                                        \
+        const T *source, T *target, const uint64_t *words, SCALE_T scale, int64_t n,        \
+        int64_t first, int64_t stop)                                                        \
+    {                                                                                       \
+        FD_DISPATCH(SUFFIX, fd_apply_mask_range, (source, target, words, scale, n, first, stop)) \
+    }
+
+#if FD_HAVE_AVX2_PATH
+#define FD_DEFINE_AVX2_KERNELS(SUFFIX, T, SCALE_T)                                          \
+    FD_DEFINE_KERNELS(SUFFIX, T, SCALE_T, _avx2, __attribute__((target("avx2"))),          \
+                      FD_LANES_FROM_SHIFTS)
+#else
+#define FD_DEFINE_AVX2_KERNELS(SUFFIX, T, SCALE_T)
+#endif
+
+FD_DEFINE_PUBLIC_KERNELS(f64, double, double)
+FD_DEFINE_PUBLIC_KERNELS(f32, float, float)
+FD_DEFINE_PUBLIC_KERNELS(f16, uint16_t, float)
 
 static inline void fd_mask_words_range(uint64_t *words, const fd_mask_params *params,
                                        int64_t first, int64_t stop)
