@@ -11,7 +11,10 @@ words; each range walks its global words once, carrying the upper one forward.
 """
 import numba
 import numpy as np
-from numba import njit, prange
+from llvmlite import binding, ir
+from numba import njit, prange, types
+from numba.core import cgutils
+from numba.extending import intrinsic
 
 from ..maskstream.numba_words import BATCH_WORDS, mask_words_batch
 from .common import chunk_count, kernel_scale, kernel_view
@@ -22,8 +25,38 @@ _ONE = np.uint64(1)
 _SIX = np.uint64(6)
 _LANE_MASK = np.uint64(63)
 _WORD = np.uint64(64)
+_PREFETCH_WORDS = 16  # how far ahead, in mask words, the fused kernel fetches its input
 _NO_VALUES = np.empty(0, dtype=np.float32)
 _NO_WORDS = np.empty(0, dtype=np.uint64)
+
+
+@intrinsic
+def _prefetch_for_write(typingctx, array, index):
+    """Ask the CPU to fetch array[index]'s cache line (LLVM's prefetch, write intent)."""
+    if not isinstance(array, types.Array) or not isinstance(index, types.Integer):
+        return None
+
+    def codegen(context, builder, signature, args):
+        array_type = signature.args[0]
+        values = context.make_array(array_type)(context, builder, args[0])
+        pointer = cgutils.get_item_pointer(context, builder, array_type, values, [args[1]],
+                                           wraparound=False)
+        byte_pointer, i32 = ir.IntType(8).as_pointer(), ir.IntType(32)
+        name = "llvm.prefetch.p0" if binding.llvm_version_info >= (15,) else "llvm.prefetch.p0i8"
+        function = cgutils.get_or_insert_function(
+            builder.module, ir.FunctionType(ir.VoidType(), [byte_pointer, i32, i32, i32]), name)
+        builder.call(function, [builder.bitcast(pointer, byte_pointer), ir.Constant(i32, 1),
+                                ir.Constant(i32, 3), ir.Constant(i32, 1)])
+        return context.get_dummy_value()
+
+    return types.none(array, index), codegen
+
+
+@njit(inline="always", cache=True)
+def _prefetch_word(values, word):
+    """Prefetch the 64 elements of local mask word ``word``."""
+    for element in range(word * 64, word * 64 + 64, 64 // values.itemsize):
+        _prefetch_for_write(values, element)
 
 
 @njit(inline="always", cache=True)
@@ -53,12 +86,14 @@ def _same_memory(source, target):
 
 @njit(inline="always", cache=True)
 def _next_word(buffer, used, next_word, seed, stream, threshold, drop_all):
-    """The next global mask word from a batch buffer, refilled BATCH_WORDS at a time."""
+    """The next global mask word from ``buffer``, refilled BATCH_WORDS at a time."""
     if used == BATCH_WORDS:
-        buffer = mask_words_batch(seed, stream, next_word, threshold, drop_all)
+        batch = mask_words_batch(seed, stream, next_word, threshold, drop_all)
+        for index in range(BATCH_WORDS):
+            buffer[index] = batch[index]
         next_word += np.uint64(BATCH_WORDS)
         used = 0
-    return buffer[used], buffer, used + 1, next_word
+    return buffer[used], used + 1, next_word
 
 
 @njit(cache=True)
@@ -73,22 +108,22 @@ def _stream_range(source, target, words, scale, seed, stream, threshold, drop_al
     in_place = _same_memory(source, target)
     shift = np.uint64(offset) & _LANE_MASK
     next_word = (np.uint64(offset) >> _SIX) + np.uint64(first)
-    buffer = (_ZERO, _ZERO, _ZERO, _ZERO, _ZERO, _ZERO, _ZERO, _ZERO)
-    low, buffer, used, next_word = _next_word(buffer, BATCH_WORDS, next_word, seed, stream,
-                                              threshold, drop_all)
+    buffer = np.empty(BATCH_WORDS, dtype=np.uint64)
+    low, used, next_word = _next_word(buffer, BATCH_WORDS, next_word, seed, stream, threshold,
+                                      drop_all)
     for k in range(first, stop):
         start = k * 64
         count = min(64, n - start)
         if shift == _ZERO:
             keep = low
             if k + 1 < stop:
-                low, buffer, used, next_word = _next_word(buffer, used, next_word, seed, stream,
-                                                          threshold, drop_all)
+                low, used, next_word = _next_word(buffer, used, next_word, seed, stream,
+                                                  threshold, drop_all)
         else:
             high = _ZERO
             if count > 64 - np.int64(shift):  # elements reach into the next global word
-                high, buffer, used, next_word = _next_word(buffer, used, next_word, seed,
-                                                           stream, threshold, drop_all)
+                high, used, next_word = _next_word(buffer, used, next_word, seed, stream,
+                                                   threshold, drop_all)
             keep = (low >> shift) | (high << (_WORD - shift))
             low = high
         if count < 64:
@@ -96,6 +131,8 @@ def _stream_range(source, target, words, scale, seed, stream, threshold, drop_al
         if store_words:
             words[k] = keep
         if apply_values:
+            if k + _PREFETCH_WORDS < stop:  # keep memory busy while later words are computed
+                _prefetch_word(source, k + _PREFETCH_WORDS)
             _apply_word(source, target, start, count, keep, scale, in_place)
 
 
