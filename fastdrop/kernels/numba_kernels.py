@@ -25,7 +25,7 @@ _ONE = np.uint64(1)
 _SIX = np.uint64(6)
 _LANE_MASK = np.uint64(63)
 _WORD = np.uint64(64)
-_PREFETCH_WORDS = 16  # how far ahead, in mask words, the fused kernel fetches its input
+_GROUP_WORDS = 64  # mask words generated before their elements are scaled
 _NO_VALUES = np.empty(0, dtype=np.float32)
 _NO_WORDS = np.empty(0, dtype=np.uint64)
 
@@ -50,13 +50,6 @@ def _prefetch_for_write(typingctx, array, index):
         return context.get_dummy_value()
 
     return types.none(array, index), codegen
-
-
-@njit(inline="always", cache=True)
-def _prefetch_word(values, word):
-    """Prefetch the 64 elements of local mask word ``word``."""
-    for element in range(word * 64, word * 64 + 64, 64 // values.itemsize):
-        _prefetch_for_write(values, element)
 
 
 @njit(inline="always", cache=True)
@@ -85,15 +78,13 @@ def _same_memory(source, target):
 
 
 @njit(inline="always", cache=True)
-def _next_word(buffer, used, next_word, seed, stream, threshold, drop_all):
-    """The next global mask word from ``buffer``, refilled BATCH_WORDS at a time."""
-    if used == BATCH_WORDS:
-        batch = mask_words_batch(seed, stream, next_word, threshold, drop_all)
-        for index in range(BATCH_WORDS):
-            buffer[index] = batch[index]
-        next_word += np.uint64(BATCH_WORDS)
-        used = 0
-    return buffer[used], used + 1, next_word
+def _global_words(buffer, count, first_word, seed, stream, threshold, drop_all):
+    """buffer[:count] = global mask words first_word .. first_word + count - 1 (batches of 8)."""
+    for start in range(0, count, BATCH_WORDS):
+        batch = mask_words_batch(seed, stream, first_word + np.uint64(start), threshold,
+                                 drop_all)
+        for index in range(min(BATCH_WORDS, count - start)):
+            buffer[start + index] = batch[index]
 
 
 @njit(cache=True)
@@ -102,38 +93,41 @@ def _stream_range(source, target, words, scale, seed, stream, threshold, drop_al
     """Local mask words first..stop-1 generated from the stream.
 
     Writes the words if ``words`` is non-empty, and the scaled values if ``target`` is.
+    Works in groups of _GROUP_WORDS words: first the group's keep words (global words
+    shifted into the array's own packing when the offset is not a multiple of 64),
+    then one pass over its elements (by ``_mask_range`` on views of the group, which
+    vectorises best as its own function), after asking for the next group's elements.
     """
     store_words = words.size > 0
     apply_values = target.size > 0
-    in_place = _same_memory(source, target)
     shift = np.uint64(offset) & _LANE_MASK
-    next_word = (np.uint64(offset) >> _SIX) + np.uint64(first)
-    buffer = np.empty(BATCH_WORDS, dtype=np.uint64)
-    low, used, next_word = _next_word(buffer, BATCH_WORDS, next_word, seed, stream, threshold,
-                                      drop_all)
-    for k in range(first, stop):
-        start = k * 64
-        count = min(64, n - start)
+    base = np.uint64(offset) >> _SIX
+    keep_words = np.empty(_GROUP_WORDS, dtype=np.uint64)
+    global_words = np.empty(_GROUP_WORDS + 1, dtype=np.uint64)
+    for group in range(first, stop, _GROUP_WORDS):
+        count = min(_GROUP_WORDS, stop - group)
         if shift == _ZERO:
-            keep = low
-            if k + 1 < stop:
-                low, used, next_word = _next_word(buffer, used, next_word, seed, stream,
-                                                  threshold, drop_all)
-        else:
-            high = _ZERO
-            if count > 64 - np.int64(shift):  # elements reach into the next global word
-                high, used, next_word = _next_word(buffer, used, next_word, seed, stream,
-                                                   threshold, drop_all)
-            keep = (low >> shift) | (high << (_WORD - shift))
-            low = high
-        if count < 64:
-            keep &= (_ONE << np.uint64(count)) - _ONE
+            _global_words(keep_words, count, base + np.uint64(group), seed, stream, threshold,
+                          drop_all)
+        else:  # local word k takes the top of global word k and the bottom of word k + 1
+            _global_words(global_words, count + 1, base + np.uint64(group), seed, stream,
+                          threshold, drop_all)
+            for index in range(count):
+                keep_words[index] = ((global_words[index] >> shift)
+                                     | (global_words[index + 1] << (_WORD - shift)))
+        last = group + count - 1
+        if n - last * 64 < 64:  # the array ends inside the group's last word
+            keep_words[count - 1] &= (_ONE << np.uint64(n - last * 64)) - _ONE
         if store_words:
-            words[k] = keep
+            words[group:group + count] = keep_words[:count]
         if apply_values:
-            if k + _PREFETCH_WORDS < stop:  # keep memory busy while later words are computed
-                _prefetch_word(source, k + _PREFETCH_WORDS)
-            _apply_word(source, target, start, count, keep, scale, in_place)
+            start, end = group * 64, min(n, (group + count) * 64)
+            # ask for the next group's elements now, so memory stays busy while its
+            # keep words are computed
+            for element in range(end, min(n, end + _GROUP_WORDS * 64), 64 // source.itemsize):
+                _prefetch_for_write(source, element)
+            _mask_range(source[start:end], target[start:end], keep_words, scale, end - start, 0,
+                        count)
 
 
 @njit(cache=True)
