@@ -47,9 +47,16 @@ def resolve_backend(backend):
     return backend
 
 
+_loaded = {}  # backend argument -> kernel module (None for the reference)
+
+
 def kernels(backend):
     """The kernel module of a compiled backend, or None for the NumPy reference."""
+    try:
+        return _loaded[backend]
+    except (KeyError, TypeError):  # TypeError: an unhashable backend argument
+        pass
     name = resolve_backend(backend)
-    if name == "numpy":
-        return None
-    return importlib.import_module(_COMPILED[name][0])
+    module = None if name == "numpy" else importlib.import_module(_COMPILED[name][0])
+    _loaded[backend] = module
+    return module

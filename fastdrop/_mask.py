@@ -1,4 +1,6 @@
 """Packed masks: the DropoutMask record and packing to and from uint64 words."""
+import math
+
 import numpy as np
 
 from .maskstream.spec import WORD_BITS
@@ -96,7 +98,7 @@ class DropoutMask:
     def __init__(self, words, *, shape, p, seed, stream, offset):
         self.words = words
         self.shape = tuple(shape)
-        self.n = int(np.prod(self.shape, dtype=np.int64))
+        self.n = math.prod(self.shape)
         self.p = float(p)
         self.seed = int(seed)
         self.stream = int(stream)

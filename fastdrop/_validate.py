@@ -17,6 +17,8 @@ FLOAT_DTYPES = (np.dtype(np.float16), np.dtype(np.float32), np.dtype(np.float64)
 
 def check_p(p):
     """The drop probability as a float in [0, 1]."""
+    if type(p) is float and 0.0 <= p <= 1.0:  # the common case, checked first for speed
+        return p
     if isinstance(p, (bool, np.bool_)) or not isinstance(p, (numbers.Real, np.floating, np.integer)):
         raise TypeError(f"p must be a real number in [0, 1], got {p!r}")
     value = float(p)
@@ -27,6 +29,8 @@ def check_p(p):
 
 def check_integer(value, name, low, high):
     """An integer in [low, high] (Python int, NumPy integer; not bool, not float)."""
+    if type(value) is int and low <= value <= high:  # the common case, checked first
+        return value
     if isinstance(value, (bool, np.bool_)):
         raise TypeError(f"{name} must be an integer, got {value!r}")
     try:
@@ -58,6 +62,8 @@ def check_count(n):
 
 
 def _is_generator(seed):
+    if type(seed) is int:
+        return False
     from .generator import Generator
 
     return isinstance(seed, Generator)

@@ -1,7 +1,17 @@
 """Helpers shared by the compiled backends' Python entry points."""
+import functools
+
 import numpy as np
 
 from .._config import SERIAL_ELEMENTS
+
+
+@functools.lru_cache(maxsize=256)
+def _rounded_scale(dtype_char, scale):
+    with np.errstate(over="ignore"):  # s overflows float16 for p > 1 - 2**-16: specified
+        if dtype_char == "e":
+            return np.float32(np.float16(scale))
+        return np.dtype(dtype_char).type(scale)
 
 
 def kernel_scale(dtype, scale):
@@ -9,8 +19,7 @@ def kernel_scale(dtype, scale):
 
     float16 kernels multiply in float32 by the float16 value of s (exact), then round.
     """
-    with np.errstate(over="ignore"):  # s overflows float16 for p > 1 - 2**-16: specified
-        return np.float32(np.float16(scale)) if dtype == np.float16 else dtype.type(scale)
+    return _rounded_scale(dtype.char, scale)
 
 
 def kernel_view(array):
