@@ -10,6 +10,7 @@ import sys
 
 # subcommand name -> module (relative to this package)
 SUBCOMMANDS = {
+    "bench": ".bench",
     "demo": ".demo",
     "info": ".info",
 }

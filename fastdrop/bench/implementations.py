@@ -1,0 +1,412 @@
+"""The one registry of what is benchmarked: operations, and the implementations of each.
+
+``fastdrop bench``, the pytest-benchmark suite (``benchmarks/``) and docs/benchmarks.md
+all read `OPERATIONS` and `IMPLEMENTATIONS`, so a new implementation or operation
+appears everywhere at once.
+
+An implementation of an operation is a *setup* ``setup(n, p, dtype, threads)`` that
+allocates everything (inputs, outputs, stored masks, scratch buffers) and returns a
+zero-argument callable: the timed call. In-place operations run on the same array
+call after call. That changes the values but not the work: dropout of dropout reads
+and writes the same bytes, and no kernel here branches on values. Values only ever
+shrink to +0.0 or grow by s = 1/(1-p) > 1, so they never become subnormal (the one
+case x86 SSE/AVX arithmetic slows down for). The floor's values reach inf after a
+few hundred calls, and so do the elements a fixed stored mask keeps in the backward
+rows (the textbook NumPy formula can then make NaN, inf * 0); inf and NaN arithmetic
+run at full speed on x86-64 SSE/AVX (checked: ``scale_in_place`` on ones, inf and
+NaN takes the same time). The runner silences NumPy's overflow warnings.
+"""
+import importlib.util
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from .._backends import backend_available
+
+SEED = 1234
+STREAM = 0
+
+
+@dataclass(frozen=True)
+class Operation:
+    name: str
+    title: str
+    description: str
+    dtype_independent: bool = False  # timed once per (n, p), with the first dtype's floor
+
+
+OPERATIONS = {operation.name: operation for operation in (
+    Operation("forward_inplace", "forward in place",
+              "x = dropout(x): draw the mask, scale and zero x in place (fastdrop also "
+              "stores the packed mask)"),
+    Operation("forward", "forward out of place",
+              "y = dropout(x) into a separate array (preallocated where the API takes one)"),
+    Operation("mask", "mask only",
+              "keep mask of n elements: packed bits (fastdrop) or bool (NumPy, PyTorch)",
+              dtype_independent=True),
+    Operation("backward_mask", "backward from mask",
+              "grad = grad * keep / (1 - p) in place, keep read from the stored mask"),
+    Operation("backward_recompute", "backward recompute",
+              "grad = grad * keep / (1 - p) in place, keep regenerated from the seed"),
+)}
+
+
+@dataclass(frozen=True)
+class Implementation:
+    name: str
+    description: str
+    requirement: object  # () -> None if usable here, else the reason it is not
+    setups: dict = field(default_factory=dict)  # operation name -> setup
+
+    def unavailable_reason(self):
+        """None if this implementation runs here, else why not."""
+        return self.requirement()
+
+    def available(self):
+        return self.requirement() is None
+
+    def supports(self, operation):
+        return operation in self.setups
+
+    def setup(self, operation, n, p, dtype, threads):
+        """The timed zero-argument callable for ``operation`` on n elements."""
+        return self.setups[operation](int(n), float(p), np.dtype(dtype), int(threads))
+
+
+def _values(n, dtype):
+    return np.full(n, 1.5, dtype=dtype)
+
+
+def _scale(p):
+    return 1.0 / (1.0 - p)
+
+
+def _module_requirement(module, what):
+    def requirement():
+        if importlib.util.find_spec(module) is None:
+            return f"{module} is not installed ({what})"
+        return None
+    return requirement
+
+
+def _backend_requirement(backend):
+    def requirement():
+        if not backend_available(backend):
+            return f"fastdrop backend {backend!r} is not available here"
+        return None
+    return requirement
+
+
+# ---------------------------------------------------------------------------- the floor
+
+def floor_kernel():
+    """Which kernel measures the floor here: "cython" (scale_in_place), "numba" or "numpy"."""
+    if backend_available("cython"):
+        from ..kernels import cython_kernels
+
+        if hasattr(cython_kernels, "scale_in_place"):
+            return "cython"
+    if importlib.util.find_spec("numba") is not None:
+        return "numba"
+    return "numpy"
+
+
+FLOOR_DESCRIPTIONS = {
+    "cython": "x *= s in place, OpenMP parallel (fastdrop.kernels.cython_kernels.scale_in_place)",
+    "numba": "x *= s in place, Numba prange (the Cython extension is not built)",
+    "numpy": "np.multiply(x, s, out=x), one thread (neither Cython nor Numba is available)",
+}
+FLOOR_SERIAL = ("below 2^15 elements (fastdrop's serial cutoff): np.multiply(x, s, out=x), "
+                "one thread")
+
+_numba_scale_kernel = None
+
+
+def _numba_scale():
+    global _numba_scale_kernel
+    if _numba_scale_kernel is None:
+        from numba import njit, prange
+
+        @njit(parallel=True, cache=False)
+        def scale(values, factor):
+            for i in prange(values.size):
+                values[i] *= factor
+
+        _numba_scale_kernel = scale
+    return _numba_scale_kernel
+
+
+def _floor_setup(n, p, dtype, threads):
+    """x *= s over n elements on all threads; one thread below fastdrop's serial cutoff.
+
+    Below the cutoff (``fastdrop._config.SERIAL_ELEMENTS``) fastdrop runs serially with
+    no parallel region, so the floor there is NumPy's serial SIMD loop
+    ``np.multiply(x, s, out=x)`` rather than a one-thread parallel region.
+    """
+    from ..kernels.common import chunk_count
+
+    x = _values(n, dtype)
+    scale = _scale(p)
+    threads = chunk_count(n, threads)  # same serial cutoff as fastdrop's kernels
+    kernel = floor_kernel() if threads > 1 else "numpy"
+    if kernel == "cython":
+        from ..kernels.cython_kernels import scale_in_place
+
+        return lambda: scale_in_place(x, scale, threads)
+    if kernel == "numba":
+        import numba
+
+        numba.set_num_threads(min(threads, numba.config.NUMBA_NUM_THREADS))
+        numba_scale, factor = _numba_scale(), dtype.type(scale)
+        return lambda: numba_scale(x, factor)
+    factor = dtype.type(scale)
+    return lambda: np.multiply(x, factor, out=x)
+
+
+# ----------------------------------------------------------- NumPy, the textbook formula
+
+def _numpy_forward_inplace(n, p, dtype, threads):
+    x, rng = _values(n, dtype), np.random.default_rng(SEED)
+
+    def call():  # x *= (rng.random(x.shape) >= p) / (1 - p)
+        np.multiply(x, (rng.random(x.shape) >= p) / (1 - p), out=x)
+    return call
+
+
+def _numpy_forward(n, p, dtype, threads):
+    x, rng = _values(n, dtype), np.random.default_rng(SEED)
+    return lambda: x * (rng.random(x.shape) >= p) / (1 - p)
+
+
+def _numpy_mask(n, p, dtype, threads):
+    rng = np.random.default_rng(SEED)
+    return lambda: rng.random(n) >= p
+
+
+def _numpy_backward_mask(n, p, dtype, threads):
+    grad, mask = _values(n, dtype), np.random.default_rng(SEED).random(n) >= p
+
+    def call():  # grad *= mask / (1 - p)
+        np.multiply(grad, mask / (1 - p), out=grad)
+    return call
+
+
+def _numpy_backward_recompute(n, p, dtype, threads):
+    grad = _values(n, dtype)
+
+    def call():  # NumPy's only way to recompute: reseed and draw again
+        np.multiply(grad, (np.random.default_rng(SEED).random(grad.shape) >= p) / (1 - p),
+                    out=grad)
+    return call
+
+
+# ------------------------- NumPy, careful: uniforms in x's dtype, no temporaries, out= everywhere
+
+def _careful_buffers(n, dtype):
+    return np.empty(n, dtype=dtype), np.empty(n, dtype=bool)
+
+
+def _careful_forward_inplace(n, p, dtype, threads):
+    x, (uniforms, keep) = _values(n, dtype), _careful_buffers(n, dtype)
+    rng, scale = np.random.default_rng(SEED), dtype.type(_scale(p))
+
+    def call():
+        rng.random(dtype=dtype, out=uniforms)
+        np.greater_equal(uniforms, p, out=keep)
+        np.multiply(x, keep, out=x)
+        np.multiply(x, scale, out=x)
+    return call
+
+
+def _careful_forward(n, p, dtype, threads):
+    x, y, (uniforms, keep) = _values(n, dtype), np.empty(n, dtype), _careful_buffers(n, dtype)
+    rng, scale = np.random.default_rng(SEED), dtype.type(_scale(p))
+
+    def call():
+        rng.random(dtype=dtype, out=uniforms)
+        np.greater_equal(uniforms, p, out=keep)
+        np.multiply(x, keep, out=y)
+        np.multiply(y, scale, out=y)
+    return call
+
+
+def _careful_mask(n, p, dtype, threads):
+    uniforms, keep = _careful_buffers(n, np.float32)
+    rng = np.random.default_rng(SEED)
+
+    def call():
+        rng.random(dtype=np.float32, out=uniforms)
+        np.greater_equal(uniforms, p, out=keep)
+    return call
+
+
+def _careful_backward_mask(n, p, dtype, threads):
+    grad = _values(n, dtype)
+    keep = np.random.default_rng(SEED).random(n, dtype=np.float32) >= p
+    scale = dtype.type(_scale(p))
+
+    def call():
+        np.multiply(grad, keep, out=grad)
+        np.multiply(grad, scale, out=grad)
+    return call
+
+
+def _careful_backward_recompute(n, p, dtype, threads):
+    grad, (uniforms, keep) = _values(n, dtype), _careful_buffers(n, dtype)
+    scale = dtype.type(_scale(p))
+
+    def call():
+        np.random.default_rng(SEED).random(dtype=dtype, out=uniforms)
+        np.greater_equal(uniforms, p, out=keep)
+        np.multiply(grad, keep, out=grad)
+        np.multiply(grad, scale, out=grad)
+    return call
+
+
+# ------------------------------------------------------------------------------ PyTorch
+
+def _torch(threads):
+    import torch
+
+    torch.set_num_threads(threads)
+    return torch
+
+
+def _torch_forward_inplace(n, p, dtype, threads):
+    torch = _torch(threads)
+    x = torch.from_numpy(_values(n, dtype))
+    return lambda: torch.nn.functional.dropout(x, p, training=True, inplace=True)
+
+
+def _torch_forward(n, p, dtype, threads):
+    torch = _torch(threads)
+    x = torch.from_numpy(_values(n, dtype))
+    return lambda: torch.nn.functional.dropout(x, p, training=True)
+
+
+def _torch_mask(n, p, dtype, threads):
+    torch = _torch(threads)
+    keep = torch.empty(n, dtype=torch.bool)
+    return lambda: keep.bernoulli_(1 - p)
+
+
+def _torch_backward_mask(n, p, dtype, threads):  # aten native_dropout_backward's arithmetic
+    torch = _torch(threads)
+    grad = torch.from_numpy(_values(n, dtype))
+    keep = torch.empty(n, dtype=torch.bool).bernoulli_(1 - p)
+    scale = _scale(p)
+    return lambda: grad.mul_(keep).mul_(scale)
+
+
+def _torch_backward_recompute(n, p, dtype, threads):
+    torch = _torch(threads)
+    grad = torch.from_numpy(_values(n, dtype))
+    keep, generator = torch.empty(n, dtype=torch.bool), torch.Generator()
+    scale = _scale(p)
+
+    def call():
+        keep.bernoulli_(1 - p, generator=generator.manual_seed(SEED))
+        grad.mul_(keep).mul_(scale)
+    return call
+
+
+# ----------------------------------------------------------------------------- fastdrop
+
+def _fastdrop_setups(backend):
+    import fastdrop
+
+    def forward_inplace(n, p, dtype, threads):
+        fastdrop.set_num_threads(threads)
+        x = _values(n, dtype)
+        return lambda: fastdrop.dropout(x, p, seed=SEED, stream=STREAM, inplace=True,
+                                        backend=backend)
+
+    def forward(n, p, dtype, threads):
+        fastdrop.set_num_threads(threads)
+        x, y = _values(n, dtype), np.empty(n, dtype=dtype)
+        return lambda: fastdrop.dropout(x, p, seed=SEED, stream=STREAM, out=y, backend=backend)
+
+    def mask(n, p, dtype, threads):
+        fastdrop.set_num_threads(threads)
+        return lambda: fastdrop.bernoulli_mask(n, p, seed=SEED, stream=STREAM, backend=backend)
+
+    def backward_mask(n, p, dtype, threads):
+        fastdrop.set_num_threads(threads)
+        grad = _values(n, dtype)
+        _, stored = fastdrop.dropout(np.zeros(n, dtype), p, seed=SEED, stream=STREAM,
+                                     backend=backend)
+        return lambda: fastdrop.dropout_backward(grad, stored, inplace=True, backend=backend)
+
+    def backward_recompute(n, p, dtype, threads):
+        fastdrop.set_num_threads(threads)
+        grad = _values(n, dtype)
+        return lambda: fastdrop.dropout_backward_recompute(
+            grad, p, seed=SEED, stream=STREAM, inplace=True, backend=backend)
+
+    return {"forward_inplace": forward_inplace, "forward": forward, "mask": mask,
+            "backward_mask": backward_mask, "backward_recompute": backward_recompute}
+
+
+def _all_operations(setup):
+    return {name: setup for name in OPERATIONS}
+
+
+IMPLEMENTATIONS = {implementation.name: implementation for implementation in (
+    Implementation(
+        "floor",
+        "the memory floor: x *= s in place on the same threads, measured in the same run",
+        lambda: None, _all_operations(_floor_setup)),
+    Implementation(
+        "numpy",
+        "the textbook formula x * (rng.random(x.shape) >= p) / (1 - p) (in-place rows: x *= ...;"
+        " backward: grad *= mask / (1 - p) with a stored bool mask; recompute: reseed and draw)",
+        lambda: None,
+        {"forward_inplace": _numpy_forward_inplace, "forward": _numpy_forward,
+         "mask": _numpy_mask, "backward_mask": _numpy_backward_mask,
+         "backward_recompute": _numpy_backward_recompute}),
+    Implementation(
+        "numpy-careful",
+        "NumPy written for speed: uniforms drawn in x's dtype into a preallocated buffer, "
+        "bool mask, in-place ufuncs with out=, no float64 temporaries; one thread",
+        lambda: None,
+        {"forward_inplace": _careful_forward_inplace, "forward": _careful_forward,
+         "mask": _careful_mask, "backward_mask": _careful_backward_mask,
+         "backward_recompute": _careful_backward_recompute}),
+    Implementation(
+        "torch",
+        "torch.nn.functional.dropout (inplace=True for in-place rows); mask: bool bernoulli_; "
+        "backward: grad.mul_(mask).mul_(scale); torch.set_num_threads(threads)",
+        _module_requirement("torch", "PyTorch columns are skipped"),
+        {"forward_inplace": _torch_forward_inplace, "forward": _torch_forward,
+         "mask": _torch_mask, "backward_mask": _torch_backward_mask,
+         "backward_recompute": _torch_backward_recompute}),
+    Implementation(
+        "numba", "fastdrop, backend='numba'", _backend_requirement("numba"),
+        _fastdrop_setups("numba")),
+    Implementation(
+        "cython", "fastdrop, backend='cython'", _backend_requirement("cython"),
+        _fastdrop_setups("cython")),
+)}
+
+BASELINE = "numpy"  # speed-ups are over this implementation
+FLOOR = "floor"  # ratios divide by this implementation's time
+
+
+def available_implementations(names=None):
+    """The implementations (all, or those named) that can run here, in registry order."""
+    chosen = IMPLEMENTATIONS if names is None else {name: IMPLEMENTATIONS[name] for name in names}
+    return [implementation for implementation in IMPLEMENTATIONS.values()
+            if implementation.name in chosen and implementation.available()]
+
+
+def unavailable_implementations(names=None):
+    """{name: reason} for the implementations (all, or those named) that cannot run here."""
+    chosen = IMPLEMENTATIONS if names is None else names
+    return {name: IMPLEMENTATIONS[name].unavailable_reason() for name in chosen
+            if not IMPLEMENTATIONS[name].available()}
+
+
+def mask_bytes(n):
+    """Bytes of a packed mask of n elements: ceil(n / 64) uint64 words."""
+    return math.ceil(n / 64) * 8

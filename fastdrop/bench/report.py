@@ -1,0 +1,285 @@
+"""What a benchmark run looks like: text and Markdown tables, the targets, JSON, the plot.
+
+Cells are printed as measured: a ratio to the floor below 1x (the floor runs
+parallel and fastdrop serial below its cutoff, or noise) or far above a target
+stays in the table.
+"""
+import json
+
+from .implementations import BASELINE, FLOOR, OPERATIONS
+from .runner import size_label
+
+COLORS = {"floor": "black", "numpy": "tab:red", "numpy-careful": "tab:orange",
+          "torch": "tab:purple", "numba": "tab:blue", "cython": "tab:green"}
+
+
+def format_time(seconds):
+    if seconds < 1e-6:
+        return f"{seconds * 1e9:.0f} ns"
+    if seconds < 1e-3:
+        return f"{seconds * 1e6:.1f} us"
+    if seconds < 1:
+        return f"{seconds * 1e3:.2f} ms"
+    return f"{seconds:.2f} s"
+
+
+def format_rate(gelem_per_s):
+    return f"{gelem_per_s:.3g}" if gelem_per_s < 100 else f"{gelem_per_s:.0f}"
+
+
+def format_ratio(ratio, decimals=2):
+    if ratio is None:
+        return "-"
+    if ratio < 10:
+        return f"{ratio:.{decimals}f}x"
+    return f"{ratio:.1f}x" if ratio < 100 else f"{ratio:.0f}x"
+
+
+def header_lines(run):
+    header, settings = run["header"], run["settings"]
+    cpu_line = (f"cpu: {header['cpu']} ({header['cpus available']} CPUs available; "
+                f"{' '.join(header['simd']) or 'no SIMD flags read'}); OpenMP "
+                f"{'yes' if header['openmp'] else 'no' if header['openmp'] is False else 'n/a'}")
+    load = header.get("load average")
+    lines = [
+        f"fastdrop bench  {header['date']}"
+        + (f"  (load average at start {load[0]:.2f}, {load[1]:.2f}, {load[2]:.2f})"
+           if load else ""),
+        " | ".join(f"{name} {header[name] or 'not installed'}"
+                   for name in ("fastdrop", "numpy", "numba", "torch", "python"))
+        + (f" | git {header['git']}" if header.get("git") else ""),
+        cpu_line,
+        f"threads: {', '.join(str(t) for t in settings['threads'])} (NumPy baselines run on one)",
+        f"floor: {header['floor']}",
+        f"statistic: {settings['statistic']}; {settings['repeat']} samples per cell, each "
+        f">= {settings['min_time_s'] * 1e3:g} ms of back-to-back calls, after a warm-up call",
+    ]
+    for name, reason in run["unavailable"].items():
+        lines.append(f"skipped: {name} ({reason})")
+    return lines
+
+
+def _multi_thread(run):
+    return len(run["settings"]["threads"]) > 1
+
+
+def _key_cells(run, row):
+    cells = [OPERATIONS[row["operation"]].title, size_label(row["n"]), f"{row['p']:g}",
+             row["dtype"]]
+    return cells + ([str(row["threads"])] if _multi_thread(run) else [])
+
+
+def _key_titles(run):
+    return ["operation", "n", "p", "dtype"] + (["threads"] if _multi_thread(run) else [])
+
+
+def _speedup_names(run):
+    return [name for name in run["implementations"] if name not in (FLOOR, BASELINE)] \
+        if BASELINE in run["implementations"] else []
+
+
+def format_table(run):
+    """The run as a text table: one row per (operation, n, p, dtype[, threads])."""
+    columns = [("", title, [cells[i] for cells in (_key_cells(run, row) for row in run["rows"])])
+               for i, title in enumerate(_key_titles(run))]
+    for name in run["implementations"]:
+        subtitles = ["time", "Gel/s"] + ([] if name == FLOOR else ["xfloor"])
+        for index, subtitle in enumerate(subtitles):
+            values = []
+            for row in run["rows"]:
+                cell = row["results"].get(name)
+                if cell is None:
+                    values.append("")
+                elif "error" in cell:
+                    values.append("error" if index == 0 else "")
+                else:
+                    values.append([format_time(cell["best_s"]), format_rate(cell["gelem_per_s"]),
+                                   format_ratio(cell.get("ratio_to_floor"))][index])
+            columns.append((name if index == 0 else "", subtitle, values))
+    for index, name in enumerate(_speedup_names(run)):
+        values = [format_ratio(row["results"].get(name, {}).get("speedup_over_numpy"))
+                  if "best_s" in row["results"].get(name, {}) else "" for row in run["rows"]]
+        columns.append(("speed-up over numpy" if index == 0 else "", name, values))
+
+    widths = [max(len(subtitle), *(len(value) for value in values)) if values else len(subtitle)
+              for _, subtitle, values in columns]
+    # a group title may be wider than its first column: let it run over the next ones
+    group_line, position = "", 0
+    for (group, _, _), width in zip(columns, widths):
+        if group:
+            group_line = group_line.ljust(position) + group
+        position += width + 2
+    numeric = [index >= 1 for index in range(len(columns))]
+    lines = header_lines(run) + [""]
+    lines.append(group_line.rstrip())
+    lines.append("  ".join(subtitle.ljust(width) if not right else subtitle.rjust(width)
+                           for (_, subtitle, _), width, right in zip(columns, widths, numeric)))
+    lines.append("  ".join("-" * width for width in widths))
+    for row_index in range(len(run["rows"])):
+        lines.append("  ".join(
+            values[row_index].rjust(width) if right else values[row_index].ljust(width)
+            for (_, _, values), width, right in zip(columns, widths, numeric)).rstrip())
+    lines.append("")
+    lines.append("cells: time per call | Gel/s = 10^9 elements per second | xfloor = time / "
+                 "the floor's best time in this run for the row's n, dtype and threads")
+    lines.append("speed-up over numpy = the textbook NumPy formula's time / the implementation's")
+    for name in run["implementations"]:
+        lines.append(f"  {name}: {run['descriptions'][name]}")
+    return "\n".join(lines)
+
+
+def format_markdown(run, by_operation=False):
+    """The run as a Markdown table: each cell 'time, Gelem/s, ratio to the floor'.
+
+    ``by_operation`` gives one table per operation, each under a heading.
+    """
+    if by_operation:
+        parts = []
+        for operation in dict.fromkeys(row["operation"] for row in run["rows"]):
+            part = dict(run, rows=[row for row in run["rows"] if row["operation"] == operation])
+            parts.append(f"#### {OPERATIONS[operation].title}\n\n"
+                         f"{OPERATIONS[operation].description}.\n\n{format_markdown(part)}")
+        return "\n\n".join(parts)
+    names = run["implementations"]
+    speedups = _speedup_names(run)
+    titles = _key_titles(run) + [f"{name}" for name in names] + \
+        [f"{name} vs numpy" for name in speedups]
+    lines = ["| " + " | ".join(titles) + " |",
+             "|" + "|".join(["---"] * len(_key_titles(run)) + ["--:"] * (len(titles) -
+                                                                        len(_key_titles(run))))
+             + "|"]
+    for row in run["rows"]:
+        cells = _key_cells(run, row)
+        for name in names:
+            cell = row["results"].get(name)
+            if cell is None:
+                cells.append("")
+            elif "error" in cell:
+                cells.append("error")
+            elif name == FLOOR:
+                cells.append(f"{format_time(cell['best_s'])}<br>"
+                             f"{format_rate(cell['gelem_per_s'])} G/s")
+            else:
+                cells.append(f"{format_time(cell['best_s'])}<br>{format_rate(cell['gelem_per_s'])}"
+                             f" G/s<br>**{format_ratio(cell['ratio_to_floor'])}**")
+        for name in speedups:
+            cell = row["results"].get(name, {})
+            cells.append(format_ratio(cell.get("speedup_over_numpy")) if "best_s" in cell else "")
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def _measured_text(record):
+    if record["unit"] == "ratio":  # three decimals: 1.151 must not read as a limit of 1.15
+        return format_ratio(record["measured"], decimals=3)
+    if record["unit"] == "bytes":
+        return f"{record['measured'] / 1024:.1f} KiB"
+    return str(record["measured"])
+
+
+def _limit_text(record):
+    limit = record["limit"]
+    return f"<= {format_ratio(limit)}" if isinstance(limit, (int, float)) else str(limit)
+
+
+def target_rows(records):
+    return [[record["target"], record["backend"], _measured_text(record), _limit_text(record),
+             "met" if record["met"] else "NOT MET", record["where"]] for record in records]
+
+
+TARGET_TITLES = ["target", "backend", "measured", "target", "", "where"]
+
+
+def format_targets(records):
+    """The issue's targets as a text table (reported, never asserted)."""
+    rows = target_rows(records)
+    widths = [max([len(title)] + [len(row[i]) for row in rows])
+              for i, title in enumerate(TARGET_TITLES)]
+    lines = ["targets (measured in this run; reported, not asserted)",
+             "  ".join(title.ljust(width) for title, width in zip(TARGET_TITLES, widths)).rstrip(),
+             "  ".join("-" * width for width in widths)]
+    lines += ["  ".join(value.ljust(width) for value, width in zip(row, widths)).rstrip()
+              for row in rows]
+    return "\n".join(lines)
+
+
+def format_targets_markdown(records):
+    lines = ["| " + " | ".join(TARGET_TITLES[:4] + ["met", "where"]) + " |",
+             "|---|---|--:|--:|---|---|"]
+    for row in target_rows(records):
+        lines.append("| " + " | ".join(cell.replace("|", "\\|") for cell in row) + " |")
+    return "\n".join(lines)
+
+
+def save_json(run, path):
+    """Write the whole run (header, settings, every cell, targets if measured) as JSON."""
+    with open(path, "w") as handle:
+        json.dump(run, handle, indent=1)
+        handle.write("\n")
+
+
+def plot(run, path):
+    """Throughput against n, one panel per (operation) and (dtype, p, threads); floor as a line.
+
+    Needs matplotlib (``pip install matplotlib``); raises ImportError saying so otherwise.
+    """
+    try:
+        import matplotlib
+    except ImportError as error:
+        raise ImportError("the plot needs matplotlib: pip install matplotlib") from error
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib import ticker
+
+    operations = list(dict.fromkeys(row["operation"] for row in run["rows"]))
+    combinations = list(dict.fromkeys((row["dtype"], row["p"], row["threads"])
+                                      for row in run["rows"]))
+    figure, axes = plt.subplots(len(combinations), len(operations), squeeze=False,
+                                figsize=(3.6 * len(operations), 3.0 * len(combinations) + 0.8),
+                                sharex=True)
+    handles = {}
+    for row_index, (dtype, p, threads) in enumerate(combinations):
+        for column_index, operation in enumerate(operations):
+            axis = axes[row_index][column_index]
+            rows = [row for row in run["rows"] if row["operation"] == operation
+                    and (row["dtype"], row["p"], row["threads"]) == (dtype, p, threads)]
+            if not rows:
+                axis.set_axis_off()
+                axis.text(0.5, 0.5, f"{OPERATIONS[operation].title}:\nsee {run['rows'][0]['dtype']}"
+                          if OPERATIONS[operation].dtype_independent else "not measured",
+                          ha="center", va="center", transform=axis.transAxes, color="gray")
+                continue
+            for name in run["implementations"]:
+                points = [(row["n"], row["results"][name]["gelem_per_s"]) for row in rows
+                          if "gelem_per_s" in row["results"].get(name, {})]
+                if not points:
+                    continue
+                sizes, rates = zip(*points)
+                style = dict(color="black", linewidth=2.2, linestyle="--") if name == FLOOR else \
+                    dict(color=COLORS.get(name), marker="o", markersize=3.5, linewidth=1.2)
+                (line,) = axis.plot(sizes, rates, label=name, **style)
+                handles.setdefault(name, line)
+            axis.set_xscale("log", base=2)
+            ticks = sorted({row["n"] for row in run["rows"]})
+            ticks = ticks[::2] if len(ticks) > 9 else ticks
+            axis.set_xticks(ticks, [f"$2^{{{n.bit_length() - 1}}}$" if n & (n - 1) == 0 else str(n)
+                                    for n in ticks])
+            axis.xaxis.set_minor_locator(ticker.NullLocator())
+            axis.set_yscale("log")
+            axis.yaxis.set_major_formatter(ticker.FormatStrFormatter("%g"))
+            axis.yaxis.set_minor_formatter(ticker.NullFormatter())
+            axis.grid(True, which="both", alpha=0.3)
+            axis.set_title(f"{OPERATIONS[operation].title}\n{dtype}, p={p:g}, {threads} threads",
+                           fontsize=9)
+            if column_index == 0:
+                axis.set_ylabel("Gelem/s (higher is better)")
+            if row_index == len(combinations) - 1:
+                axis.set_xlabel("n (elements)")
+    header = run["header"]
+    figure.suptitle(f"fastdrop {header['fastdrop']} on {header['cpu']}, {header['date']}",
+                    fontsize=10)
+    figure.legend(list(handles.values()), list(handles), loc="lower center",
+                  ncol=len(handles), frameon=False)
+    figure.tight_layout(rect=(0, 0.06, 1, 0.95))
+    figure.savefig(path, dpi=90)
+    plt.close(figure)

@@ -1,0 +1,126 @@
+"""`fastdrop bench` runs end to end on tiny sizes: the table, the targets, JSON and the plot.
+
+No timing is asserted: only that every row and column is there and the files are written.
+"""
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+import fastdrop
+from fastdrop.bench.implementations import IMPLEMENTATIONS, OPERATIONS, available_implementations
+from fastdrop.cli.bench import parse_size
+
+ENV = dict(os.environ, PYTHONPATH=os.pathsep.join(
+    [str(Path(fastdrop.__file__).parent.parent), os.environ.get("PYTHONPATH", "")]))
+
+
+def run_bench(*args):
+    result = subprocess.run([sys.executable, "-m", "fastdrop", "bench", "--quiet", *args],
+                            capture_output=True, text=True, env=ENV, timeout=600)
+    assert result.returncode == 0, result.stderr
+    return result.stdout
+
+
+def test_table_has_every_operation_implementation_and_column(tmp_path):
+    json_path, plot_path = tmp_path / "bench.json", tmp_path / "bench.png"
+    plotting = importlib.util.find_spec("matplotlib") is not None
+    output = run_bench("--sizes", "1024", "4096", "--repeat", "2", "--min-time", "0.001",
+                       "--no-targets", "--json", str(json_path),
+                       *(["--plot", str(plot_path)] if plotting else []))
+    available = [implementation.name for implementation in available_implementations()]
+    for label in ["fastdrop", "numpy", "numba", "torch", "cpu:", "threads:", "floor:",
+                  "time", "Gel/s", "xfloor", "speed-up over numpy"] + available:
+        assert label in output, label
+    table_lines = [line for line in output.splitlines()
+                   if line.split("  ")[0].strip() in {op.title for op in OPERATIONS.values()}]
+    assert len(table_lines) == len(OPERATIONS) * 2  # one row per (operation, n)
+    assert {line.split("  ")[0].strip() for line in table_lines} == \
+        {operation.title for operation in OPERATIONS.values()}
+
+    run = json.loads(json_path.read_text())
+    assert run["implementations"] == available
+    assert run["settings"]["sizes"] == [1024, 4096]
+    assert run["header"]["fastdrop"] == fastdrop.__version__
+    assert run["header"]["threads"] == [fastdrop.get_num_threads()]
+    assert len(run["rows"]) == len(OPERATIONS) * 2
+    for row in run["rows"]:
+        assert set(row["results"]) == set(available)
+        assert row["results"]["floor"]["ratio_to_floor"] == pytest.approx(1.0)
+        for name, cell in row["results"].items():
+            assert "error" not in cell, (row["operation"], name, cell)
+            assert cell["best_s"] > 0 and cell["gelem_per_s"] > 0
+            assert cell["best_s"] <= cell["median_s"]
+    if plotting:
+        assert plot_path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_targets_section_lists_every_target(tmp_path):
+    json_path = tmp_path / "bench.json"
+    output = run_bench("--sizes", "2048", "--ops", "forward_inplace", "backward_mask",
+                       "backward_recompute", "--p", "0.5", "0.1", "--repeat", "1",
+                       "--min-time", "0.001", "--cold-start-runs", "1", "--json", str(json_path))
+    assert "targets (measured in this run; reported, not asserted)" in output
+    backends = [name for name in ("numba", "cython") if IMPLEMENTATIONS[name].available()]
+    records = json.loads(json_path.read_text())["targets"]
+    titles = {record["target"] for record in records}
+    expected = {"forward in place p=0.5: time / floor", "forward in place p=0.1: time / floor",
+                "backward from mask: time / floor", "backward recompute: time / floor",
+                "mask bytes == ceil(n/64)*8", "fused in place: peak extra memory beyond the mask",
+                "n=1024: call / np.multiply(x, s, out=x)", "cold start / python -c 'import numpy'"}
+    if len(backends) == 2:
+        expected.add("forward in place: backends agree")
+    assert expected <= titles
+    for record in records:
+        assert record["target"] in output
+        assert isinstance(record["met"], bool)
+        if record["target"] == "mask bytes == ceil(n/64)*8":
+            assert record["met"] and record["measured"] == "exact"  # memory, not time
+
+
+def test_markdown_and_filters():
+    output = run_bench("--sizes", "2^10", "--ops", "mask", "--impls", "numpy", "--repeat", "1",
+                       "--min-time", "0.001", "--no-targets", "--markdown")
+    header = next(line for line in output.splitlines() if line.startswith("| operation"))
+    assert [cell.strip() for cell in header.strip("|").split("|")] == \
+        ["operation", "n", "p", "dtype", "floor", "numpy"]
+    assert "| mask only | 2^10 | 0.5 | float32 |" in output
+
+
+@pytest.mark.parametrize("args", [["--p", "1.0"], ["--sizes", "0"], ["--ops", "nonsense"],
+                                  ["--threads", "0"]])
+def test_bad_arguments_exit_with_status_2(args):
+    result = subprocess.run([sys.executable, "-m", "fastdrop", "bench", "--quiet", "--no-targets",
+                             "--sizes", "64", *args],
+                            capture_output=True, text=True, env=ENV, timeout=120)
+    assert result.returncode == 2
+    assert "fastdrop bench" in result.stderr or "error" in result.stderr
+
+
+@pytest.mark.parametrize("text, value", [("1024", 1024), ("2^16", 65536), ("2**10", 1024),
+                                         ("1<<20", 1 << 20), (" 3 ", 3)])
+def test_sizes_are_read_in_every_spelling(text, value):
+    assert parse_size(text) == value
+
+
+@pytest.mark.parametrize("text", ["", "2^", "1e6", "-4", "0", "two"])
+def test_bad_sizes_are_refused(text):
+    with pytest.raises(ValueError):
+        parse_size(text)
+
+
+@pytest.mark.parametrize("interleave", [True, False])
+def test_a_row_times_every_implementation_interleaved_or_one_after_another(interleave):
+    from fastdrop.bench import runner
+
+    implementations = available_implementations(["floor", "numpy", "numpy-careful", "cython"])
+    results = runner.time_row(implementations, ("backward_mask", 300, 0.5, "float64", 1),
+                              repeat=3, min_time=0.001, interleave=interleave)
+    assert list(results) == [implementation.name for implementation in implementations]
+    for cell in results.values():
+        assert cell["repeat"] == 3 and cell["number"] >= 1
+        assert 0 < cell["best_s"] <= cell["median_s"]
