@@ -13,6 +13,7 @@ SUBCOMMANDS = {
     "bench": ".bench",
     "demo": ".demo",
     "info": ".info",
+    "train": ".train",
 }
 
 
