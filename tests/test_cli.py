@@ -27,7 +27,8 @@ def test_info_reports_backends_openmp_threads_cpu_and_cache():
     assert info["fastdrop"] == fastdrop.__version__
     assert set(info["backends"]) == set(fastdrop._backends.BACKENDS)
     assert info["backends"]["numpy"] is True
-    assert info["threads (fastdrop)"] == fastdrop.get_num_threads()
+    # a fresh process starts from FASTDROP_NUM_THREADS or the available CPUs
+    assert info["threads (fastdrop)"] == fastdrop._config._threads_from_environment()
     if info["backends"]["cython"]:
         assert isinstance(info["openmp"], bool)
 

@@ -121,7 +121,7 @@ def kept(value, scale, lane):
     raise NotImplementedError("only callable from Numba code")
 
 
-@overload(kept, inline="always")
+@overload(kept)
 def _kept_overload(value, scale, lane):
     if isinstance(value, types.Integer):  # float16 bits; scale is float32
         def kept_half(value, scale, lane):
