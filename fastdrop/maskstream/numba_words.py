@@ -65,14 +65,6 @@ def mask_word(seed, stream, word, threshold):
     return ~dropped
 
 
-@njit(inline="always", cache=True)
-def global_mask_word(seed, stream, word, threshold, drop_all):
-    """Like ``mask_word`` but also covers p == 1 (``drop_all``), where every bit is 0."""
-    if drop_all:
-        return _ZERO
-    return mask_word(seed, stream, word, threshold)
-
-
 BATCH_WORDS = 8
 _WORDS_TUPLE = types.UniTuple(types.uint64, BATCH_WORDS)
 
@@ -152,7 +144,7 @@ def _decide(even, odd, bit_even, bit_odd, undecided, dropped):
 
 @njit(inline="always", cache=True)
 def mask_words_batch(seed, stream, word, threshold, drop_all):
-    """Keep bits of global words word .. word+7 (a tuple), equal to eight global_mask_word calls.
+    """Keep bits of global words word .. word+7 (a tuple): mask_word of each, or 0 if drop_all.
 
     The batch draws rounds until every lane of all eight words is decided, which
     never changes a word's bits.
