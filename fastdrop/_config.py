@@ -3,14 +3,18 @@
 Defaults:
 
 - threads: ``FASTDROP_NUM_THREADS`` if set, else the CPUs this process may run on.
-- ``SERIAL_ELEMENTS``: arrays with fewer elements run on one thread (a parallel
-  launch costs more than it saves below this size).
+- ``MIN_ELEMENTS_PER_THREAD``: a kernel uses at most n // 2**17 threads, so each
+  gets at least 2**17 elements (about 50 us of work). Below that, waking a thread
+  costs more than it saves, and on busy cores -- a BLAS pool spinning between matrix
+  products in a training step -- a woken thread can wait milliseconds for a core.
+- ``SERIAL_ELEMENTS``: arrays with fewer elements run on one thread, no parallel region.
 """
 import os
 import threading
 import warnings
 
-SERIAL_ELEMENTS = 1 << 15
+MIN_ELEMENTS_PER_THREAD = 1 << 17
+SERIAL_ELEMENTS = 2 * MIN_ELEMENTS_PER_THREAD
 ENV_THREADS = "FASTDROP_NUM_THREADS"
 
 

@@ -190,7 +190,7 @@ def test_numba_thread_setting_is_restored_after_a_call(threads):
     numba.set_num_threads(1)
     try:
         fastdrop.set_num_threads(2)
-        fastdrop.dropout(np.ones(2**17, np.float32), 0.5, seed=1, backend="numba")
+        fastdrop.dropout(np.ones(2 * SERIAL_ELEMENTS, np.float32), 0.5, seed=1, backend="numba")
         assert numba.get_num_threads() == 1
     finally:
         numba.set_num_threads(numba.config.NUMBA_NUM_THREADS)

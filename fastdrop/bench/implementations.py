@@ -117,7 +117,7 @@ FLOOR_DESCRIPTIONS = {
     "numba": "x *= s in place, Numba prange (the Cython extension is not built)",
     "numpy": "np.multiply(x, s, out=x), one thread (neither Cython nor Numba is available)",
 }
-FLOOR_SERIAL = ("below 2^15 elements (fastdrop's serial cutoff): np.multiply(x, s, out=x), "
+FLOOR_SERIAL = ("below 2^18 elements (fastdrop's serial cutoff): np.multiply(x, s, out=x), "
                 "one thread")
 
 _numba_scale_kernel = None

@@ -3,7 +3,7 @@ import functools
 
 import numpy as np
 
-from .._config import SERIAL_ELEMENTS
+from .._config import MIN_ELEMENTS_PER_THREAD
 
 
 @functools.lru_cache(maxsize=256)
@@ -28,5 +28,5 @@ def kernel_view(array):
 
 
 def chunk_count(n, threads):
-    """How many ranges of whole mask words to split n elements into (1 = serial)."""
-    return 1 if n < SERIAL_ELEMENTS or threads <= 1 else threads
+    """How many ranges of whole mask words (one per thread) to split n elements into; 1 = serial."""
+    return max(1, min(threads, n // MIN_ELEMENTS_PER_THREAD))
