@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from .._backends import backend_available
+from .._config import SERIAL_ELEMENTS
 
 SEED = 1234
 STREAM = 0
@@ -117,8 +118,8 @@ FLOOR_DESCRIPTIONS = {
     "numba": "x *= s in place, Numba prange (the Cython extension is not built)",
     "numpy": "np.multiply(x, s, out=x), one thread (neither Cython nor Numba is available)",
 }
-FLOOR_SERIAL = ("below 2^18 elements (fastdrop's serial cutoff): np.multiply(x, s, out=x), "
-                "one thread")
+FLOOR_SERIAL = (f"below 2^{SERIAL_ELEMENTS.bit_length() - 1} elements (fastdrop's serial "
+                "cutoff): np.multiply(x, s, out=x), one thread")
 
 _numba_scale_kernel = None
 
