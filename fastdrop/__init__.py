@@ -11,10 +11,13 @@ Layers, each using only the ones above it:
 ``import fastdrop`` imports NumPy only; a compiled backend loads on first use.
 """
 from . import reference
-from ._api import bernoulli_mask, dropout, dropout_backward, dropout_backward_recompute
+from ._api import (alpha_dropout, alpha_dropout_backward, apply_mask, bernoulli_mask,
+                   channel_dropout, dropconnect, dropout, dropout_backward,
+                   dropout_backward_recompute, feature_alpha_dropout, gaussian_dropout,
+                   gaussian_dropout_backward, gaussian_noise)
 from ._backends import available_backends
 from ._config import get_num_threads, set_num_threads
-from ._mask import DropoutMask, pack_mask, unpack_mask
+from ._mask import DropoutMask, GaussianNoise, pack_mask, unpack_mask
 from .generator import Generator, default_generator
 from .rng import philox4x32_10
 
@@ -22,13 +25,23 @@ __version__ = "0.1.0"
 
 __all__ = [
     "DropoutMask",
+    "GaussianNoise",
     "Generator",
+    "alpha_dropout",
+    "alpha_dropout_backward",
+    "apply_mask",
     "available_backends",
     "bernoulli_mask",
+    "channel_dropout",
     "default_generator",
+    "dropconnect",
     "dropout",
     "dropout_backward",
     "dropout_backward_recompute",
+    "feature_alpha_dropout",
+    "gaussian_dropout",
+    "gaussian_dropout_backward",
+    "gaussian_noise",
     "get_include",
     "get_num_threads",
     "pack_mask",

@@ -8,8 +8,8 @@ import numpy as np
 from . import _validate, reference
 from ._backends import kernels as _kernels
 from ._config import get_num_threads
-from ._mask import DropoutMask, words_for
-from .maskstream.spec import dropout_scale, keep_threshold
+from ._mask import DropoutMask, GaussianNoise, words_for
+from .maskstream.spec import alpha_dropout_constants, dropout_scale, gaussian_sigma, keep_threshold
 
 
 def _stream_parameters(p):
@@ -39,7 +39,7 @@ def _elementwise(x, target, run):
 
 
 def dropout(x, p=0.5, *, seed=None, stream=None, offset=0, training=True, inplace=False,
-            out=None, backend="auto"):
+            out=None, noise_shape=None, broadcast_dims=None, backend="auto"):
     """Inverted dropout with an exact, reproducible, bit-packed mask.
 
     Each element is dropped (set to +0.0) with probability ``p`` and otherwise
@@ -72,6 +72,16 @@ def dropout(x, p=0.5, *, seed=None, stream=None, offset=0, training=True, inplac
         Overwrite x (which must be a writable ndarray; views are written through).
     out : ndarray, optional
         Array of x's shape and dtype to receive the result.
+    noise_shape : tuple of int, optional
+        Shape of the mask, broadcast over x as NumPy does (aligned on the right;
+        each entry 1 or equal to x's): one keep bit is shared along every axis
+        where it is 1. ``(N, C, 1, 1)`` on an ``(N, C, H, W)`` input drops whole
+        channels; ``(N, 1, F)`` on ``(N, T, F)`` reuses one mask at every time
+        step. The packed mask holds only the mask's elements, and x is scaled
+        in one pass without a broadcast temporary.
+    broadcast_dims : int or tuple of int, optional
+        The axes that share one mask element (Flax's name for the same thing):
+        ``broadcast_dims=(2, 3)`` is ``noise_shape=(N, C, 1, 1)`` for 4-d x.
     backend : {"auto", "cython", "numba", "numpy"}, default "auto"
         "numpy" runs `fastdrop.reference`; "auto" picks Cython when it was built
         (no JIT warm-up), else Numba.
@@ -82,16 +92,20 @@ def dropout(x, p=0.5, *, seed=None, stream=None, offset=0, training=True, inplac
         The result: x itself when ``inplace``, ``out`` when given, else a new
         C-ordered array.
     mask : DropoutMask or None
-        Packed keep bits (1 bit per element: ``mask.words`` holds ceil(n/64)
-        uint64 words, bit i of word i // 64 is element i of x in C order) and the
-        ``seed``, ``stream``, ``offset``, ``p`` that regenerate them.
+        Packed keep bits (1 bit per mask element: ``mask.words`` holds
+        ceil(m/64) uint64 words, bit i of word i // 64 is mask element i in C
+        order; m = x.size without a noise shape) and the ``seed``, ``stream``,
+        ``offset``, ``p`` that regenerate them; ``mask.shape`` is the noise
+        shape.
 
     Raises
     ------
     ValueError
         p outside [0, 1] or NaN; seed, stream or offset out of range; ``stream``
         without ``seed``; ``inplace`` on a read-only array; ``out`` of the wrong
-        shape or read-only; ``inplace`` together with ``out``; unknown backend.
+        shape or read-only; ``inplace`` together with ``out``; a noise shape that
+        does not broadcast to x; both ``noise_shape`` and ``broadcast_dims``;
+        unknown backend.
     TypeError
         x is not float16/32/64 (integer, bool, complex, object); p, seed, stream
         or offset of the wrong type; ``out`` of the wrong dtype.
@@ -102,7 +116,9 @@ def dropout(x, p=0.5, *, seed=None, stream=None, offset=0, training=True, inplac
     with ``s = 1/(1-p)`` computed in float64 and rounded once to x's dtype, the
     product rounded to x's dtype; a dropped element is +0.0, whatever x holds
     (inf and NaN included). For float16, s rounds to float16 and may overflow to
-    inf when p > 1 - 2**-16. On error nothing is written.
+    inf when p > 1 - 2**-16. On error nothing is written. With a noise shape,
+    mask element j has global index ``offset + j`` (``offset`` counts mask
+    elements, not elements of x).
 
     Examples
     --------
@@ -116,22 +132,198 @@ def dropout(x, p=0.5, *, seed=None, stream=None, offset=0, training=True, inplac
     kernels = _kernels(backend)
     if kernels is None:
         return reference.dropout(x, p, seed=seed, stream=stream, offset=offset,
-                                 training=training, inplace=inplace, out=out)
-    p = _validate.check_p(p)
-    x, target = _validate.prepare_target(x, "x", inplace, out)
-    _validate.check_seed_stream(seed, stream)
-    offset = _validate.check_offset(offset, x.size)
+                                 training=training, inplace=inplace, out=out,
+                                 noise_shape=noise_shape, broadcast_dims=broadcast_dims)
+    p, x, target, mask_shape, m, offset = _validate.check_masked_call(
+        x, p, seed, stream, offset, inplace, out, noise_shape, broadcast_dims)
     if not training:
         return (x if target is None else _validate.deliver(x, x, target)), None
     seed, stream = _validate.resolve_seed_stream(seed, stream)
-    n = x.size
-    words = np.empty(words_for(n), dtype=np.uint64)
+    if m == x.size:  # one bit per element: mask and scaling fused in one pass
+        words = np.empty(words_for(m), dtype=np.uint64)
+        threshold, drop_all = _stream_parameters(p)
+        threads = get_num_threads()
+        y = _elementwise(x, target, lambda source, result: kernels.scale_by_stream(
+            source, result, words, m, dropout_scale(p), threshold, drop_all, seed, stream,
+            offset, threads))
+    else:  # the small mask first, then one pass over x reading it
+        words = _draw_words(kernels, m, p, seed, stream, offset)
+        y = _apply_words(kernels, x, target, words, mask_shape, dropout_scale(p), None)
+    return y, DropoutMask(words, shape=mask_shape, p=p, seed=seed, stream=stream, offset=offset)
+
+
+def _draw_words(kernels, m, p, seed, stream, offset):
+    """The packed keep bits of m mask elements from global index ``offset`` on."""
+    words = np.empty(words_for(m), dtype=np.uint64)
     threshold, drop_all = _stream_parameters(p)
+    kernels.scale_by_stream(None, None, words, m, 0.0, threshold, drop_all, seed, stream, offset,
+                            get_num_threads())
+    return words
+
+
+def _apply_words(kernels, x, target, words, mask_shape, scale, affine):
+    """x's elements times stored keep bits, the mask of ``mask_shape`` stretched over x.
+
+    ``affine`` is None for dropout's scaling (kept: x * scale, dropped: +0.0) or
+    alpha dropout's (a, b, c) (kept: a*x + b, dropped: c).
+    """
     threads = get_num_threads()
-    y = _elementwise(x, target, lambda source, result: kernels.scale_by_stream(
-        source, result, words, n, dropout_scale(p), threshold, drop_all, seed, stream, offset,
-        threads))
-    return y, DropoutMask(words, shape=x.shape, p=p, seed=seed, stream=stream, offset=offset)
+    if affine is None and _validate.shape_size(mask_shape) == x.size:
+        return _elementwise(x, target, lambda source, result: kernels.scale_by_mask(
+            source, result, words, scale, threads))
+    sizes, mask_strides = broadcast_layout(x.shape, mask_shape)
+    return _elementwise(x, target, lambda source, result: kernels.apply_broadcast(
+        source, result, words, sizes, mask_strides, scale, affine, threads))
+
+
+def broadcast_layout(shape, mask_shape):
+    """The kernels' view of a mask stretched over an array: (sizes, mask_strides) as int64.
+
+    Axes of length 1 are dropped and neighbouring axes of the same kind (mask varies
+    along them, or is shared) are merged, so the last axis is the longest run of
+    elements that read either consecutive mask bits (stride 1) or one bit (stride 0).
+    """
+    merged = []  # [length, mask varies along it]
+    for length, mask_length in zip(shape, mask_shape):
+        if length == 1:
+            continue
+        varies = mask_length != 1
+        if merged and merged[-1][1] == varies:
+            merged[-1][0] *= length
+        else:
+            merged.append([length, varies])
+    if not merged:
+        merged = [[1, True]]
+    sizes = np.array([length for length, _ in merged], dtype=np.int64)
+    mask_strides = np.zeros(len(merged), dtype=np.int64)
+    stride = 1
+    for axis in range(len(merged) - 1, -1, -1):
+        if merged[axis][1]:
+            mask_strides[axis] = stride
+            stride *= merged[axis][0]
+    return sizes, mask_strides
+
+
+def channel_dropout(x, p=0.5, *, channel_axis=1, batch_axis=0, seed=None, stream=None, offset=0,
+                    training=True, inplace=False, out=None, backend="auto"):
+    """Channel (spatial) dropout: each channel of each sample is kept or dropped whole.
+
+    The equivalent of PyTorch's ``Dropout1d``/``Dropout2d``/``Dropout3d`` and
+    Keras' ``SpatialDropout``: ``dropout`` with a noise shape that is 1 on every
+    axis except the batch and channel axes.
+
+    Parameters
+    ----------
+    x : array_like of float16, float32 or float64
+        Input such as ``(N, C, L)``, ``(N, C, H, W)`` or ``(N, C, D, H, W)``
+        (channels first), or ``(N, H, W, C)`` with ``channel_axis=-1``.
+    p : float, default 0.5
+        Probability of dropping a channel.
+    channel_axis : int, default 1
+        The channel axis.
+    batch_axis : int or None, default 0
+        The batch axis (a separate mask per sample); None for unbatched input
+        such as ``(C, H, W)``, where one mask covers the channels.
+    seed, stream, offset, training, inplace, out, backend
+        As in `dropout`; ``offset`` counts (sample, channel) mask elements.
+
+    Returns
+    -------
+    y : ndarray
+        x with dropped channels set to +0.0 and kept ones scaled by 1/(1-p).
+    mask : DropoutMask or None
+        One bit per (sample, channel); ``mask.shape`` is e.g. ``(N, C, 1, 1)``.
+
+    Raises
+    ------
+    ValueError
+        x has no axis besides the batch and channel axes (nothing to share a
+        channel's bit over), an axis is out of range, or the batch and channel
+        axes coincide; the errors of `dropout`.
+    TypeError
+        As in `dropout`.
+
+    Examples
+    --------
+    >>> import numpy as np, fastdrop
+    >>> y, mask = fastdrop.channel_dropout(np.ones((2, 3, 4, 4), np.float32), 0.5, seed=0)
+    >>> mask.shape
+    (2, 3, 1, 1)
+    >>> bool(all(len(set(y[n, c].ravel().tolist())) == 1 for n in range(2) for c in range(3)))
+    True
+    """
+    x = _validate.as_float_array(x, "x")
+    noise_shape = _validate.channel_noise_shape(x.shape, channel_axis, batch_axis)
+    return dropout(x, p, seed=seed, stream=stream, offset=offset, training=training,
+                   inplace=inplace, out=out, noise_shape=noise_shape, backend=backend)
+
+
+def apply_mask(x, mask, *, p=None, scale=None, inplace=False, out=None, backend="auto"):
+    """Apply a stored mask to an array: ``x * keep * s`` (s = 1/(1-p) unless given).
+
+    The building block of variational (recurrent) dropout: draw one mask with
+    `bernoulli_mask` or `dropout` and apply it to every time step, so each
+    sequence loses the same units at every step. It is also the backward of
+    dropout (`dropout_backward` calls it).
+
+    Parameters
+    ----------
+    x : array_like of float16, float32 or float64
+        Array to mask.
+    mask : DropoutMask or ndarray of uint64
+        A DropoutMask (from `dropout`, `channel_dropout`, ...) whose element count
+        equals x.size (C order lines them up) or whose shape broadcasts to x's
+        shape; or packed words with one bit per element of x (then ``p`` is
+        required).
+    p : float, optional
+        Drop probability; required with raw words, checked against ``mask.p``
+        otherwise.
+    scale : float, optional
+        Multiplier of kept elements instead of 1/(1-p) (rounded once to x's
+        dtype, like s).
+    inplace, out, backend
+        As in `dropout`.
+
+    Returns
+    -------
+    ndarray
+        ``x * s`` where kept, +0.0 where dropped.
+
+    Raises
+    ------
+    ValueError
+        The mask neither has x's element count nor broadcasts to x's shape; its
+        word count is wrong; ``p`` does not match; scale not finite; bad
+        ``inplace``/``out``.
+    TypeError
+        x is not float16/32/64; the words are not a 1-D uint64 array; scale is
+        not a real number.
+
+    Examples
+    --------
+    Variational dropout over time: one (batch, features) mask for every step.
+
+    >>> import numpy as np, fastdrop
+    >>> batch, features = 4, 8
+    >>> words = fastdrop.bernoulli_mask(batch * features, 0.3, seed=5)
+    >>> steps = [np.ones((batch, features), np.float32) for _ in range(3)]
+    >>> outputs = [fastdrop.apply_mask(x_t, words, p=0.3) for x_t in steps]
+    >>> all(np.array_equal(outputs[0], y_t) for y_t in outputs)
+    True
+    """
+    return _apply_stored_mask(x, "x", mask, p, scale, inplace, out, backend)
+
+
+def _apply_stored_mask(x, name, mask, p, scale, inplace, out, backend):
+    """`apply_mask`, with ``name`` what error messages call x."""
+    kernels = _kernels(backend)
+    if kernels is None:
+        return reference.apply_mask(x, mask, p=p, scale=scale, inplace=inplace, out=out,
+                                    name=name)
+    x, target = _validate.prepare_target(x, name, inplace, out)
+    words, p, mask_shape = _validate.check_mask(mask, x.shape, p)
+    scale = _validate.check_scale(scale, p)
+    return _apply_words(kernels, x, target, np.ascontiguousarray(words), mask_shape, scale, None)
 
 
 def dropout_backward(grad, mask, *, p=None, inplace=False, out=None, backend="auto"):
@@ -140,7 +332,8 @@ def dropout_backward(grad, mask, *, p=None, inplace=False, out=None, backend="au
     Parameters
     ----------
     grad : array_like of float16, float32 or float64
-        Gradient with respect to dropout's output; ``grad.size`` must equal the
+        Gradient with respect to dropout's output. A mask from a call with a
+        noise shape is stretched over it; otherwise ``grad.size`` must equal the
         mask's number of elements (C order lines them up).
     mask : DropoutMask or ndarray of uint64
         The mask returned by `dropout`, or its packed words (then ``p`` is required).
@@ -159,24 +352,17 @@ def dropout_backward(grad, mask, *, p=None, inplace=False, out=None, backend="au
     Raises
     ------
     ValueError
-        The mask is for a different number of elements, has the wrong number of
-        words, or its p does not match ``p``; bad ``inplace``/``out`` as in `dropout`.
+        The mask is for a different number of elements (and does not broadcast),
+        has the wrong number of words, or its p does not match ``p``; bad
+        ``inplace``/``out`` as in `dropout`.
     TypeError
         grad is not float16/32/64, or the words are not a 1-D uint64 array.
     """
-    kernels = _kernels(backend)
-    if kernels is None:
-        return reference.dropout_backward(grad, mask, p=p, inplace=inplace, out=out)
-    grad, target = _validate.prepare_target(grad, "grad", inplace, out)
-    words, p = _validate.check_mask(mask, grad.size, p)
-    words = np.ascontiguousarray(words)
-    threads = get_num_threads()
-    return _elementwise(grad, target, lambda source, result: kernels.scale_by_mask(
-        source, result, words, dropout_scale(p), threads))
+    return _apply_stored_mask(grad, "grad", mask, p, None, inplace, out, backend)
 
 
-def dropout_backward_recompute(grad, p, *, seed, stream, offset=0, inplace=False, out=None,
-                               backend="auto"):
+def dropout_backward_recompute(grad, p, *, seed, stream, offset=0, noise_shape=None,
+                               inplace=False, out=None, backend="auto"):
     """Gradient of dropout with the mask regenerated from (seed, stream, offset): no mask stored.
 
     Bit for bit equal to `dropout_backward` with the mask of
@@ -192,6 +378,8 @@ def dropout_backward_recompute(grad, p, *, seed, stream, offset=0, inplace=False
         The forward pass's seed and stream (``mask.seed``, ``mask.stream``).
     offset : int, default 0
         The forward pass's offset.
+    noise_shape : tuple of int, optional
+        The forward pass's noise shape (``mask.shape``), if it had one.
     inplace, out, backend
         As in `dropout`.
 
@@ -208,12 +396,17 @@ def dropout_backward_recompute(grad, p, *, seed, stream, offset=0, inplace=False
     kernels = _kernels(backend)
     if kernels is None:
         return reference.dropout_backward_recompute(grad, p, seed=seed, stream=stream,
-                                                    offset=offset, inplace=inplace, out=out)
+                                                    offset=offset, noise_shape=noise_shape,
+                                                    inplace=inplace, out=out)
     p = _validate.check_p(p)
     grad, target = _validate.prepare_target(grad, "grad", inplace, out)
+    mask_shape = _validate.check_noise_shape(grad.shape, noise_shape, None)
     seed, stream = _validate.check_seed(seed), _validate.check_stream(stream)
-    offset = _validate.check_offset(offset, grad.size)
-    n = grad.size
+    n = _validate.shape_size(mask_shape)
+    offset = _validate.check_offset(offset, n)
+    if n != grad.size:  # regenerate the (small) mask, then stretch it
+        words = _draw_words(kernels, n, p, seed, stream, offset)
+        return _apply_words(kernels, grad, target, words, mask_shape, dropout_scale(p), None)
     threshold, drop_all = _stream_parameters(p)
     threads = get_num_threads()
     return _elementwise(grad, target, lambda source, result: kernels.scale_by_stream(
@@ -265,8 +458,329 @@ def bernoulli_mask(n, p, *, seed, stream=None, offset=0, backend="auto"):
     p = _validate.check_p(p)
     offset = _validate.check_offset(offset, n)
     seed, stream = _validate.resolve_seed_stream(seed, stream)
-    words = np.empty(words_for(n), dtype=np.uint64)
-    threshold, drop_all = _stream_parameters(p)
-    kernels.scale_by_stream(None, None, words, n, 0.0, threshold, drop_all, seed, stream, offset,
-                            get_num_threads())
-    return words
+    return _draw_words(kernels, n, p, seed, stream, offset)
+
+
+def alpha_dropout(x, p=0.5, *, seed=None, stream=None, offset=0, training=True, inplace=False,
+                  out=None, noise_shape=None, broadcast_dims=None, backend="auto"):
+    """Alpha dropout for self-normalising (SELU) networks: keeps zero mean and unit variance.
+
+    A dropped element is set to SELU's negative saturation value
+    ``alpha' = -lambda * alpha`` instead of 0, then every element goes through
+    the affine map ``a * y + b`` chosen so that inputs with mean 0 and variance
+    1 keep them (Klambauer et al. 2017, "Self-Normalizing Neural Networks"):
+    ``a = ((1 - p) (1 + p alpha'^2))^(-1/2)``, ``b = -a alpha' p``. The mask is
+    the same keep bits `dropout` draws for the same arguments.
+
+    Parameters
+    ----------
+    x : array_like of float16, float32 or float64
+        Input, typically SELU activations.
+    p : float, default 0.5
+        Drop probability in [0, 1]. ``p = 0`` returns x unchanged (as PyTorch
+        does); ``p = 1`` gives all zeros.
+    seed, stream, offset, training, inplace, out, noise_shape, broadcast_dims, backend
+        As in `dropout`.
+
+    Returns
+    -------
+    y : ndarray
+        ``a * x + b`` where kept, ``a * alpha' + b`` where dropped.
+    mask : DropoutMask or None
+        The keep bits; pass it to `alpha_dropout_backward`.
+
+    Raises
+    ------
+    ValueError, TypeError
+        As in `dropout`.
+
+    Notes
+    -----
+    Arithmetic (identical on every backend): float64 computes ``a*x + b`` in
+    float64, float32 in float32 with a and b rounded to float32 (two roundings,
+    never a fused multiply-add), float16 widens x to float32, computes in
+    float32 and rounds once to float16. The dropped value is ``a*alpha' + b``
+    computed in float64 and rounded once to x's dtype.
+
+    Examples
+    --------
+    >>> import numpy as np, fastdrop
+    >>> x = np.random.default_rng(0).standard_normal(100_000)
+    >>> y, mask = fastdrop.alpha_dropout(x, 0.2, seed=1)
+    >>> bool(abs(y.mean()) < 0.02 and abs(y.std() - 1) < 0.02)
+    True
+    """
+    kernels = _kernels(backend)
+    if kernels is None:
+        return reference.alpha_dropout(x, p, seed=seed, stream=stream, offset=offset,
+                                       training=training, inplace=inplace, out=out,
+                                       noise_shape=noise_shape, broadcast_dims=broadcast_dims)
+    p, x, target, mask_shape, m, offset = _validate.check_masked_call(
+        x, p, seed, stream, offset, inplace, out, noise_shape, broadcast_dims)
+    if not training:
+        return (x if target is None else _validate.deliver(x, x, target)), None
+    seed, stream = _validate.resolve_seed_stream(seed, stream)
+    words = _draw_words(kernels, m, p, seed, stream, offset)
+    mask = DropoutMask(words, shape=mask_shape, p=p, seed=seed, stream=stream, offset=offset)
+    if p == 0.0:  # the identity, as in PyTorch
+        return _validate.deliver(x.reshape(-1).copy(), x, target), mask
+    y = _apply_words(kernels, x, target, words, mask_shape, 0.0, alpha_dropout_constants(p))
+    return y, mask
+
+
+def feature_alpha_dropout(x, p=0.5, *, channel_axis=1, batch_axis=0, seed=None, stream=None,
+                          offset=0, training=True, inplace=False, out=None, backend="auto"):
+    """Alpha dropout of whole channels (PyTorch's ``FeatureAlphaDropout``).
+
+    `alpha_dropout` with the noise shape of `channel_dropout`: each channel of
+    each sample is kept (``a*x + b``) or dropped (``a*alpha' + b``) whole.
+
+    Parameters
+    ----------
+    x : array_like of float16, float32 or float64
+        Input with a channel axis, e.g. ``(N, C, H, W)``.
+    p : float, default 0.5
+        Probability of dropping a channel.
+    channel_axis, batch_axis
+        As in `channel_dropout`.
+    seed, stream, offset, training, inplace, out, backend
+        As in `dropout`.
+
+    Returns
+    -------
+    y : ndarray
+    mask : DropoutMask or None
+        One bit per (sample, channel).
+
+    Raises
+    ------
+    ValueError, TypeError
+        As in `channel_dropout`.
+    """
+    x = _validate.as_float_array(x, "x")
+    noise_shape = _validate.channel_noise_shape(x.shape, channel_axis, batch_axis)
+    return alpha_dropout(x, p, seed=seed, stream=stream, offset=offset, training=training,
+                         inplace=inplace, out=out, noise_shape=noise_shape, backend=backend)
+
+
+def alpha_dropout_backward(grad, mask, *, inplace=False, out=None, backend="auto"):
+    """Gradient of `alpha_dropout`: ``grad * a`` where kept, +0.0 where dropped.
+
+    Parameters
+    ----------
+    grad : array_like of float16, float32 or float64
+        Gradient with respect to alpha dropout's output.
+    mask : DropoutMask
+        The mask `alpha_dropout` or `feature_alpha_dropout` returned.
+    inplace, out, backend
+        As in `dropout`.
+
+    Returns
+    -------
+    ndarray
+        ``grad * a`` (a rounded once to grad's dtype) where kept, +0.0 where
+        dropped; ``grad`` unchanged in value for a mask with p = 0.
+
+    Raises
+    ------
+    TypeError
+        mask is not a DropoutMask; grad is not float16/32/64.
+    ValueError
+        The mask neither matches grad's size nor broadcasts to its shape.
+    """
+    _validate.check_mask_object(mask)
+    scale = 1.0 if mask.p == 0.0 else alpha_dropout_constants(mask.p)[0]
+    return _apply_stored_mask(grad, "grad", mask, None, scale, inplace, out, backend)
+
+
+def gaussian_dropout(x, p=0.5, *, seed=None, stream=None, offset=0, training=True, inplace=False,
+                     out=None, backend="auto"):
+    """Gaussian dropout: multiply every element by noise drawn from N(1, p / (1 - p)).
+
+    The multiplicative Gaussian noise of Srivastava et al. (2014, section 10)
+    and Keras' ``GaussianDropout``: the same mean and variance as inverted
+    Bernoulli dropout with drop rate p, with no element set to zero. The noise
+    comes from fastdrop's counter-based Philox stream (its own domain, so it is
+    independent of the dropout mask of the same seed and stream) and is
+    bit-identical on every backend, thread count and split.
+
+    Parameters
+    ----------
+    x : array_like of float16, float32 or float64
+        Input.
+    p : float, default 0.5
+        Rate in [0, 1): the noise variance is p / (1 - p).
+    seed, stream, offset, training, inplace, out, backend
+        As in `dropout`.
+
+    Returns
+    -------
+    y : ndarray
+        ``x * (1 + sigma * z)`` with ``sigma = sqrt(p / (1 - p))`` and z
+        standard normal.
+    noise : GaussianNoise or None
+        The (seed, stream, offset, p) that regenerate the noise for
+        `gaussian_dropout_backward`; nothing of size n is stored.
+
+    Raises
+    ------
+    ValueError
+        p outside [0, 1) (p = 1 has infinite variance); the errors of `dropout`.
+    TypeError
+        As in `dropout`.
+
+    Notes
+    -----
+    Element i (global index ``offset + i``) takes a 64-bit word r of Philox block
+    ``(offset + i) // 2`` in the noise domain (docs/mask-stream.md, section 9),
+    ``u = (r // 2**12 + 1/2) 2**-52``, and ``z = Phi^-1(u)`` by Wichura's AS 241
+    with a log the spec defines from +, *, / and frexp, so libm differences
+    cannot change a bit. The multiplier ``1 + sigma*z`` is computed in float64
+    and rounded once to x's dtype (float32 for float16 input), then multiplied.
+
+    Examples
+    --------
+    >>> import numpy as np, fastdrop
+    >>> y, noise = fastdrop.gaussian_dropout(np.ones(100_000), 0.5, seed=2)
+    >>> bool(abs(y.mean() - 1) < 0.02 and abs(y.var() - 1) < 0.03)
+    True
+    """
+    kernels = _kernels(backend)
+    if kernels is None:
+        return reference.gaussian_dropout(x, p, seed=seed, stream=stream, offset=offset,
+                                          training=training, inplace=inplace, out=out)
+    p = _validate.check_gaussian_p(p)
+    x, target = _validate.prepare_target(x, "x", inplace, out)
+    _validate.check_seed_stream(seed, stream)
+    offset = _validate.check_offset(offset, x.size)
+    if not training:
+        return (x if target is None else _validate.deliver(x, x, target)), None
+    seed, stream = _validate.resolve_seed_stream(seed, stream)
+    y = _multiply_noise(kernels, x, target, p, seed, stream, offset)
+    return y, GaussianNoise(shape=x.shape, p=p, seed=seed, stream=stream, offset=offset)
+
+
+def _multiply_noise(kernels, x, target, p, seed, stream, offset):
+    threads = get_num_threads()
+    return _elementwise(x, target, lambda source, result: kernels.gaussian(
+        source, result, gaussian_sigma(p), seed, stream, offset, threads))
+
+
+def gaussian_dropout_backward(grad, noise, *, inplace=False, out=None, backend="auto"):
+    """Gradient of `gaussian_dropout`: grad times the same noise, regenerated.
+
+    Parameters
+    ----------
+    grad : array_like of float16, float32 or float64
+        Gradient with respect to the output; ``grad.size`` must equal the
+        forward input's.
+    noise : GaussianNoise
+        What `gaussian_dropout` returned.
+    inplace, out, backend
+        As in `dropout`.
+
+    Returns
+    -------
+    ndarray
+        ``grad * (1 + sigma * z)`` with the forward pass's z, bit for bit the
+        forward arithmetic.
+
+    Raises
+    ------
+    TypeError
+        noise is not a GaussianNoise; grad is not float16/32/64.
+    ValueError
+        noise is for a different number of elements; bad ``inplace``/``out``.
+    """
+    kernels = _kernels(backend)
+    if kernels is None:
+        return reference.gaussian_dropout_backward(grad, noise, inplace=inplace, out=out)
+    grad, target = _validate.prepare_target(grad, "grad", inplace, out)
+    _validate.check_noise(noise, grad.size)
+    return _multiply_noise(kernels, grad, target, noise.p, noise.seed, noise.stream, noise.offset)
+
+
+def gaussian_noise(n, p, *, seed, stream=None, offset=0, backend="auto"):
+    """The float64 multipliers ``1 + sigma * z_i`` `gaussian_dropout` uses for n elements.
+
+    Parameters
+    ----------
+    n : int
+        Number of elements.
+    p : float
+        Rate in [0, 1).
+    seed : int or Generator
+        64-bit key, or a `Generator` that supplies the seed and its next stream.
+    stream : int, optional
+        64-bit call id; 0 when omitted with an integer seed.
+    offset : int, default 0
+        Global index of the first element.
+    backend : {"auto", "cython", "numba", "numpy"}, default "auto"
+
+    Returns
+    -------
+    numpy.ndarray of float64, shape (n,)
+
+    Raises
+    ------
+    ValueError, TypeError
+        As in `gaussian_dropout`.
+    """
+    kernels = _kernels(backend)
+    if kernels is None:
+        return reference.gaussian_noise(n, p, seed=seed, stream=stream, offset=offset)
+    n = _validate.check_count(n)
+    p = _validate.check_gaussian_p(p)
+    offset = _validate.check_offset(offset, n)
+    seed, stream = _validate.resolve_seed_stream(seed, stream)
+    noise = np.ones(n, dtype=np.float64)
+    kernels.gaussian(noise, noise, gaussian_sigma(p), seed, stream, offset, get_num_threads())
+    return noise
+
+
+def dropconnect(weight, p=0.5, *, seed=None, stream=None, offset=0, training=True, out=None,
+                backend="auto"):
+    """DropConnect (Wan et al. 2013): drop individual weights, not activations.
+
+    Returns ``weight * keep / (1 - p)`` as a new array (or in ``out``); the
+    weights themselves are never overwritten, since the optimiser updates them.
+    One mask is shared by every sample of the batch that uses the dropped
+    weights (the usual approximation: per-sample weight masks would cost a
+    weight matrix per sample). The mask is recomputable from (seed, stream,
+    offset): backward is ``dropout_backward(grad_weight_dropped, mask)`` or
+    `dropout_backward_recompute`.
+
+    Parameters
+    ----------
+    weight : array_like of float16, float32 or float64
+        Weight array, e.g. ``(out_features, in_features)``; at least 1-d.
+    p : float, default 0.5
+        Probability of dropping each weight.
+    seed, stream, offset, training, out, backend
+        As in `dropout`.
+
+    Returns
+    -------
+    weight_dropped : ndarray
+        New array (or ``out``); ``weight`` itself when ``training=False``.
+    mask : DropoutMask or None
+        One bit per weight.
+
+    Raises
+    ------
+    ValueError
+        weight is 0-d; the errors of `dropout`.
+    TypeError
+        As in `dropout`.
+
+    Examples
+    --------
+    >>> import numpy as np, fastdrop
+    >>> W = np.ones((3, 4), np.float32)
+    >>> W_dropped, mask = fastdrop.dropconnect(W, 0.5, seed=3)
+    >>> bool((W == 1).all()), mask.shape
+    (True, (3, 4))
+    """
+    weight = _validate.check_weight(weight)
+    return dropout(weight, p, seed=seed, stream=stream, offset=offset, training=training,
+                   out=out, backend=backend)

@@ -116,3 +116,34 @@ class DropoutMask:
     def __repr__(self):
         return (f"DropoutMask(shape={self.shape}, p={self.p!r}, seed={self.seed}, "
                 f"stream={self.stream}, offset={self.offset}, nbytes={self.nbytes})")
+
+
+class GaussianNoise:
+    """What regenerates the noise of one `gaussian_dropout` call (the noise is not stored).
+
+    Attributes
+    ----------
+    shape : tuple of int
+        Shape of the input.
+    n : int
+        Number of elements.
+    p : float
+        The rate: the noise is N(1, p / (1 - p)).
+    seed, stream, offset : int
+        Coordinates in the Gaussian noise stream: element i uses global index
+        ``offset + i``.
+    """
+
+    __slots__ = ("shape", "n", "p", "seed", "stream", "offset")
+
+    def __init__(self, *, shape, p, seed, stream, offset):
+        self.shape = tuple(shape)
+        self.n = math.prod(self.shape)
+        self.p = float(p)
+        self.seed = int(seed)
+        self.stream = int(stream)
+        self.offset = int(offset)
+
+    def __repr__(self):
+        return (f"GaussianNoise(shape={self.shape}, p={self.p!r}, seed={self.seed}, "
+                f"stream={self.stream}, offset={self.offset})")

@@ -10,7 +10,7 @@ import operator
 import numpy as np
 
 from ._mask import DropoutMask, words_for
-from .maskstream.spec import MAX_ELEMENTS, MAX_SEED, MAX_STREAM
+from .maskstream.spec import MAX_ELEMENTS, MAX_SEED, MAX_STREAM, dropout_scale
 
 FLOAT_DTYPES = (np.dtype(np.float16), np.dtype(np.float32), np.dtype(np.float64))
 
@@ -128,27 +128,169 @@ def prepare_target(x, name, inplace, out):
     return array, None
 
 
-def check_mask(mask, n, p):
-    """(words, p) of a mask for n elements: a DropoutMask, or uint64 words with p given."""
+def shape_size(shape):
+    """Number of elements of an array of ``shape``."""
+    return math.prod(shape)
+
+
+def _axis(axis, ndim, name):
+    """An axis index in [0, ndim) from an integer in [-ndim, ndim)."""
+    axis = check_integer(axis, name, -(2**63), 2**63 - 1)
+    if not -ndim <= axis < ndim:
+        raise ValueError(f"{name}={axis} is out of range for an array with {ndim} dimensions")
+    return axis % ndim
+
+
+def check_noise_shape(shape, noise_shape, broadcast_dims):
+    """The mask's shape for an array of ``shape``: ``shape`` itself, or ``noise_shape``/``broadcast_dims``.
+
+    ``noise_shape`` follows NumPy broadcasting (aligned on the right, each entry 1 or
+    equal to x's; missing leading entries are 1); ``broadcast_dims`` lists the axes
+    that share one mask element. The result has x's number of dimensions.
+    """
+    if noise_shape is not None and broadcast_dims is not None:
+        raise ValueError("pass either noise_shape or broadcast_dims, not both")
+    ndim = len(shape)
+    if broadcast_dims is not None:
+        dims = (broadcast_dims,) if isinstance(broadcast_dims, (int, np.integer)) else broadcast_dims
+        try:
+            axes = [_axis(axis, ndim, "broadcast_dims") for axis in dims]
+        except TypeError:
+            raise TypeError(f"broadcast_dims must be an integer or a sequence of integers, "
+                            f"got {broadcast_dims!r}") from None
+        if len(set(axes)) != len(axes):
+            raise ValueError(f"broadcast_dims={broadcast_dims!r} repeats an axis")
+        return tuple(1 if axis in axes else length for axis, length in enumerate(shape))
+    if noise_shape is None:
+        return tuple(shape)
+    try:
+        entries = tuple(check_integer(length, "noise_shape entry", 0, 2**63 - 1)
+                        for length in noise_shape)
+    except TypeError:
+        raise TypeError(f"noise_shape must be a sequence of integers, got {noise_shape!r}") from None
+    padded = (1,) * (ndim - len(entries)) + entries
+    if len(entries) > ndim or any(m != 1 and m != length for m, length in zip(padded, shape)):
+        raise ValueError(f"noise_shape={tuple(noise_shape)!r} does not broadcast to x's shape "
+                         f"{tuple(shape)!r}: each entry must be 1 or equal x's, aligned on the right")
+    return padded
+
+
+def check_masked_call(x, p, seed, stream, offset, inplace, out, noise_shape, broadcast_dims):
+    """The checks of a call that draws a mask, in an order that leaves no trace on error.
+
+    Returns ``(p, x, target, mask_shape, m, offset)``: ``mask_shape`` is x's shape
+    unless a noise shape stretches a smaller mask of ``m`` elements over x.
+    """
+    p = check_p(p)
+    x, target = prepare_target(x, "x", inplace, out)
+    if noise_shape is None and broadcast_dims is None:
+        mask_shape, m = x.shape, x.size
+    else:
+        mask_shape = check_noise_shape(x.shape, noise_shape, broadcast_dims)
+        m = shape_size(mask_shape)
+    check_seed_stream(seed, stream)
+    return p, x, target, mask_shape, m, check_offset(offset, m)
+
+
+def channel_noise_shape(shape, channel_axis, batch_axis):
+    """Mask shape for channel dropout: one mask element per (batch item, channel)."""
+    ndim = len(shape)
+    channel = _axis(channel_axis, ndim, "channel_axis") if ndim else None
+    if channel is None:
+        raise ValueError(f"channel dropout needs an array with a channel axis, got a 0-d array")
+    batch = None if batch_axis is None else _axis(batch_axis, ndim, "batch_axis")
+    if batch == channel:
+        raise ValueError(f"batch_axis={batch_axis} and channel_axis={channel_axis} are the same axis")
+    kept_axes = {channel} if batch is None else {channel, batch}
+    if ndim <= len(kept_axes):
+        raise ValueError(
+            f"channel dropout needs an axis to share each channel's mask over besides the "
+            f"channel{' and batch' if batch is not None else ''} axes; x has shape {tuple(shape)!r} "
+            f"(pass batch_axis=None for unbatched input, or use dropout for per-element masks)")
+    return tuple(length if axis in kept_axes else 1 for axis, length in enumerate(shape))
+
+
+def check_mask_object(mask):
+    if not isinstance(mask, DropoutMask):
+        raise TypeError(f"mask must be a DropoutMask, got {type(mask).__name__}")
+
+
+def check_mask(mask, shape, p):
+    """(words, p, mask_shape) of a mask applied to an array of ``shape``.
+
+    A DropoutMask applies to an array of its own number of elements (C order lines
+    them up) or, if its shape broadcasts to ``shape``, is stretched over it; raw
+    uint64 words need ``p`` and one bit per element.
+    """
+    n = shape_size(shape)
     if isinstance(mask, DropoutMask):
         words, mask_p = mask.words, mask.p
-        if mask.n != n:
-            raise ValueError(f"mask is for {mask.n} elements but the gradient has {n}")
         if p is not None and check_p(p) != mask_p:
             raise ValueError(f"p={p!r} does not match the mask's p={mask_p!r}")
         p = mask_p
+        if mask.n == n:
+            mask_shape = tuple(shape)
+        else:
+            try:
+                mask_shape = check_noise_shape(shape, mask.shape, None)
+            except ValueError:
+                raise ValueError(f"mask of shape {mask.shape} ({mask.n} elements) neither has the "
+                                 f"array's {n} elements nor broadcasts to its shape "
+                                 f"{tuple(shape)!r}") from None
     else:
         words = np.asarray(mask)
         if p is None:
             raise ValueError("p is required when mask is an array of words, not a DropoutMask")
+        mask_shape = tuple(shape)
     p = check_p(p)
     if not isinstance(words, np.ndarray) or words.dtype != np.uint64 or words.ndim != 1:
         raise TypeError(f"mask words must be a 1-D uint64 array, got "
                         f"{getattr(words, 'dtype', type(words).__name__)} "
                         f"with shape {getattr(words, 'shape', None)}")
-    if words.size != words_for(n):
-        raise ValueError(f"mask has {words.size} words but {n} elements need {words_for(n)}")
-    return words, p
+    m = shape_size(mask_shape)
+    if words.size != words_for(m):
+        raise ValueError(f"mask has {words.size} words but {m} elements need {words_for(m)}")
+    return words, p, mask_shape
+
+
+def check_scale(scale, p):
+    """The multiplier of kept elements: 1/(1-p) by default, else a finite real number."""
+    if scale is None:
+        return dropout_scale(p)
+    if isinstance(scale, (bool, np.bool_)) or not isinstance(scale, (numbers.Real, np.floating,
+                                                                     np.integer)):
+        raise TypeError(f"scale must be a real number, got {scale!r}")
+    value = float(scale)
+    if not math.isfinite(value):
+        raise ValueError(f"scale must be finite, got scale={scale!r}")
+    return value
+
+
+def check_gaussian_p(p):
+    """p for Gaussian dropout: [0, 1) (the noise variance p/(1-p) is infinite at 1)."""
+    p = check_p(p)
+    if p == 1.0:
+        raise ValueError("gaussian_dropout needs p < 1: the noise variance p/(1-p) is infinite "
+                         "at p=1.0")
+    return p
+
+
+def check_noise(noise, n):
+    from ._mask import GaussianNoise
+
+    if not isinstance(noise, GaussianNoise):
+        raise TypeError(f"noise must be the GaussianNoise returned by gaussian_dropout, "
+                        f"got {type(noise).__name__}")
+    if noise.n != n:
+        raise ValueError(f"noise is for {noise.n} elements but the gradient has {n}")
+
+
+def check_weight(weight):
+    """A weight array for DropConnect: float, at least 1-D."""
+    array = as_float_array(weight, "weight")
+    if array.ndim == 0:
+        raise ValueError("dropconnect needs a weight array with at least one dimension, got a 0-d array")
+    return array
 
 
 def deliver(result, x, target):

@@ -54,3 +54,48 @@ cdef extern from "fastdrop/dropout.h" nogil:
     void fd_apply_mask_range_f16(const uint16_t *source, uint16_t *target,
                                  const uint64_t *words, float scale, int64_t n,
                                  int64_t first, int64_t stop)
+
+
+cdef extern from "fastdrop/variants.h" nogil:
+    # Gaussian noise stream
+    void fd_normal_block(uint64_t seed, uint64_t stream, uint64_t block, uint64_t *out)
+    double fd_inverse_normal_cdf(double u)
+    double fd_standard_normal(uint64_t random_word)
+
+    # masks stretched over arrays (noise_shape) and alpha dropout's affine map
+    ctypedef struct fd_broadcast_layout:
+        int ndim
+        const int64_t *sizes
+        const int64_t *mask_strides
+    ctypedef struct fd_mask_op_f64:
+        int affine
+        double scale
+        double shift
+        double dropped_value
+    ctypedef struct fd_mask_op_f32:
+        int affine
+        float scale
+        float shift
+        float dropped_value
+    ctypedef fd_mask_op_f32 fd_mask_op_f16
+
+    void fd_apply_broadcast_range_f64(const double *source, double *target,
+                                      const uint64_t *words, const fd_broadcast_layout *layout,
+                                      const fd_mask_op_f64 *op, int64_t first, int64_t stop)
+    void fd_apply_broadcast_range_f32(const float *source, float *target,
+                                      const uint64_t *words, const fd_broadcast_layout *layout,
+                                      const fd_mask_op_f32 *op, int64_t first, int64_t stop)
+    void fd_apply_broadcast_range_f16(const uint16_t *source, uint16_t *target,
+                                      const uint64_t *words, const fd_broadcast_layout *layout,
+                                      const fd_mask_op_f16 *op, int64_t first, int64_t stop)
+
+    # Gaussian dropout over element ranges [first, stop)
+    void fd_gaussian_range_f64(const double *source, double *target, double sigma,
+                               uint64_t seed, uint64_t stream, uint64_t offset,
+                               int64_t first, int64_t stop)
+    void fd_gaussian_range_f32(const float *source, float *target, double sigma,
+                               uint64_t seed, uint64_t stream, uint64_t offset,
+                               int64_t first, int64_t stop)
+    void fd_gaussian_range_f16(const uint16_t *source, uint16_t *target, double sigma,
+                               uint64_t seed, uint64_t stream, uint64_t offset,
+                               int64_t first, int64_t stop)

@@ -11,19 +11,31 @@ Specification: docs/mask-stream.md.
 import numpy as np
 
 from . import _validate
-from ._mask import DropoutMask, pack_mask, unpack_mask
-from .maskstream.spec import WORD_BITS, block_counter, dropout_scale, keep_threshold, split64
+from ._mask import DropoutMask, GaussianNoise, pack_mask, unpack_mask
+from .maskstream import normal
+from .maskstream.spec import (WORD_BITS, alpha_dropout_constants, block_counter, dropout_scale,
+                              gaussian_sigma, keep_threshold, normal_counter, split64)
 from .rng.philox import philox_rounds
 
 __all__ = [
+    "alpha_dropout",
+    "alpha_dropout_backward",
+    "apply_mask",
     "bernoulli_mask",
+    "channel_dropout",
+    "dropconnect",
     "dropout",
     "dropout_backward",
     "dropout_backward_recompute",
+    "feature_alpha_dropout",
+    "gaussian_dropout",
+    "gaussian_dropout_backward",
+    "gaussian_noise",
     "keep_bits",
     "lane_uniforms",
     "pack_mask",
     "random_words",
+    "standard_normals",
     "unpack_mask",
 ]
 
@@ -87,9 +99,12 @@ def keep_bits(n, p, seed, stream, offset):
     return keep
 
 
-def scale_kept(x, keep, p):
-    """The spec's output arithmetic: x * s where kept (s = 1/(1-p) rounded to x's dtype), +0.0 where dropped."""
-    scale = dropout_scale(p)
+def scale_kept(x, keep, p, scale=None):
+    """The spec's output arithmetic: x * s where kept (s = 1/(1-p) rounded to x's dtype), +0.0 where dropped.
+
+    ``scale`` replaces 1/(1-p) when given (alpha dropout's backward multiplies by a).
+    """
+    scale = dropout_scale(p) if scale is None else scale
     with np.errstate(all="ignore"):  # s or x*s may overflow; that is the specified result
         if x.dtype == np.float16:
             kept = (x.astype(np.float32) * np.float32(np.float16(scale))).astype(np.float16)
@@ -107,35 +122,224 @@ def bernoulli_mask(n, p, *, seed, stream=None, offset=0):
     return pack_mask(keep_bits(n, p, seed, stream, offset))
 
 
-def dropout(x, p=0.5, *, seed=None, stream=None, offset=0, training=True, inplace=False, out=None):
+def broadcast_keep(keep, mask_shape, shape):
+    """Keep flags of a mask of ``mask_shape`` stretched over an array of ``shape`` (C order)."""
+    return np.broadcast_to(keep.reshape(mask_shape), shape).reshape(-1)
+
+
+def dropout(x, p=0.5, *, seed=None, stream=None, offset=0, training=True, inplace=False, out=None,
+            noise_shape=None, broadcast_dims=None):
     """Inverted dropout; see `fastdrop.dropout`."""
+    p, x, target, mask_shape, n, offset = _validate.check_masked_call(
+        x, p, seed, stream, offset, inplace, out, noise_shape, broadcast_dims)
+    if not training:
+        return (x if target is None else _validate.deliver(x, x, target)), None
+    seed, stream = _validate.resolve_seed_stream(seed, stream)
+    keep = keep_bits(n, p, seed, stream, offset)
+    y = scale_kept(x.reshape(-1), broadcast_keep(keep, mask_shape, x.shape), p)
+    mask = DropoutMask(pack_mask(keep), shape=mask_shape, p=p, seed=seed, stream=stream,
+                       offset=offset)
+    return _validate.deliver(y, x, target), mask
+
+
+def channel_dropout(x, p=0.5, *, channel_axis=1, batch_axis=0, seed=None, stream=None, offset=0,
+                    training=True, inplace=False, out=None):
+    """Whole channels dropped together; see `fastdrop.channel_dropout`."""
+    x = _validate.as_float_array(x, "x")
+    noise_shape = _validate.channel_noise_shape(x.shape, channel_axis, batch_axis)
+    return dropout(x, p, seed=seed, stream=stream, offset=offset, training=training,
+                   inplace=inplace, out=out, noise_shape=noise_shape)
+
+
+def apply_mask(x, mask, *, p=None, scale=None, inplace=False, out=None, name="x"):
+    """x * keep * s with keep from a stored mask; see `fastdrop.apply_mask`.
+
+    ``name`` is what error messages call x (dropout's backward says "grad").
+    """
+    x, target = _validate.prepare_target(x, name, inplace, out)
+    words, p, mask_shape = _validate.check_mask(mask, x.shape, p)
+    scale = _validate.check_scale(scale, p)
+    keep = broadcast_keep(unpack_mask(words, _validate.shape_size(mask_shape)), mask_shape, x.shape)
+    return _validate.deliver(scale_kept(x.reshape(-1), keep, p, scale), x, target)
+
+
+def dropout_backward(grad, mask, *, p=None, inplace=False, out=None):
+    """grad * keep / (1 - p) from a packed mask; see `fastdrop.dropout_backward`."""
+    return apply_mask(grad, mask, p=p, inplace=inplace, out=out, name="grad")
+
+
+def dropout_backward_recompute(grad, p, *, seed, stream, offset=0, noise_shape=None,
+                               inplace=False, out=None):
+    """grad * keep / (1 - p) with keep regenerated from (seed, stream, offset); see `fastdrop.dropout_backward_recompute`."""
     p = _validate.check_p(p)
+    grad, target = _validate.prepare_target(grad, "grad", inplace, out)
+    mask_shape = _validate.check_noise_shape(grad.shape, noise_shape, None)
+    seed, stream = _validate.check_seed(seed), _validate.check_stream(stream)
+    n = _validate.shape_size(mask_shape)
+    offset = _validate.check_offset(offset, n)
+    keep = broadcast_keep(keep_bits(n, p, seed, stream, offset), mask_shape, grad.shape)
+    return _validate.deliver(scale_kept(grad.reshape(-1), keep, p), grad, target)
+
+
+# ---------------------------------------------------------------- alpha dropout
+
+
+def alpha_affine(x, keep, p):
+    """Alpha dropout's arithmetic (section 8): a*x + b where kept, c where dropped.
+
+    float64 computes in float64; float32 in float32 with a, b rounded to float32;
+    float16 widens x to float32, computes a*x + b in float32 and rounds once. The
+    dropped value is c rounded once from float64 to x's dtype.
+    """
+    a, b, c = alpha_dropout_constants(p)
+    with np.errstate(all="ignore"):
+        if x.dtype == np.float16:
+            kept = (x.astype(np.float32) * np.float32(a) + np.float32(b)).astype(np.float16)
+        else:
+            kept = x * x.dtype.type(a) + x.dtype.type(b)
+    return np.where(keep, kept, x.dtype.type(c))
+
+
+def alpha_dropout(x, p=0.5, *, seed=None, stream=None, offset=0, training=True, inplace=False,
+                  out=None, noise_shape=None, broadcast_dims=None):
+    """Alpha dropout for SELU networks; see `fastdrop.alpha_dropout`."""
+    p, x, target, mask_shape, n, offset = _validate.check_masked_call(
+        x, p, seed, stream, offset, inplace, out, noise_shape, broadcast_dims)
+    if not training:
+        return (x if target is None else _validate.deliver(x, x, target)), None
+    seed, stream = _validate.resolve_seed_stream(seed, stream)
+    keep = keep_bits(n, p, seed, stream, offset)
+    mask = DropoutMask(pack_mask(keep), shape=mask_shape, p=p, seed=seed, stream=stream,
+                       offset=offset)
+    if p == 0.0:  # the identity, as in PyTorch
+        return _validate.deliver(x.reshape(-1).copy(), x, target), mask
+    y = alpha_affine(x.reshape(-1), broadcast_keep(keep, mask_shape, x.shape), p)
+    return _validate.deliver(y, x, target), mask
+
+
+def feature_alpha_dropout(x, p=0.5, *, channel_axis=1, batch_axis=0, seed=None, stream=None,
+                          offset=0, training=True, inplace=False, out=None):
+    """Alpha dropout of whole channels; see `fastdrop.feature_alpha_dropout`."""
+    x = _validate.as_float_array(x, "x")
+    noise_shape = _validate.channel_noise_shape(x.shape, channel_axis, batch_axis)
+    return alpha_dropout(x, p, seed=seed, stream=stream, offset=offset, training=training,
+                         inplace=inplace, out=out, noise_shape=noise_shape)
+
+
+def alpha_dropout_backward(grad, mask, *, inplace=False, out=None):
+    """grad * a where kept, +0.0 where dropped; see `fastdrop.alpha_dropout_backward`."""
+    _validate.check_mask_object(mask)
+    return apply_mask(grad, mask, scale=alpha_dropout_constants(mask.p)[0] if mask.p != 0.0
+                      else 1.0, inplace=inplace, out=out, name="grad")
+
+
+# ---------------------------------------------------------------- Gaussian dropout
+
+
+def _polynomial(coefficients, r):
+    """sum_k coefficients[k] r**k by Horner's rule, highest power first (the spec's order)."""
+    result = np.full_like(r, coefficients[-1])
+    for coefficient in coefficients[-2::-1]:
+        result = result * r + coefficient
+    return result
+
+
+def spec_log(v):
+    """log(v) for v > 0 as the spec defines it: frexp, then the atanh series (section 9)."""
+    m, e = np.frexp(v)
+    low = m < normal.SQRT_HALF
+    m = np.where(low, m * 2.0, m)
+    e = np.where(low, e - 1, e).astype(np.float64)
+    f = (m - 1.0) / (m + 1.0)
+    return e * normal.LN2 + 2.0 * f * _polynomial(normal.LOG_SERIES, f * f)
+
+
+def inverse_normal_cdf(u):
+    """z = Phi^-1(u) for u in (0, 1) by AS 241 with `spec_log` (section 9)."""
+    u = np.asarray(u, dtype=np.float64)
+    q = u - 0.5
+    r = normal.CENTRAL_OFFSET - q * q
+    central = q * _polynomial(normal.CENTRAL_NUMERATOR, r) / _polynomial(normal.CENTRAL_DENOMINATOR, r)
+    tail = np.sqrt(-spec_log(np.where(q < 0.0, u, 1.0 - u)))
+    near = tail - normal.INTERMEDIATE_SHIFT
+    far = tail - normal.TAIL_SPLIT
+    magnitude = np.where(
+        tail <= normal.TAIL_SPLIT,
+        _polynomial(normal.INTERMEDIATE_NUMERATOR, near) / _polynomial(normal.INTERMEDIATE_DENOMINATOR, near),
+        _polynomial(normal.FAR_NUMERATOR, far) / _polynomial(normal.FAR_DENOMINATOR, far))
+    return np.where(np.abs(q) <= normal.CENTRAL_LIMIT, central,
+                    np.where(q < 0.0, -magnitude, magnitude))
+
+
+def standard_normals(n, seed, stream, offset):
+    """z_i for global indices offset .. offset + n - 1 of the Gaussian noise stream (section 9).
+
+    Element i takes 64-bit word r = x0 + 2**32 x1 (i even) or x2 + 2**32 x3 (i odd)
+    of Philox block i // 2 with counter ``normal_counter(i // 2, stream)``, then
+    u = (r >> 12) + 1/2) * 2**-52 and z = Phi^-1(u).
+    """
+    indices = np.arange(offset, offset + n, dtype=np.uint64)
+    blocks = indices >> np.uint64(1)
+    key = tuple(np.uint64(half) for half in split64(seed))
+    counter = tuple(np.broadcast_to(np.uint64(c) if np.isscalar(c) else c, blocks.shape)
+                    for c in normal_counter(blocks, stream))
+    x0, x1, x2, x3 = philox_rounds(counter, key, 10)
+    odd = (indices & np.uint64(1)).astype(bool)
+    words = np.where(odd, x2 | (x3 << np.uint64(32)), x0 | (x1 << np.uint64(32)))
+    u = ((words >> np.uint64(normal.UNIFORM_SHIFT)).astype(np.float64) + 0.5) * normal.UNIFORM_SCALE
+    return inverse_normal_cdf(u)
+
+
+def gaussian_multipliers(n, p, seed, stream, offset):
+    """The noise 1 + sigma * z_i in float64 (sigma = sqrt(p / (1 - p)))."""
+    return 1.0 + gaussian_sigma(p) * standard_normals(n, seed, stream, offset)
+
+
+def multiply_noise(x, noise):
+    """Section 9's output arithmetic: the noise rounded to x's dtype (float32 for float16), times x."""
+    with np.errstate(all="ignore"):
+        if x.dtype == np.float16:
+            return (x.astype(np.float32) * noise.astype(np.float32)).astype(np.float16)
+        return x * noise.astype(x.dtype)
+
+
+def gaussian_noise(n, p, *, seed, stream=None, offset=0):
+    """The multipliers of `gaussian_dropout` in float64; see `fastdrop.gaussian_noise`."""
+    n = _validate.check_count(n)
+    p = _validate.check_gaussian_p(p)
+    offset = _validate.check_offset(offset, n)
+    seed, stream = _validate.resolve_seed_stream(seed, stream)
+    return gaussian_multipliers(n, p, seed, stream, offset)
+
+
+def gaussian_dropout(x, p=0.5, *, seed=None, stream=None, offset=0, training=True, inplace=False,
+                     out=None):
+    """Multiplicative N(1, p/(1-p)) noise; see `fastdrop.gaussian_dropout`."""
+    p = _validate.check_gaussian_p(p)
     x, target = _validate.prepare_target(x, "x", inplace, out)
     _validate.check_seed_stream(seed, stream)
     offset = _validate.check_offset(offset, x.size)
     if not training:
         return (x if target is None else _validate.deliver(x, x, target)), None
     seed, stream = _validate.resolve_seed_stream(seed, stream)
-    keep = keep_bits(x.size, p, seed, stream, offset)
-    y = scale_kept(x.reshape(-1), keep, p)
-    mask = DropoutMask(pack_mask(keep), shape=x.shape, p=p, seed=seed, stream=stream, offset=offset)
-    return _validate.deliver(y, x, target), mask
+    y = multiply_noise(x.reshape(-1), gaussian_multipliers(x.size, p, seed, stream, offset))
+    noise = GaussianNoise(shape=x.shape, p=p, seed=seed, stream=stream, offset=offset)
+    return _validate.deliver(y, x, target), noise
 
 
-def dropout_backward(grad, mask, *, p=None, inplace=False, out=None):
-    """grad * keep / (1 - p) from a packed mask; see `fastdrop.dropout_backward`."""
+def gaussian_dropout_backward(grad, noise, *, inplace=False, out=None):
+    """grad times the same noise; see `fastdrop.gaussian_dropout_backward`."""
     grad, target = _validate.prepare_target(grad, "grad", inplace, out)
-    words, p = _validate.check_mask(mask, grad.size, p)
-    keep = unpack_mask(words, grad.size)
-    return _validate.deliver(scale_kept(grad.reshape(-1), keep, p), grad, target)
+    _validate.check_noise(noise, grad.size)
+    y = multiply_noise(grad.reshape(-1), gaussian_multipliers(grad.size, noise.p, noise.seed,
+                                                              noise.stream, noise.offset))
+    return _validate.deliver(y, grad, target)
 
 
-def dropout_backward_recompute(grad, p, *, seed, stream, offset=0, inplace=False, out=None):
-    """grad * keep / (1 - p) with keep regenerated from (seed, stream, offset); see `fastdrop.dropout_backward_recompute`."""
-    p = _validate.check_p(p)
-    grad, target = _validate.prepare_target(grad, "grad", inplace, out)
-    seed, stream = _validate.check_seed(seed), _validate.check_stream(stream)
-    offset = _validate.check_offset(offset, grad.size)
-    keep = keep_bits(grad.size, p, seed, stream, offset)
-    return _validate.deliver(scale_kept(grad.reshape(-1), keep, p), grad, target)
+# ---------------------------------------------------------------- DropConnect
 
+
+def dropconnect(weight, p=0.5, *, seed=None, stream=None, offset=0, training=True, out=None):
+    """Dropout over a weight matrix, never in place; see `fastdrop.dropconnect`."""
+    return dropout(_validate.check_weight(weight), p, seed=seed, stream=stream, offset=offset,
+                   training=training, out=out)

@@ -22,6 +22,22 @@ def kernel_scale(dtype, scale):
     return _rounded_scale(dtype.char, scale)
 
 
+def kernel_mask_op(dtype, scale, affine):
+    """(affine, scale, shift, dropped_value) as a kernel of ``dtype`` uses them.
+
+    ``affine`` is None (dropout: kept x * s, dropped +0.0; s rounded like
+    `kernel_scale`) or alpha dropout's float64 (a, b, c): a and b rounded to the
+    type the kernel computes in (float32 for float16), c rounded once to the
+    dtype (docs/mask-stream.md, section 8).
+    """
+    if affine is None:
+        return False, kernel_scale(dtype, scale), 0.0, 0.0
+    a, b, c = affine
+    compute = np.float64 if dtype == np.float64 else np.float32
+    dropped = np.float16(c) if dtype == np.float16 else dtype.type(c)
+    return True, compute(a), compute(b), compute(dropped)
+
+
 def kernel_view(array):
     """The array as kernels see it: float16 as uint16 bit patterns."""
     return array.view(np.uint16) if array.dtype == np.float16 else array

@@ -13,12 +13,15 @@ from libc.stdint cimport int64_t, uint16_t, uint64_t
 
 from fastdrop.kernels.openmp cimport FD_OPENMP_ENABLED, omp_get_max_threads
 from fastdrop.libfastdrop cimport (
+    fd_apply_broadcast_range_f16, fd_apply_broadcast_range_f32, fd_apply_broadcast_range_f64,
     fd_apply_mask_range_f16, fd_apply_mask_range_f32, fd_apply_mask_range_f64,
-    fd_dropout_range_f16, fd_dropout_range_f32, fd_dropout_range_f64, fd_mask_params,
-    fd_set_simd, fd_simd_enabled, fd_words_for,
+    fd_broadcast_layout, fd_dropout_range_f16, fd_dropout_range_f32, fd_dropout_range_f64,
+    fd_gaussian_range_f16, fd_gaussian_range_f32, fd_gaussian_range_f64, fd_mask_op_f32,
+    fd_standard_normal,
+    fd_mask_op_f64, fd_mask_params, fd_set_simd, fd_simd_enabled, fd_words_for,
 )
 
-from fastdrop.kernels.common import chunk_count, kernel_scale, kernel_view
+from fastdrop.kernels.common import chunk_count, kernel_mask_op, kernel_scale, kernel_view
 
 cnp.import_array()
 
@@ -160,6 +163,113 @@ def scale_by_mask(source, target, words, double scale, int threads):
         with nogil:
             _mask_chunks[uint16_t](<uint16_t *>source_data, <uint16_t *>target_data,
                                    word_data, element_scale, n, chunks)
+
+
+cdef void _broadcast_chunks(const element_t *source, element_t *target, const uint64_t *words,
+                            const fd_broadcast_layout *layout, const fd_mask_op_f64 *op64,
+                            const fd_mask_op_f32 *op32, int64_t n, int chunks) noexcept nogil:
+    cdef int64_t per_chunk = (n + chunks - 1) // chunks
+    cdef int chunk
+    for chunk in prange(chunks, num_threads=chunks, schedule="static"):
+        if element_t is double:
+            fd_apply_broadcast_range_f64(source, target, words, layout, op64, chunk * per_chunk,
+                                         min((chunk + 1) * per_chunk, n))
+        elif element_t is float:
+            fd_apply_broadcast_range_f32(source, target, words, layout, op32, chunk * per_chunk,
+                                         min((chunk + 1) * per_chunk, n))
+        else:
+            fd_apply_broadcast_range_f16(source, target, words, layout, op32, chunk * per_chunk,
+                                         min((chunk + 1) * per_chunk, n))
+
+
+def apply_broadcast(source, target, words, sizes, mask_strides, double scale, affine,
+                    int threads):
+    """target = source with stored keep bits stretched over it (see numba_kernels)."""
+    cdef int64_t n = source.size
+    cdef int chunks = chunk_count(n, threads)
+    cdef const uint64_t *word_data = <const uint64_t *>_data(words)
+    cdef fd_broadcast_layout layout
+    cdef fd_mask_op_f64 op64
+    cdef fd_mask_op_f32 op32
+    if n == 0:
+        return
+    layout.ndim = sizes.size
+    layout.sizes = <const int64_t *>_data(sizes)
+    layout.mask_strides = <const int64_t *>_data(mask_strides)
+    is_affine, element_scale, shift, dropped_value = kernel_mask_op(source.dtype, scale, affine)
+    op64.affine = op32.affine = is_affine
+    op64.scale, op64.shift, op64.dropped_value = element_scale, shift, dropped_value
+    op32.scale, op32.shift, op32.dropped_value = element_scale, shift, dropped_value
+    source, target = kernel_view(source), kernel_view(target)
+    cdef void *source_data = _data(source)
+    cdef void *target_data = _data(target)
+    if source.dtype == np.float64:
+        with nogil:
+            _broadcast_chunks[double](<double *>source_data, <double *>target_data, word_data,
+                                      &layout, &op64, &op32, n, chunks)
+    elif source.dtype == np.float32:
+        with nogil:
+            _broadcast_chunks[float](<float *>source_data, <float *>target_data, word_data,
+                                     &layout, &op64, &op32, n, chunks)
+    else:
+        with nogil:
+            _broadcast_chunks[uint16_t](<uint16_t *>source_data, <uint16_t *>target_data,
+                                        word_data, &layout, &op64, &op32, n, chunks)
+
+
+cdef void _gaussian_chunks(const element_t *source, element_t *target, double sigma,
+                           uint64_t seed, uint64_t stream, uint64_t offset, int64_t n,
+                           int chunks) noexcept nogil:
+    cdef int64_t per_chunk = (n + chunks - 1) // chunks
+    cdef int chunk
+    for chunk in prange(chunks, num_threads=chunks, schedule="static"):
+        if element_t is double:
+            fd_gaussian_range_f64(source, target, sigma, seed, stream, offset,
+                                  chunk * per_chunk, min((chunk + 1) * per_chunk, n))
+        elif element_t is float:
+            fd_gaussian_range_f32(source, target, sigma, seed, stream, offset,
+                                  chunk * per_chunk, min((chunk + 1) * per_chunk, n))
+        else:
+            fd_gaussian_range_f16(source, target, sigma, seed, stream, offset,
+                                  chunk * per_chunk, min((chunk + 1) * per_chunk, n))
+
+
+def gaussian(source, target, double sigma, uint64_t seed, uint64_t stream, uint64_t offset,
+             int threads):
+    """target = source * (1 + sigma * z) with z from the Gaussian noise stream (1-D arrays)."""
+    cdef int64_t n = source.size
+    cdef int chunks = chunk_count(n, threads)
+    if n == 0:
+        return
+    source, target = kernel_view(source), kernel_view(target)
+    cdef void *source_data = _data(source)
+    cdef void *target_data = _data(target)
+    if source.dtype == np.float64:
+        with nogil:
+            _gaussian_chunks[double](<double *>source_data, <double *>target_data, sigma, seed,
+                                     stream, offset, n, chunks)
+    elif source.dtype == np.float32:
+        with nogil:
+            _gaussian_chunks[float](<float *>source_data, <float *>target_data, sigma, seed,
+                                    stream, offset, n, chunks)
+    else:
+        with nogil:
+            _gaussian_chunks[uint16_t](<uint16_t *>source_data, <uint16_t *>target_data, sigma,
+                                       seed, stream, offset, n, chunks)
+
+
+def standard_normals_of_words(random_words):
+    """z = Phi^-1(u) of each 64-bit random word, as the C kernels compute it.
+
+    For tests: the far tails (u < 1e-11) are too rare to reach through the stream.
+    """
+    cdef const uint64_t[::1] words = np.ascontiguousarray(random_words, dtype=np.uint64)
+    result = np.empty(words.shape[0], dtype=np.float64)
+    cdef double[::1] z = result
+    cdef Py_ssize_t i
+    for i in range(words.shape[0]):
+        z[i] = fd_standard_normal(words[i])
+    return result
 
 
 ctypedef fused real_t:

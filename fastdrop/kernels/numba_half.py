@@ -137,3 +137,42 @@ def _kept_overload(value, scale, lane):
     def kept_float64(value, scale, lane):
         return float64_from_bits(float64_bits(value * scale) & lane)
     return kept_float64
+
+
+def load(value):
+    """An element in the type arithmetic runs in: float16 bits widen to float32, others as they are."""
+    raise NotImplementedError("only callable from Numba code")
+
+
+@overload(load)
+def _load_overload(value):
+    if isinstance(value, types.Integer):
+        return lambda value: half_bits_to_float32(value)
+    return lambda value: value
+
+
+def store(result, like):
+    """A computed value as an element of ``like``'s type: float32 rounds once to float16 bits."""
+    raise NotImplementedError("only callable from Numba code")
+
+
+@overload(store)
+def _store_overload(result, like):
+    if isinstance(like, types.Integer):
+        return lambda result, like: float32_to_half_bits(result)
+    return lambda result, like: result
+
+
+def scale_by_noise(value, noise):
+    """value times the float64 multiplier ``noise`` rounded to value's type (float32 for float16)."""
+    raise NotImplementedError("only callable from Numba code")
+
+
+@overload(scale_by_noise)
+def _scale_by_noise_overload(value, noise):
+    if isinstance(value, types.Integer):
+        return lambda value, noise: float32_to_half_bits(half_bits_to_float32(value)
+                                                         * np.float32(noise))
+    if value == types.float32:
+        return lambda value, noise: value * np.float32(noise)
+    return lambda value, noise: value * noise

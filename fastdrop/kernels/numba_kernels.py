@@ -16,9 +16,11 @@ from numba import njit, prange, types
 from numba.core import cgutils
 from numba.extending import intrinsic
 
+from ..maskstream.numba_normal import BATCH as NORMAL_BATCH
+from ..maskstream.numba_normal import normal_block, standard_normal, standard_normals_batch
 from ..maskstream.numba_words import BATCH_WORDS, mask_words_batch
-from .common import chunk_count, kernel_scale, kernel_view
-from .numba_half import kept
+from .common import chunk_count, kernel_mask_op, kernel_scale, kernel_view
+from .numba_half import kept, load, scale_by_noise, store
 
 _ZERO = np.uint64(0)
 _ONE = np.uint64(1)
@@ -163,15 +165,16 @@ def _mask_parallel(source, target, words, scale, n, chunks):
             _mask_range(source, target, words, scale, n, first, stop)
 
 
-def _run(serial, parallel, args, n, threads):
+def _run(serial, parallel, args, n, threads, units=None):
     """Run the serial range kernel, or the parallel one on ``threads`` threads.
 
-    Numba's own thread setting is restored afterwards, so fastdrop's does not leak
-    into the caller's Numba code.
+    Kernels take ranges of ``units`` work items (default: the ceil(n / 64) mask
+    words of n elements; element kernels pass n). Numba's own thread setting is
+    restored afterwards, so fastdrop's does not leak into the caller's Numba code.
     """
     chunks = chunk_count(n, min(threads, numba.config.NUMBA_NUM_THREADS))
     if chunks == 1:
-        serial(*args, 0, (n + 63) // 64)
+        serial(*args, 0, (n + 63) // 64 if units is None else units)
         return
     previous = numba.get_num_threads()
     numba.set_num_threads(chunks)
@@ -206,3 +209,155 @@ def scale_by_mask(source, target, words, scale, threads):
     source, target = kernel_view(source), kernel_view(target)
     args = (source, target, words, element_scale, np.int64(n))
     _run(_mask_range, _mask_parallel, args, n, threads)
+
+
+# ---------------------------------------------------------------- variants
+
+
+@njit(inline="always", cache=True)
+def _affine_run(source, target, start, count, scale, shift, dropped, keep, in_place):
+    """Alpha dropout over target[start:start+count]: a*x + b where bit j of keep is set, else c.
+
+    The affine value is computed for every element and then selected, on views
+    (indices provably non-negative), so the loop vectorises.
+    """
+    values = target[start:start + count]
+    inputs = values if in_place else source[start:start + count]
+    for j in range(count):
+        kept_value = store(load(inputs[j]) * scale + shift, inputs[j])
+        values[j] = kept_value if (keep >> np.uint64(j)) & _ONE else dropped
+
+
+@njit(inline="always", cache=True)
+def _one_bit_run(source, target, start, count, scale, shift, dropped, affine, bit, in_place):
+    """target[start:start+count] from elements that share one keep bit."""
+    values = target[start:start + count]
+    inputs = values if in_place else source[start:start + count]
+    if affine and bit == _ONE:
+        for j in range(count):
+            values[j] = store(load(inputs[j]) * scale + shift, inputs[j])
+    elif affine:
+        values[:] = dropped
+    else:
+        lane = _ZERO - bit
+        for j in range(count):
+            values[j] = kept(inputs[j], scale, lane)
+
+
+@njit(cache=True)
+def _broadcast_range(source, target, words, sizes, mask_strides, affine, scale, shift,
+                     dropped, first, stop):
+    """Elements first..stop-1 with keep bits of a mask stretched over the array (see cython)."""
+    inner_axis = sizes.size - 1
+    inner = sizes[inner_axis]
+    inner_stride = mask_strides[inner_axis]
+    in_place = _same_memory(source, target)
+    i = first
+    while i < stop:
+        row, column = i // inner, i % inner
+        count = min(inner - column, stop - i)
+        mask_index, rest = 0, row
+        for axis in range(inner_axis - 1, -1, -1):
+            mask_index += (rest % sizes[axis]) * mask_strides[axis]
+            rest //= sizes[axis]
+        if inner_stride == 0:
+            bit = (words[mask_index >> 6] >> np.uint64(mask_index & 63)) & _ONE
+            _one_bit_run(source, target, i, count, scale, shift, dropped, affine, bit, in_place)
+        else:
+            for start in range(0, count, 64):
+                length = min(64, count - start)
+                keep = _read_bits(words, mask_index + column + start, length)
+                if affine:
+                    _affine_run(source, target, i + start, length, scale, shift, dropped, keep,
+                                in_place)
+                else:
+                    _apply_word(source, target, i + start, length, keep, scale, in_place)
+        i += count
+
+
+@njit(inline="always", cache=True)
+def _read_bits(words, bit, count):
+    """``count`` (<= 64) mask bits from bit ``bit`` of the packed words."""
+    word = bit >> 6
+    shift = np.uint64(bit & 63)
+    bits = words[word] >> shift
+    if shift != _ZERO and 64 - np.int64(shift) < count:
+        bits |= words[word + 1] << (_WORD - shift)
+    if count < 64:
+        bits &= (_ONE << np.uint64(count)) - _ONE
+    return bits
+
+
+@njit(parallel=True, cache=True)
+def _broadcast_parallel(source, target, words, sizes, mask_strides, affine, scale, shift,
+                        dropped, chunks):
+    n = source.size
+    per_chunk = (n + chunks - 1) // chunks
+    for chunk in prange(chunks):
+        _broadcast_range(source, target, words, sizes, mask_strides, affine, scale, shift,
+                         dropped, chunk * per_chunk, min((chunk + 1) * per_chunk, n))
+
+
+def apply_broadcast(source, target, words, sizes, mask_strides, scale, affine, threads):
+    """target = source with stored keep bits stretched over it by (sizes, mask_strides).
+
+    ``affine`` None: kept x * scale, dropped +0.0; else alpha dropout's (a, b, c).
+    """
+    n = source.size
+    if n == 0:
+        return
+    is_affine, element_scale, shift, dropped = kernel_mask_op(source.dtype, scale, affine)
+    if source.dtype == np.float16:
+        dropped = np.uint16(np.float16(dropped).view(np.uint16))
+    source, target = kernel_view(source), kernel_view(target)
+    args = (source, target, words, sizes, mask_strides, is_affine, element_scale,
+            type(element_scale)(shift), dropped)
+    _run(_broadcast_range, _broadcast_parallel, args, n, threads, units=n)
+
+
+@njit(cache=True)
+def _gaussian_range(source, target, sigma, seed, stream, offset, first, stop):
+    """Elements first..stop-1: one by one up to a Philox block's start, then whole batches."""
+    i = first
+    if i < stop and (offset + np.uint64(i)) & _ONE:
+        words = normal_block(seed, stream, (offset + np.uint64(i)) >> _ONE)
+        target[i] = scale_by_noise(source[i], 1.0 + sigma * standard_normal(words[1]))
+        i += 1
+    z = np.empty(NORMAL_BATCH)
+    u = np.empty(NORMAL_BATCH)
+    tail_u = np.empty(NORMAL_BATCH)
+    tail_index = np.empty(NORMAL_BATCH, dtype=np.int64)
+    while stop - i >= NORMAL_BATCH:
+        standard_normals_batch(seed, stream, (offset + np.uint64(i)) >> _ONE, z, u, tail_u,
+                               tail_index)
+        inputs = source[i:i + NORMAL_BATCH]
+        values = target[i:i + NORMAL_BATCH]
+        for j in range(NORMAL_BATCH):
+            values[j] = scale_by_noise(inputs[j], 1.0 + sigma * z[j])
+        i += NORMAL_BATCH
+    while i < stop:
+        index = offset + np.uint64(i)
+        words = normal_block(seed, stream, index >> _ONE)
+        z_value = standard_normal(words[1] if index & _ONE else words[0])
+        target[i] = scale_by_noise(source[i], 1.0 + sigma * z_value)
+        i += 1
+
+
+@njit(parallel=True, cache=True)
+def _gaussian_parallel(source, target, sigma, seed, stream, offset, chunks):
+    n = source.size
+    per_chunk = (n + chunks - 1) // chunks
+    for chunk in prange(chunks):
+        _gaussian_range(source, target, sigma, seed, stream, offset, chunk * per_chunk,
+                        min((chunk + 1) * per_chunk, n))
+
+
+def gaussian(source, target, sigma, seed, stream, offset, threads):
+    """target = source * (1 + sigma * z) with z from the Gaussian noise stream (1-D arrays)."""
+    n = source.size
+    if n == 0:
+        return
+    source, target = kernel_view(source), kernel_view(target)
+    args = (source, target, np.float64(sigma), np.uint64(seed), np.uint64(stream),
+            np.uint64(offset))
+    _run(_gaussian_range, _gaussian_parallel, args, n, threads, units=n)

@@ -43,3 +43,47 @@ def dropout_scale(p):
     """s = 1 / (1 - p) in float64 (0.0 for p == 1, where nothing is kept)."""
     p = float(p)
     return 0.0 if p == 1.0 else 1.0 / (1.0 - p)
+
+
+# Alpha dropout (Klambauer et al. 2017): a dropped SELU activation is set to the
+# SELU's negative saturation value -lambda * alpha, then an affine map a * y + b
+# restores zero mean and unit variance.
+SELU_ALPHA = 1.6732632423543772848170429916717
+SELU_SCALE = 1.0507009873554804934193349852946
+ALPHA_DROPPED = -SELU_SCALE * SELU_ALPHA
+
+
+def alpha_dropout_constants(p):
+    """(a, b, c) of alpha dropout in float64: kept x -> a*x + b, dropped x -> c.
+
+    a = ((1 - p) * (1 + p * alpha'**2)) ** -1/2, b = -a * alpha' * p and
+    c = a * alpha' + b, with alpha' = -lambda * alpha. For p == 1 nothing is kept
+    and every element becomes 0 (a = 0, b = 0, c = 0).
+    """
+    p = float(p)
+    if p == 1.0:
+        return 0.0, 0.0, 0.0
+    a = 1.0 / math.sqrt((1.0 - p) * (1.0 + p * ALPHA_DROPPED * ALPHA_DROPPED))
+    b = -a * ALPHA_DROPPED * p
+    return a, b, a * ALPHA_DROPPED + b
+
+
+# Gaussian noise uses counter word 1's top bit, which mask words never set (their
+# block index j < 32 ends at bit 30), so noise and masks of one (seed, stream) are
+# independent. Element i takes half i % 2 of Philox block i // 2.
+NORMAL_DOMAIN_BIT = 31
+
+
+def normal_counter(block, stream):
+    """The Philox counter (c0, c1, c2, c3) of Gaussian block ``block`` (elements 2*block, 2*block+1)."""
+    block_low, block_high = split64(block)
+    stream_low, stream_high = split64(stream)
+    return block_low, block_high | (1 << NORMAL_DOMAIN_BIT), stream_low, stream_high
+
+
+def gaussian_sigma(p):
+    """sigma = sqrt(p / (1 - p)) in float64, the noise's standard deviation (0 <= p < 1)."""
+    p = float(p)
+    if not 0.0 <= p < 1.0:
+        raise ValueError(f"gaussian_sigma needs 0 <= p < 1, got p={p!r}")
+    return math.sqrt(p / (1.0 - p))

@@ -121,6 +121,21 @@ static inline int fd_set_simd(int enabled)
         x3 = _mm256_and_si256(product0, low32);                                             \
     } while (0)
 
+/* Philox4x32-10 on two sets of four counters (a and b) with key `seed`. */
+#define FD_AVX2_PHILOX10(a0, a1, a2, a3, b0, b1, b2, b3, seed, m0, m1, low32)                \
+    do {                                                                                    \
+        uint32_t key0 = (uint32_t)(seed), key1 = (uint32_t)((seed) >> 32);                  \
+        for (int round = 0; round < 10; ++round) {                                          \
+            if (round) {                                                                    \
+                key0 += FD_PHILOX_W0;                                                       \
+                key1 += FD_PHILOX_W1;                                                       \
+            }                                                                               \
+            const __m256i k0 = _mm256_set1_epi64x(key0), k1 = _mm256_set1_epi64x(key1);    \
+            FD_AVX2_ROUND(a0, a1, a2, a3, m0, m1, k0, k1, low32);                           \
+            FD_AVX2_ROUND(b0, b1, b2, b3, m0, m1, k0, k1, low32);                           \
+        }                                                                                   \
+    } while (0)
+
 #define FD_AVX2_DECIDE(random_bits, threshold_bit, undecided, dropped)                      \
     do {                                                                                    \
         const __m256i differs = _mm256_and_si256(_mm256_xor_si256(random_bits, threshold_bit), \
@@ -150,16 +165,7 @@ __attribute__((target("avx2"))) static void fd_mask_words_batch_avx2(
         const __m256i block_bits = _mm256_set1_epi64x((long long)block << FD_BLOCK_SHIFT);
         __m256i a0 = low_a, a1 = _mm256_or_si256(high_a, block_bits), a2 = stream0, a3 = stream1;
         __m256i b0 = low_b, b1 = _mm256_or_si256(high_b, block_bits), b2 = stream0, b3 = stream1;
-        uint32_t key0 = (uint32_t)params->seed, key1 = (uint32_t)(params->seed >> 32);
-        for (int round = 0; round < 10; ++round) {
-            if (round) {
-                key0 += FD_PHILOX_W0;
-                key1 += FD_PHILOX_W1;
-            }
-            const __m256i k0 = _mm256_set1_epi64x(key0), k1 = _mm256_set1_epi64x(key1);
-            FD_AVX2_ROUND(a0, a1, a2, a3, m0, m1, k0, k1, low32);
-            FD_AVX2_ROUND(b0, b1, b2, b3, m0, m1, k0, k1, low32);
-        }
+        FD_AVX2_PHILOX10(a0, a1, a2, a3, b0, b1, b2, b3, params->seed, m0, m1, low32);
         const int position_even = 63 - 2 * block, position_odd = 62 - 2 * block;
         const __m256i bit_even = _mm256_set1_epi64x(-(long long)((threshold >> position_even) & 1));
         const __m256i bit_odd = _mm256_set1_epi64x(-(long long)((threshold >> position_odd) & 1));
