@@ -23,7 +23,8 @@ def positive(*shape, seed=0):
 LABELS = np.array([2, 0, 1, 2])
 
 # One entry per op (and per broadcasting pattern): f and its inputs. Every op
-# name recorded by `engine._result` must appear here (test_every_op_has_a_case).
+# name recorded by `engine._result` must appear here or, for the dropout variants'
+# ops, in tests/test_nn_variants.py's OP_CASES (test_every_op_has_a_case).
 OP_CASES = {
     "add": (lambda a, b: a + b, [signed(3, 4), signed(3, 4, seed=1)]),
     "add row broadcast": (lambda a, b: a + b, [signed(3, 4), signed(4, seed=1)]),
@@ -75,9 +76,13 @@ def test_gradcheck_every_op(name):
 
 
 def test_every_op_has_a_case():
+    from tests.test_nn_variants import OP_CASES as VARIANT_CASES  # the dropout variants' ops
+
     declared = set(re.findall(r'_result\([^"]*?"([^"]+)"', inspect.getsource(engine)))
     seen = set()
-    for f, inputs in OP_CASES.values():
+    cases = list(OP_CASES.values()) + [(make("numpy"), inputs)
+                                       for make, inputs in VARIANT_CASES.values()]
+    for f, inputs in cases:
         output = f(*[Tensor(value, requires_grad=True) for value in inputs])
         seen |= {tensor._op for tensor in output._topological_order()}
     assert declared and declared <= seen, f"ops without a gradcheck case: {declared - seen}"

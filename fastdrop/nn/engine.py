@@ -8,8 +8,9 @@ both contributions. ``backward()`` runs the closures in reverse topological
 order. Derived ops (subtraction, division, mean, log-softmax, cross-entropy)
 are built from the primitives and need no backward of their own.
 
-**When dropout overwrites its input.** `dropout` writes its result over its
-input's array only when nothing can tell the difference:
+**When dropout overwrites its input.** `dropout` (and `alpha_dropout` and
+`gaussian_dropout`, whose backward reads neither input nor output) writes its
+result over its input's array only when nothing can tell the difference:
 
 1. the input was made by an op (it is not user data or a parameter);
 2. it owns its memory (it is not a view of another tensor's array);
@@ -22,6 +23,7 @@ overwritten. Afterwards the input tensor is marked, and an op that tries to
 read it raises a RuntimeError rather than computing with dropped values.
 """
 import contextlib
+import math
 import threading
 
 import numpy as np
@@ -468,7 +470,7 @@ def _free_to_overwrite(tensor):
 
 
 def dropout(x, p, *, seed, stream, offset=0, training=True, recompute=False, inplace=True,
-            backend="auto"):
+            noise_shape=None, backend="auto"):
     """Dropout as a graph op: `fastdrop.dropout` forward, its packed mask backward.
 
     Parameters
@@ -491,6 +493,10 @@ def dropout(x, p, *, seed, stream, offset=0, training=True, recompute=False, inp
     inplace : bool, default True
         Write the result over ``x.data`` when that is safe (rule in the module
         docstring); otherwise, or if False, write a new array.
+    noise_shape : tuple of int, optional
+        Shape of the mask, broadcast over x (see `fastdrop.dropout`): one keep
+        bit is shared along every axis where it is 1, e.g. ``(N, C, 1, 1)``
+        drops whole channels of an ``(N, C, H, W)`` input.
     backend : str, default "auto"
         Passed to fastdrop.
 
@@ -499,8 +505,8 @@ def dropout(x, p, *, seed, stream, offset=0, training=True, recompute=False, inp
     y : Tensor
         ``x * keep / (1 - p)``.
     mask : fastdrop.DropoutMask or None
-        The packed mask the backward uses; None with ``recompute=True`` or
-        ``training=False``.
+        The packed mask the backward uses (``mask.shape`` is the noise shape);
+        None with ``recompute=True`` or ``training=False``.
 
     Examples
     --------
@@ -517,10 +523,11 @@ def dropout(x, p, *, seed, stream, offset=0, training=True, recompute=False, inp
     x = as_tensor(x)
     overwrite = inplace and _free_to_overwrite(x)
     data, mask = fastdrop.dropout(x.data, p, seed=seed, stream=stream, offset=offset,
-                                  inplace=overwrite, backend=backend)
+                                  inplace=overwrite, noise_shape=noise_shape, backend=backend)
     out = _result(data, (x,), "dropout")
     x._overwritten = overwrite
     kept = None if recompute else mask
+    mask_shape = mask.shape
 
     def _backward():
         if not x.requires_grad:
@@ -529,10 +536,179 @@ def dropout(x, p, *, seed, stream, offset=0, training=True, recompute=False, inp
             grad = fastdrop.dropout_backward(out.grad, kept, inplace=True, backend=backend)
         else:
             grad = fastdrop.dropout_backward_recompute(out.grad, p, seed=seed, stream=stream,
-                                                       offset=offset, inplace=True,
-                                                       backend=backend)
+                                                       offset=offset, noise_shape=mask_shape,
+                                                       inplace=True, backend=backend)
         x._accumulate(grad, owned=True)
     return out._with_backward(_backward), kept
+
+
+def alpha_dropout(x, p, *, seed, stream, offset=0, training=True, noise_shape=None,
+                  recompute=False, inplace=True, backend="auto"):
+    """Alpha dropout (SELU networks) as a graph op: `fastdrop.alpha_dropout` forward.
+
+    Kept elements become ``a * x + b`` and dropped ones the constant
+    ``a * alpha' + b`` (Klambauer et al. 2017), so the gradient is ``a`` where
+    kept and 0 where dropped: `fastdrop.alpha_dropout_backward` with the mask.
+
+    Parameters
+    ----------
+    x : Tensor
+    p : float
+        Drop probability in [0, 1]; p = 0 is the identity.
+    seed, stream, offset, training, recompute, inplace, noise_shape, backend
+        As in `dropout`. With ``recompute=True`` backward regenerates the keep
+        bits with `fastdrop.bernoulli_mask` (the same bits, so the same gradients).
+
+    Returns
+    -------
+    y : Tensor
+    mask : fastdrop.DropoutMask or None
+        None with ``recompute=True`` or ``training=False``.
+    """
+    if not training:
+        return as_tensor(x), None
+    x = as_tensor(x)
+    overwrite = inplace and _free_to_overwrite(x)  # backward reads neither x nor y
+    data, mask = fastdrop.alpha_dropout(x.data, p, seed=seed, stream=stream, offset=offset,
+                                        inplace=overwrite, noise_shape=noise_shape,
+                                        backend=backend)
+    out = _result(data, (x,), "alpha_dropout")
+    x._overwritten = overwrite
+    kept = None if recompute else mask
+    mask_shape, p = mask.shape, mask.p
+
+    def _backward():
+        if not x.requires_grad:
+            return
+        used = kept
+        if used is None:  # the same bits, from (seed, stream, offset)
+            words = fastdrop.bernoulli_mask(math.prod(mask_shape), p, seed=seed, stream=stream,
+                                            offset=offset, backend=backend)
+            used = fastdrop.DropoutMask(words, shape=mask_shape, p=p, seed=seed, stream=stream,
+                                        offset=offset)
+        grad = fastdrop.alpha_dropout_backward(out.grad, used, inplace=True, backend=backend)
+        x._accumulate(grad, owned=True)
+    return out._with_backward(_backward), kept
+
+
+def gaussian_dropout(x, p, *, seed, stream, offset=0, training=True, inplace=True,
+                     backend="auto"):
+    """Gaussian dropout as a graph op: multiply by N(1, p / (1 - p)) noise.
+
+    The forward is `fastdrop.gaussian_dropout`; the backward multiplies the
+    gradient by the same noise, regenerated from (seed, stream, offset) with
+    `fastdrop.gaussian_dropout_backward`: nothing of x's size is kept.
+
+    Parameters
+    ----------
+    x : Tensor
+    p : float
+        Rate in [0, 1): the noise variance is p / (1 - p).
+    seed, stream, offset, training, inplace, backend
+        As in `dropout`.
+
+    Returns
+    -------
+    y : Tensor
+        ``x * (1 + sigma * z)``, sigma = sqrt(p / (1 - p)).
+    noise : fastdrop.GaussianNoise or None
+        The coordinates that regenerate the noise; None with ``training=False``.
+    """
+    if not training:
+        return as_tensor(x), None
+    x = as_tensor(x)
+    overwrite = inplace and _free_to_overwrite(x)  # backward reads neither x nor y
+    data, noise = fastdrop.gaussian_dropout(x.data, p, seed=seed, stream=stream, offset=offset,
+                                            inplace=overwrite, backend=backend)
+    out = _result(data, (x,), "gaussian_dropout")
+    x._overwritten = overwrite
+
+    def _backward():
+        if x.requires_grad:
+            x._accumulate(fastdrop.gaussian_dropout_backward(out.grad, noise, inplace=True,
+                                                             backend=backend), owned=True)
+    return out._with_backward(_backward), noise
+
+
+def dropconnect_linear(x, weight, bias, p, *, seed, stream, offset=0, training=True,
+                       recompute=False, backend="auto"):
+    """DropConnect affine map ``x @ weight_dropped + bias`` as one graph op (Wan et al. 2013).
+
+    ``weight_dropped = fastdrop.dropconnect(weight, p, ...)``: each weight is
+    dropped with probability p and the rest scaled by 1/(1-p); one weight mask
+    serves the whole batch. Backward, with g the output gradient:
+    ``dx = g @ weight_dropped.T``, ``dweight = dropout_backward(x.T @ g, mask)``,
+    ``dbias = g.sum(0)``.
+
+    Parameters
+    ----------
+    x : Tensor, shape (batch, in_features)
+    weight : Tensor, shape (in_features, out_features)
+        The layout of `Linear`.
+    bias : Tensor of shape (out_features,), or None
+    p : float
+        Probability of dropping each weight.
+    seed, stream, offset : int
+        Mask-stream coordinates of the weight mask (as in `dropout`).
+    training : bool, default True
+        If False, return ``(x @ weight + bias, None)``: the full weights, unscaled.
+    recompute : bool, default False
+        Keep neither the dropped weights nor the mask between forward and
+        backward: backward regenerates them from (seed, stream, offset). Same
+        gradients, bit for bit.
+    backend : str, default "auto"
+
+    Returns
+    -------
+    y : Tensor, shape (batch, out_features)
+    mask : fastdrop.DropoutMask or None
+        The weight mask (``mask.shape == weight.shape``); None with
+        ``recompute=True`` or ``training=False``.
+
+    Raises
+    ------
+    ValueError
+        If x or weight is not 2-D, or their inner dimensions differ.
+    """
+    x, weight = as_tensor(x), as_tensor(weight)
+    bias = None if bias is None else as_tensor(bias)
+    if not training:
+        out = x @ weight
+        return (out if bias is None else out + bias), None
+    if x.ndim != 2 or weight.ndim != 2 or x.shape[1] != weight.shape[0]:
+        raise ValueError(f"dropconnect_linear needs x (batch, in) and weight (in, out), "
+                         f"got shapes {x.shape} and {weight.shape}")
+    dropped, mask = fastdrop.dropconnect(weight.data, p, seed=seed, stream=stream, offset=offset,
+                                         backend=backend)
+    data = x.data @ dropped
+    if bias is not None:
+        data = data + bias.data
+    parents = (x, weight) if bias is None else (x, weight, bias)
+    out = _result(data, parents, "dropconnect_linear")
+    kept_weight, kept_mask = (None, None) if recompute else (dropped, mask)
+    p = mask.p
+
+    def _backward():
+        grad = out.grad
+        if bias is not None and bias.requires_grad:
+            bias._accumulate(grad.sum(axis=0), owned=True)
+        if x.requires_grad:
+            used = kept_weight
+            if used is None:  # the same arithmetic on the same bits: the forward's array
+                used = fastdrop.dropconnect(weight.data, p, seed=seed, stream=stream,
+                                            offset=offset, backend=backend)[0]
+            x._accumulate(grad @ used.T, owned=True)
+        if weight.requires_grad:
+            grad_weight = x.data.T @ grad
+            if kept_mask is not None:
+                grad_weight = fastdrop.dropout_backward(grad_weight, kept_mask, inplace=True,
+                                                        backend=backend)
+            else:
+                grad_weight = fastdrop.dropout_backward_recompute(
+                    grad_weight, p, seed=seed, stream=stream, offset=offset, inplace=True,
+                    backend=backend)
+            weight._accumulate(grad_weight, owned=True)
+    return out._with_backward(_backward), kept_mask
 
 
 def log_softmax(x, axis=-1):
