@@ -252,8 +252,7 @@ def channel_dropout(x, p=0.5, *, channel_axis=1, batch_axis=0, seed=None, stream
     >>> bool(all(len(set(y[n, c].ravel().tolist())) == 1 for n in range(2) for c in range(3)))
     True
     """
-    x = _validate.as_float_array(x, "x")
-    noise_shape = _validate.channel_noise_shape(x.shape, channel_axis, batch_axis)
+    noise_shape = _validate.channel_noise_shape(np.shape(x), channel_axis, batch_axis)
     return dropout(x, p, seed=seed, stream=stream, offset=offset, training=training,
                    inplace=inplace, out=out, noise_shape=noise_shape, backend=backend)
 
@@ -557,8 +556,7 @@ def feature_alpha_dropout(x, p=0.5, *, channel_axis=1, batch_axis=0, seed=None, 
     ValueError, TypeError
         As in `channel_dropout`.
     """
-    x = _validate.as_float_array(x, "x")
-    noise_shape = _validate.channel_noise_shape(x.shape, channel_axis, batch_axis)
+    noise_shape = _validate.channel_noise_shape(np.shape(x), channel_axis, batch_axis)
     return alpha_dropout(x, p, seed=seed, stream=stream, offset=offset, training=training,
                          inplace=inplace, out=out, noise_shape=noise_shape, backend=backend)
 

@@ -195,18 +195,18 @@ def check_masked_call(x, p, seed, stream, offset, inplace, out, noise_shape, bro
 def channel_noise_shape(shape, channel_axis, batch_axis):
     """Mask shape for channel dropout: one mask element per (batch item, channel)."""
     ndim = len(shape)
-    channel = _axis(channel_axis, ndim, "channel_axis") if ndim else None
-    if channel is None:
-        raise ValueError(f"channel dropout needs an array with a channel axis, got a 0-d array")
+    needed = 2 if batch_axis is None else 3
+    if ndim < needed:
+        raise ValueError(
+            f"channel dropout needs a channel axis{'' if batch_axis is None else ', a batch axis'} "
+            f"and at least one axis to share each channel's mask over, so {needed} or more "
+            f"dimensions; x has shape {tuple(shape)!r} (pass batch_axis=None for unbatched "
+            f"input, or use dropout for per-element masks)")
+    channel = _axis(channel_axis, ndim, "channel_axis")
     batch = None if batch_axis is None else _axis(batch_axis, ndim, "batch_axis")
     if batch == channel:
         raise ValueError(f"batch_axis={batch_axis} and channel_axis={channel_axis} are the same axis")
     kept_axes = {channel} if batch is None else {channel, batch}
-    if ndim <= len(kept_axes):
-        raise ValueError(
-            f"channel dropout needs an axis to share each channel's mask over besides the "
-            f"channel{' and batch' if batch is not None else ''} axes; x has shape {tuple(shape)!r} "
-            f"(pass batch_axis=None for unbatched input, or use dropout for per-element masks)")
     return tuple(length if axis in kept_axes else 1 for axis, length in enumerate(shape))
 
 
@@ -238,7 +238,10 @@ def check_mask(mask, shape, p):
                                  f"array's {n} elements nor broadcasts to its shape "
                                  f"{tuple(shape)!r}") from None
     else:
-        words = np.asarray(mask)
+        if not isinstance(mask, np.ndarray):
+            raise TypeError(f"mask must be a DropoutMask or a 1-D uint64 array of words, "
+                            f"got {type(mask).__name__}")
+        words = mask
         if p is None:
             raise ValueError("p is required when mask is an array of words, not a DropoutMask")
         mask_shape = tuple(shape)

@@ -145,8 +145,7 @@ def dropout(x, p=0.5, *, seed=None, stream=None, offset=0, training=True, inplac
 def channel_dropout(x, p=0.5, *, channel_axis=1, batch_axis=0, seed=None, stream=None, offset=0,
                     training=True, inplace=False, out=None):
     """Whole channels dropped together; see `fastdrop.channel_dropout`."""
-    x = _validate.as_float_array(x, "x")
-    noise_shape = _validate.channel_noise_shape(x.shape, channel_axis, batch_axis)
+    noise_shape = _validate.channel_noise_shape(np.shape(x), channel_axis, batch_axis)
     return dropout(x, p, seed=seed, stream=stream, offset=offset, training=training,
                    inplace=inplace, out=out, noise_shape=noise_shape)
 
@@ -220,8 +219,7 @@ def alpha_dropout(x, p=0.5, *, seed=None, stream=None, offset=0, training=True, 
 def feature_alpha_dropout(x, p=0.5, *, channel_axis=1, batch_axis=0, seed=None, stream=None,
                           offset=0, training=True, inplace=False, out=None):
     """Alpha dropout of whole channels; see `fastdrop.feature_alpha_dropout`."""
-    x = _validate.as_float_array(x, "x")
-    noise_shape = _validate.channel_noise_shape(x.shape, channel_axis, batch_axis)
+    noise_shape = _validate.channel_noise_shape(np.shape(x), channel_axis, batch_axis)
     return alpha_dropout(x, p, seed=seed, stream=stream, offset=offset, training=training,
                          inplace=inplace, out=out, noise_shape=noise_shape)
 
