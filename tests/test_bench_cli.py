@@ -4,6 +4,7 @@ No timing is asserted: only that every row and column is there and the files are
 """
 import importlib.util
 import json
+import math
 import os
 import subprocess
 import sys
@@ -12,7 +13,8 @@ from pathlib import Path
 import pytest
 
 import fastdrop
-from fastdrop.bench.implementations import IMPLEMENTATIONS, OPERATIONS, available_implementations
+from fastdrop.bench.implementations import (IMPLEMENTATIONS, OPERATIONS,
+                                           available_implementations, channel_shape)
 from fastdrop.cli.bench import parse_size
 
 ENV = dict(os.environ, PYTHONPATH=os.pathsep.join(
@@ -57,6 +59,33 @@ def test_table_has_every_operation_implementation_and_column(tmp_path):
             assert cell["best_s"] <= cell["median_s"]
     if plotting:
         assert plot_path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_channel_and_gaussian_rows_run_for_awkward_sizes_and_float64(tmp_path):
+    """Every implementation runs the variant rows at n = 300 (no 32x32 maps) and in float64."""
+    json_path = tmp_path / "bench.json"
+    run_bench("--sizes", "300", "2^11", "--ops", "channel_inplace", "gaussian_inplace",
+              "--p", "0.1", "--dtypes", "float32", "float64", "--repeat", "1",
+              "--min-time", "0.001", "--no-targets", "--json", str(json_path))
+    run = json.loads(json_path.read_text())
+    available = [implementation.name for implementation in available_implementations()]
+    assert [(row["operation"], row["dtype"], row["n"]) for row in run["rows"]] == [
+        (operation, dtype, n) for operation in ("channel_inplace", "gaussian_inplace")
+        for dtype in ("float32", "float64") for n in (300, 2048)]
+    for row in run["rows"]:
+        assert set(row["results"]) == set(available)
+        for name, cell in row["results"].items():
+            assert "error" not in cell, (row["operation"], row["dtype"], name, cell)
+
+
+@pytest.mark.parametrize("n", [1, 300, 1024, 2048, 3 * 1024, 1 << 16, 1 << 26])
+def test_channel_rows_have_n_elements_in_32x32_maps_where_n_allows(n):
+    shape = channel_shape(n)
+    assert len(shape) == 4 and math.prod(shape) == n
+    if n % 1024 == 0:
+        assert shape[2:] == (32, 32)
+    if n % (64 * 1024) == 0:
+        assert shape[1] == 64
 
 
 def test_targets_section_lists_every_target(tmp_path):

@@ -15,6 +15,11 @@ few hundred calls, and so do the elements a fixed stored mask keeps in the backw
 rows (the textbook NumPy formula can then make NaN, inf * 0); inf and NaN arithmetic
 run at full speed on x86-64 SSE/AVX (checked: ``scale_in_place`` on ones, inf and
 NaN takes the same time). The runner silences NumPy's overflow warnings.
+
+Gaussian dropout is the exception: multiplying by noise ``1 + sigma * z`` call after
+call walks |x| down through the subnormals (about 20x slower to multiply on x86) to
+zero within a few hundred calls, so a row's speed would depend on how many calls it
+made. Its rows start from +0.0 instead, which stays +-0.0 and multiplies at full speed.
 """
 import importlib.util
 import math
@@ -24,6 +29,7 @@ import numpy as np
 
 from .._backends import backend_available
 from .._config import SERIAL_ELEMENTS
+from ..maskstream.spec import gaussian_sigma
 
 SEED = 1234
 STREAM = 0
@@ -50,6 +56,13 @@ OPERATIONS = {operation.name: operation for operation in (
               "grad = grad * keep / (1 - p) in place, keep read from the stored mask"),
     Operation("backward_recompute", "backward recompute",
               "grad = grad * keep / (1 - p) in place, keep regenerated from the seed"),
+    Operation("channel_inplace", "channel dropout in place",
+              "x = channel_dropout(x) in place on an (N, C, 32, 32) array of n elements: one "
+              "keep bit per (sample, channel), each 32x32 map zeroed or scaled whole"),
+    Operation("gaussian_inplace", "Gaussian dropout in place",
+              "x *= 1 + sigma * z in place, z standard normal per element, sigma = "
+              "sqrt(p / (1 - p)); compute-bound (fastdrop: a Philox block per 2 elements and "
+              "an inverse normal CDF), nothing stored"),
 )}
 
 
@@ -81,6 +94,31 @@ def _values(n, dtype):
 
 def _scale(p):
     return 1.0 / (1.0 - p)
+
+
+CHANNEL_MAP = 32 * 32  # H * W of the channel rows' feature maps
+CHANNELS = 64
+
+
+def channel_shape(n):
+    """(N, C, H, W) with N*C*H*W = n: 32x32 maps and 64 channels where n allows.
+
+    Sizes that are not a multiple of 32*32 get smaller maps (a power of two that
+    divides n), so every n of the registry has a shape.
+    """
+    spatial = math.gcd(n, CHANNEL_MAP)
+    height = 1 << ((spatial.bit_length() - 1) // 2)
+    channels = math.gcd(n // spatial, CHANNELS)
+    return (n // spatial // channels, channels, height, spatial // height)
+
+
+def _channel_values(n, dtype):
+    return _values(n, dtype).reshape(channel_shape(n))
+
+
+def _gaussian_values(n, dtype):
+    """+0.0: repeated in-place noise keeps it +-0.0, never subnormal (see the module notes)."""
+    return np.zeros(n, dtype=dtype)
 
 
 def _module_requirement(module, what):
@@ -202,6 +240,23 @@ def _numpy_backward_recompute(n, p, dtype, threads):
     return call
 
 
+def _numpy_channel_inplace(n, p, dtype, threads):
+    x, rng = _channel_values(n, dtype), np.random.default_rng(SEED)
+    mask_shape = x.shape[:2] + (1, 1)
+
+    def call():  # x *= (rng.random((N, C, 1, 1)) >= p) / (1 - p)
+        np.multiply(x, (rng.random(mask_shape) >= p) / (1 - p), out=x)
+    return call
+
+
+def _numpy_gaussian_inplace(n, p, dtype, threads):
+    x, rng, sigma = _gaussian_values(n, dtype), np.random.default_rng(SEED), gaussian_sigma(p)
+
+    def call():  # x *= rng.normal(1, sigma, x.shape)
+        np.multiply(x, rng.normal(1.0, sigma, x.shape), out=x)
+    return call
+
+
 # ------------------------- NumPy, careful: uniforms in x's dtype, no temporaries, out= everywhere
 
 def _careful_buffers(n, dtype):
@@ -265,6 +320,33 @@ def _careful_backward_recompute(n, p, dtype, threads):
     return call
 
 
+def _careful_channel_inplace(n, p, dtype, threads):
+    x = _channel_values(n, dtype)
+    mask_shape = x.shape[:2] + (1, 1)
+    uniforms, keep = np.empty(mask_shape, dtype), np.empty(mask_shape, bool)
+    factors = np.empty(mask_shape, dtype)
+    rng, scale = np.random.default_rng(SEED), dtype.type(_scale(p))
+
+    def call():  # the (N, C, 1, 1) factors in x's dtype, then one broadcast multiply
+        rng.random(dtype=dtype, out=uniforms)
+        np.greater_equal(uniforms, p, out=keep)
+        np.multiply(keep, scale, out=factors)
+        np.multiply(x, factors, out=x)
+    return call
+
+
+def _careful_gaussian_inplace(n, p, dtype, threads):
+    x, noise = _gaussian_values(n, dtype), np.empty(n, dtype)
+    rng, sigma = np.random.default_rng(SEED), dtype.type(gaussian_sigma(p))
+
+    def call():  # normals drawn in x's dtype (ziggurat) into a preallocated buffer
+        rng.standard_normal(dtype=dtype, out=noise)
+        np.multiply(noise, sigma, out=noise)
+        np.add(noise, 1, out=noise)
+        np.multiply(x, noise, out=x)
+    return call
+
+
 # ------------------------------------------------------------------------------ PyTorch
 
 def _torch(threads):
@@ -312,6 +394,18 @@ def _torch_backward_recompute(n, p, dtype, threads):
     return call
 
 
+def _torch_channel_inplace(n, p, dtype, threads):
+    torch = _torch(threads)
+    x = torch.from_numpy(_channel_values(n, dtype))
+    return lambda: torch.nn.functional.dropout2d(x, p, training=True, inplace=True)
+
+
+def _torch_gaussian_inplace(n, p, dtype, threads):  # torch has no Gaussian dropout: the idiom
+    torch = _torch(threads)
+    x, sigma = torch.from_numpy(_gaussian_values(n, dtype)), gaussian_sigma(p)
+    return lambda: x.mul_(torch.empty_like(x).normal_(1.0, sigma))
+
+
 # ----------------------------------------------------------------------------- fastdrop
 
 def _fastdrop_setups(backend):
@@ -345,8 +439,21 @@ def _fastdrop_setups(backend):
         return lambda: fastdrop.dropout_backward_recompute(
             grad, p, seed=SEED, stream=STREAM, inplace=True, backend=backend)
 
+    def channel_inplace(n, p, dtype, threads):
+        fastdrop.set_num_threads(threads)
+        x = _channel_values(n, dtype)
+        return lambda: fastdrop.channel_dropout(x, p, seed=SEED, stream=STREAM, inplace=True,
+                                                backend=backend)
+
+    def gaussian_inplace(n, p, dtype, threads):
+        fastdrop.set_num_threads(threads)
+        x = _gaussian_values(n, dtype)
+        return lambda: fastdrop.gaussian_dropout(x, p, seed=SEED, stream=STREAM, inplace=True,
+                                                 backend=backend)
+
     return {"forward_inplace": forward_inplace, "forward": forward, "mask": mask,
-            "backward_mask": backward_mask, "backward_recompute": backward_recompute}
+            "backward_mask": backward_mask, "backward_recompute": backward_recompute,
+            "channel_inplace": channel_inplace, "gaussian_inplace": gaussian_inplace}
 
 
 def _all_operations(setup):
@@ -361,27 +468,38 @@ IMPLEMENTATIONS = {implementation.name: implementation for implementation in (
     Implementation(
         "numpy",
         "the textbook formula x * (rng.random(x.shape) >= p) / (1 - p) (in-place rows: x *= ...;"
-        " backward: grad *= mask / (1 - p) with a stored bool mask; recompute: reseed and draw)",
+        " backward: grad *= mask / (1 - p) with a stored bool mask; recompute: reseed and draw;"
+        " channel: x *= (rng.random((N, C, 1, 1)) >= p) / (1 - p); Gaussian: "
+        "x *= rng.normal(1, sigma, x.shape))",
         lambda: None,
         {"forward_inplace": _numpy_forward_inplace, "forward": _numpy_forward,
          "mask": _numpy_mask, "backward_mask": _numpy_backward_mask,
-         "backward_recompute": _numpy_backward_recompute}),
+         "backward_recompute": _numpy_backward_recompute,
+         "channel_inplace": _numpy_channel_inplace,
+         "gaussian_inplace": _numpy_gaussian_inplace}),
     Implementation(
         "numpy-careful",
         "NumPy written for speed: uniforms drawn in x's dtype into a preallocated buffer, "
-        "bool mask, in-place ufuncs with out=, no float64 temporaries; one thread",
+        "bool mask, in-place ufuncs with out=, no float64 temporaries (Gaussian: "
+        "standard_normal in x's dtype, then * sigma + 1); one thread",
         lambda: None,
         {"forward_inplace": _careful_forward_inplace, "forward": _careful_forward,
          "mask": _careful_mask, "backward_mask": _careful_backward_mask,
-         "backward_recompute": _careful_backward_recompute}),
+         "backward_recompute": _careful_backward_recompute,
+         "channel_inplace": _careful_channel_inplace,
+         "gaussian_inplace": _careful_gaussian_inplace}),
     Implementation(
         "torch",
         "torch.nn.functional.dropout (inplace=True for in-place rows); mask: bool bernoulli_; "
-        "backward: grad.mul_(mask).mul_(scale); torch.set_num_threads(threads)",
+        "backward: grad.mul_(mask).mul_(scale); channel: F.dropout2d(inplace=True); "
+        "Gaussian (no torch function): x.mul_(torch.empty_like(x).normal_(1, sigma)), "
+        "allocating the noise each call; torch.set_num_threads(threads)",
         _module_requirement("torch", "PyTorch columns are skipped"),
         {"forward_inplace": _torch_forward_inplace, "forward": _torch_forward,
          "mask": _torch_mask, "backward_mask": _torch_backward_mask,
-         "backward_recompute": _torch_backward_recompute}),
+         "backward_recompute": _torch_backward_recompute,
+         "channel_inplace": _torch_channel_inplace,
+         "gaussian_inplace": _torch_gaussian_inplace}),
     Implementation(
         "numba", "fastdrop, backend='numba'", _backend_requirement("numba"),
         _fastdrop_setups("numba")),
