@@ -28,7 +28,7 @@ cdef extern from "fastdrop/dropout.h" nogil:
     int FD_BATCH_WORDS
     void fd_mask_words_batch(const fd_mask_params *params, uint64_t word, uint64_t *out)
     int fd_simd_enabled()
-    int fd_set_simd(int enabled)
+    int fd_set_simd(int level)
 
     # float16 bit patterns
     float fd_half_to_float(uint16_t half)

@@ -37,17 +37,19 @@ def openmp_enabled():
 
 
 def simd_enabled():
-    """Whether mask words are computed on the AVX2 path (CPU has it and it is not switched off)."""
-    return bool(fd_simd_enabled())
+    """The vector path mask words use: 0 portable, 1 AVX2, 2 AVX-512F (as far as the CPU has it)."""
+    return fd_simd_enabled()
 
 
-def set_simd(enabled):
-    """Switch the AVX2 path off (False) or back on where the CPU has it (True).
+def set_simd(level):
+    """Cap the vector path: False or 0 portable, 1 AVX2, True or 2 the best the CPU has.
 
-    Results are identical either way; tests use this to check both paths.
-    Returns the resulting state.
+    Results are identical on every path; tests use this to check each of them.
+    Returns the level now in use.
     """
-    return bool(fd_set_simd(1 if enabled else 0))
+    if level is True or level is False:
+        level = 2 if level else 0
+    return fd_set_simd(int(level))
 
 
 def max_threads():

@@ -94,20 +94,31 @@ static inline uint64_t fd_global_mask_word(const fd_mask_params *params, uint64_
 #define FD_HAVE_AVX2_PATH 1
 #include <immintrin.h>
 
-/* -1: not yet detected; 0: off; 1: on. fd_set_simd(0) forces the portable path. */
+/* The instruction set the mask words use: 0 portable, 1 AVX2, 2 AVX-512F.
+ * -1: not yet detected. fd_set_simd caps it (0 forces the portable path). */
 static int fd_simd_state = -1;
 
+static inline int fd_cpu_simd_level(void)
+{
+    if (__builtin_cpu_supports("avx512f"))
+        return 2;
+    return __builtin_cpu_supports("avx2") ? 1 : 0;
+}
+
+/* The level in use: 0 portable, 1 AVX2, 2 AVX-512F (nonzero: a SIMD path is on). */
 static inline int fd_simd_enabled(void)
 {
     if (fd_simd_state < 0)
-        fd_simd_state = __builtin_cpu_supports("avx2") ? 1 : 0;
+        fd_simd_state = fd_cpu_simd_level();
     return fd_simd_state;
 }
 
-/* Turn the SIMD path off (0) or back on where the CPU has it (1); returns the new state. */
-static inline int fd_set_simd(int enabled)
+/* Use at most `level` (0 portable, 1 AVX2, 2 AVX-512F), as far as the CPU has it;
+ * returns the level now in use. Results are the same bits on every level. */
+static inline int fd_set_simd(int level)
 {
-    fd_simd_state = enabled ? (__builtin_cpu_supports("avx2") ? 1 : 0) : 0;
+    const int cpu = fd_cpu_simd_level();
+    fd_simd_state = level < 0 ? 0 : (level < cpu ? level : cpu);
     return fd_simd_state;
 }
 
@@ -182,10 +193,73 @@ __attribute__((target("avx2"))) static void fd_mask_words_batch_avx2(
     _mm256_storeu_si256((__m256i *)out, _mm256_xor_si256(dropped_a, all));
     _mm256_storeu_si256((__m256i *)(out + 4), _mm256_xor_si256(dropped_b, all));
 }
+/* Sixteen words (two chains of eight 64-bit lanes) on AVX-512F: half the instructions of
+ * the AVX2 batch per word, and two independent chains to hide the multiply latency. */
+__attribute__((target("avx512f"))) static void fd_mask_words_16_avx512(
+    const fd_mask_params *params, uint64_t word, uint64_t out[16])
+{
+    const uint64_t threshold = params->threshold;
+    const __m512i low32 = _mm512_set1_epi64(0xFFFFFFFF);
+    const __m512i m0 = _mm512_set1_epi64(FD_PHILOX_M0), m1 = _mm512_set1_epi64(FD_PHILOX_M1);
+    const __m512i stream0 = _mm512_set1_epi64((long long)(params->stream & 0xFFFFFFFF));
+    const __m512i stream1 = _mm512_set1_epi64((long long)(params->stream >> 32));
+    const __m512i words_a = _mm512_add_epi64(_mm512_set1_epi64((long long)word),
+                                             _mm512_set_epi64(7, 6, 5, 4, 3, 2, 1, 0));
+    const __m512i words_b = _mm512_add_epi64(words_a, _mm512_set1_epi64(8));
+    const __m512i low_a = _mm512_and_si512(words_a, low32), high_a = _mm512_srli_epi64(words_a, 32);
+    const __m512i low_b = _mm512_and_si512(words_b, low32), high_b = _mm512_srli_epi64(words_b, 32);
+    __m512i undecided_a = _mm512_set1_epi64(-1), undecided_b = undecided_a;
+    __m512i dropped_a = _mm512_setzero_si512(), dropped_b = dropped_a;
+    for (int block = 0; block < 32; ++block) {
+        const __m512i block_bits = _mm512_set1_epi64((long long)block << FD_BLOCK_SHIFT);
+        __m512i a0 = low_a, a1 = _mm512_or_si512(high_a, block_bits), a2 = stream0, a3 = stream1;
+        __m512i b0 = low_b, b1 = _mm512_or_si512(high_b, block_bits), b2 = stream0, b3 = stream1;
+        uint32_t key0 = (uint32_t)params->seed, key1 = (uint32_t)(params->seed >> 32);
+        for (int round = 0; round < 10; ++round) {
+            if (round) {
+                key0 += FD_PHILOX_W0;
+                key1 += FD_PHILOX_W1;
+            }
+            const __m512i k0 = _mm512_set1_epi64(key0), k1 = _mm512_set1_epi64(key1);
+            const __m512i pa0 = _mm512_mul_epu32(a0, m0), pa1 = _mm512_mul_epu32(a2, m1);
+            const __m512i pb0 = _mm512_mul_epu32(b0, m0), pb1 = _mm512_mul_epu32(b2, m1);
+            a0 = _mm512_xor_si512(_mm512_xor_si512(_mm512_srli_epi64(pa1, 32), a1), k0);
+            a2 = _mm512_xor_si512(_mm512_xor_si512(_mm512_srli_epi64(pa0, 32), a3), k1);
+            a1 = _mm512_and_si512(pa1, low32);
+            a3 = _mm512_and_si512(pa0, low32);
+            b0 = _mm512_xor_si512(_mm512_xor_si512(_mm512_srli_epi64(pb1, 32), b1), k0);
+            b2 = _mm512_xor_si512(_mm512_xor_si512(_mm512_srli_epi64(pb0, 32), b3), k1);
+            b1 = _mm512_and_si512(pb1, low32);
+            b3 = _mm512_and_si512(pb0, low32);
+        }
+        const int position_even = 63 - 2 * block, position_odd = 62 - 2 * block;
+        const __m512i bit_even = _mm512_set1_epi64(-(long long)((threshold >> position_even) & 1));
+        const __m512i bit_odd = _mm512_set1_epi64(-(long long)((threshold >> position_odd) & 1));
+        const __m512i random_bits[4] = {
+            _mm512_or_si512(a0, _mm512_slli_epi64(a1, 32)), _mm512_or_si512(b0, _mm512_slli_epi64(b1, 32)),
+            _mm512_or_si512(a2, _mm512_slli_epi64(a3, 32)), _mm512_or_si512(b2, _mm512_slli_epi64(b3, 32))};
+        for (int r = 0; r < 4; ++r) {  /* even words of a and b, then odd words */
+            const __m512i bit = r < 2 ? bit_even : bit_odd;
+            __m512i *undecided = (r & 1) ? &undecided_b : &undecided_a;
+            __m512i *dropped = (r & 1) ? &dropped_b : &dropped_a;
+            const __m512i differs = _mm512_and_si512(_mm512_xor_si512(random_bits[r], bit), *undecided);
+            *dropped = _mm512_or_si512(*dropped, _mm512_and_si512(differs, bit));
+            *undecided = _mm512_andnot_si512(differs, *undecided);
+        }
+        const __m512i any = _mm512_or_si512(undecided_a, undecided_b);
+        /* lanes still equal to T so far are >= T once T's remaining bits are zero */
+        if (_mm512_test_epi64_mask(any, any) == 0 ||
+            (threshold & ((UINT64_C(1) << position_odd) - 1)) == 0)
+            break;
+    }
+    const __m512i all = _mm512_set1_epi64(-1);
+    _mm512_storeu_si512((void *)out, _mm512_xor_si512(dropped_a, all));
+    _mm512_storeu_si512((void *)(out + 8), _mm512_xor_si512(dropped_b, all));
+}
 #else
 #define FD_HAVE_AVX2_PATH 0
 static inline int fd_simd_enabled(void) { return 0; }
-static inline int fd_set_simd(int enabled) { (void)enabled; return 0; }
+static inline int fd_set_simd(int level) { (void)level; return 0; }
 #endif
 
 static inline void fd_mask_words_batch(const fd_mask_params *params, uint64_t word,
@@ -201,12 +275,28 @@ static inline void fd_mask_words_batch(const fd_mask_params *params, uint64_t wo
         out[w] = fd_global_mask_word(params, word + (uint64_t)w);
 }
 
+/* Words read ahead at a time by fd_word_reader: two batches, or one AVX-512 step. */
+#define FD_READER_WORDS (2 * FD_BATCH_WORDS)
+
+static inline void fd_mask_words_ahead(const fd_mask_params *params, uint64_t word,
+                                       uint64_t out[FD_READER_WORDS])
+{
+#if FD_HAVE_AVX2_PATH
+    if (!params->drop_all && params->threshold != 0 && fd_simd_enabled() >= 2) {
+        fd_mask_words_16_avx512(params, word, out);
+        return;
+    }
+#endif
+    fd_mask_words_batch(params, word, out);
+    fd_mask_words_batch(params, word + FD_BATCH_WORDS, out + FD_BATCH_WORDS);
+}
+
 /* Global mask words in increasing order, computed a batch at a time. */
 typedef struct {
     const fd_mask_params *params;
     uint64_t next_word; /* global index of buffer[0] */
     int used;           /* words of buffer already handed out */
-    uint64_t buffer[FD_BATCH_WORDS];
+    uint64_t buffer[FD_READER_WORDS];
 } fd_word_reader;
 
 static inline void fd_word_reader_start(fd_word_reader *reader, const fd_mask_params *params,
@@ -214,14 +304,14 @@ static inline void fd_word_reader_start(fd_word_reader *reader, const fd_mask_pa
 {
     reader->params = params;
     reader->next_word = word;
-    reader->used = FD_BATCH_WORDS;
+    reader->used = FD_READER_WORDS;
 }
 
 static inline uint64_t fd_word_reader_next(fd_word_reader *reader)
 {
-    if (reader->used == FD_BATCH_WORDS) {
-        fd_mask_words_batch(reader->params, reader->next_word, reader->buffer);
-        reader->next_word += FD_BATCH_WORDS;
+    if (reader->used == FD_READER_WORDS) {
+        fd_mask_words_ahead(reader->params, reader->next_word, reader->buffer);
+        reader->next_word += FD_READER_WORDS;
         reader->used = 0;
     }
     return reader->buffer[reader->used++];
