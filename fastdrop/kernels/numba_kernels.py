@@ -315,7 +315,7 @@ def apply_broadcast(source, target, words, sizes, mask_strides, scale, affine, t
     _run(_broadcast_range, _broadcast_parallel, args, n, threads, units=n)
 
 
-@njit(cache=True)
+@njit(cache=True, error_model="numpy")  # IEEE division (no zero check): the loops vectorise
 def _gaussian_range(source, target, sigma, seed, stream, offset, first, stop):
     """Elements first..stop-1: one by one up to a Philox block's start, then whole batches."""
     i = first
@@ -343,7 +343,7 @@ def _gaussian_range(source, target, sigma, seed, stream, offset, first, stop):
         i += 1
 
 
-@njit(parallel=True, cache=True)
+@njit(parallel=True, cache=True, error_model="numpy")
 def _gaussian_parallel(source, target, sigma, seed, stream, offset, chunks):
     n = source.size
     per_chunk = (n + chunks - 1) // chunks
