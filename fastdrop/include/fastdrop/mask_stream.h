@@ -122,18 +122,21 @@ static inline int fd_set_simd(int level)
     return fd_simd_state;
 }
 
-#define FD_AVX2_ROUND(x0, x1, x2, x3, m0, m1, k0, k1, low32)                                \
+/* Philox and the keep-bit decision on vectors of 64-bit lanes, one set of macros for
+ * both widths: W is 256 (AVX2) or 512 (AVX-512F), naming the intrinsics _mm<W>_...;
+ * SET1 broadcasts a 64-bit value (_mm256_set1_epi64x or _mm512_set1_epi64). */
+#define FD_VEC_ROUND(W, x0, x1, x2, x3, m0, m1, k0, k1, low32)                               \
     do {                                                                                    \
-        const __m256i product0 = _mm256_mul_epu32(x0, m0);                                  \
-        const __m256i product1 = _mm256_mul_epu32(x2, m1);                                  \
-        x0 = _mm256_xor_si256(_mm256_xor_si256(_mm256_srli_epi64(product1, 32), x1), k0);   \
-        x2 = _mm256_xor_si256(_mm256_xor_si256(_mm256_srli_epi64(product0, 32), x3), k1);   \
-        x1 = _mm256_and_si256(product1, low32);                                             \
-        x3 = _mm256_and_si256(product0, low32);                                             \
+        const __m##W##i product0 = _mm##W##_mul_epu32(x0, m0);                              \
+        const __m##W##i product1 = _mm##W##_mul_epu32(x2, m1);                              \
+        x0 = _mm##W##_xor_si##W(_mm##W##_xor_si##W(_mm##W##_srli_epi64(product1, 32), x1), k0); \
+        x2 = _mm##W##_xor_si##W(_mm##W##_xor_si##W(_mm##W##_srli_epi64(product0, 32), x3), k1); \
+        x1 = _mm##W##_and_si##W(product1, low32);                                           \
+        x3 = _mm##W##_and_si##W(product0, low32);                                           \
     } while (0)
 
-/* Philox4x32-10 on two sets of four counters (a and b) with key `seed`. */
-#define FD_AVX2_PHILOX10(a0, a1, a2, a3, b0, b1, b2, b3, seed, m0, m1, low32)                \
+/* Philox4x32-10 on two sets of counters (a and b) with key `seed`. */
+#define FD_VEC_PHILOX10(W, SET1, a0, a1, a2, a3, b0, b1, b2, b3, seed, m0, m1, low32)         \
     do {                                                                                    \
         uint32_t key0 = (uint32_t)(seed), key1 = (uint32_t)((seed) >> 32);                  \
         for (int round = 0; round < 10; ++round) {                                          \
@@ -141,19 +144,23 @@ static inline int fd_set_simd(int level)
                 key0 += FD_PHILOX_W0;                                                       \
                 key1 += FD_PHILOX_W1;                                                       \
             }                                                                               \
-            const __m256i k0 = _mm256_set1_epi64x(key0), k1 = _mm256_set1_epi64x(key1);    \
-            FD_AVX2_ROUND(a0, a1, a2, a3, m0, m1, k0, k1, low32);                           \
-            FD_AVX2_ROUND(b0, b1, b2, b3, m0, m1, k0, k1, low32);                           \
+            const __m##W##i k0 = SET1(key0), k1 = SET1(key1);                               \
+            FD_VEC_ROUND(W, a0, a1, a2, a3, m0, m1, k0, k1, low32);                         \
+            FD_VEC_ROUND(W, b0, b1, b2, b3, m0, m1, k0, k1, low32);                         \
         }                                                                                   \
     } while (0)
 
-#define FD_AVX2_DECIDE(random_bits, threshold_bit, undecided, dropped)                      \
+/* Lanes whose random bit differs from the threshold's are decided: dropped where T's is 1. */
+#define FD_VEC_DECIDE(W, random_bits, threshold_bit, undecided, dropped)                     \
     do {                                                                                    \
-        const __m256i differs = _mm256_and_si256(_mm256_xor_si256(random_bits, threshold_bit), \
-                                                 undecided);                                \
-        dropped = _mm256_or_si256(dropped, _mm256_and_si256(differs, threshold_bit));       \
-        undecided = _mm256_andnot_si256(differs, undecided);                                \
+        const __m##W##i differs = _mm##W##_and_si##W(                                       \
+            _mm##W##_xor_si##W(random_bits, threshold_bit), undecided);                     \
+        dropped = _mm##W##_or_si##W(dropped, _mm##W##_and_si##W(differs, threshold_bit));   \
+        undecided = _mm##W##_andnot_si##W(differs, undecided);                              \
     } while (0)
+
+/* The 64-bit random word of Philox outputs (low, high) in each lane. */
+#define FD_VEC_JOIN(W, low, high) _mm##W##_or_si##W(low, _mm##W##_slli_epi64(high, 32))
 
 __attribute__((target("avx2"))) static void fd_mask_words_batch_avx2(
     const fd_mask_params *params, uint64_t word, uint64_t out[FD_BATCH_WORDS])
@@ -176,14 +183,15 @@ __attribute__((target("avx2"))) static void fd_mask_words_batch_avx2(
         const __m256i block_bits = _mm256_set1_epi64x((long long)block << FD_BLOCK_SHIFT);
         __m256i a0 = low_a, a1 = _mm256_or_si256(high_a, block_bits), a2 = stream0, a3 = stream1;
         __m256i b0 = low_b, b1 = _mm256_or_si256(high_b, block_bits), b2 = stream0, b3 = stream1;
-        FD_AVX2_PHILOX10(a0, a1, a2, a3, b0, b1, b2, b3, params->seed, m0, m1, low32);
+        FD_VEC_PHILOX10(256, _mm256_set1_epi64x, a0, a1, a2, a3, b0, b1, b2, b3, params->seed,
+                        m0, m1, low32);
         const int position_even = 63 - 2 * block, position_odd = 62 - 2 * block;
         const __m256i bit_even = _mm256_set1_epi64x(-(long long)((threshold >> position_even) & 1));
         const __m256i bit_odd = _mm256_set1_epi64x(-(long long)((threshold >> position_odd) & 1));
-        FD_AVX2_DECIDE(_mm256_or_si256(a0, _mm256_slli_epi64(a1, 32)), bit_even, undecided_a, dropped_a);
-        FD_AVX2_DECIDE(_mm256_or_si256(b0, _mm256_slli_epi64(b1, 32)), bit_even, undecided_b, dropped_b);
-        FD_AVX2_DECIDE(_mm256_or_si256(a2, _mm256_slli_epi64(a3, 32)), bit_odd, undecided_a, dropped_a);
-        FD_AVX2_DECIDE(_mm256_or_si256(b2, _mm256_slli_epi64(b3, 32)), bit_odd, undecided_b, dropped_b);
+        FD_VEC_DECIDE(256, FD_VEC_JOIN(256, a0, a1), bit_even, undecided_a, dropped_a);
+        FD_VEC_DECIDE(256, FD_VEC_JOIN(256, b0, b1), bit_even, undecided_b, dropped_b);
+        FD_VEC_DECIDE(256, FD_VEC_JOIN(256, a2, a3), bit_odd, undecided_a, dropped_a);
+        FD_VEC_DECIDE(256, FD_VEC_JOIN(256, b2, b3), bit_odd, undecided_b, dropped_b);
         const __m256i any = _mm256_or_si256(undecided_a, undecided_b);
         /* lanes still equal to T so far are >= T once T's remaining bits are zero */
         if (_mm256_testz_si256(any, any) || (threshold & ((UINT64_C(1) << position_odd) - 1)) == 0)
@@ -214,38 +222,15 @@ __attribute__((target("avx512f"))) static void fd_mask_words_16_avx512(
         const __m512i block_bits = _mm512_set1_epi64((long long)block << FD_BLOCK_SHIFT);
         __m512i a0 = low_a, a1 = _mm512_or_si512(high_a, block_bits), a2 = stream0, a3 = stream1;
         __m512i b0 = low_b, b1 = _mm512_or_si512(high_b, block_bits), b2 = stream0, b3 = stream1;
-        uint32_t key0 = (uint32_t)params->seed, key1 = (uint32_t)(params->seed >> 32);
-        for (int round = 0; round < 10; ++round) {
-            if (round) {
-                key0 += FD_PHILOX_W0;
-                key1 += FD_PHILOX_W1;
-            }
-            const __m512i k0 = _mm512_set1_epi64(key0), k1 = _mm512_set1_epi64(key1);
-            const __m512i pa0 = _mm512_mul_epu32(a0, m0), pa1 = _mm512_mul_epu32(a2, m1);
-            const __m512i pb0 = _mm512_mul_epu32(b0, m0), pb1 = _mm512_mul_epu32(b2, m1);
-            a0 = _mm512_xor_si512(_mm512_xor_si512(_mm512_srli_epi64(pa1, 32), a1), k0);
-            a2 = _mm512_xor_si512(_mm512_xor_si512(_mm512_srli_epi64(pa0, 32), a3), k1);
-            a1 = _mm512_and_si512(pa1, low32);
-            a3 = _mm512_and_si512(pa0, low32);
-            b0 = _mm512_xor_si512(_mm512_xor_si512(_mm512_srli_epi64(pb1, 32), b1), k0);
-            b2 = _mm512_xor_si512(_mm512_xor_si512(_mm512_srli_epi64(pb0, 32), b3), k1);
-            b1 = _mm512_and_si512(pb1, low32);
-            b3 = _mm512_and_si512(pb0, low32);
-        }
+        FD_VEC_PHILOX10(512, _mm512_set1_epi64, a0, a1, a2, a3, b0, b1, b2, b3, params->seed,
+                        m0, m1, low32);
         const int position_even = 63 - 2 * block, position_odd = 62 - 2 * block;
         const __m512i bit_even = _mm512_set1_epi64(-(long long)((threshold >> position_even) & 1));
         const __m512i bit_odd = _mm512_set1_epi64(-(long long)((threshold >> position_odd) & 1));
-        const __m512i random_bits[4] = {
-            _mm512_or_si512(a0, _mm512_slli_epi64(a1, 32)), _mm512_or_si512(b0, _mm512_slli_epi64(b1, 32)),
-            _mm512_or_si512(a2, _mm512_slli_epi64(a3, 32)), _mm512_or_si512(b2, _mm512_slli_epi64(b3, 32))};
-        for (int r = 0; r < 4; ++r) {  /* even words of a and b, then odd words */
-            const __m512i bit = r < 2 ? bit_even : bit_odd;
-            __m512i *undecided = (r & 1) ? &undecided_b : &undecided_a;
-            __m512i *dropped = (r & 1) ? &dropped_b : &dropped_a;
-            const __m512i differs = _mm512_and_si512(_mm512_xor_si512(random_bits[r], bit), *undecided);
-            *dropped = _mm512_or_si512(*dropped, _mm512_and_si512(differs, bit));
-            *undecided = _mm512_andnot_si512(differs, *undecided);
-        }
+        FD_VEC_DECIDE(512, FD_VEC_JOIN(512, a0, a1), bit_even, undecided_a, dropped_a);
+        FD_VEC_DECIDE(512, FD_VEC_JOIN(512, b0, b1), bit_even, undecided_b, dropped_b);
+        FD_VEC_DECIDE(512, FD_VEC_JOIN(512, a2, a3), bit_odd, undecided_a, dropped_a);
+        FD_VEC_DECIDE(512, FD_VEC_JOIN(512, b2, b3), bit_odd, undecided_b, dropped_b);
         const __m512i any = _mm512_or_si512(undecided_a, undecided_b);
         /* lanes still equal to T so far are >= T once T's remaining bits are zero */
         if (_mm512_test_epi64_mask(any, any) == 0 ||
