@@ -647,10 +647,8 @@ def gaussian_dropout(x, p=0.5, *, seed=None, stream=None, offset=0, training=Tru
     if kernels is None:
         return reference.gaussian_dropout(x, p, seed=seed, stream=stream, offset=offset,
                                           training=training, inplace=inplace, out=out)
-    p = _validate.check_gaussian_p(p)
-    x, target = _validate.prepare_target(x, "x", inplace, out)
-    _validate.check_seed_stream(seed, stream)
-    offset = _validate.check_offset(offset, x.size)
+    p, x, target, offset = _validate.check_gaussian_call(x, p, seed, stream, offset, inplace,
+                                                         out)
     if not training:
         return (x if target is None else _validate.deliver(x, x, target)), None
     seed, stream = _validate.resolve_seed_stream(seed, stream)

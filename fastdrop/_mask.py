@@ -73,7 +73,25 @@ def unpack_mask(words, n):
     return np.unpackbits(as_bytes, bitorder="little")[:n].astype(np.bool_)
 
 
-class DropoutMask:
+class _CallRecord:
+    """What one call drew from the stream: its input's shape, p, and (seed, stream, offset)."""
+
+    __slots__ = ("n", "shape", "p", "seed", "stream", "offset")
+
+    def __init__(self, *, shape, p, seed, stream, offset):
+        self.shape = tuple(shape)
+        self.n = math.prod(self.shape)
+        self.p = float(p)
+        self.seed = int(seed)
+        self.stream = int(stream)
+        self.offset = int(offset)
+
+    def _fields(self):
+        return (f"shape={self.shape}, p={self.p!r}, seed={self.seed}, stream={self.stream}, "
+                f"offset={self.offset}")
+
+
+class DropoutMask(_CallRecord):
     """The mask of one dropout call: packed keep bits and what regenerates them.
 
     Attributes
@@ -93,16 +111,11 @@ class DropoutMask:
         reproduces the mask without storing it.
     """
 
-    __slots__ = ("words", "n", "shape", "p", "seed", "stream", "offset")
+    __slots__ = ("words",)
 
     def __init__(self, words, *, shape, p, seed, stream, offset):
+        super().__init__(shape=shape, p=p, seed=seed, stream=stream, offset=offset)
         self.words = words
-        self.shape = tuple(shape)
-        self.n = math.prod(self.shape)
-        self.p = float(p)
-        self.seed = int(seed)
-        self.stream = int(stream)
-        self.offset = int(offset)
 
     @property
     def nbytes(self):
@@ -114,11 +127,10 @@ class DropoutMask:
         return unpack_mask(self.words, self.n).reshape(self.shape)
 
     def __repr__(self):
-        return (f"DropoutMask(shape={self.shape}, p={self.p!r}, seed={self.seed}, "
-                f"stream={self.stream}, offset={self.offset}, nbytes={self.nbytes})")
+        return f"DropoutMask({self._fields()}, nbytes={self.nbytes})"
 
 
-class GaussianNoise:
+class GaussianNoise(_CallRecord):
     """What regenerates the noise of one `gaussian_dropout` call (the noise is not stored).
 
     Attributes
@@ -134,16 +146,7 @@ class GaussianNoise:
         ``offset + i``.
     """
 
-    __slots__ = ("shape", "n", "p", "seed", "stream", "offset")
-
-    def __init__(self, *, shape, p, seed, stream, offset):
-        self.shape = tuple(shape)
-        self.n = math.prod(self.shape)
-        self.p = float(p)
-        self.seed = int(seed)
-        self.stream = int(stream)
-        self.offset = int(offset)
+    __slots__ = ()
 
     def __repr__(self):
-        return (f"GaussianNoise(shape={self.shape}, p={self.p!r}, seed={self.seed}, "
-                f"stream={self.stream}, offset={self.offset})")
+        return f"GaussianNoise({self._fields()})"

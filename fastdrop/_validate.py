@@ -9,7 +9,7 @@ import operator
 
 import numpy as np
 
-from ._mask import DropoutMask, words_for
+from ._mask import DropoutMask, GaussianNoise, words_for
 from .maskstream.spec import MAX_ELEMENTS, MAX_SEED, MAX_STREAM, dropout_scale
 
 FLOAT_DTYPES = (np.dtype(np.float16), np.dtype(np.float32), np.dtype(np.float64))
@@ -192,6 +192,17 @@ def check_masked_call(x, p, seed, stream, offset, inplace, out, noise_shape, bro
     return p, x, target, mask_shape, m, check_offset(offset, m)
 
 
+def check_gaussian_call(x, p, seed, stream, offset, inplace, out):
+    """The checks of a Gaussian dropout call, in an order that leaves no trace on error.
+
+    Returns ``(p, x, target, offset)``.
+    """
+    p = check_gaussian_p(p)
+    x, target = prepare_target(x, "x", inplace, out)
+    check_seed_stream(seed, stream)
+    return p, x, target, check_offset(offset, x.size)
+
+
 def channel_noise_shape(shape, channel_axis, batch_axis):
     """Mask shape for channel dropout: one mask element per (batch item, channel)."""
     ndim = len(shape)
@@ -279,8 +290,6 @@ def check_gaussian_p(p):
 
 
 def check_noise(noise, n):
-    from ._mask import GaussianNoise
-
     if not isinstance(noise, GaussianNoise):
         raise TypeError(f"noise must be the GaussianNoise returned by gaussian_dropout, "
                         f"got {type(noise).__name__}")

@@ -313,10 +313,8 @@ def gaussian_noise(n, p, *, seed, stream=None, offset=0):
 def gaussian_dropout(x, p=0.5, *, seed=None, stream=None, offset=0, training=True, inplace=False,
                      out=None):
     """Multiplicative N(1, p/(1-p)) noise; see `fastdrop.gaussian_dropout`."""
-    p = _validate.check_gaussian_p(p)
-    x, target = _validate.prepare_target(x, "x", inplace, out)
-    _validate.check_seed_stream(seed, stream)
-    offset = _validate.check_offset(offset, x.size)
+    p, x, target, offset = _validate.check_gaussian_call(x, p, seed, stream, offset, inplace,
+                                                         out)
     if not training:
         return (x if target is None else _validate.deliver(x, x, target)), None
     seed, stream = _validate.resolve_seed_stream(seed, stream)
