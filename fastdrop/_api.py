@@ -3,6 +3,8 @@
 Nothing here computes a mask; the kernels do, and `fastdrop.reference` is what
 they must agree with bit for bit.
 """
+import functools
+
 import numpy as np
 
 from . import _validate, reference
@@ -12,29 +14,35 @@ from ._mask import DropoutMask, GaussianNoise, words_for
 from .maskstream.spec import alpha_dropout_constants, dropout_scale, gaussian_sigma, keep_threshold
 
 
+@functools.lru_cache(maxsize=64)
 def _stream_parameters(p):
-    """(threshold, drop_all) of the mask stream for drop probability p."""
+    """(threshold, drop_all) of the mask stream for drop probability p (cached: calls repeat p)."""
     return (0, True) if p == 1.0 else (keep_threshold(p), False)
 
 
-def _elementwise(x, target, run):
-    """Call ``run(source, result)`` on 1-D C-contiguous arrays and deliver the result.
+def _elementwise(x, target, kernel, *arguments):
+    """Call ``kernel(source, result, *arguments)`` on 1-D C-contiguous arrays; deliver the result.
 
     C-contiguous input and target are used as they are (no copy, in place when they
     are the same array). Other layouts go through a C-ordered copy, so every
     layout gives the values of its C-contiguous copy.
     """
-    source = x.reshape(-1) if x.flags.c_contiguous else np.ascontiguousarray(x).reshape(-1)
+    contiguous = x.flags.c_contiguous
+    if target is x and contiguous:  # in place on a C-contiguous array: the common case
+        flat = x.reshape(-1)
+        kernel(flat, flat, *arguments)
+        return x
+    source = x.reshape(-1) if contiguous else np.ascontiguousarray(x).reshape(-1)
     if target is not None and target is not x and np.may_share_memory(x, target):
         source = source.copy()  # partial overlap: read from a private copy
     if target is not None and target.flags.c_contiguous:
-        run(source, target.reshape(-1))
+        kernel(source, target.reshape(-1), *arguments)
         return target
     if target is not None and not x.flags.c_contiguous and target is x:
-        run(source, source)  # source is already a private C-ordered copy of x
+        kernel(source, source, *arguments)  # source is already a private C-ordered copy of x
         return _validate.deliver(source, x, target)
     result = np.empty(x.size, dtype=x.dtype)
-    run(source, result)
+    kernel(source, result, *arguments)
     return _validate.deliver(result, x, target)
 
 
@@ -134,6 +142,14 @@ def dropout(x, p=0.5, *, seed=None, stream=None, offset=0, training=True, inplac
         return reference.dropout(x, p, seed=seed, stream=stream, offset=offset,
                                  training=training, inplace=inplace, out=out,
                                  noise_shape=noise_shape, broadcast_dims=broadcast_dims)
+    plain = getattr(kernels, "dropout_plain", None)
+    if plain is not None and training is True and out is None and noise_shape is None \
+            and broadcast_dims is None:
+        # the usual call, checked and run in one C step (None: not plain, take the general path)
+        done = plain(x, p, seed, stream, offset, inplace, get_num_threads())
+        if done is not None:
+            return done[0], DropoutMask(done[1], shape=x.shape, p=p, seed=seed,
+                                        stream=0 if stream is None else stream, offset=offset)
     p, x, target, mask_shape, m, offset = _validate.check_masked_call(
         x, p, seed, stream, offset, inplace, out, noise_shape, broadcast_dims)
     if not training:
@@ -143,9 +159,8 @@ def dropout(x, p=0.5, *, seed=None, stream=None, offset=0, training=True, inplac
         words = np.empty(words_for(m), dtype=np.uint64)
         threshold, drop_all = _stream_parameters(p)
         threads = get_num_threads()
-        y = _elementwise(x, target, lambda source, result: kernels.scale_by_stream(
-            source, result, words, m, dropout_scale(p), threshold, drop_all, seed, stream,
-            offset, threads))
+        y = _elementwise(x, target, kernels.scale_by_stream, words, m, dropout_scale(p),
+                         threshold, drop_all, seed, stream, offset, threads)
     else:  # the small mask first, then one pass over x reading it
         words = _draw_words(kernels, m, p, seed, stream, offset)
         y = _apply_words(kernels, x, target, words, mask_shape, dropout_scale(p), None)
@@ -169,11 +184,10 @@ def _apply_words(kernels, x, target, words, mask_shape, scale, affine):
     """
     threads = get_num_threads()
     if affine is None and _validate.shape_size(mask_shape) == x.size:
-        return _elementwise(x, target, lambda source, result: kernels.scale_by_mask(
-            source, result, words, scale, threads))
+        return _elementwise(x, target, kernels.scale_by_mask, words, scale, threads)
     sizes, mask_strides = broadcast_layout(x.shape, mask_shape)
-    return _elementwise(x, target, lambda source, result: kernels.apply_broadcast(
-        source, result, words, sizes, mask_strides, scale, affine, threads))
+    return _elementwise(x, target, kernels.apply_broadcast, words, sizes, mask_strides, scale,
+                        affine, threads)
 
 
 def broadcast_layout(shape, mask_shape):
@@ -408,9 +422,8 @@ def dropout_backward_recompute(grad, p, *, seed, stream, offset=0, noise_shape=N
         return _apply_words(kernels, grad, target, words, mask_shape, dropout_scale(p), None)
     threshold, drop_all = _stream_parameters(p)
     threads = get_num_threads()
-    return _elementwise(grad, target, lambda source, result: kernels.scale_by_stream(
-        source, result, None, n, dropout_scale(p), threshold, drop_all, seed, stream, offset,
-        threads))
+    return _elementwise(grad, target, kernels.scale_by_stream, None, n, dropout_scale(p),
+                        threshold, drop_all, seed, stream, offset, threads)
 
 
 def bernoulli_mask(n, p, *, seed, stream=None, offset=0, backend="auto"):
@@ -658,8 +671,8 @@ def gaussian_dropout(x, p=0.5, *, seed=None, stream=None, offset=0, training=Tru
 
 def _multiply_noise(kernels, x, target, p, seed, stream, offset):
     threads = get_num_threads()
-    return _elementwise(x, target, lambda source, result: kernels.gaussian(
-        source, result, gaussian_sigma(p), seed, stream, offset, threads))
+    return _elementwise(x, target, kernels.gaussian, gaussian_sigma(p), seed, stream, offset,
+                        threads)
 
 
 def gaussian_dropout_backward(grad, noise, *, inplace=False, out=None, backend="auto"):

@@ -43,8 +43,12 @@ def _threads_from_environment():
     return threads
 
 
-_state = threading.local()
-_default_threads = _threads_from_environment()
+class _ThreadSettings(threading.local):
+    # a class attribute, so a thread that never set its own reads it without an exception
+    threads = _threads_from_environment()
+
+
+_state = _ThreadSettings()
 
 
 def set_num_threads(n):
@@ -91,4 +95,4 @@ def get_num_threads():
         The value of the last ``set_num_threads`` in this thread, else the default
         from ``FASTDROP_NUM_THREADS`` or the number of available CPUs.
     """
-    return getattr(_state, "threads", _default_threads)
+    return _state.threads

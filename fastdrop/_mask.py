@@ -76,15 +76,23 @@ def unpack_mask(words, n):
 class _CallRecord:
     """What one call drew from the stream: its input's shape, p, and (seed, stream, offset)."""
 
-    __slots__ = ("n", "shape", "p", "seed", "stream", "offset")
+    __slots__ = ("shape", "p", "seed", "stream", "offset")
 
     def __init__(self, *, shape, p, seed, stream, offset):
+        self._record(shape, p, seed, stream, offset)
+
+    def _record(self, shape, p, seed, stream, offset):
+        # positional and without super(): a small dropout call pays for every step here
         self.shape = tuple(shape)
-        self.n = math.prod(self.shape)
         self.p = float(p)
         self.seed = int(seed)
         self.stream = int(stream)
         self.offset = int(offset)
+
+    @property
+    def n(self):
+        """Number of elements."""
+        return math.prod(self.shape)
 
     def _fields(self):
         return (f"shape={self.shape}, p={self.p!r}, seed={self.seed}, stream={self.stream}, "
@@ -114,7 +122,7 @@ class DropoutMask(_CallRecord):
     __slots__ = ("words",)
 
     def __init__(self, words, *, shape, p, seed, stream, offset):
-        super().__init__(shape=shape, p=p, seed=seed, stream=stream, offset=offset)
+        self._record(shape, p, seed, stream, offset)
         self.words = words
 
     @property

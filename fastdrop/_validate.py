@@ -51,6 +51,8 @@ def check_stream(stream):
 
 
 def check_offset(offset, n):
+    if type(offset) is int and 0 <= offset and offset + n <= MAX_ELEMENTS:  # the common case
+        return offset
     offset = check_integer(offset, "offset", 0, MAX_ELEMENTS - 1)
     if offset + n > MAX_ELEMENTS:
         raise ValueError(f"offset + n must not exceed 2**63, got offset={offset}, n={n}")
@@ -69,8 +71,16 @@ def _is_generator(seed):
     return isinstance(seed, Generator)
 
 
+def _plain_seed_stream(seed, stream):
+    """The common case, checked first: an int seed and an int or no stream, both in range."""
+    return type(seed) is int and 0 <= seed <= MAX_SEED and (
+        stream is None or (type(stream) is int and 0 <= stream <= MAX_STREAM))
+
+
 def check_seed_stream(seed, stream):
     """Check seed (int, Generator or None) and stream without drawing a stream."""
+    if _plain_seed_stream(seed, stream):
+        return
     if seed is None or _is_generator(seed):
         if stream is not None:
             raise ValueError(f"stream={stream!r} was given without an integer seed; "
@@ -86,6 +96,8 @@ def resolve_seed_stream(seed, stream):
 
     seed=None draws from the default Generator, a Generator draws its next stream.
     """
+    if _plain_seed_stream(seed, stream):
+        return seed, 0 if stream is None else stream
     check_seed_stream(seed, stream)
     if seed is None:
         from .generator import default_generator
@@ -98,7 +110,7 @@ def resolve_seed_stream(seed, stream):
 
 def as_float_array(x, name):
     """x as an ndarray of float16, float32 or float64 (a TypeError for anything else)."""
-    array = np.asarray(x)
+    array = x if type(x) is np.ndarray else np.asarray(x)
     if array.dtype not in FLOAT_DTYPES:
         raise TypeError(f"{name} must be a float16, float32 or float64 array, got dtype {array.dtype}")
     return array
@@ -106,6 +118,9 @@ def as_float_array(x, name):
 
 def prepare_target(x, name, inplace, out):
     """Check x and where the result goes: (x as ndarray, x if inplace, out, or None for new)."""
+    if inplace and out is None and type(x) is np.ndarray and x.dtype in FLOAT_DTYPES \
+            and x.flags.writeable:  # the common case, checked first
+        return x, x
     if inplace and out is not None:
         raise ValueError("pass either inplace=True or out=, not both")
     if inplace and not isinstance(x, np.ndarray):

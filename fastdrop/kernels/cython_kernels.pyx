@@ -18,12 +18,16 @@ from fastdrop.libfastdrop cimport (
     fd_broadcast_layout, fd_dropout_range_f16, fd_dropout_range_f32, fd_dropout_range_f64,
     fd_gaussian_range_f16, fd_gaussian_range_f32, fd_gaussian_range_f64, fd_mask_op_f32,
     fd_standard_normal,
-    fd_mask_op_f64, fd_mask_params, fd_set_simd, fd_simd_enabled, fd_words_for,
+    fd_mask_op_f64, fd_mask_params, fd_mask_params_make, fd_set_simd, fd_simd_enabled, fd_words_for,
 )
 
-from fastdrop.kernels.common import chunk_count, kernel_mask_op, kernel_scale, kernel_view
+from fastdrop._config import MIN_ELEMENTS_PER_THREAD
+from fastdrop.kernels.common import kernel_mask_op, kernel_scale
 
 cnp.import_array()
+
+cdef int64_t _MIN_ELEMENTS_PER_THREAD = MIN_ELEMENTS_PER_THREAD
+cdef int _NPY_HALF = np.dtype(np.float16).num  # not in Cython's numpy declarations
 
 ctypedef fused element_t:
     double
@@ -109,55 +113,126 @@ cdef inline void *_data(array):
     return NULL if array is None else cnp.PyArray_DATA(<cnp.ndarray>array)
 
 
+cdef inline int _type(array):
+    """The array's NumPy type number (float16 data is passed to kernels as uint16 bits)."""
+    return cnp.PyArray_TYPE(<cnp.ndarray>array)
+
+
+cdef inline int _chunk_count(int64_t n, int threads):
+    """common.chunk_count in C: ranges of whole mask words, one per thread; 1 = serial."""
+    return <int>max(1, min(<int64_t>threads, n // _MIN_ELEMENTS_PER_THREAD))
+
+
+cdef inline double _element_scale(array, double scale):
+    """common.kernel_scale without the Python call for float32 and float64 (C rounds the same)."""
+    cdef int kind = _type(array)
+    if kind == cnp.NPY_DOUBLE:
+        return scale
+    if kind == cnp.NPY_FLOAT:
+        return <float>scale
+    return kernel_scale(array.dtype, scale)
+
+
+cdef int _stream_into(source, target, uint64_t *word_data, double scale,
+                      const fd_mask_params *params, int threads) except -1:
+    """Mask words and/or the scaled elements of source into target (None for mask only)."""
+    cdef int chunks = _chunk_count(params.n, threads)
+    if params.n == 0:
+        return 0
+    if source is None:
+        with nogil:
+            _stream_chunks[float](NULL, NULL, word_data, 0.0, params, chunks)
+        return 0
+    cdef double element_scale = _element_scale(source, scale)
+    cdef void *source_data = _data(source)
+    cdef void *target_data = _data(target)
+    cdef int kind = _type(source)
+    if kind == cnp.NPY_DOUBLE:
+        with nogil:
+            _stream_chunks[double](<double *>source_data, <double *>target_data, word_data,
+                                   element_scale, params, chunks)
+    elif kind == cnp.NPY_FLOAT:
+        with nogil:
+            _stream_chunks[float](<float *>source_data, <float *>target_data, word_data,
+                                  element_scale, params, chunks)
+    else:
+        with nogil:
+            _stream_chunks[uint16_t](<uint16_t *>source_data, <uint16_t *>target_data,
+                                     word_data, element_scale, params, chunks)
+    return 0
+
+
 def scale_by_stream(source, target, words, int64_t n, double scale, uint64_t threshold,
                     bint drop_all, uint64_t seed, uint64_t stream, uint64_t offset, int threads):
     """Mask words from the stream and/or target = source * keep * scale (see numba_kernels)."""
     cdef fd_mask_params params
     params.seed, params.stream, params.threshold = seed, stream, threshold
     params.drop_all, params.offset, params.n = drop_all, offset, n
-    cdef int chunks = chunk_count(n, threads)
-    cdef uint64_t *word_data = <uint64_t *>_data(words)
-    cdef double element_scale
-    if n == 0:
-        return
-    if source is None:
-        with nogil:
-            _stream_chunks[float](NULL, NULL, word_data, 0.0, &params, chunks)
-        return
-    element_scale = kernel_scale(source.dtype, scale)
-    source, target = kernel_view(source), kernel_view(target)
-    cdef void *source_data = _data(source)
-    cdef void *target_data = _data(target)
-    if source.dtype == np.float64:
-        with nogil:
-            _stream_chunks[double](<double *>source_data, <double *>target_data, word_data,
-                                   element_scale, &params, chunks)
-    elif source.dtype == np.float32:
-        with nogil:
-            _stream_chunks[float](<float *>source_data, <float *>target_data, word_data,
-                                  element_scale, &params, chunks)
-    else:
-        with nogil:
-            _stream_chunks[uint16_t](<uint16_t *>source_data, <uint16_t *>target_data,
-                                     word_data, element_scale, &params, chunks)
+    _stream_into(source, target, <uint64_t *>_data(words), scale, &params, threads)
+
+
+cdef uint64_t _MAX_INDEX = <uint64_t>1 << 63  # global element indices stay below 2**63
+cdef object _MAX_KEY = 2**64 - 1  # seeds and streams
+
+
+def dropout_plain(x, p, seed, stream, offset, bint inplace, int threads):
+    """Fused forward dropout of a plain call in one C step, or None if the call is not plain.
+
+    The per-call cost of small arrays is Python's; this takes the usual call in C:
+    x an ndarray (exact type) that is C-contiguous, aligned, in native byte order,
+    float16/32/64 and, in place, writeable; p a float in [0, 1]; seed an int in
+    [0, 2**64); stream None (0) or such an int; offset an int with offset + x.size
+    <= 2**63. Anything else returns None before touching anything, and the API's
+    general path checks it and raises its messages. Returns ``(y, words)``; y is x in
+    place, else a new C-ordered array; the bits are those of the general path.
+    """
+    if type(x) is not np.ndarray or type(p) is not float or type(seed) is not int \
+            or type(offset) is not int or not (stream is None or type(stream) is int):
+        return None
+    cdef cnp.ndarray array = <cnp.ndarray>x
+    cdef int kind = cnp.PyArray_TYPE(array)
+    if kind != cnp.NPY_FLOAT and kind != cnp.NPY_DOUBLE and kind != _NPY_HALF:
+        return None
+    if not cnp.PyArray_ISCARRAY_RO(array) or not cnp.PyArray_ISNOTSWAPPED(array):
+        return None
+    if inplace and not cnp.PyArray_ISWRITEABLE(array):
+        return None
+    cdef double drop = p
+    if not (0.0 <= drop <= 1.0) or not (0 <= seed <= _MAX_KEY) or offset < 0 \
+            or offset > _MAX_INDEX or not (stream is None or 0 <= stream <= _MAX_KEY):
+        return None
+    cdef int64_t n = cnp.PyArray_SIZE(array)
+    cdef uint64_t start = offset
+    if start + <uint64_t>n > _MAX_INDEX:
+        return None
+    cdef fd_mask_params params = fd_mask_params_make(seed, 0 if stream is None else stream,
+                                                     drop, start, n)
+    cdef cnp.npy_intp word_count = fd_words_for(n)
+    words = cnp.PyArray_EMPTY(1, &word_count, cnp.NPY_UINT64, 0)
+    target = x if inplace else cnp.PyArray_EMPTY(cnp.PyArray_NDIM(array),
+                                                 cnp.PyArray_DIMS(array), kind, 0)
+    # s = spec.dropout_scale(p): 1 / (1 - p) in float64, 0 for p == 1
+    _stream_into(x, target, <uint64_t *>_data(words), 0.0 if drop == 1.0 else 1.0 / (1.0 - drop),
+                 &params, threads)
+    return target, words
 
 
 def scale_by_mask(source, target, words, double scale, int threads):
     """target = source * keep * scale with keep read from packed words."""
-    cdef int64_t n = source.size
-    cdef int chunks = chunk_count(n, threads)
+    cdef int64_t n = cnp.PyArray_SIZE(<cnp.ndarray>source)
+    cdef int chunks = _chunk_count(n, threads)
     cdef const uint64_t *word_data = <const uint64_t *>_data(words)
-    cdef double element_scale = kernel_scale(source.dtype, scale)
     if n == 0:
         return
-    source, target = kernel_view(source), kernel_view(target)
+    cdef double element_scale = _element_scale(source, scale)
     cdef void *source_data = _data(source)
     cdef void *target_data = _data(target)
-    if source.dtype == np.float64:
+    cdef int kind = _type(source)
+    if kind == cnp.NPY_DOUBLE:
         with nogil:
             _mask_chunks[double](<double *>source_data, <double *>target_data, word_data,
                                  element_scale, n, chunks)
-    elif source.dtype == np.float32:
+    elif kind == cnp.NPY_FLOAT:
         with nogil:
             _mask_chunks[float](<float *>source_data, <float *>target_data, word_data,
                                 element_scale, n, chunks)
@@ -187,8 +262,8 @@ cdef void _broadcast_chunks(const element_t *source, element_t *target, const ui
 def apply_broadcast(source, target, words, sizes, mask_strides, double scale, affine,
                     int threads):
     """target = source with stored keep bits stretched over it (see numba_kernels)."""
-    cdef int64_t n = source.size
-    cdef int chunks = chunk_count(n, threads)
+    cdef int64_t n = cnp.PyArray_SIZE(<cnp.ndarray>source)
+    cdef int chunks = _chunk_count(n, threads)
     cdef const uint64_t *word_data = <const uint64_t *>_data(words)
     cdef fd_broadcast_layout layout
     cdef fd_mask_op_f64 op64
@@ -202,14 +277,14 @@ def apply_broadcast(source, target, words, sizes, mask_strides, double scale, af
     op64.affine = op32.affine = is_affine
     op64.scale, op64.shift, op64.dropped_value = element_scale, shift, dropped_value
     op32.scale, op32.shift, op32.dropped_value = element_scale, shift, dropped_value
-    source, target = kernel_view(source), kernel_view(target)
     cdef void *source_data = _data(source)
     cdef void *target_data = _data(target)
-    if source.dtype == np.float64:
+    cdef int kind = _type(source)
+    if kind == cnp.NPY_DOUBLE:
         with nogil:
             _broadcast_chunks[double](<double *>source_data, <double *>target_data, word_data,
                                       &layout, &op64, &op32, n, chunks)
-    elif source.dtype == np.float32:
+    elif kind == cnp.NPY_FLOAT:
         with nogil:
             _broadcast_chunks[float](<float *>source_data, <float *>target_data, word_data,
                                      &layout, &op64, &op32, n, chunks)
@@ -239,18 +314,18 @@ cdef void _gaussian_chunks(const element_t *source, element_t *target, double si
 def gaussian(source, target, double sigma, uint64_t seed, uint64_t stream, uint64_t offset,
              int threads):
     """target = source * (1 + sigma * z) with z from the Gaussian noise stream (1-D arrays)."""
-    cdef int64_t n = source.size
-    cdef int chunks = chunk_count(n, threads)
+    cdef int64_t n = cnp.PyArray_SIZE(<cnp.ndarray>source)
+    cdef int chunks = _chunk_count(n, threads)
     if n == 0:
         return
-    source, target = kernel_view(source), kernel_view(target)
     cdef void *source_data = _data(source)
     cdef void *target_data = _data(target)
-    if source.dtype == np.float64:
+    cdef int kind = _type(source)
+    if kind == cnp.NPY_DOUBLE:
         with nogil:
             _gaussian_chunks[double](<double *>source_data, <double *>target_data, sigma, seed,
                                      stream, offset, n, chunks)
-    elif source.dtype == np.float32:
+    elif kind == cnp.NPY_FLOAT:
         with nogil:
             _gaussian_chunks[float](<float *>source_data, <float *>target_data, sigma, seed,
                                     stream, offset, n, chunks)
