@@ -40,7 +40,7 @@ def kernel_mask_op(dtype, scale, affine):
 
 def kernel_view(array):
     """The array as kernels see it: float16 as uint16 bit patterns."""
-    return array.view(np.uint16) if array.dtype == np.float16 else array
+    return array.view(np.uint16) if array.dtype.char == "e" else array
 
 
 def chunk_count(n, threads):

@@ -27,7 +27,6 @@ _ONE = np.uint64(1)
 _SIX = np.uint64(6)
 _LANE_MASK = np.uint64(63)
 _WORD = np.uint64(64)
-_GROUP_WORDS = 64  # mask words generated before their elements are scaled
 _NO_VALUES = np.empty(0, dtype=np.float32)
 _NO_WORDS = np.empty(0, dtype=np.uint64)
 
@@ -80,56 +79,109 @@ def _same_memory(source, target):
 
 
 @njit(inline="always", cache=True)
-def _global_words(buffer, count, first_word, seed, stream, threshold, drop_all):
-    """buffer[:count] = global mask words first_word .. first_word + count - 1 (batches of 8)."""
-    for start in range(0, count, BATCH_WORDS):
-        batch = mask_words_batch(seed, stream, first_word + np.uint64(start), threshold,
-                                 drop_all)
-        for index in range(min(BATCH_WORDS, count - start)):
-            buffer[start + index] = batch[index]
+def _fill_batch(buffer, at, word, seed, stream, threshold, drop_all):
+    """buffer[at:at + BATCH_WORDS] = keep bits of global words word .. word + BATCH_WORDS - 1."""
+    batch = mask_words_batch(seed, stream, word, threshold, drop_all)
+    for index in range(BATCH_WORDS):
+        buffer[at + index] = batch[index]
+
+
+@njit(cache=True)  # its own function: inlined, it slowed the aligned loop by 20% here
+def _shifted_batch(keep, buffer, carried, seed, stream, threshold, drop_all, base, shift, n,
+                   group, count):
+    """keep[:count] = local words group .. group+count-1 for an offset with shift bits; returns ``carried``.
+
+    Local word k takes the top of global word k and the bottom of word k + 1. The
+    global words go through ``buffer``; when the group's last word needs the next
+    batch, that batch is drawn into the upper half and carried to the next group
+    (``carried``) instead of being drawn twice. Bits past the array's end may be set.
+    """
+    if carried:
+        buffer[:BATCH_WORDS] = buffer[BATCH_WORDS:]
+    else:
+        _fill_batch(buffer, 0, base + np.uint64(group), seed, stream, threshold, drop_all)
+    carried = (count == BATCH_WORDS
+               and n - (group + count - 1) * 64 > 64 - np.int64(shift))
+    if carried:
+        _fill_batch(buffer, BATCH_WORDS, base + np.uint64(group + BATCH_WORDS), seed, stream,
+                    threshold, drop_all)
+    for index in range(count):
+        keep[index] = (buffer[index] >> shift) | (buffer[index + 1] << (_WORD - shift))
+    return carried
+
+
+@njit(inline="always", cache=True)
+def _clear_past_end(words, n, stop):
+    """Clear the bits past element n - 1 in the last word of a range that ends the array."""
+    last = n - (stop - 1) * 64
+    if stop > 0 and last < 64 and (n + 63) // 64 == stop:
+        words[stop - 1] &= (_ONE << np.uint64(last)) - _ONE
+
+
+@njit(cache=True)
+def _words_range(words, seed, stream, threshold, drop_all, offset, n, first, stop):
+    """Local mask words first..stop-1 from the stream, stored (the mask-only kernel)."""
+    shift = np.uint64(offset) & _LANE_MASK
+    base = np.uint64(offset) >> _SIX
+    buffer = np.zeros(2 * BATCH_WORDS, dtype=np.uint64)
+    keep = np.zeros(BATCH_WORDS, dtype=np.uint64)
+    carried = False
+    for group in range(first, stop, BATCH_WORDS):
+        count = min(BATCH_WORDS, stop - group)
+        if shift == _ZERO:
+            _fill_batch(keep, 0, base + np.uint64(group), seed, stream, threshold, drop_all)
+        else:
+            carried = _shifted_batch(keep, buffer, carried, seed, stream, threshold, drop_all,
+                                     base, shift, n, group, count)
+        for index in range(count):
+            words[group + index] = keep[index]
+    _clear_past_end(words, n, stop)
 
 
 @njit(cache=True)
 def _stream_range(source, target, words, scale, seed, stream, threshold, drop_all,
                   offset, n, first, stop):
-    """Local mask words first..stop-1 generated from the stream.
+    """Elements of local mask words first..stop-1 scaled by keep bits from the stream.
 
-    Writes the words if ``words`` is non-empty, and the scaled values if ``target`` is.
-    Works in groups of _GROUP_WORDS words: first the group's keep words (global words
-    shifted into the array's own packing when the offset is not a multiple of 64),
-    then one pass over its elements (by ``_mask_range`` on views of the group, which
-    vectorises best as its own function), after asking for the next group's elements.
+    Also stores the words unless ``words`` is empty. Like the C word reader: a batch
+    of BATCH_WORDS words at a time, the next batch's elements requested from memory
+    first so the loads overlap the mask arithmetic, then each word's elements scaled
+    (only the first n - 64k of word k's, so bits past the end do no harm). The
+    in-place and out-of-place loops are written out separately so each compiles to
+    straight vector code.
     """
     store_words = words.size > 0
-    apply_values = target.size > 0
+    in_place = _same_memory(source, target)
     shift = np.uint64(offset) & _LANE_MASK
     base = np.uint64(offset) >> _SIX
-    keep_words = np.empty(_GROUP_WORDS, dtype=np.uint64)
-    global_words = np.empty(_GROUP_WORDS + 1, dtype=np.uint64)
-    for group in range(first, stop, _GROUP_WORDS):
-        count = min(_GROUP_WORDS, stop - group)
+    line = 64 // source.itemsize
+    buffer = np.zeros(2 * BATCH_WORDS, dtype=np.uint64)
+    keep = np.zeros(BATCH_WORDS, dtype=np.uint64)
+    carried = False
+    for group in range(first, stop, BATCH_WORDS):
+        count = min(BATCH_WORDS, stop - group)
+        ahead = (group + BATCH_WORDS) * 64
+        for element in range(ahead, min(n, ahead + BATCH_WORDS * 64), line):
+            _prefetch_for_write(source, element)
         if shift == _ZERO:
-            _global_words(keep_words, count, base + np.uint64(group), seed, stream, threshold,
-                          drop_all)
-        else:  # local word k takes the top of global word k and the bottom of word k + 1
-            _global_words(global_words, count + 1, base + np.uint64(group), seed, stream,
-                          threshold, drop_all)
-            for index in range(count):
-                keep_words[index] = ((global_words[index] >> shift)
-                                     | (global_words[index + 1] << (_WORD - shift)))
-        last = group + count - 1
-        if n - last * 64 < 64:  # the array ends inside the group's last word
-            keep_words[count - 1] &= (_ONE << np.uint64(n - last * 64)) - _ONE
+            _fill_batch(keep, 0, base + np.uint64(group), seed, stream, threshold, drop_all)
+        else:
+            carried = _shifted_batch(keep, buffer, carried, seed, stream, threshold, drop_all,
+                                     base, shift, n, group, count)
         if store_words:
-            words[group:group + count] = keep_words[:count]
-        if apply_values:
-            start, end = group * 64, min(n, (group + count) * 64)
-            # ask for the next group's elements now, so memory stays busy while its
-            # keep words are computed
-            for element in range(end, min(n, end + _GROUP_WORDS * 64), 64 // source.itemsize):
-                _prefetch_for_write(source, element)
-            _mask_range(source[start:end], target[start:end], keep_words, scale, end - start, 0,
-                        count)
+            for index in range(count):
+                words[group + index] = keep[index]
+        if in_place:
+            for index in range(count):
+                start = (group + index) * 64
+                _apply_word(target, target, start, min(64, n - start), keep[index], scale, True)
+        else:
+            for index in range(count):
+                start = (group + index) * 64
+                _apply_word(source, target, start, min(64, n - start), keep[index], scale,
+                            False)
+    if store_words:
+        _clear_past_end(words, n, stop)
 
 
 @njit(cache=True)
@@ -141,26 +193,37 @@ def _mask_range(source, target, words, scale, n, first, stop):
         _apply_word(source, target, start, min(64, n - start), words[k], scale, in_place)
 
 
+@njit(inline="always", cache=True)
+def _word_chunk(n, chunks, chunk):
+    """Chunk ``chunk`` of ``chunks`` near-equal ranges of the ceil(n / 64) mask words."""
+    total = (n + 63) // 64
+    per_chunk = (total + chunks - 1) // chunks
+    first = chunk * per_chunk
+    return first, min(first + per_chunk, total)
+
+
 @njit(parallel=True, cache=True)
 def _stream_parallel(source, target, words, scale, seed, stream, threshold, drop_all,
                      offset, n, chunks):
-    total = (n + 63) // 64
-    per_chunk = (total + chunks - 1) // chunks
     for chunk in prange(chunks):
-        first = chunk * per_chunk
-        stop = min(first + per_chunk, total)
+        first, stop = _word_chunk(n, chunks, chunk)
         if first < stop:
             _stream_range(source, target, words, scale, seed, stream, threshold,
                           drop_all, offset, n, first, stop)
 
 
 @njit(parallel=True, cache=True)
-def _mask_parallel(source, target, words, scale, n, chunks):
-    total = (n + 63) // 64
-    per_chunk = (total + chunks - 1) // chunks
+def _words_parallel(words, seed, stream, threshold, drop_all, offset, n, chunks):
     for chunk in prange(chunks):
-        first = chunk * per_chunk
-        stop = min(first + per_chunk, total)
+        first, stop = _word_chunk(n, chunks, chunk)
+        if first < stop:
+            _words_range(words, seed, stream, threshold, drop_all, offset, n, first, stop)
+
+
+@njit(parallel=True, cache=True)
+def _mask_parallel(source, target, words, scale, n, chunks):
+    for chunk in prange(chunks):
+        first, stop = _word_chunk(n, chunks, chunk)
         if first < stop:
             _mask_range(source, target, words, scale, n, first, stop)
 
@@ -190,15 +253,14 @@ def scale_by_stream(source, target, words, n, scale, threshold, drop_all, seed, 
 
     ``source``/``target`` may be None (mask only); ``words`` may be None (recompute, no mask).
     """
+    stream_args = (np.uint64(seed), np.uint64(stream), np.uint64(threshold), bool(drop_all),
+                   np.int64(offset), np.int64(n))
     if source is None:
-        source = target = _NO_VALUES
-        element_scale = np.float32(0)
-    else:
-        element_scale = kernel_scale(source.dtype, scale)
-        source, target = kernel_view(source), kernel_view(target)
-    words = _NO_WORDS if words is None else words
-    args = (source, target, words, element_scale, np.uint64(seed), np.uint64(stream),
-            np.uint64(threshold), bool(drop_all), np.int64(offset), np.int64(n))
+        _run(_words_range, _words_parallel, (words,) + stream_args, n, threads)
+        return
+    element_scale = kernel_scale(source.dtype, scale)
+    args = (kernel_view(source), kernel_view(target), _NO_WORDS if words is None else words,
+            element_scale) + stream_args
     _run(_stream_range, _stream_parallel, args, n, threads)
 
 

@@ -12,7 +12,7 @@ from numba import njit
 
 from ..rng.philox_numba import philox4x32_10_block
 from . import normal
-from .numba_words import BATCH_WORDS, _random_words_of_batch
+from .numba_words import PHILOX_LANES, _random_words_of_batch
 from .spec import BLOCK_SHIFT, NORMAL_DOMAIN_BIT
 
 # The vector Philox of the mask stream sets counter word 1 to (high | j << BLOCK_SHIFT);
@@ -128,10 +128,10 @@ def standard_normals_batch(seed, stream, block, z, u, tail_u, tail_index):
     lane, then the tails (about 15%) gathered and done together. The same float64
     operations per lane as `standard_normal`, so the same bits.
     """
-    for first in range(0, BATCH // 2, BATCH_WORDS):  # Philox blocks, eight at a time
+    for first in range(0, BATCH // 2, PHILOX_LANES):  # Philox blocks, eight at a time
         even, odd = _random_words_of_batch(block + np.uint64(first), _DOMAIN_AS_BLOCK, stream,
                                            seed)
-        for lane in range(BATCH_WORDS):
+        for lane in range(PHILOX_LANES):
             u[2 * (first + lane)] = uniform(even[lane])
             u[2 * (first + lane) + 1] = uniform(odd[lane])
     for j in range(BATCH):

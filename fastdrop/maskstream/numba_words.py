@@ -65,39 +65,46 @@ def mask_word(seed, stream, word, threshold):
     return ~dropped
 
 
+PHILOX_LANES = 8  # Philox blocks per vector of `_random_words_of_batch`
+# Mask words per `mask_words_batch`: one 512-bit vector of 64-bit lanes. Sixteen words
+# (two vectors) drew the mask faster alone but slowed the fused loops around them.
 BATCH_WORDS = 8
+_LANES_TUPLE = types.UniTuple(types.uint64, PHILOX_LANES)
 _WORDS_TUPLE = types.UniTuple(types.uint64, BATCH_WORDS)
 
 
-@intrinsic
-def _random_words_of_batch(typingctx, word, block, stream, seed):
-    """r_{2j}, r_{2j+1} of words word .. word+7 for block j, as two tuples of 8 uint64.
+class _VectorBuilder:
+    """LLVM vector helpers for Philox over ``lanes`` 64-bit lanes (32-bit values in each)."""
 
-    Philox4x32-10 with the spec's counter layout, generated as LLVM vector code so the
-    eight words run in SIMD lanes (Numba compiles for the host CPU: AVX2 or AVX-512
-    multiply eight or four 32x32 -> 64-bit products per instruction). Mirrors
-    fd_mask_words_batch in mask_stream.h.
-    """
-    def codegen(context, builder, signature, args):
-        i64, i32 = ir.IntType(64), ir.IntType(32)
-        vector = ir.VectorType(i64, BATCH_WORDS)
+    def __init__(self, builder, lanes):
+        self.builder, self.lanes = builder, lanes
+        self.i64, self.i32 = ir.IntType(64), ir.IntType(32)
+        self.vector = ir.VectorType(self.i64, lanes)
 
-        def splat(value):
-            single = builder.insert_element(ir.Constant(vector, ir.Undefined), value,
-                                            ir.Constant(i32, 0))
-            return builder.shuffle_vector(single, ir.Constant(vector, ir.Undefined),
-                                          ir.Constant(ir.VectorType(i32, BATCH_WORDS),
-                                                      [0] * BATCH_WORDS))
+    def splat(self, value):
+        builder = self.builder
+        single = builder.insert_element(ir.Constant(self.vector, ir.Undefined), value,
+                                        ir.Constant(self.i32, 0))
+        return builder.shuffle_vector(single, ir.Constant(self.vector, ir.Undefined),
+                                      ir.Constant(ir.VectorType(self.i32, self.lanes),
+                                                  [0] * self.lanes))
 
-        def constant(value):
-            return ir.Constant(vector, [value] * BATCH_WORDS)
+    def constant(self, value):
+        return ir.Constant(self.vector, [value] * self.lanes)
 
-        def scalar(value):
-            return ir.Constant(i64, value)
+    def scalar(self, value):
+        return ir.Constant(self.i64, value)
 
-        word, block, stream, seed = args
+    def philox(self, word, block, stream, seed):
+        """(even, odd) random words r_2j, r_2j+1 of global words word .. word+lanes-1, block j.
+
+        The spec's counter layout and Philox4x32-10 (mask_stream.h's FD_VEC_PHILOX10);
+        32x32 -> 64-bit products of 64-bit lanes whose high halves are zero, which LLVM
+        turns into the CPU's vector multiplies (AVX2 vpmuludq, AVX-512 on 8 lanes).
+        """
+        builder, constant, splat, scalar = self.builder, self.constant, self.splat, self.scalar
         low32, shift32 = constant(0xFFFFFFFF), constant(32)
-        words = builder.add(splat(word), ir.Constant(vector, list(range(BATCH_WORDS))))
+        words = builder.add(splat(word), ir.Constant(self.vector, list(range(self.lanes))))
         x0 = builder.and_(words, low32)
         x1 = builder.or_(builder.lshr(words, shift32),
                          splat(builder.shl(block, scalar(BLOCK_SHIFT))))
@@ -115,62 +122,102 @@ def _random_words_of_batch(typingctx, word, block, stream, seed):
             next2 = builder.xor(builder.xor(builder.lshr(product0, shift32), x3), splat(key1))
             x1, x3 = builder.and_(product1, low32), builder.and_(product0, low32)
             x0, x2 = next0, next2
-        even = builder.or_(x0, builder.shl(x1, shift32))
-        odd = builder.or_(x2, builder.shl(x3, shift32))
-        results = []
-        for lanes in (even, odd):
-            packed = ir.Constant(context.get_value_type(_WORDS_TUPLE), ir.Undefined)
-            for lane in range(BATCH_WORDS):
-                packed = builder.insert_value(
-                    packed, builder.extract_element(lanes, ir.Constant(i32, lane)), lane)
-            results.append(packed)
-        return context.make_tuple(builder, signature.return_type, results)
+        return (builder.or_(x0, builder.shl(x1, shift32)),
+                builder.or_(x2, builder.shl(x3, shift32)))
 
-    signature = types.UniTuple(_WORDS_TUPLE, 2)(types.uint64, types.uint64, types.uint64,
+    def to_tuple(self, context, tuple_type, vector):
+        packed = ir.Constant(context.get_value_type(tuple_type), ir.Undefined)
+        for lane in range(self.lanes):
+            packed = self.builder.insert_value(
+                packed, self.builder.extract_element(vector, ir.Constant(self.i32, lane)), lane)
+        return packed
+
+
+@intrinsic
+def _random_words_of_batch(typingctx, word, block, stream, seed):
+    """r_{2j}, r_{2j+1} of words word .. word+7 for block j, as two tuples of 8 uint64.
+
+    Philox4x32-10 generated as LLVM vector code, so the eight blocks run in SIMD lanes
+    (Numba compiles for the host CPU).
+    """
+    def codegen(context, builder, signature, args):
+        vectors = _VectorBuilder(builder, PHILOX_LANES)
+        even, odd = vectors.philox(*args)
+        return context.make_tuple(builder, signature.return_type,
+                                  [vectors.to_tuple(context, _LANES_TUPLE, lanes)
+                                   for lanes in (even, odd)])
+
+    signature = types.UniTuple(_LANES_TUPLE, 2)(types.uint64, types.uint64, types.uint64,
                                                 types.uint64)
     return signature, codegen
 
 
-@njit(inline="always", cache=True)
-def _decide(even, odd, bit_even, bit_odd, undecided, dropped):
-    differs = (even ^ bit_even) & undecided
-    dropped |= differs & bit_even
-    undecided &= ~differs
-    differs = (odd ^ bit_odd) & undecided
-    dropped |= differs & bit_odd
-    undecided &= ~differs
-    return undecided, dropped
+@intrinsic
+def _keep_words_of_batch(typingctx, word, stream, seed, threshold):
+    """Keep bits of global words word .. word+BATCH_WORDS-1 for a threshold > 0, as a tuple.
+
+    The whole comparison of section 4 in vector registers, as mask_stream.h's batches
+    do it: each block's two random words decide lanes MSB first, and the loop stops
+    once no lane of the batch is undecided or T's remaining bits are zero (which
+    never changes a word's bits).
+    """
+    def codegen(context, builder, signature, args):
+        word, stream, seed, threshold = args
+        vectors = _VectorBuilder(builder, BATCH_WORDS)
+        i64, scalar, splat = vectors.i64, vectors.scalar, vectors.splat
+        entry = builder.basic_block
+        loop = builder.append_basic_block("keep_words.loop")
+        done = builder.append_basic_block("keep_words.done")
+        builder.branch(loop)
+        builder.position_at_end(loop)
+        block = builder.phi(i64)
+        undecided = builder.phi(vectors.vector)
+        dropped = builder.phi(vectors.vector)
+        block.add_incoming(scalar(0), entry)
+        undecided.add_incoming(vectors.constant(0xFFFFFFFFFFFFFFFF), entry)
+        dropped.add_incoming(vectors.constant(0), entry)
+        even, odd = vectors.philox(word, block, stream, seed)
+        position_odd = builder.sub(scalar(62), builder.shl(block, scalar(1)))
+        state_undecided, state_dropped = undecided, dropped
+        for random_bits, position in ((even, builder.add(position_odd, scalar(1))),
+                                      (odd, position_odd)):
+            # all ones where T's bit at this position is 1
+            bit = builder.and_(builder.lshr(threshold, position), scalar(1))
+            threshold_bit = splat(builder.sub(scalar(0), bit))
+            # a lane is decided where its bit differs from T's: dropped where T's is the 1
+            differs = builder.and_(builder.xor(random_bits, threshold_bit), state_undecided)
+            state_dropped = builder.or_(state_dropped, builder.and_(differs, threshold_bit))
+            state_undecided = builder.and_(state_undecided, builder.not_(differs))
+        any_undecided = builder.icmp_unsigned(
+            "!=", builder.bitcast(builder.icmp_unsigned("!=", state_undecided,
+                                                        vectors.constant(0)),
+                                  ir.IntType(BATCH_WORDS)),
+            ir.Constant(ir.IntType(BATCH_WORDS), 0))
+        # lanes still equal to T so far are >= T once T's remaining bits are zero
+        rest = builder.and_(threshold, builder.sub(builder.shl(scalar(1), position_odd),
+                                                   scalar(1)))
+        finished = builder.or_(builder.not_(any_undecided),
+                               builder.icmp_unsigned("==", rest, scalar(0)))
+        block.add_incoming(builder.add(block, scalar(1)), builder.basic_block)
+        undecided.add_incoming(state_undecided, builder.basic_block)
+        dropped.add_incoming(state_dropped, builder.basic_block)
+        builder.cbranch(finished, done, loop)
+        builder.position_at_end(done)
+        return vectors.to_tuple(context, _WORDS_TUPLE, builder.not_(state_dropped))
+
+    return _WORDS_TUPLE(types.uint64, types.uint64, types.uint64, types.uint64), codegen
+
+
+_ALL_KEPT = (_ALL,) * BATCH_WORDS
+_ALL_DROPPED = (_ZERO,) * BATCH_WORDS
 
 
 @njit(inline="always", cache=True)
 def mask_words_batch(seed, stream, word, threshold, drop_all):
-    """Keep bits of global words word .. word+7 (a tuple): mask_word of each, or 0 if drop_all.
-
-    The batch draws rounds until every lane of all eight words is decided, which
-    never changes a word's bits.
-    """
-    seed, stream, word, threshold = (np.uint64(seed), np.uint64(stream), np.uint64(word),
-                                     np.uint64(threshold))
+    """Keep bits of global words word .. word+BATCH_WORDS-1 (a tuple): mask_word of each, or 0 if drop_all."""
     if drop_all:
-        return (_ZERO, _ZERO, _ZERO, _ZERO, _ZERO, _ZERO, _ZERO, _ZERO)
-    u0 = u1 = u2 = u3 = u4 = u5 = u6 = u7 = _ALL
-    d0 = d1 = d2 = d3 = d4 = d5 = d6 = d7 = _ZERO
-    if threshold != _ZERO:
-        for block in range(32):
-            even, odd = _random_words_of_batch(word, np.uint64(block), stream, seed)
-            position_odd = np.uint64(62 - 2 * block)
-            bit_even = _ZERO - ((threshold >> (position_odd + _ONE)) & _ONE)
-            bit_odd = _ZERO - ((threshold >> position_odd) & _ONE)
-            u0, d0 = _decide(even[0], odd[0], bit_even, bit_odd, u0, d0)
-            u1, d1 = _decide(even[1], odd[1], bit_even, bit_odd, u1, d1)
-            u2, d2 = _decide(even[2], odd[2], bit_even, bit_odd, u2, d2)
-            u3, d3 = _decide(even[3], odd[3], bit_even, bit_odd, u3, d3)
-            u4, d4 = _decide(even[4], odd[4], bit_even, bit_odd, u4, d4)
-            u5, d5 = _decide(even[5], odd[5], bit_even, bit_odd, u5, d5)
-            u6, d6 = _decide(even[6], odd[6], bit_even, bit_odd, u6, d6)
-            u7, d7 = _decide(even[7], odd[7], bit_even, bit_odd, u7, d7)
-            # lanes still equal to T so far are >= T once T's remaining bits are zero
-            if ((u0 | u1 | u2 | u3 | u4 | u5 | u6 | u7) == _ZERO
-                    or (threshold & ((_ONE << position_odd) - _ONE)) == _ZERO):
-                break
-    return (~d0, ~d1, ~d2, ~d3, ~d4, ~d5, ~d6, ~d7)
+        return _ALL_DROPPED
+    if np.uint64(threshold) == _ZERO:
+        return _ALL_KEPT
+    return _keep_words_of_batch(np.uint64(word), np.uint64(stream), np.uint64(seed),
+                                np.uint64(threshold))
