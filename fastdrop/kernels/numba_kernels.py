@@ -168,15 +168,16 @@ def _stream_range(source, target, words, scale, seed, stream, threshold, drop_al
         else:
             carried = _shifted_batch(keep, buffer, carried, seed, stream, threshold, drop_all,
                                      base, shift, n, group, count)
-        if store_words:
+        if in_place:  # words are stored here, word by word: a loop of their own cost 6%
             for index in range(count):
-                words[group + index] = keep[index]
-        if in_place:
-            for index in range(count):
+                if store_words:
+                    words[group + index] = keep[index]
                 start = (group + index) * 64
                 _apply_word(target, target, start, min(64, n - start), keep[index], scale, True)
         else:
             for index in range(count):
+                if store_words:
+                    words[group + index] = keep[index]
                 start = (group + index) * 64
                 _apply_word(source, target, start, min(64, n - start), keep[index], scale,
                             False)
