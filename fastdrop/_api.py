@@ -142,14 +142,14 @@ def dropout(x, p=0.5, *, seed=None, stream=None, offset=0, training=True, inplac
         return reference.dropout(x, p, seed=seed, stream=stream, offset=offset,
                                  training=training, inplace=inplace, out=out,
                                  noise_shape=noise_shape, broadcast_dims=broadcast_dims)
-    plain = getattr(kernels, "dropout_plain", None)
+    plain = kernels.dropout_plain
     if plain is not None and training is True and out is None and noise_shape is None \
             and broadcast_dims is None:
         # the usual call, checked and run in one C step (None: not plain, take the general path)
         done = plain(x, p, seed, stream, offset, inplace, get_num_threads())
         if done is not None:
-            return done[0], DropoutMask(done[1], shape=x.shape, p=p, seed=seed,
-                                        stream=0 if stream is None else stream, offset=offset)
+            return done[0], DropoutMask._of_checked_call(
+                done[1], x.shape, p, seed, 0 if stream is None else stream, offset)
     p, x, target, mask_shape, m, offset = _validate.check_masked_call(
         x, p, seed, stream, offset, inplace, out, noise_shape, broadcast_dims)
     if not training:

@@ -6,10 +6,10 @@ A compiled backend is a module exposing the private kernel interface:
 - ``scale_by_mask(source, target, words, scale, threads)``
 
 on 1-D C-contiguous arrays (and the variants' ``apply_broadcast`` and ``gaussian``).
-A backend may also offer ``dropout_plain(x, p, seed, stream, offset, inplace, threads)``:
-the usual forward call checked and run in one step, returning ``(y, words)``, or None
-for any call it does not take, which then goes the general way (the Cython backend
-does, to cut the fixed cost of small calls). ``"numpy"`` is the reference and runs
+``dropout_plain(x, p, seed, stream, offset, inplace, threads)``, or None where a
+backend has none: the usual forward call checked and run in one step, returning
+``(y, words)``, or None for any call it does not take, which then goes the general way
+(the Cython backend has one, to cut the fixed cost of small calls). ``"numpy"`` is the reference and runs
 whole public functions from `fastdrop.reference` instead.
 """
 import importlib

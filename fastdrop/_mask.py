@@ -125,6 +125,18 @@ class DropoutMask(_CallRecord):
         self._record(shape, p, seed, stream, offset)
         self.words = words
 
+    @classmethod
+    def _of_checked_call(cls, words, shape, p, seed, stream, offset):
+        """The record of a call whose arguments are checked and of their final types.
+
+        For the API's one-step path, where converting them again would be most of
+        what a small call costs in Python.
+        """
+        mask = cls.__new__(cls)
+        mask.words, mask.shape, mask.p = words, shape, p
+        mask.seed, mask.stream, mask.offset = seed, stream, offset
+        return mask
+
     @property
     def nbytes(self):
         """Bytes held by the packed words."""

@@ -248,6 +248,11 @@ def _run(serial, parallel, args, n, threads, units=None):
         numba.set_num_threads(previous)
 
 
+# No one-step path for plain calls (see fastdrop._backends): they go the general way,
+# and a Numba call's fixed cost is its dispatcher's.
+dropout_plain = None
+
+
 def scale_by_stream(source, target, words, n, scale, threshold, drop_all, seed, stream, offset,
                     threads):
     """Mask words from the stream, and/or target = source * keep * scale (1-D contiguous arrays).
@@ -255,7 +260,7 @@ def scale_by_stream(source, target, words, n, scale, threshold, drop_all, seed, 
     ``source``/``target`` may be None (mask only); ``words`` may be None (recompute, no mask).
     """
     stream_args = (np.uint64(seed), np.uint64(stream), np.uint64(threshold), bool(drop_all),
-                   np.int64(offset), np.int64(n))
+                   offset, n)  # Python ints < 2**63: typed int64, no conversion
     if source is None:
         _run(_words_range, _words_parallel, (words,) + stream_args, n, threads)
         return
