@@ -143,7 +143,7 @@ def _stream_range(source, target, words, scale, seed, stream, threshold, drop_al
                   offset, n, first, stop):
     """Elements of local mask words first..stop-1 scaled by keep bits from the stream.
 
-    Also stores the words unless ``words`` is empty. Like the C word reader: a batch
+    Also stores the words unless ``words`` is empty. Like the C kernels (dropout.h): a batch
     of BATCH_WORDS words at a time, the next batch's elements requested from memory
     first so the loads overlap the mask arithmetic, then each word's elements scaled
     (only the first n - 64k of word k's, so bits past the end do no harm). The

@@ -140,37 +140,30 @@ static inline uint16_t fd_keep_f16(uint16_t value, float scale, uint32_t lane)
         const T *source, T *target, uint64_t *words, SCALE_T scale,                         \
         const fd_mask_params *params, int64_t first, int64_t stop)                          \
     {                                                                                       \
-        if (first >= stop)                                                                  \
-            return;                                                                         \
         const unsigned shift = (unsigned)(params->offset & 63);                             \
-        fd_word_reader reader;                                                              \
-        fd_word_reader_start(&reader, params, (params->offset >> 6) + (uint64_t)first);     \
-        uint64_t low = fd_word_reader_next(&reader);                                        \
-        for (int64_t k = first; k < stop; ++k) {                                            \
-            const int64_t start = k * 64;                                                   \
-            const int64_t count = params->n - start < 64 ? params->n - start : 64;          \
-            uint64_t keep;                                                                  \
-            if (shift == 0) {                                                               \
-                keep = low;                                                                 \
-                if (k + 1 < stop)                                                           \
-                    low = fd_word_reader_next(&reader);                                     \
-            } else {                                                                        \
-                /* elements reach into the next global word unless the array ends first */  \
-                const uint64_t high = count > 64 - (int64_t)shift                          \
-                    ? fd_word_reader_next(&reader) : 0;                                     \
-                keep = (low >> shift) | (high << (64 - shift));                             \
-                low = high;                                                                 \
-            }                                                                               \
-            if (count < 64)                                                                 \
-                keep &= (UINT64_C(1) << count) - 1;                                         \
+        const uint64_t base = params->offset >> 6;                                          \
+        uint64_t global[2 * FD_GROUP_WORDS], keep[FD_GROUP_WORDS];                        \
+        int carried = 0;                                                                    \
+        /* a group of words at a time: its bits in one vector batch, then its elements */  \
+        for (int64_t group = first; group < stop; group += FD_GROUP_WORDS) {               \
+            const int64_t count = stop - group < FD_GROUP_WORDS ? stop - group             \
+                                                                 : FD_GROUP_WORDS;         \
+            fd_local_words(params, base, shift, group, count, global, &carried, keep);      \
+            const int64_t last = params->n - (group + count - 1) * 64;                      \
+            if (last < 64) /* the array ends inside the group's last word */                \
+                keep[count - 1] &= (UINT64_C(1) << last) - 1;                               \
             if (words)                                                                      \
-                words[k] = keep;                                                            \
-            if (target) {                                                                   \
+                memcpy(words + group, keep, (size_t)count * sizeof keep[0]);                \
+            if (!target)                                                                    \
+                continue;                                                                   \
+            for (int64_t i = 0; i < count; ++i) {                                           \
+                const int64_t k = group + i, start = k * 64;                                \
                 /* keep memory busy while later words are computed: fetch ahead */          \
                 if (k + FD_PREFETCH_WORDS < stop)                                           \
                     FD_PREFETCH_WORD(source + start + 64 * FD_PREFETCH_WORDS, T);           \
-                fd_apply_word_##SUFFIX##VARIANT(source + start, target + start, count,      \
-                                                keep, scale);                               \
+                fd_apply_word_##SUFFIX##VARIANT(source + start, target + start,             \
+                                                last < 64 && i == count - 1 ? last : 64,    \
+                                                keep[i], scale);                            \
             }                                                                               \
         }                                                                                   \
     }                                                                                       \

@@ -8,6 +8,7 @@
 
 #include <math.h>
 #include <stdint.h>
+#include <string.h>
 
 #include "philox.h"
 
@@ -260,11 +261,11 @@ static inline void fd_mask_words_batch(const fd_mask_params *params, uint64_t wo
         out[w] = fd_global_mask_word(params, word + (uint64_t)w);
 }
 
-/* Words read ahead at a time by fd_word_reader: two batches, or one AVX-512 step. */
-#define FD_READER_WORDS (2 * FD_BATCH_WORDS)
+/* Mask words the kernels draw at a time (fd_local_words): two batches, or one AVX-512 step. */
+#define FD_GROUP_WORDS (2 * FD_BATCH_WORDS)
 
 static inline void fd_mask_words_ahead(const fd_mask_params *params, uint64_t word,
-                                       uint64_t out[FD_READER_WORDS])
+                                       uint64_t out[FD_GROUP_WORDS])
 {
 #if FD_HAVE_AVX2_PATH
     if (!params->drop_all && params->threshold != 0 && fd_simd_enabled() >= 2) {
@@ -276,30 +277,35 @@ static inline void fd_mask_words_ahead(const fd_mask_params *params, uint64_t wo
     fd_mask_words_batch(params, word + FD_BATCH_WORDS, out + FD_BATCH_WORDS);
 }
 
-/* Global mask words in increasing order, computed a batch at a time. */
-typedef struct {
-    const fd_mask_params *params;
-    uint64_t next_word; /* global index of buffer[0] */
-    int used;           /* words of buffer already handed out */
-    uint64_t buffer[FD_READER_WORDS];
-} fd_word_reader;
-
-static inline void fd_word_reader_start(fd_word_reader *reader, const fd_mask_params *params,
-                                        uint64_t word)
+/* Keep bits of a group of `count` (<= FD_GROUP_WORDS) local mask words, group ..
+ * group + count - 1, of a call whose element 0 is bit `shift` of global word `base`:
+ * local word k holds the top 64 - shift bits of global word base + k and the low
+ * `shift` bits of base + k + 1. Groups must come in increasing order, FD_GROUP_WORDS
+ * apart, through the same `global` buffer and `carried` flag (start it at 0): when a
+ * group's last word needs the next group's first global word, the whole next batch is
+ * drawn into the buffer's upper half and carried over, never drawn twice. Bits past
+ * the array's end may be set; callers clear them. */
+static inline void fd_local_words(const fd_mask_params *params, uint64_t base, unsigned shift,
+                                  int64_t group, int64_t count,
+                                  uint64_t global[2 * FD_GROUP_WORDS], int *carried,
+                                  uint64_t keep[FD_GROUP_WORDS])
 {
-    reader->params = params;
-    reader->next_word = word;
-    reader->used = FD_READER_WORDS;
-}
-
-static inline uint64_t fd_word_reader_next(fd_word_reader *reader)
-{
-    if (reader->used == FD_READER_WORDS) {
-        fd_mask_words_ahead(reader->params, reader->next_word, reader->buffer);
-        reader->next_word += FD_READER_WORDS;
-        reader->used = 0;
+    if (shift == 0) {
+        fd_mask_words_ahead(params, base + (uint64_t)group, keep);
+        return;
     }
-    return reader->buffer[reader->used++];
+    if (*carried)
+        memcpy(global, global + FD_GROUP_WORDS, FD_GROUP_WORDS * sizeof global[0]);
+    else
+        fd_mask_words_ahead(params, base + (uint64_t)group, global);
+    /* the last word's elements reach into the next global word unless the array ends first */
+    *carried = count == FD_GROUP_WORDS &&
+               params->n - (group + count - 1) * 64 > 64 - (int64_t)shift;
+    if (*carried)
+        fd_mask_words_ahead(params, base + (uint64_t)(group + FD_GROUP_WORDS),
+                            global + FD_GROUP_WORDS);
+    for (int64_t i = 0; i < count; ++i)
+        keep[i] = (global[i] >> shift) | (global[i + 1] << (64 - shift));
 }
 
 #endif /* FASTDROP_MASK_STREAM_H */
