@@ -27,6 +27,10 @@ _ONE = np.uint64(1)
 _SIX = np.uint64(6)
 _LANE_MASK = np.uint64(63)
 _WORD = np.uint64(64)
+# How far ahead the fused loop asks for elements, in mask words: as dropout.h's
+# FD_PREFETCH_WORDS, 5 KiB of float32 or 10 KiB of float64, not a multiple of 4 KiB
+# (prefetches 4 KiB from the current stores alias them).
+_PREFETCH_WORDS = 20
 _NO_VALUES = np.empty(0, dtype=np.float32)
 _NO_WORDS = np.empty(0, dtype=np.uint64)
 
@@ -144,8 +148,8 @@ def _stream_range(source, target, words, scale, seed, stream, threshold, drop_al
     """Elements of local mask words first..stop-1 scaled by keep bits from the stream.
 
     Also stores the words unless ``words`` is empty. Like the C kernels (dropout.h): a batch
-    of BATCH_WORDS words at a time, the next batch's elements requested from memory
-    first so the loads overlap the mask arithmetic, then each word's elements scaled
+    of BATCH_WORDS words at a time, the elements _PREFETCH_WORDS words ahead requested
+    from memory first so the loads overlap the mask arithmetic, then each word's elements scaled
     (only the first n - 64k of word k's, so bits past the end do no harm). The
     in-place and out-of-place loops are written out separately so each compiles to
     straight vector code.
@@ -160,7 +164,7 @@ def _stream_range(source, target, words, scale, seed, stream, threshold, drop_al
     carried = False
     for group in range(first, stop, BATCH_WORDS):
         count = min(BATCH_WORDS, stop - group)
-        ahead = (group + BATCH_WORDS) * 64
+        ahead = (group + _PREFETCH_WORDS) * 64
         for element in range(ahead, min(n, ahead + BATCH_WORDS * 64), line):
             _prefetch_for_write(source, element)
         if shift == _ZERO:
