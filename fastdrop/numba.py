@@ -26,7 +26,7 @@ import numpy as np
 from numba import njit, types
 from numba.extending import overload
 
-from .kernels.numba_kernels import _mask_range, _stream_range
+from .kernels.numba_kernels import _mask_range, _stream_range, _words_range
 from .maskstream.numba_words import mask_word
 
 __all__ = [
@@ -76,18 +76,19 @@ def _element_scale_overload(array, p):
 def mask_words_range(words, n, p, seed, stream, offset, first, stop):
     """Fill words[first:stop] with the keep bits of elements offset .. offset + n - 1."""
     threshold, drop_all = stream_parameters(p)
-    no_values = np.empty(0, dtype=np.float32)  # (a global array would be read-only in Numba)
-    _stream_range(no_values, no_values, words, np.float32(0), np.uint64(seed),
-                  np.uint64(stream), threshold, drop_all, np.int64(offset), np.int64(n),
-                  first, stop)
+    _words_range(words, np.uint64(seed), np.uint64(stream), threshold, drop_all,
+                 np.int64(offset), np.int64(n), first, stop)
 
 
 @njit(cache=True)
 def dropout_range(source, target, words, p, seed, stream, offset, first, stop):
     """Fused forward over mask words [first, stop): target = source * keep / (1 - p).
 
-    Writes words[first:stop] too unless ``words`` is empty.
+    Writes words[first:stop] too unless ``words`` is empty. ``target`` must have
+    ``source``'s size (use `mask_words_range` for the words alone).
     """
+    if target.size != source.size:
+        raise ValueError("dropout_range: target must have the size of source")
     threshold, drop_all = stream_parameters(p)
     scale = _element_scale(source, p)
     _stream_range(source, target, words, scale, np.uint64(seed), np.uint64(stream),

@@ -75,6 +75,17 @@ def test_numba_module_functions_inside_a_users_parallel_loop(dtype, offset):
                 int(mask.words[3])
 
 
+def test_numba_dropout_range_refuses_a_target_of_another_size():
+    """The fused kernel indexes target like source: a short target must raise, not overrun."""
+    pytest.importorskip("numba")
+    import fastdrop.numba as fdn
+
+    x = np.ones(200, np.float32)
+    for target in (np.empty(0, np.float32), np.empty(199, np.float32)):
+        with pytest.raises(ValueError, match="size of source"):
+            fdn.dropout_range(x, target, np.empty(4, np.uint64), 0.5, 1, 2, 0, 0, 4)
+
+
 def _build_extension(tmp_path, pyx_path, module):
     """Compile one .pyx against the installed fastdrop, as a user's project would."""
     shutil.copy(pyx_path, tmp_path / f"{module}.pyx")

@@ -31,7 +31,6 @@ _WORD = np.uint64(64)
 # FD_PREFETCH_WORDS, 5 KiB of float32 or 10 KiB of float64, not a multiple of 4 KiB
 # (prefetches 4 KiB from the current stores alias them).
 _PREFETCH_WORDS = 20
-_NO_VALUES = np.empty(0, dtype=np.float32)
 _NO_WORDS = np.empty(0, dtype=np.uint64)
 
 
@@ -147,7 +146,9 @@ def _stream_range(source, target, words, scale, seed, stream, threshold, drop_al
                   offset, n, first, stop):
     """Elements of local mask words first..stop-1 scaled by keep bits from the stream.
 
-    Also stores the words unless ``words`` is empty. Like the C kernels (dropout.h): a batch
+    ``source`` and ``target`` must hold the elements (mask words alone come from
+    `_words_range`; a guard for empty arrays here cost 15%). Also stores the words
+    unless ``words`` is empty. Like the C kernels (dropout.h): a batch
     of BATCH_WORDS words at a time, the elements _PREFETCH_WORDS words ahead requested
     from memory first so the loads overlap the mask arithmetic, then each word's elements scaled
     (only the first n - 64k of word k's, so bits past the end do no harm). The
