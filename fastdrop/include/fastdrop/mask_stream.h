@@ -163,85 +163,63 @@ static inline int fd_set_simd(int level)
 /* The 64-bit random word of Philox outputs (low, high) in each lane. */
 #define FD_VEC_JOIN(W, low, high) _mm##W##_or_si##W(low, _mm##W##_slli_epi64(high, 32))
 
-__attribute__((target("avx2"))) static void fd_mask_words_batch_avx2(
-    const fd_mask_params *params, uint64_t word, uint64_t out[FD_BATCH_WORDS])
-{
-    /* 64-bit lanes hold 32-bit Philox words; lanes 0-3 are words word..word+3 (a),
-     * lanes 4-7 of the batch are words word+4..word+7 (b). */
-    const uint64_t threshold = params->threshold;
-    const __m256i low32 = _mm256_set1_epi64x(0xFFFFFFFF);
-    const __m256i m0 = _mm256_set1_epi64x(FD_PHILOX_M0), m1 = _mm256_set1_epi64x(FD_PHILOX_M1);
-    const __m256i stream0 = _mm256_set1_epi64x((long long)(params->stream & 0xFFFFFFFF));
-    const __m256i stream1 = _mm256_set1_epi64x((long long)(params->stream >> 32));
-    const __m256i words_a = _mm256_add_epi64(_mm256_set1_epi64x((long long)word),
-                                             _mm256_set_epi64x(3, 2, 1, 0));
-    const __m256i words_b = _mm256_add_epi64(words_a, _mm256_set1_epi64x(4));
-    const __m256i low_a = _mm256_and_si256(words_a, low32), high_a = _mm256_srli_epi64(words_a, 32);
-    const __m256i low_b = _mm256_and_si256(words_b, low32), high_b = _mm256_srli_epi64(words_b, 32);
-    __m256i undecided_a = _mm256_set1_epi64x(-1), undecided_b = undecided_a;
-    __m256i dropped_a = _mm256_setzero_si256(), dropped_b = dropped_a;
-    for (int block = 0; block < 32; ++block) {
-        const __m256i block_bits = _mm256_set1_epi64x((long long)block << FD_BLOCK_SHIFT);
-        __m256i a0 = low_a, a1 = _mm256_or_si256(high_a, block_bits), a2 = stream0, a3 = stream1;
-        __m256i b0 = low_b, b1 = _mm256_or_si256(high_b, block_bits), b2 = stream0, b3 = stream1;
-        FD_VEC_PHILOX10(256, _mm256_set1_epi64x, a0, a1, a2, a3, b0, b1, b2, b3, params->seed,
-                        m0, m1, low32);
-        const int position_even = 63 - 2 * block, position_odd = 62 - 2 * block;
-        const __m256i bit_even = _mm256_set1_epi64x(-(long long)((threshold >> position_even) & 1));
-        const __m256i bit_odd = _mm256_set1_epi64x(-(long long)((threshold >> position_odd) & 1));
-        FD_VEC_DECIDE(256, FD_VEC_JOIN(256, a0, a1), bit_even, undecided_a, dropped_a);
-        FD_VEC_DECIDE(256, FD_VEC_JOIN(256, b0, b1), bit_even, undecided_b, dropped_b);
-        FD_VEC_DECIDE(256, FD_VEC_JOIN(256, a2, a3), bit_odd, undecided_a, dropped_a);
-        FD_VEC_DECIDE(256, FD_VEC_JOIN(256, b2, b3), bit_odd, undecided_b, dropped_b);
-        const __m256i any = _mm256_or_si256(undecided_a, undecided_b);
-        /* lanes still equal to T so far are >= T once T's remaining bits are zero */
-        if (_mm256_testz_si256(any, any) || (threshold & ((UINT64_C(1) << position_odd) - 1)) == 0)
-            break;
+/* Keep bits of 2 * LANES words word, word + 1, ... in two chains of LANES 64-bit lanes
+ * (a: the first LANES words, b: the next), whose independent multiplies hide each
+ * other's latency. One body for both widths: W is 256 (AVX2, 4 lanes) or 512
+ * (AVX-512F, 8 lanes); LANE_INDEX holds 0 .. LANES-1 and ALL_ZERO(v) tests a vector
+ * for zero. Rounds are drawn until every lane of both chains is decided, which never
+ * changes a word's bits. */
+#define FD_DEFINE_VEC_MASK_BATCH(NAME, W, TARGET, SET1, LANES, LANE_INDEX, ALL_ZERO)          \
+    __attribute__((target(TARGET))) static void NAME(const fd_mask_params *params,          \
+                                                     uint64_t word, uint64_t out[2 * LANES]) \
+    {                                                                                       \
+        const uint64_t threshold = params->threshold;                                       \
+        const __m##W##i low32 = SET1(0xFFFFFFFF);                                           \
+        const __m##W##i m0 = SET1(FD_PHILOX_M0), m1 = SET1(FD_PHILOX_M1);                   \
+        const __m##W##i stream0 = SET1((long long)(params->stream & 0xFFFFFFFF));           \
+        const __m##W##i stream1 = SET1((long long)(params->stream >> 32));                  \
+        const __m##W##i words_a = _mm##W##_add_epi64(SET1((long long)word), LANE_INDEX);    \
+        const __m##W##i words_b = _mm##W##_add_epi64(words_a, SET1(LANES));                 \
+        const __m##W##i low_a = _mm##W##_and_si##W(words_a, low32);                         \
+        const __m##W##i high_a = _mm##W##_srli_epi64(words_a, 32);                          \
+        const __m##W##i low_b = _mm##W##_and_si##W(words_b, low32);                         \
+        const __m##W##i high_b = _mm##W##_srli_epi64(words_b, 32);                          \
+        __m##W##i undecided_a = SET1(-1), undecided_b = undecided_a;                        \
+        __m##W##i dropped_a = _mm##W##_setzero_si##W(), dropped_b = dropped_a;              \
+        for (int block = 0; block < 32; ++block) {                                          \
+            const __m##W##i block_bits = SET1((long long)block << FD_BLOCK_SHIFT);          \
+            __m##W##i a0 = low_a, a1 = _mm##W##_or_si##W(high_a, block_bits);               \
+            __m##W##i a2 = stream0, a3 = stream1;                                           \
+            __m##W##i b0 = low_b, b1 = _mm##W##_or_si##W(high_b, block_bits);               \
+            __m##W##i b2 = stream0, b3 = stream1;                                           \
+            FD_VEC_PHILOX10(W, SET1, a0, a1, a2, a3, b0, b1, b2, b3, params->seed, m0, m1,  \
+                            low32);                                                         \
+            const int position_even = 63 - 2 * block, position_odd = 62 - 2 * block;       \
+            const __m##W##i bit_even = SET1(-(long long)((threshold >> position_even) & 1)); \
+            const __m##W##i bit_odd = SET1(-(long long)((threshold >> position_odd) & 1));  \
+            FD_VEC_DECIDE(W, FD_VEC_JOIN(W, a0, a1), bit_even, undecided_a, dropped_a);     \
+            FD_VEC_DECIDE(W, FD_VEC_JOIN(W, b0, b1), bit_even, undecided_b, dropped_b);     \
+            FD_VEC_DECIDE(W, FD_VEC_JOIN(W, a2, a3), bit_odd, undecided_a, dropped_a);      \
+            FD_VEC_DECIDE(W, FD_VEC_JOIN(W, b2, b3), bit_odd, undecided_b, dropped_b);      \
+            const __m##W##i any = _mm##W##_or_si##W(undecided_a, undecided_b);              \
+            /* lanes still equal to T so far are >= T once T's remaining bits are zero */   \
+            if (ALL_ZERO(any) || (threshold & ((UINT64_C(1) << position_odd) - 1)) == 0)    \
+                break;                                                                      \
+        }                                                                                   \
+        const __m##W##i all = SET1(-1);                                                     \
+        _mm##W##_storeu_si##W((__m##W##i *)out, _mm##W##_xor_si##W(dropped_a, all));        \
+        _mm##W##_storeu_si##W((__m##W##i *)(out + LANES), _mm##W##_xor_si##W(dropped_b, all)); \
     }
-    const __m256i all = _mm256_set1_epi64x(-1);
-    _mm256_storeu_si256((__m256i *)out, _mm256_xor_si256(dropped_a, all));
-    _mm256_storeu_si256((__m256i *)(out + 4), _mm256_xor_si256(dropped_b, all));
-}
-/* Sixteen words (two chains of eight 64-bit lanes) on AVX-512F: half the instructions of
- * the AVX2 batch per word, and two independent chains to hide the multiply latency. */
-__attribute__((target("avx512f"))) static void fd_mask_words_16_avx512(
-    const fd_mask_params *params, uint64_t word, uint64_t out[16])
-{
-    const uint64_t threshold = params->threshold;
-    const __m512i low32 = _mm512_set1_epi64(0xFFFFFFFF);
-    const __m512i m0 = _mm512_set1_epi64(FD_PHILOX_M0), m1 = _mm512_set1_epi64(FD_PHILOX_M1);
-    const __m512i stream0 = _mm512_set1_epi64((long long)(params->stream & 0xFFFFFFFF));
-    const __m512i stream1 = _mm512_set1_epi64((long long)(params->stream >> 32));
-    const __m512i words_a = _mm512_add_epi64(_mm512_set1_epi64((long long)word),
-                                             _mm512_set_epi64(7, 6, 5, 4, 3, 2, 1, 0));
-    const __m512i words_b = _mm512_add_epi64(words_a, _mm512_set1_epi64(8));
-    const __m512i low_a = _mm512_and_si512(words_a, low32), high_a = _mm512_srli_epi64(words_a, 32);
-    const __m512i low_b = _mm512_and_si512(words_b, low32), high_b = _mm512_srli_epi64(words_b, 32);
-    __m512i undecided_a = _mm512_set1_epi64(-1), undecided_b = undecided_a;
-    __m512i dropped_a = _mm512_setzero_si512(), dropped_b = dropped_a;
-    for (int block = 0; block < 32; ++block) {
-        const __m512i block_bits = _mm512_set1_epi64((long long)block << FD_BLOCK_SHIFT);
-        __m512i a0 = low_a, a1 = _mm512_or_si512(high_a, block_bits), a2 = stream0, a3 = stream1;
-        __m512i b0 = low_b, b1 = _mm512_or_si512(high_b, block_bits), b2 = stream0, b3 = stream1;
-        FD_VEC_PHILOX10(512, _mm512_set1_epi64, a0, a1, a2, a3, b0, b1, b2, b3, params->seed,
-                        m0, m1, low32);
-        const int position_even = 63 - 2 * block, position_odd = 62 - 2 * block;
-        const __m512i bit_even = _mm512_set1_epi64(-(long long)((threshold >> position_even) & 1));
-        const __m512i bit_odd = _mm512_set1_epi64(-(long long)((threshold >> position_odd) & 1));
-        FD_VEC_DECIDE(512, FD_VEC_JOIN(512, a0, a1), bit_even, undecided_a, dropped_a);
-        FD_VEC_DECIDE(512, FD_VEC_JOIN(512, b0, b1), bit_even, undecided_b, dropped_b);
-        FD_VEC_DECIDE(512, FD_VEC_JOIN(512, a2, a3), bit_odd, undecided_a, dropped_a);
-        FD_VEC_DECIDE(512, FD_VEC_JOIN(512, b2, b3), bit_odd, undecided_b, dropped_b);
-        const __m512i any = _mm512_or_si512(undecided_a, undecided_b);
-        /* lanes still equal to T so far are >= T once T's remaining bits are zero */
-        if (_mm512_test_epi64_mask(any, any) == 0 ||
-            (threshold & ((UINT64_C(1) << position_odd) - 1)) == 0)
-            break;
-    }
-    const __m512i all = _mm512_set1_epi64(-1);
-    _mm512_storeu_si512((void *)out, _mm512_xor_si512(dropped_a, all));
-    _mm512_storeu_si512((void *)(out + 8), _mm512_xor_si512(dropped_b, all));
-}
+
+#define FD_ALL_ZERO_256(v) _mm256_testz_si256(v, v)
+#define FD_ALL_ZERO_512(v) (_mm512_test_epi64_mask(v, v) == 0)
+
+/* FD_BATCH_WORDS (8) words with AVX2. */
+FD_DEFINE_VEC_MASK_BATCH(fd_mask_words_batch_avx2, 256, "avx2", _mm256_set1_epi64x, 4,
+                         _mm256_set_epi64x(3, 2, 1, 0), FD_ALL_ZERO_256)
+/* Sixteen words on AVX-512F: half the instructions of the AVX2 batch per word. */
+FD_DEFINE_VEC_MASK_BATCH(fd_mask_words_16_avx512, 512, "avx512f", _mm512_set1_epi64, 8,
+                         _mm512_set_epi64(7, 6, 5, 4, 3, 2, 1, 0), FD_ALL_ZERO_512)
 #else
 #define FD_HAVE_AVX2_PATH 0
 static inline int fd_simd_enabled(void) { return 0; }
