@@ -218,11 +218,22 @@ def _stream_range(source, target, words, scale, seed, stream, threshold, drop_al
 
 @njit(cache=True)
 def _mask_range(source, target, words, scale, n, first, stop):
-    """target = source * scale where the stored mask words keep, +0 elsewhere."""
-    in_place = _same_memory(source, target)
-    for k in range(first, stop):
-        start = k * 64
-        _apply_word(source, target, start, min(64, n - start), words[k], scale, in_place)
+    """target = source * scale where the stored mask words keep, +0 elsewhere.
+
+    The elements _PREFETCH_WORDS words ahead are requested word by word, as in
+    dropout.h's fd_apply_mask_range.
+    """
+    line = 64 // source.itemsize
+    if _same_memory(source, target):
+        for k in range(first, stop):
+            _prefetch_words(target, k + _PREFETCH_WORDS, 1, n, line)
+            start = k * 64
+            _apply_word(target, target, start, min(64, n - start), words[k], scale, True)
+    else:
+        for k in range(first, stop):
+            _prefetch_words(source, k + _PREFETCH_WORDS, 1, n, line)
+            start = k * 64
+            _apply_word(source, target, start, min(64, n - start), words[k], scale, False)
 
 
 @njit(inline="always", cache=True)
