@@ -54,6 +54,9 @@ cdef extern from "fastdrop/dropout.h" nogil:
     void fd_apply_mask_range_f16(const uint16_t *source, uint16_t *target,
                                  const uint64_t *words, float scale, int64_t n,
                                  int64_t first, int64_t stop)
+    void fd_scale_range_f64(double *values, double scale, int64_t n, int64_t first,
+                            int64_t stop)
+    void fd_scale_range_f32(float *values, float scale, int64_t n, int64_t first, int64_t stop)
 
 
 cdef extern from "fastdrop/variants.h" nogil:

@@ -153,3 +153,25 @@ def test_a_row_times_every_implementation_interleaved_or_one_after_another(inter
     for cell in results.values():
         assert cell["repeat"] == 3 and cell["number"] >= 1
         assert 0 < cell["best_s"] <= cell["median_s"]
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("n", [1, 63, 64, 65, 1000, 64 * 21 + 5, 100_003])
+@pytest.mark.parametrize("threads", [1, 2, 3])
+def test_the_floor_kernel_scales_every_element_once(dtype, n, threads):
+    """scale_in_place (the floor) multiplies each element exactly once, whatever the split."""
+    cython_kernels = pytest.importorskip("fastdrop.kernels.cython_kernels")
+    import numpy as np
+
+    values = np.random.default_rng(n).standard_normal(n).astype(dtype)
+    expected = values * values.dtype.type(1.7)
+    cython_kernels.scale_in_place(values, 1.7, threads)
+    np.testing.assert_array_equal(values, expected)
+
+
+def test_the_floor_kernel_refuses_other_dtypes():
+    cython_kernels = pytest.importorskip("fastdrop.kernels.cython_kernels")
+    import numpy as np
+
+    with pytest.raises(TypeError, match="int32"):
+        cython_kernels.scale_in_place(np.ones(10, np.int32), 2.0, 1)

@@ -106,6 +106,14 @@ static inline uint16_t fd_keep_f16(uint16_t value, float scale, uint32_t lane)
 #else
 #define FD_PREFETCH_WORD(address, T)
 #endif
+/* A word's elements at index `at`: the source's, and an out-of-place target's too (its
+ * lines are read for ownership before they are written). */
+#define FD_PREFETCH_ELEMENTS(source, target, at, T)                                         \
+    {                                                                                       \
+        FD_PREFETCH_WORD((source) + (at), T)                                                \
+        if ((const T *)(target) != (source))                                                \
+            FD_PREFETCH_WORD((target) + (at), T)                                            \
+    }
 
 /* One set of kernels for element type T. Scaling of a word's elements: target[j] =
  * source[j] * scale where bit j of keep is set, else +0 (j < count). Full words gather
@@ -165,7 +173,7 @@ static inline uint16_t fd_keep_f16(uint16_t value, float scale, uint32_t lane)
                 const int64_t k = group + i, start = k * 64;                                \
                 /* keep memory busy while later words are computed: fetch ahead */          \
                 if (k + FD_PREFETCH_WORDS < stop)                                           \
-                    FD_PREFETCH_WORD(source + start + 64 * FD_PREFETCH_WORDS, T);           \
+                    FD_PREFETCH_ELEMENTS(source, target, start + 64 * FD_PREFETCH_WORDS, T) \
                 fd_apply_word_##SUFFIX##VARIANT(source + start, target + start,             \
                                                 last < 64 && i == count - 1 ? last : 64,    \
                                                 keep[i], scale);                            \
@@ -179,8 +187,24 @@ static inline uint16_t fd_keep_f16(uint16_t value, float scale, uint32_t lane)
         for (int64_t k = first; k < stop; ++k) {                                            \
             const int64_t start = k * 64;                                                   \
             const int64_t count = n - start < 64 ? n - start : 64;                          \
+            if (k + FD_PREFETCH_WORDS < stop)                                               \
+                FD_PREFETCH_ELEMENTS(source, target, start + 64 * FD_PREFETCH_WORDS, T)     \
             fd_apply_word_##SUFFIX##VARIANT(source + start, target + start, count,          \
                                             words[k], scale);                               \
+        }                                                                                   \
+    }                                                                                       \
+    /* values *= scale over words [first, stop): the benchmarks' memory floor, with the    \
+     * fused kernel's vector path and prefetch, so the floor is as fast as a scale gets */ \
+    ATTRIBUTES static inline void fd_scale_range_##SUFFIX##VARIANT(                         \
+        T *values, SCALE_T scale, int64_t n, int64_t first, int64_t stop)                   \
+    {                                                                                       \
+        for (int64_t k = first; k < stop; ++k) {                                            \
+            const int64_t start = k * 64;                                                   \
+            const int64_t count = n - start < 64 ? n - start : 64;                          \
+            if (k + FD_PREFETCH_WORDS < stop)                                               \
+                FD_PREFETCH_WORD(values + start + 64 * FD_PREFETCH_WORDS, T);               \
+            fd_apply_word_##SUFFIX##VARIANT(values + start, values + start, count,          \
+                                            ~UINT64_C(0), scale);                           \
         }                                                                                   \
     }
 
@@ -212,6 +236,11 @@ static inline uint16_t fd_keep_f16(uint16_t value, float scale, uint32_t lane)
         int64_t first, int64_t stop)                                                        \
     {                                                                                       \
         FD_DISPATCH(SUFFIX, fd_apply_mask_range, (source, target, words, scale, n, first, stop)) \
+    }                                                                                       \
+    static inline void fd_scale_range_##SUFFIX(T *values, SCALE_T scale, int64_t n,         \
+                                               int64_t first, int64_t stop)                 \
+    {                                                                                       \
+        FD_DISPATCH(SUFFIX, fd_scale_range, (values, scale, n, first, stop))                \
     }
 
 #if FD_HAVE_AVX2_PATH
