@@ -152,7 +152,8 @@ def floor_kernel():
 
 
 FLOOR_DESCRIPTIONS = {
-    "cython": "x *= s in place, OpenMP parallel (fastdrop.kernels.cython_kernels.scale_in_place)",
+    "cython": "x *= s in place, OpenMP parallel, with the fused kernels' vector path and "
+              "prefetch (fastdrop.kernels.cython_kernels.scale_in_place)",
     "numba": "x *= s in place, Numba prange (the Cython extension is not built)",
     "numpy": "np.multiply(x, s, out=x), one thread (neither Cython nor Numba is available)",
 }
