@@ -44,6 +44,7 @@ def test_table_has_every_operation_implementation_and_column(tmp_path):
     assert {line.split("  ")[0].strip() for line in table_lines} == \
         {operation.title for operation in OPERATIONS.values()}
 
+    assert "thread scaling" not in output  # one thread count: no scaling table
     run = json.loads(json_path.read_text())
     assert run["implementations"] == available
     assert run["settings"]["sizes"] == [1024, 4096]
@@ -118,6 +119,171 @@ def test_markdown_and_filters():
     assert [cell.strip() for cell in header.strip("|").split("|")] == \
         ["operation", "n", "p", "dtype", "floor", "numpy"]
     assert "| mask only | 2^10 | 0.5 | float32 |" in output
+
+
+SCALING_ARGS = ["--no-targets", "--sizes", "2^18", "--impls", "cython", "numba",
+                "--ops", "forward_inplace", "backward_mask", "--threads", "1", "2", "--repeat", "1"]
+SCALING_BACKENDS = [name for name in ("cython", "numba") if IMPLEMENTATIONS[name].available()]
+
+
+@pytest.fixture(scope="module")
+def scaling_run(tmp_path_factory):
+    """(stdout, saved run) of a two-thread-count benchmark: 2 operations, 1 n, p and dtype."""
+    json_path = tmp_path_factory.mktemp("scaling") / "bench.json"
+    output = run_bench(*SCALING_ARGS, "--json", str(json_path))
+    return output, json.loads(json_path.read_text())
+
+
+def markdown_table(text):
+    """The rows of a Markdown table as {column title: cell}."""
+    lines = [line for line in text.splitlines() if line.startswith("|")]
+    titles = [cell.strip() for cell in lines[0].strip("|").split("|")]
+    return [dict(zip(titles, (cell.strip() for cell in line.strip("|").split("|"))))
+            for line in lines[2:]]
+
+
+def test_scaling_markdown_has_one_line_per_row_key_and_a_column_per_threads_and_backend(
+        scaling_run):
+    from fastdrop.bench import report
+
+    _, run = scaling_run
+    rows = markdown_table(report.format_scaling_markdown(run))
+    names = ["floor"] + SCALING_BACKENDS
+    assert list(rows[0]) == ["operation", "n", "p", "dtype"] + [
+        f"{name}<br>{group}" for group in ("1 thread", "2 threads", "scaling, 1→2 threads")
+        for name in names]
+    assert [(row["operation"], row["n"], row["p"], row["dtype"]) for row in rows] == [
+        ("forward in place", "2^18", "0.5", "float32"),
+        ("backward from mask", "2^18", "0.5", "float32")]
+    # each cell shows its own (operation, threads, implementation) from the run
+    for row in rows:
+        operation = next(name for name, op in OPERATIONS.items() if op.title == row["operation"])
+        results = {measured["threads"]: measured["results"] for measured in run["rows"]
+                   if measured["operation"] == operation}
+        for threads, group in ((1, "1 thread"), (2, "2 threads")):
+            floor = results[threads]["floor"]
+            assert row[f"floor<br>{group}"] == report.format_rate(floor["gelem_per_s"])
+            for name in SCALING_BACKENDS:
+                cell = results[threads][name]
+                assert row[f"{name}<br>{group}"] == (
+                    f"{report.format_rate(cell['gelem_per_s'])} "
+                    f"({report.format_ratio(cell['ratio_to_floor'])})")
+        for name in names:
+            speedup = results[1][name]["best_s"] / results[2][name]["best_s"]
+            assert row[f"{name}<br>scaling, 1→2 threads"] == report.format_ratio(
+                speedup, decimals=1 if speedup >= 1 else 2)
+
+
+def test_scaling_text_has_the_same_rows_and_columns(scaling_run):
+    from fastdrop.bench import report
+
+    _, run = scaling_run
+    text = report.format_scaling(run)
+    lines = text.splitlines()
+    assert lines[0] == "thread scaling"
+    for label in ("1 thread", "2 threads", "scaling, 1->2 threads"):
+        assert label in lines[1]
+    assert lines[2].split() == ["operation", "n", "p", "dtype"] + (
+        ["floor"] + SCALING_BACKENDS) * 3
+    row_lines = [line for line in lines if line.startswith(("forward in place",
+                                                            "backward from mask"))]
+    assert [line.split("  ")[0] for line in row_lines] == ["forward in place",
+                                                           "backward from mask"]
+    markdown_rows = markdown_table(report.format_scaling_markdown(run))
+    for line, row in zip(row_lines, markdown_rows):  # the same cells in the same order
+        position = 0
+        for cell in row.values():
+            assert cell in line[position:], (cell, line)
+            position = line.index(cell, position) + len(cell)
+
+
+def test_scaling_table_marks_missing_cells_and_is_empty_for_one_thread_count(scaling_run):
+    import copy
+
+    from fastdrop.bench import report
+
+    _, run = scaling_run
+    partial = copy.deepcopy(run)
+    name = SCALING_BACKENDS[-1]
+    del next(row for row in partial["rows"] if row["threads"] == 2)["results"][name]
+    row = markdown_table(report.format_scaling_markdown(partial))[0]
+    assert row[f"{name}<br>2 threads"] == "-"
+    assert row[f"{name}<br>scaling, 1→2 threads"] == "-"
+    assert row[f"{name}<br>1 thread"] != "-"
+
+    single = dict(run, settings=dict(run["settings"], threads=[1]),
+                  rows=[row for row in run["rows"] if row["threads"] == 1])
+    assert report.format_scaling(single) == report.format_scaling_markdown(single) == ""
+
+
+def test_bench_prints_the_scaling_table_after_the_main_table(scaling_run):
+    output, _ = scaling_run
+    assert "thread scaling" in output
+    main_table, scaling = output.split("thread scaling", 1)
+    assert "xfloor" in main_table
+    assert "scaling, 1->2 threads" in scaling
+    assert [line.split("  ")[0] for line in scaling.splitlines()
+            if line.startswith(("forward in place", "backward from mask"))] == \
+        ["forward in place", "backward from mask"]
+
+
+def test_bench_markdown_prints_the_markdown_scaling_table():
+    output = run_bench("--sizes", "2^10", "--ops", "mask", "--impls", "cython", "--threads",
+                       "1", "2", "--repeat", "1", "--min-time", "0.001", "--no-targets",
+                       "--markdown")
+    headers = [line for line in output.splitlines() if line.startswith("| operation")]
+    assert len(headers) == 2  # the main table, then the scaling table
+    assert "scaling, 1→2 threads" in headers[1]
+
+
+def load_make_docs():
+    import importlib.util
+
+    path = Path(__file__).resolve().parent.parent / "benchmarks" / "make_docs.py"
+    spec = importlib.util.spec_from_file_location("make_docs", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_make_docs_scaling_json_rewrites_only_the_scaling_section(scaling_run, tmp_path,
+                                                                  monkeypatch):
+    from fastdrop.bench import report
+    from fastdrop.bench.targets import target_record
+
+    make_docs = load_make_docs()
+    _, run = scaling_run
+    run = dict(run, targets=[target_record("mask bytes == ceil(n/64)*8", "cython", "exact",
+                                           "exact", True, unit="text")])
+    json_path = tmp_path / "run.json"
+    json_path.write_text(json.dumps(run))
+    original = make_docs.DOC.read_text()
+    doc, plot = tmp_path / "benchmarks.md", tmp_path / "bench.png"
+    doc.write_text(original)
+    monkeypatch.setattr(make_docs, "DOC", doc)
+    monkeypatch.setattr(make_docs, "PLOT", plot)
+
+    before, rest = original.split(make_docs.SCALING_BEGIN)
+    after = rest.split(make_docs.SCALING_END)[1]
+    for _ in range(2):  # the second time replaces what the first wrote
+        make_docs.main(["--scaling-json", str(json_path), str(json_path)])
+        text = doc.read_text()
+        assert text.startswith(before + make_docs.SCALING_BEGIN)
+        assert text.endswith(make_docs.SCALING_END + after)
+        section = text[len(before):len(text) - len(after)]
+        assert section.count("### n = 2^18, threads 1, 2\n") == 2
+        assert "(not generated yet)" not in section
+        assert make_docs.measured_on(run) in section
+        assert make_docs.command_line(run["settings"]) in section
+        assert "| mask bytes == ceil(n/64)*8 | cython |" in section
+        assert section.count(report.format_scaling_markdown(run).splitlines()[0]) == 2
+    assert not plot.exists()
+
+    single = dict(run, settings=dict(run["settings"], threads=[1]))
+    json_path.write_text(json.dumps(single))
+    with pytest.raises(SystemExit, match="one thread count"):
+        make_docs.main(["--scaling-json", str(json_path)])
+    assert doc.read_text() == text  # refused before writing
 
 
 @pytest.mark.parametrize("args", [["--p", "1.0"], ["--sizes", "0"], ["--ops", "nonsense"],

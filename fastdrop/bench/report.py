@@ -1,4 +1,5 @@
-"""What a benchmark run looks like: text and Markdown tables, the targets, JSON, the plot.
+"""What a benchmark run looks like: text and Markdown tables, thread scaling, the targets,
+JSON, the plot.
 
 Cells are printed as measured: a ratio to the floor below 1x (the floor runs
 parallel and fastdrop serial below its cutoff, or noise) or far above a target
@@ -63,19 +64,49 @@ def _multi_thread(run):
     return len(run["settings"]["threads"]) > 1
 
 
+KEY_TITLES = ["operation", "n", "p", "dtype"]
+
+
+def _row_cells(row):
+    return [OPERATIONS[row["operation"]].title, size_label(row["n"]), f"{row['p']:g}",
+            row["dtype"]]
+
+
 def _key_cells(run, row):
-    cells = [OPERATIONS[row["operation"]].title, size_label(row["n"]), f"{row['p']:g}",
-             row["dtype"]]
-    return cells + ([str(row["threads"])] if _multi_thread(run) else [])
+    return _row_cells(row) + ([str(row["threads"])] if _multi_thread(run) else [])
 
 
 def _key_titles(run):
-    return ["operation", "n", "p", "dtype"] + (["threads"] if _multi_thread(run) else [])
+    return KEY_TITLES + (["threads"] if _multi_thread(run) else [])
 
 
 def _speedup_names(run):
     return [name for name in run["implementations"] if name not in (FLOOR, BASELINE)] \
         if BASELINE in run["implementations"] else []
+
+
+def _text_table(columns):
+    """Aligned text lines for [(group title, subtitle, values)]: the first column left, the rest
+    right; a group title starts over its first column."""
+    widths = [max(len(subtitle), *(len(value) for value in values)) if values else len(subtitle)
+              for _, subtitle, values in columns]
+    # a group title may be wider than its first column: let it run over the next ones
+    group_line, position = "", 0
+    for (group, _, _), width in zip(columns, widths):
+        if group:
+            start = max(position, len(group_line) + 2) if group_line else position
+            group_line = group_line.ljust(start) + group
+        position += width + 2
+    numeric = [index >= 1 for index in range(len(columns))]
+    lines = [group_line.rstrip()]
+    lines.append("  ".join(subtitle.ljust(width) if not right else subtitle.rjust(width)
+                           for (_, subtitle, _), width, right in zip(columns, widths, numeric)))
+    lines.append("  ".join("-" * width for width in widths))
+    for row_index in range(len(columns[0][2])):
+        lines.append("  ".join(
+            values[row_index].rjust(width) if right else values[row_index].ljust(width)
+            for (_, _, values), width, right in zip(columns, widths, numeric)).rstrip())
+    return lines
 
 
 def format_table(run):
@@ -101,25 +132,7 @@ def format_table(run):
                   if "best_s" in row["results"].get(name, {}) else "" for row in run["rows"]]
         columns.append(("speed-up over numpy" if index == 0 else "", name, values))
 
-    widths = [max(len(subtitle), *(len(value) for value in values)) if values else len(subtitle)
-              for _, subtitle, values in columns]
-    # a group title may be wider than its first column: let it run over the next ones
-    group_line, position = "", 0
-    for (group, _, _), width in zip(columns, widths):
-        if group:
-            group_line = group_line.ljust(position) + group
-        position += width + 2
-    numeric = [index >= 1 for index in range(len(columns))]
-    lines = header_lines(run) + [""]
-    lines.append(group_line.rstrip())
-    lines.append("  ".join(subtitle.ljust(width) if not right else subtitle.rjust(width)
-                           for (_, subtitle, _), width, right in zip(columns, widths, numeric)))
-    lines.append("  ".join("-" * width for width in widths))
-    for row_index in range(len(run["rows"])):
-        lines.append("  ".join(
-            values[row_index].rjust(width) if right else values[row_index].ljust(width)
-            for (_, _, values), width, right in zip(columns, widths, numeric)).rstrip())
-    lines.append("")
+    lines = header_lines(run) + [""] + _text_table(columns) + [""]
     lines.append("cells: time per call | Gel/s = 10^9 elements per second | xfloor = time / "
                  "the floor's best time in this run for the row's n, dtype and threads")
     lines.append("speed-up over numpy = the textbook NumPy formula's time / the implementation's")
@@ -166,6 +179,142 @@ def format_markdown(run, by_operation=False):
             cell = row["results"].get(name, {})
             cells.append(format_ratio(cell.get("speedup_over_numpy")) if "best_s" in cell else "")
         lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+SCALED_BACKENDS = ("cython", "numba")  # the fastdrop backends of the scaling table, in order
+
+
+def _thread_counts(run):
+    return sorted(set(run["settings"]["threads"]))
+
+
+def scaling_columns(run):
+    """The cells of the thread-scaling table, which `format_scaling` and
+    `format_scaling_markdown` render.
+
+    Parameters
+    ----------
+    run : dict
+        A run from `runner.run_benchmarks` (or its JSON).
+
+    Returns
+    -------
+    list of (group, name, values)
+        ``group`` is None for the key columns (operation, n, p, dtype), a thread count
+        for the throughput columns and ``"scaling"`` for the last ones; ``name`` is the
+        key's title or the implementation; ``values`` holds one text cell per
+        (operation, n, p, dtype), in run order. Empty for a run with one thread count.
+    """
+    thread_counts = _thread_counts(run)
+    if len(thread_counts) < 2:
+        return []
+    names = [FLOOR] + [name for name in SCALED_BACKENDS if name in run["implementations"]]
+    key_cells, results = {}, {}  # (operation, n, p, dtype) -> its cells; (key, threads) -> results
+    for row in run["rows"]:
+        key = (row["operation"], row["n"], row["p"], row["dtype"])
+        key_cells.setdefault(key, _row_cells(row))
+        results[key, row["threads"]] = row["results"]
+    columns = [(None, title, [cells[index] for cells in key_cells.values()])
+               for index, title in enumerate(KEY_TITLES)]
+
+    def cell(key, threads, name):
+        return results.get((key, threads), {}).get(name, {})
+
+    for threads in thread_counts:
+        for name in names:
+            values = []
+            for key in key_cells:
+                result = cell(key, threads, name)
+                if "error" in result:
+                    values.append("error")
+                elif "gelem_per_s" not in result:
+                    values.append("-")
+                elif name == FLOOR:
+                    values.append(format_rate(result["gelem_per_s"]))
+                else:
+                    values.append(f"{format_rate(result['gelem_per_s'])} "
+                                  f"({format_ratio(result.get('ratio_to_floor'))})")
+            columns.append((threads, name, values))
+    first, last = thread_counts[0], thread_counts[-1]
+    for name in names:
+        values = []
+        for key in key_cells:
+            start, end = cell(key, first, name), cell(key, last, name)
+            if "best_s" in start and "best_s" in end:
+                speedup = start["best_s"] / end["best_s"]
+                values.append(format_ratio(speedup, decimals=1 if speedup >= 1 else 2))
+            else:
+                values.append("-")
+        columns.append(("scaling", name, values))
+    return columns
+
+
+def _threads_text(threads):
+    return f"{threads} thread" + ("" if threads == 1 else "s")
+
+
+def _scaling_group_title(run, group, arrow):
+    if group == "scaling":
+        thread_counts = _thread_counts(run)
+        return f"scaling, {thread_counts[0]}{arrow}{thread_counts[-1]} threads"
+    return _threads_text(group)
+
+
+def format_scaling(run):
+    """How throughput changes with the thread count, as a text table.
+
+    Parameters
+    ----------
+    run : dict
+        A run from `runner.run_benchmarks` (or its JSON, ``fastdrop bench --json``).
+
+    Returns
+    -------
+    str
+        One line per (operation, n, p, dtype). For each thread count, ascending: the
+        floor's Gelem/s and each fastdrop backend's (cython, then numba, those in the
+        run) with its ratio to the floor at that thread count, ``12.3 (1.08x)``; then
+        each one's time at the fewest threads divided by its time at the most,
+        ``7.9x``. Missing cells are ``-``. Empty for a run with one thread count.
+
+    See Also
+    --------
+    format_scaling_markdown : the same table in Markdown.
+    """
+    columns = scaling_columns(run)
+    if not columns:
+        return ""
+    previous, text_columns = None, []
+    for group, name, values in columns:  # the group title over its first column only
+        title = _scaling_group_title(run, group, "->") if group not in (None, previous) else ""
+        text_columns.append((title, name, values))
+        previous = group
+    thread_counts = _thread_counts(run)
+    first, last = thread_counts[0], thread_counts[-1]
+    notes = ["", ("cells: Gel/s = 10^9 elements per second (time / the floor's best time at the "
+                  "same threads)"),
+             f"scaling = time at {_threads_text(first)} / time at {_threads_text(last)}"
+             + " (higher is better)"]
+    return "\n".join(["thread scaling"] + _text_table(text_columns) + notes)
+
+
+def format_scaling_markdown(run):
+    """How throughput changes with the thread count, as a Markdown table.
+
+    Takes a run as `format_scaling` does and returns its table in Markdown, one header
+    cell per (thread count or scaling, implementation); empty for a run with one
+    thread count.
+    """
+    columns = scaling_columns(run)
+    if not columns:
+        return ""
+    titles = [name if group is None else f"{name}<br>{_scaling_group_title(run, group, '→')}"
+              for group, name, _ in columns]
+    lines = ["| " + " | ".join(titles) + " |",
+             "|" + "|".join("---" if group is None else "--:" for group, _, _ in columns) + "|"]
+    for row_index in range(len(columns[0][2])):
+        lines.append("| " + " | ".join(values[row_index] for _, _, values in columns) + " |")
     return "\n".join(lines)
 
 

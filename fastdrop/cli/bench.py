@@ -61,8 +61,9 @@ def add_arguments(parser):
                         help=f"implementations (default all available; the floor is always "
                              f"timed): {', '.join(IMPLEMENTATIONS)}")
     parser.add_argument("--threads", nargs="+", type=_positive, metavar="N",
-                        help="thread counts, one set of rows each (default: fastdrop's "
-                             "setting, all CPUs unless FASTDROP_NUM_THREADS says otherwise)")
+                        help="thread counts, one set of rows each, and a scaling table for "
+                             "more than one (default: fastdrop's setting, all CPUs unless "
+                             "FASTDROP_NUM_THREADS says otherwise)")
     parser.add_argument("--repeat", type=_positive, help="samples per cell (default 5; --full 3)")
     parser.add_argument("--min-time", type=float, default=0.05, metavar="SECONDS",
                         help="shortest duration of one sample (default 0.05)")
@@ -123,6 +124,11 @@ def run(args):
         print(f"fastdrop bench: {error}", file=sys.stderr)
         return 2
     print(report.format_markdown(results) if args.markdown else report.format_table(results))
+    scaling = (report.format_scaling_markdown(results) if args.markdown
+               else report.format_scaling(results))
+    if scaling:  # more than one thread count
+        print()
+        print(scaling)
     if "targets" in results:
         print()
         print(report.format_targets_markdown(results["targets"]) if args.markdown
