@@ -115,24 +115,6 @@ static inline uint16_t fd_keep_f16(uint16_t value, float scale, uint32_t lane)
             FD_PREFETCH_WORD((target) + (at), T)                                            \
     }
 
-/* Mask words scaled between two Philox blocks of the next group's batch (fd_interleave):
- * enough that the loads and stores of a group overlap the next group's arithmetic. */
-#ifndef FD_INTERLEAVE_WORDS
-#define FD_INTERLEAVE_WORDS 2
-#endif
-
-/* A group's keep bits made final: bits past the array's end cleared, then stored in
- * words unless words is NULL. */
-static inline void fd_settle_group(uint64_t *keep, uint64_t *words, int64_t group,
-                                   int64_t count, int64_t n)
-{
-    const int64_t last = n - (group + count - 1) * 64;
-    if (last < 64) /* the array ends inside the group's last word */
-        keep[count - 1] &= (UINT64_C(1) << last) - 1;
-    if (words)
-        memcpy(words + group, keep, (size_t)count * sizeof keep[0]);
-}
-
 /* One set of kernels for element type T. Scaling of a word's elements: target[j] =
  * source[j] * scale where bit j of keep is set, else +0 (j < count). Full words gather
  * their lane masks first, so the scaling is a plain vectorisable loop; an in-place call
@@ -167,70 +149,35 @@ static inline void fd_settle_group(uint64_t *keep, uint64_t *words, int64_t grou
                                              ((keep >> j) & 1) ? UINT32_C(0xFFFFFFFF) : 0); \
         }                                                                                   \
     }                                                                                       \
-    /* Scaling of a group's elements as a job that the next group's mask batch runs a  \
-     * few words at a time between its Philox blocks (fd_interleave). */                  \
-    typedef struct {                                                                        \
-        fd_interleave head;                                                                 \
-        const T *source;                                                                    \
-        T *target;                                                                          \
-        const uint64_t *keep;                                                               \
-        SCALE_T scale;                                                                      \
-        int64_t group, done, count, last, stop;                                             \
-    } fd_scale_job_##SUFFIX##VARIANT;                                                       \
-    ATTRIBUTES static inline void fd_scale_words_##SUFFIX##VARIANT(                         \
-        fd_scale_job_##SUFFIX##VARIANT *job, int64_t until)                                 \
-    {                                                                                       \
-        const T *source = job->source;                                                      \
-        T *target = job->target;                                                            \
-        for (int64_t i = job->done; i < until; ++i) {                                       \
-            const int64_t k = job->group + i, start = k * 64;                               \
-            /* keep memory busy while later words are computed: fetch ahead */              \
-            if (k + FD_PREFETCH_WORDS < job->stop)                                          \
-                FD_PREFETCH_ELEMENTS(source, target, start + 64 * FD_PREFETCH_WORDS, T)     \
-            fd_apply_word_##SUFFIX##VARIANT(source + start, target + start,                 \
-                                            job->last < 64 && i == job->count - 1           \
-                                                ? job->last : 64,                           \
-                                            job->keep[i], job->scale);                      \
-        }                                                                                   \
-        job->done = until;                                                                  \
-    }                                                                                       \
-    ATTRIBUTES static void fd_scale_job_run_##SUFFIX##VARIANT(fd_interleave *self)          \
-    {                                                                                       \
-        fd_scale_job_##SUFFIX##VARIANT *job = (fd_scale_job_##SUFFIX##VARIANT *)self;       \
-        const int64_t until = job->done + FD_INTERLEAVE_WORDS;                              \
-        fd_scale_words_##SUFFIX##VARIANT(job, until < job->count ? until : job->count);     \
-    }                                                                                       \
     ATTRIBUTES static inline void fd_dropout_range_##SUFFIX##VARIANT(                       \
         const T *source, T *target, uint64_t *words, SCALE_T scale,                         \
         const fd_mask_params *params, int64_t first, int64_t stop)                          \
     {                                                                                       \
         const unsigned shift = (unsigned)(params->offset & 63);                             \
         const uint64_t base = params->offset >> 6;                                          \
-        uint64_t global[2 * FD_GROUP_WORDS], keep[2][FD_GROUP_WORDS];                      \
-        int carried = 0, current = 0;                                                       \
-        if (first >= stop)                                                                  \
-            return;                                                                         \
-        /* a group of words at a time: the first group's bits, then each group's elements  \
-         * scaled while the next group's bits are drawn */                                  \
-        int64_t count = stop - first < FD_GROUP_WORDS ? stop - first : FD_GROUP_WORDS;      \
-        fd_local_words(params, base, shift, first, count, global, &carried, keep[0], NULL); \
-        fd_settle_group(keep[0], words, first, count, params->n);                           \
+        uint64_t global[2 * FD_GROUP_WORDS], keep[FD_GROUP_WORDS];                        \
+        int carried = 0;                                                                    \
+        /* a group of words at a time: its bits in one vector batch, then its elements */  \
         for (int64_t group = first; group < stop; group += FD_GROUP_WORDS) {               \
-            count = stop - group < FD_GROUP_WORDS ? stop - group : FD_GROUP_WORDS;          \
-            fd_scale_job_##SUFFIX##VARIANT job = {                                          \
-                {fd_scale_job_run_##SUFFIX##VARIANT}, source, target, keep[current], scale, \
-                group, 0, count, params->n - (group + count - 1) * 64, stop};               \
-            const int64_t next = group + FD_GROUP_WORDS;                                    \
-            if (next < stop) {                                                              \
-                const int64_t next_count = stop - next < FD_GROUP_WORDS ? stop - next       \
-                                                                        : FD_GROUP_WORDS;   \
-                fd_local_words(params, base, shift, next, next_count, global, &carried,     \
-                               keep[1 - current], target ? &job.head : NULL);               \
-                fd_settle_group(keep[1 - current], words, next, next_count, params->n);     \
+            const int64_t count = stop - group < FD_GROUP_WORDS ? stop - group             \
+                                                                 : FD_GROUP_WORDS;         \
+            fd_local_words(params, base, shift, group, count, global, &carried, keep);      \
+            const int64_t last = params->n - (group + count - 1) * 64;                      \
+            if (last < 64) /* the array ends inside the group's last word */                \
+                keep[count - 1] &= (UINT64_C(1) << last) - 1;                               \
+            if (words)                                                                      \
+                memcpy(words + group, keep, (size_t)count * sizeof keep[0]);                \
+            if (!target)                                                                    \
+                continue;                                                                   \
+            for (int64_t i = 0; i < count; ++i) {                                           \
+                const int64_t k = group + i, start = k * 64;                                \
+                /* keep memory busy while later words are computed: fetch ahead */          \
+                if (k + FD_PREFETCH_WORDS < stop)                                           \
+                    FD_PREFETCH_ELEMENTS(source, target, start + 64 * FD_PREFETCH_WORDS, T) \
+                fd_apply_word_##SUFFIX##VARIANT(source + start, target + start,             \
+                                                last < 64 && i == count - 1 ? last : 64,    \
+                                                keep[i], scale);                            \
             }                                                                               \
-            if (target)                                                                     \
-                fd_scale_words_##SUFFIX##VARIANT(&job, count);                              \
-            current = 1 - current;                                                          \
         }                                                                                   \
     }                                                                                       \
     ATTRIBUTES static inline void fd_apply_mask_range_##SUFFIX##VARIANT(                    \

@@ -123,20 +123,6 @@ static inline int fd_set_simd(int level)
     return fd_simd_state;
 }
 
-/* Other work a mask batch does between its Philox blocks: each call of run() does one
- * slice of it (the kernels scale the previous group's elements), so loads and stores
- * overlap the arithmetic instead of waiting for it. The caller finishes what is left.
- * NULL: none. */
-typedef struct fd_interleave fd_interleave;
-struct fd_interleave {
-    void (*run)(fd_interleave *self);
-};
-#define FD_INTERLEAVE(work)                                                                 \
-    do {                                                                                    \
-        if (work)                                                                           \
-            (work)->run(work);                                                              \
-    } while (0)
-
 /* Philox and the keep-bit decision on vectors of 64-bit lanes, one set of macros for
  * both widths: W is 256 (AVX2) or 512 (AVX-512F), naming the intrinsics _mm<W>_...;
  * SET1 broadcasts a 64-bit value (_mm256_set1_epi64x or _mm512_set1_epi64). */
@@ -185,8 +171,7 @@ struct fd_interleave {
  * changes a word's bits. */
 #define FD_DEFINE_VEC_MASK_BATCH(NAME, W, TARGET, SET1, LANES, LANE_INDEX, ALL_ZERO)          \
     __attribute__((target(TARGET))) static void NAME(const fd_mask_params *params,          \
-                                                     uint64_t word, uint64_t out[2 * LANES], \
-                                                     fd_interleave *work)                   \
+                                                     uint64_t word, uint64_t out[2 * LANES]) \
     {                                                                                       \
         const uint64_t threshold = params->threshold;                                       \
         const __m##W##i low32 = SET1(0xFFFFFFFF);                                           \
@@ -216,7 +201,6 @@ struct fd_interleave {
             FD_VEC_DECIDE(W, FD_VEC_JOIN(W, b0, b1), bit_even, undecided_b, dropped_b);     \
             FD_VEC_DECIDE(W, FD_VEC_JOIN(W, a2, a3), bit_odd, undecided_a, dropped_a);      \
             FD_VEC_DECIDE(W, FD_VEC_JOIN(W, b2, b3), bit_odd, undecided_b, dropped_b);      \
-            FD_INTERLEAVE(work);                                                            \
             const __m##W##i any = _mm##W##_or_si##W(undecided_a, undecided_b);              \
             /* lanes still equal to T so far are >= T once T's remaining bits are zero */   \
             if (ALL_ZERO(any) || (threshold & ((UINT64_C(1) << position_odd) - 1)) == 0)    \
@@ -242,41 +226,33 @@ static inline int fd_simd_enabled(void) { return 0; }
 static inline int fd_set_simd(int level) { (void)level; return 0; }
 #endif
 
-static inline void fd_mask_words_batch_with(const fd_mask_params *params, uint64_t word,
-                                            uint64_t out[FD_BATCH_WORDS], fd_interleave *work)
-{
-#if FD_HAVE_AVX2_PATH
-    if (!params->drop_all && params->threshold != 0 && fd_simd_enabled()) {
-        fd_mask_words_batch_avx2(params, word, out, work);
-        return;
-    }
-#endif
-    for (int w = 0; w < FD_BATCH_WORDS; ++w) {
-        out[w] = fd_global_mask_word(params, word + (uint64_t)w);
-        FD_INTERLEAVE(work);
-    }
-}
-
 static inline void fd_mask_words_batch(const fd_mask_params *params, uint64_t word,
                                        uint64_t out[FD_BATCH_WORDS])
 {
-    fd_mask_words_batch_with(params, word, out, NULL);
+#if FD_HAVE_AVX2_PATH
+    if (!params->drop_all && params->threshold != 0 && fd_simd_enabled()) {
+        fd_mask_words_batch_avx2(params, word, out);
+        return;
+    }
+#endif
+    for (int w = 0; w < FD_BATCH_WORDS; ++w)
+        out[w] = fd_global_mask_word(params, word + (uint64_t)w);
 }
 
 /* Mask words the kernels draw at a time (fd_local_words): two batches, or one AVX-512 step. */
 #define FD_GROUP_WORDS (2 * FD_BATCH_WORDS)
 
 static inline void fd_mask_words_ahead(const fd_mask_params *params, uint64_t word,
-                                       uint64_t out[FD_GROUP_WORDS], fd_interleave *work)
+                                       uint64_t out[FD_GROUP_WORDS])
 {
 #if FD_HAVE_AVX2_PATH
     if (!params->drop_all && params->threshold != 0 && fd_simd_enabled() >= 2) {
-        fd_mask_words_16_avx512(params, word, out, work);
+        fd_mask_words_16_avx512(params, word, out);
         return;
     }
 #endif
-    fd_mask_words_batch_with(params, word, out, work);
-    fd_mask_words_batch_with(params, word + FD_BATCH_WORDS, out + FD_BATCH_WORDS, work);
+    fd_mask_words_batch(params, word, out);
+    fd_mask_words_batch(params, word + FD_BATCH_WORDS, out + FD_BATCH_WORDS);
 }
 
 /* Keep bits of a group of `count` (<= FD_GROUP_WORDS) local mask words, group ..
@@ -290,22 +266,22 @@ static inline void fd_mask_words_ahead(const fd_mask_params *params, uint64_t wo
 static inline void fd_local_words(const fd_mask_params *params, uint64_t base, unsigned shift,
                                   int64_t group, int64_t count,
                                   uint64_t global[2 * FD_GROUP_WORDS], int *carried,
-                                  uint64_t keep[FD_GROUP_WORDS], fd_interleave *work)
+                                  uint64_t keep[FD_GROUP_WORDS])
 {
     if (shift == 0) {
-        fd_mask_words_ahead(params, base + (uint64_t)group, keep, work);
+        fd_mask_words_ahead(params, base + (uint64_t)group, keep);
         return;
     }
     if (*carried)
         memcpy(global, global + FD_GROUP_WORDS, FD_GROUP_WORDS * sizeof global[0]);
     else
-        fd_mask_words_ahead(params, base + (uint64_t)group, global, work);
+        fd_mask_words_ahead(params, base + (uint64_t)group, global);
     /* the last word's elements reach into the next global word unless the array ends first */
     *carried = count == FD_GROUP_WORDS &&
                params->n - (group + count - 1) * 64 > 64 - (int64_t)shift;
     if (*carried)
         fd_mask_words_ahead(params, base + (uint64_t)(group + FD_GROUP_WORDS),
-                            global + FD_GROUP_WORDS, work);
+                            global + FD_GROUP_WORDS);
     for (int64_t i = 0; i < count; ++i)
         keep[i] = (global[i] >> shift) | (global[i + 1] << (64 - shift));
 }
