@@ -18,6 +18,9 @@
  *       the same scaling with the keep bits read from stored words (backward).
  *   fd_mask_words_range(words, params, first, stop)
  *       mask words only.
+ *   fd_scale_range_<T>(values, scale, n, first, stop)
+ *       values *= scale with the same vector path and prefetch, no mask: the memory
+ *       floor the benchmarks divide by.
  *
  * scale is s = 1 / (1 - p) rounded to the element type (docs/mask-stream.md, section 6).
  */
