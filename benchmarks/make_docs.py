@@ -1,6 +1,6 @@
 """Regenerate the measured part of docs/benchmarks.md and the plot docs/img/bench.png.
 
-    PYTHONPATH=. python benchmarks/make_docs.py            # the documented run (~10 min, 2 cores)
+    PYTHONPATH=. python benchmarks/make_docs.py            # the documented run (~15 min, 2 cores)
     PYTHONPATH=. python benchmarks/make_docs.py --sizes 2^16 2^20 --p 0.5 --dtypes float32
     PYTHONPATH=. python benchmarks/make_docs.py --from-json run.json   # no measuring
     PYTHONPATH=. python benchmarks/make_docs.py --scaling-json a.json b.json  # thread scaling
