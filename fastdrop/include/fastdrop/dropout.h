@@ -183,6 +183,8 @@ static inline uint16_t fd_keep_f16(uint16_t value, float scale, uint32_t lane)
             }                                                                               \
         }                                                                                   \
     }                                                                                       \
+    /* The scaling by stored keep bits; words NULL keeps every element (fd_scale_range),  \
+     * a constant the compiler folds where it inlines this. */                             \
     ATTRIBUTES static inline void fd_apply_mask_range_##SUFFIX##VARIANT(                    \
         const T *source, T *target, const uint64_t *words, SCALE_T scale, int64_t n,        \
         int64_t first, int64_t stop)                                                        \
@@ -193,7 +195,7 @@ static inline uint16_t fd_keep_f16(uint16_t value, float scale, uint32_t lane)
             if (k + FD_PREFETCH_WORDS < stop)                                               \
                 FD_PREFETCH_ELEMENTS(source, target, start + 64 * FD_PREFETCH_WORDS, T)     \
             fd_apply_word_##SUFFIX##VARIANT(source + start, target + start, count,          \
-                                            words[k], scale);                               \
+                                            words ? words[k] : ~UINT64_C(0), scale);        \
         }                                                                                   \
     }                                                                                       \
     /* values *= scale over words [first, stop): the benchmarks' memory floor, with the    \
@@ -201,14 +203,7 @@ static inline uint16_t fd_keep_f16(uint16_t value, float scale, uint32_t lane)
     ATTRIBUTES static inline void fd_scale_range_##SUFFIX##VARIANT(                         \
         T *values, SCALE_T scale, int64_t n, int64_t first, int64_t stop)                   \
     {                                                                                       \
-        for (int64_t k = first; k < stop; ++k) {                                            \
-            const int64_t start = k * 64;                                                   \
-            const int64_t count = n - start < 64 ? n - start : 64;                          \
-            if (k + FD_PREFETCH_WORDS < stop)                                               \
-                FD_PREFETCH_WORD(values + start + 64 * FD_PREFETCH_WORDS, T);               \
-            fd_apply_word_##SUFFIX##VARIANT(values + start, values + start, count,          \
-                                            ~UINT64_C(0), scale);                           \
-        }                                                                                   \
+        fd_apply_mask_range_##SUFFIX##VARIANT(values, values, NULL, scale, n, first, stop); \
     }
 
 /* The public kernels: the AVX2 variant where the CPU has it (fd_simd_enabled), the
