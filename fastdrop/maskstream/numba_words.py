@@ -99,8 +99,10 @@ class _VectorBuilder:
         """(even, odd) random words r_2j, r_2j+1 of global words word .. word+lanes-1, block j.
 
         The spec's counter layout and Philox4x32-10 (mask_stream.h's FD_VEC_PHILOX10);
-        32x32 -> 64-bit products of 64-bit lanes whose high halves are zero, which LLVM
-        turns into the CPU's vector multiplies (AVX2 vpmuludq, AVX-512 on 8 lanes).
+        32x32 -> 64-bit products of the lanes' low halves, which LLVM turns into the
+        CPU's vector multiplies (AVX2 vpmuludq, AVX-512 on 8 lanes). As in the C header,
+        upper halves hold garbage between rounds (the multiplies ignore them) and a
+        product's high half comes down by a swap of halves, not a shift.
         """
         builder, constant, splat, scalar = self.builder, self.constant, self.splat, self.scalar
         low32, shift32 = constant(0xFFFFFFFF), constant(32)
@@ -116,14 +118,24 @@ class _VectorBuilder:
             if round_index:  # the key is bumped before every round but the first
                 key0 = builder.and_(builder.add(key0, scalar(PHILOX_W0)), scalar(0xFFFFFFFF))
                 key1 = builder.and_(builder.add(key1, scalar(PHILOX_W1)), scalar(0xFFFFFFFF))
-            product0 = builder.mul(x0, constant(PHILOX_M0))
-            product1 = builder.mul(x2, constant(PHILOX_M1))
-            next0 = builder.xor(builder.xor(builder.lshr(product1, shift32), x1), splat(key0))
-            next2 = builder.xor(builder.xor(builder.lshr(product0, shift32), x3), splat(key1))
-            x1, x3 = builder.and_(product1, low32), builder.and_(product0, low32)
+            # the and is free: the multiply reads only the low halves anyway
+            product0 = builder.mul(builder.and_(x0, low32), constant(PHILOX_M0))
+            product1 = builder.mul(builder.and_(x2, low32), constant(PHILOX_M1))
+            next0 = builder.xor(builder.xor(self.swap_halves(product1), x1), splat(key0))
+            next2 = builder.xor(builder.xor(self.swap_halves(product0), x3), splat(key1))
+            x1, x3 = product1, product0
             x0, x2 = next0, next2
-        return (builder.or_(x0, builder.shl(x1, shift32)),
-                builder.or_(x2, builder.shl(x3, shift32)))
+        return (builder.or_(builder.and_(x0, low32), builder.shl(x1, shift32)),
+                builder.or_(builder.and_(x2, low32), builder.shl(x3, shift32)))
+
+    def swap_halves(self, vector):
+        """Each lane with its 32-bit halves swapped: the high half of a product brought down."""
+        halves = ir.VectorType(self.i32, 2 * self.lanes)
+        split = self.builder.bitcast(vector, halves)
+        order = [lane ^ 1 for lane in range(2 * self.lanes)]
+        swapped = self.builder.shuffle_vector(split, ir.Constant(halves, ir.Undefined),
+                                              ir.Constant(halves, order))
+        return self.builder.bitcast(swapped, self.vector)
 
     def to_tuple(self, context, tuple_type, vector):
         packed = ir.Constant(context.get_value_type(tuple_type), ir.Undefined)

