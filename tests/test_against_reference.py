@@ -121,3 +121,40 @@ def test_cython_simd_and_portable_paths_agree_with_reference(p, simd):
                 assert np.array_equal(bits(back), bits(reference.scale_kept(grad, keep, p)))
     finally:
         cython_kernels.set_simd(before)
+
+
+@pytest.mark.skipif("cython" not in fastdrop.available_backends(), reason="extension not built")
+@pytest.mark.parametrize("simd", [2, 1])
+@pytest.mark.parametrize("thread_count", [1, 2, 3])
+@pytest.mark.parametrize("offset", [0, 1, 63, 1023, 64 * 17 + 5])
+@pytest.mark.parametrize("n", [1023, 1024, 1025, 2047, 2049, 64 * 16 * 5 + 64, 64 * 16 * 5 + 65,
+                               2**18 + 64 * 16 + 65])
+def test_cython_pipelined_groups_match_reference(threads, simd, thread_count, offset, n):
+    """The SIMD fused kernel scales a group of 16 mask words while drawing the next
+    group's (p = 0.1 and 1/3; p = 0.5 takes one Philox block and the plain loop): sizes
+    at and around group ends, offsets whose last local word of a group needs the next
+    group's first global word, thread counts that split the groups unevenly."""
+    from fastdrop.kernels import cython_kernels
+
+    before = cython_kernels.simd_enabled()
+    fastdrop.set_num_threads(thread_count)
+    try:
+        cython_kernels.set_simd(simd)
+        for p in (0.1, 1 / 3, 0.5):
+            keep = reference_keep(n, p, 5, 6, offset)
+            for dtype in FLOAT_DTYPES:
+                x = sample_input(n, dtype)
+                expected = reference.scale_kept(x, keep, p)
+                y, mask = fastdrop.dropout(x, p, seed=5, stream=6, offset=offset,
+                                           backend="cython")
+                assert np.array_equal(bits(y), bits(expected)), (p, dtype)
+                assert np.array_equal(mask.words, reference.pack_mask(keep)), (p, dtype)
+                inplace = x.copy()
+                fastdrop.dropout(inplace, p, seed=5, stream=6, offset=offset, inplace=True,
+                                 backend="cython")
+                assert np.array_equal(bits(inplace), bits(expected)), (p, dtype)
+                back = fastdrop.dropout_backward_recompute(x, p, seed=5, stream=6,
+                                                           offset=offset, backend="cython")
+                assert np.array_equal(bits(back), bits(expected)), (p, dtype)
+    finally:
+        cython_kernels.set_simd(before)

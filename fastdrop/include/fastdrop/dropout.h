@@ -13,7 +13,10 @@
  *       keep bits from the stream; words[k] = keep bits unless words is NULL;
  *       target[i] = source[i] * scale where kept, +0 where dropped, unless target
  *       is NULL (source may equal target: in place). Recomputing backward is the
- *       same call on the gradient with words = NULL.
+ *       same call on the gradient with words = NULL. With SIMD mask words and a p
+ *       whose batches take more than one Philox block (not 0.5 or 0.25), the elements
+ *       of a group of words are scaled while the next group's words are drawn, so the
+ *       arithmetic overlaps the memory traffic (FD_PIPELINE_DEFINE).
  *   fd_apply_mask_range_<T>(source, target, words, scale, n, first, stop)
  *       the same scaling with the keep bits read from stored words (backward).
  *   fd_mask_words_range(words, params, first, stop)
@@ -121,8 +124,9 @@ static inline uint16_t fd_keep_f16(uint16_t value, float scale, uint32_t lane)
 /* One set of kernels for element type T. Scaling of a word's elements: target[j] =
  * source[j] * scale where bit j of keep is set, else +0 (j < count). Full words gather
  * their lane masks first, so the scaling is a plain vectorisable loop; an in-place call
- * gets its own path so the compiler sees one array and need not check for overlap. */
-#define FD_DEFINE_KERNELS(SUFFIX, T, SCALE_T, VARIANT, ATTRIBUTES, FILL_LANES)              \
+ * gets its own path so the compiler sees one array and need not check for overlap.
+ * PIPELINED: FD_PIPELINE (the SIMD variant) or FD_NO_PIPELINE, see below. */
+#define FD_DEFINE_KERNELS(SUFFIX, T, SCALE_T, VARIANT, ATTRIBUTES, FILL_LANES, PIPELINED)   \
     ATTRIBUTES static inline void fd_scale_word_copy_##SUFFIX##VARIANT(                     \
         const T *FD_RESTRICT source, T *FD_RESTRICT target, uint64_t keep, SCALE_T scale)   \
     {                                                                                       \
@@ -152,10 +156,12 @@ static inline uint16_t fd_keep_f16(uint16_t value, float scale, uint32_t lane)
                                              ((keep >> j) & 1) ? UINT32_C(0xFFFFFFFF) : 0); \
         }                                                                                   \
     }                                                                                       \
+    PIPELINED##_DEFINE(SUFFIX, T, SCALE_T, VARIANT)                                         \
     ATTRIBUTES static inline void fd_dropout_range_##SUFFIX##VARIANT(                       \
         const T *source, T *target, uint64_t *words, SCALE_T scale,                         \
         const fd_mask_params *params, int64_t first, int64_t stop)                          \
     {                                                                                       \
+        PIPELINED##_TAKE(SUFFIX, VARIANT)                                                   \
         const unsigned shift = (unsigned)(params->offset & 63);                             \
         const uint64_t base = params->offset >> 6;                                          \
         uint64_t global[2 * FD_GROUP_WORDS], keep[FD_GROUP_WORDS];                        \
@@ -206,6 +212,138 @@ static inline uint16_t fd_keep_f16(uint16_t value, float scale, uint32_t lane)
         fd_apply_mask_range_##SUFFIX##VARIANT(values, values, NULL, scale, n, first, stop); \
     }
 
+/* Mask words scaled after each Philox block of a SIMD batch, per width: enough that a
+ * group's loads and stores overlap the next group's arithmetic, which an AVX-512 batch
+ * of 16 words draws in about 6 blocks at p = 0.1, and AVX2 in two batches of 8. */
+#ifndef FD_INTERLEAVE_512
+#define FD_INTERLEAVE_512 3
+#endif
+#ifndef FD_INTERLEAVE_256
+#define FD_INTERLEAVE_256 2
+#endif
+
+/* FD_DEFINE_KERNELS's PIPELINED argument: a prefix P naming P_DEFINE(SUFFIX, T, SCALE_T,
+ * VARIANT), which defines the pipelined kernel, and P_TAKE(SUFFIX, VARIANT), a statement
+ * at the top of fd_dropout_range that hands the call to it where it applies. FD_NO_PIPELINE
+ * (the portable variant): neither. */
+#define FD_NO_PIPELINE_DEFINE(SUFFIX, T, SCALE_T, VARIANT)
+#define FD_NO_PIPELINE_TAKE(SUFFIX, VARIANT)
+
+/* Software pipelining of the fused kernel with SIMD mask words. The plain loop draws a
+ * group's mask words (pure arithmetic: about 6 Philox blocks at p = 0.1) and then
+ * scales its elements (pure memory traffic), so the two add up. Here the elements of
+ * group g are scaled a few words after each Philox block of group g + 1's batch
+ * (FD_VEC_MASK_BATCH_BODY's AFTER_BLOCK), so the out-of-order core overlaps them.
+ * Taken where a batch runs more than one block: with SIMD, 0 < p < 1 and T's bits
+ * below the top two not all zero (p = 0.5 and 0.25 take one block, nothing to overlap,
+ * and stay on the plain loop, which is faster there). A group's local words come from
+ * its global words, and where the offset is not a multiple of 64 its last local word
+ * needs the next group's first global word: that word is scaled after the batch. */
+static inline int fd_pipeline_takes(const fd_mask_params *params, const void *target)
+{
+    return target && !params->drop_all &&
+           (params->threshold & ((UINT64_C(1) << 62) - 1)) != 0 && fd_simd_enabled();
+}
+#define FD_PIPELINE_TAKE(SUFFIX, VARIANT)                                                   \
+    if (fd_pipeline_takes(params, target)) {                                                \
+        fd_dropout_pipelined_##SUFFIX##VARIANT(source, target, words, scale, params, first, \
+                                               stop);                                       \
+        return;                                                                             \
+    }
+#define FD_SCALE_SOME(SUFFIX, VARIANT, job, WORDS)                                          \
+    fd_scale_ready_##SUFFIX##VARIANT(                                                       \
+        job, (job)->done + (WORDS) < (job)->ready ? (job)->done + (WORDS) : (job)->ready);
+#define FD_PIPELINE_DEFINE(SUFFIX, T, SCALE_T, VARIANT)                                     \
+    /* Words group + done .. group + ready - 1 of a group, still to be scaled. */           \
+    typedef struct {                                                                        \
+        const T *source;                                                                    \
+        T *target;                                                                          \
+        const uint64_t *keep; /* the group's keep bits */                                   \
+        SCALE_T scale;                                                                      \
+        int64_t group, done, ready, stop, n;                                                \
+    } fd_scale_job_##SUFFIX;                                                                \
+    /* Scales words job->done .. until - 1 of the job's group (fetching ahead). */        \
+    __attribute__((target("avx2"))) static inline void fd_scale_ready_##SUFFIX##VARIANT(    \
+        fd_scale_job_##SUFFIX *job, int64_t until)                                          \
+    {                                                                                       \
+        const T *source = job->source;                                                      \
+        T *target = job->target;                                                            \
+        const int64_t group = job->group, stop = job->stop, n = job->n;                     \
+        for (int64_t i = job->done; i < until; ++i) {                                       \
+            const int64_t k = group + i, start = k * 64;                                    \
+            /* keep memory busy while later words are computed: fetch ahead */              \
+            if (k + FD_PREFETCH_WORDS < stop)                                               \
+                FD_PREFETCH_ELEMENTS(source, target, start + 64 * FD_PREFETCH_WORDS, T)     \
+            fd_apply_word_##SUFFIX##VARIANT(source + start, target + start,                 \
+                                            n - start < 64 ? n - start : 64, job->keep[i],  \
+                                            job->scale);                                    \
+        }                                                                                   \
+        if (until > job->done)                                                              \
+            job->done = until;                                                              \
+    }                                                                                       \
+    /* Global words word .. word + FD_GROUP_WORDS - 1 into out, scaling the job's ready  \
+     * words on the way. */                                                                \
+    __attribute__((target("avx2"))) static void fd_draw_##SUFFIX##_256(                     \
+        const fd_mask_params *params, uint64_t word, uint64_t *out, fd_scale_job_##SUFFIX *job) \
+    FD_VEC_BATCH(FD_VEC_256, params, word, out,                                             \
+                 FD_SCALE_SOME(SUFFIX, VARIANT, job, FD_INTERLEAVE_256))                    \
+    __attribute__((target("avx512f"))) static void fd_draw_##SUFFIX##_512(                  \
+        const fd_mask_params *params, uint64_t word, uint64_t *out, fd_scale_job_##SUFFIX *job) \
+    FD_VEC_BATCH(FD_VEC_512, params, word, out,                                             \
+                 FD_SCALE_SOME(SUFFIX, VARIANT, job, FD_INTERLEAVE_512))                    \
+    static inline void fd_draw_##SUFFIX(const fd_mask_params *params, uint64_t word,        \
+                                        uint64_t *out, fd_scale_job_##SUFFIX *job)          \
+    {                                                                                       \
+        if (fd_simd_enabled() >= 2) {                                                       \
+            fd_draw_##SUFFIX##_512(params, word, out, job);                                 \
+        } else {                                                                            \
+            fd_draw_##SUFFIX##_256(params, word, out, job);                                 \
+            fd_draw_##SUFFIX##_256(params, word + FD_BATCH_WORDS, out + FD_BATCH_WORDS, job); \
+        }                                                                                   \
+    }                                                                                       \
+    __attribute__((target("avx2"))) static void fd_dropout_pipelined_##SUFFIX##VARIANT(     \
+        const T *source, T *target, uint64_t *words, SCALE_T scale,                         \
+        const fd_mask_params *params, int64_t first, int64_t stop)                          \
+    {                                                                                       \
+        const unsigned shift = (unsigned)(params->offset & 63);                             \
+        const uint64_t base = params->offset >> 6;                                          \
+        uint64_t global[2][FD_GROUP_WORDS], keep[FD_GROUP_WORDS];                           \
+        int current = 0;                                                                    \
+        if (first >= stop)                                                                  \
+            return;                                                                         \
+        fd_mask_words_ahead(params, base + (uint64_t)first, global[0]);                     \
+        for (int64_t group = first; group < stop; group += FD_GROUP_WORDS) {               \
+            const int64_t count = stop - group < FD_GROUP_WORDS ? stop - group             \
+                                                                 : FD_GROUP_WORDS;         \
+            const uint64_t *now = global[current];                                          \
+            uint64_t *next = global[1 - current];                                           \
+            /* elements of the group's last word, if the array ends inside it */           \
+            const int64_t last = params->n - (group + count - 1) * 64;                      \
+            const uint64_t last_bits = last < 64 ? (UINT64_C(1) << last) - 1 : ~UINT64_C(0); \
+            const int last_waits = shift != 0 && count == FD_GROUP_WORDS;                   \
+            const int64_t ready = last_waits ? count - 1 : count;                           \
+            for (int64_t i = 0; i < ready; ++i)                                             \
+                keep[i] = shift ? fd_local_word(now[i], now[i + 1], shift) : now[i];        \
+            if (ready == count)                                                             \
+                keep[count - 1] &= last_bits;                                               \
+            fd_scale_job_##SUFFIX job = {source, target, keep, scale, group, 0, ready, stop, \
+                                         params->n};                                        \
+            /* the next group's words: for the next group, or for this group's last word   \
+             * where its elements reach into the next global word */                       \
+            const int draw = group + FD_GROUP_WORDS < stop ||                               \
+                             (last_waits && last > 64 - (int64_t)shift);                    \
+            if (draw)                                                                       \
+                fd_draw_##SUFFIX(params, base + (uint64_t)(group + FD_GROUP_WORDS), next, &job); \
+            if (last_waits)                                                                 \
+                keep[count - 1] =                                                           \
+                    fd_local_word(now[count - 1], draw ? next[0] : 0, shift) & last_bits;   \
+            fd_scale_ready_##SUFFIX##VARIANT(&job, count);                                  \
+            if (words)                                                                      \
+                memcpy(words + group, keep, (size_t)count * sizeof keep[0]);                \
+            current = 1 - current;                                                          \
+        }                                                                                   \
+    }
+
 /* The public kernels: the AVX2 variant where the CPU has it (fd_simd_enabled), the
  * portable one elsewhere. Both give identical bits. */
 #if FD_HAVE_AVX2_PATH
@@ -220,7 +358,7 @@ static inline uint16_t fd_keep_f16(uint16_t value, float scale, uint32_t lane)
 #endif
 
 #define FD_DEFINE_PUBLIC_KERNELS(SUFFIX, T, SCALE_T)                                        \
-    FD_DEFINE_KERNELS(SUFFIX, T, SCALE_T, _portable, , FD_LANES_FROM_TABLE)                 \
+    FD_DEFINE_KERNELS(SUFFIX, T, SCALE_T, _portable, , FD_LANES_FROM_TABLE, FD_NO_PIPELINE) \
     FD_DEFINE_AVX2_KERNELS(SUFFIX, T, SCALE_T)                                              \
     static inline void fd_dropout_range_##SUFFIX(                                           \
         const T *source, T *target, uint64_t *words, SCALE_T scale,                         \
@@ -244,7 +382,7 @@ static inline uint16_t fd_keep_f16(uint16_t value, float scale, uint32_t lane)
 #if FD_HAVE_AVX2_PATH
 #define FD_DEFINE_AVX2_KERNELS(SUFFIX, T, SCALE_T)                                          \
     FD_DEFINE_KERNELS(SUFFIX, T, SCALE_T, _avx2, __attribute__((target("avx2"))),          \
-                      FD_LANES_FROM_SHIFTS)
+                      FD_LANES_FROM_SHIFTS, FD_PIPELINE)
 #else
 #define FD_DEFINE_AVX2_KERNELS(SUFFIX, T, SCALE_T)
 #endif

@@ -176,13 +176,15 @@ static inline int fd_set_simd(int level)
 
 /* Keep bits of 2 * LANES words word, word + 1, ... in two chains of LANES 64-bit lanes
  * (a: the first LANES words, b: the next), whose independent multiplies hide each
- * other's latency. One body for both widths: W is 256 (AVX2, 4 lanes) or 512
- * (AVX-512F, 8 lanes); LANE_INDEX holds 0 .. LANES-1 and ALL_ZERO(v) tests a vector
- * for zero. Rounds are drawn until every lane of both chains is decided, which never
- * changes a word's bits. */
-#define FD_DEFINE_VEC_MASK_BATCH(NAME, W, TARGET, SET1, LANES, LANE_INDEX, ALL_ZERO)          \
-    __attribute__((target(TARGET))) static void NAME(const fd_mask_params *params,          \
-                                                     uint64_t word, uint64_t out[2 * LANES]) \
+ * other's latency: the body of a function with the instruction set's target attribute.
+ * One body for both widths: W is 256 (AVX2, 4 lanes) or 512 (AVX-512F, 8 lanes);
+ * LANE_INDEX holds 0 .. LANES-1 and ALL_ZERO(v) tests a vector for zero (FD_VEC_256 and
+ * FD_VEC_512 list these five). Rounds are drawn until every lane of both chains is
+ * decided, which never changes a word's bits. AFTER_BLOCK is a statement run after
+ * every Philox block: empty here; dropout.h's fused kernels scale elements there, so
+ * that their loads and stores overlap the arithmetic. */
+#define FD_VEC_MASK_BATCH_BODY(W, SET1, LANES, LANE_INDEX, ALL_ZERO, params, word, out,        \
+                               AFTER_BLOCK)                                                 \
     {                                                                                       \
         const uint64_t threshold = params->threshold;                                       \
         const __m##W##i low32 = SET1(0xFFFFFFFF);                                           \
@@ -211,6 +213,7 @@ static inline int fd_set_simd(int level)
             FD_VEC_DECIDE(W, FD_VEC_JOIN(W, b0, b1, low32), bit_even, undecided_b, dropped_b);     \
             FD_VEC_DECIDE(W, FD_VEC_JOIN(W, a2, a3, low32), bit_odd, undecided_a, dropped_a);      \
             FD_VEC_DECIDE(W, FD_VEC_JOIN(W, b2, b3, low32), bit_odd, undecided_b, dropped_b);      \
+            AFTER_BLOCK                                                                     \
             const __m##W##i any = _mm##W##_or_si##W(undecided_a, undecided_b);              \
             /* lanes still equal to T so far are >= T once T's remaining bits are zero */   \
             if (ALL_ZERO(any) || (threshold & ((UINT64_C(1) << position_odd) - 1)) == 0)    \
@@ -223,13 +226,22 @@ static inline int fd_set_simd(int level)
 
 #define FD_ALL_ZERO_256(v) _mm256_testz_si256(v, v)
 #define FD_ALL_ZERO_512(v) (_mm512_test_epi64_mask(v, v) == 0)
+/* The first five arguments of FD_VEC_MASK_BATCH_BODY for each width (through
+ * FD_VEC_BATCH, which expands them first). */
+#define FD_VEC_256 256, _mm256_set1_epi64x, 4, _mm256_set_epi64x(3, 2, 1, 0), FD_ALL_ZERO_256
+#define FD_VEC_512 512, _mm512_set1_epi64, 8, _mm512_set_epi64(7, 6, 5, 4, 3, 2, 1, 0),     \
+                   FD_ALL_ZERO_512
+#define FD_VEC_BATCH(...) FD_VEC_MASK_BATCH_BODY(__VA_ARGS__)
 
 /* FD_BATCH_WORDS (8) words with AVX2. */
-FD_DEFINE_VEC_MASK_BATCH(fd_mask_words_batch_avx2, 256, "avx2", _mm256_set1_epi64x, 4,
-                         _mm256_set_epi64x(3, 2, 1, 0), FD_ALL_ZERO_256)
+__attribute__((target("avx2"))) static void fd_mask_words_batch_avx2(
+    const fd_mask_params *params, uint64_t word, uint64_t out[FD_BATCH_WORDS])
+FD_VEC_BATCH(FD_VEC_256, params, word, out, )
+
 /* Sixteen words on AVX-512F: half the instructions of the AVX2 batch per word. */
-FD_DEFINE_VEC_MASK_BATCH(fd_mask_words_16_avx512, 512, "avx512f", _mm512_set1_epi64, 8,
-                         _mm512_set_epi64(7, 6, 5, 4, 3, 2, 1, 0), FD_ALL_ZERO_512)
+__attribute__((target("avx512f"))) static void fd_mask_words_16_avx512(
+    const fd_mask_params *params, uint64_t word, uint64_t out[2 * FD_BATCH_WORDS])
+FD_VEC_BATCH(FD_VEC_512, params, word, out, )
 #else
 #define FD_HAVE_AVX2_PATH 0
 static inline int fd_simd_enabled(void) { return 0; }
@@ -265,6 +277,14 @@ static inline void fd_mask_words_ahead(const fd_mask_params *params, uint64_t wo
     fd_mask_words_batch(params, word + FD_BATCH_WORDS, out + FD_BATCH_WORDS);
 }
 
+/* A local mask word of a call whose element 0 is bit `shift` (1..63) of a global word:
+ * the top 64 - shift bits of global word `low`, then the low `shift` bits of the next
+ * global word `high`. */
+static inline uint64_t fd_local_word(uint64_t low, uint64_t high, unsigned shift)
+{
+    return (low >> shift) | (high << (64 - shift));
+}
+
 /* Keep bits of a group of `count` (<= FD_GROUP_WORDS) local mask words, group ..
  * group + count - 1, of a call whose element 0 is bit `shift` of global word `base`:
  * local word k holds the top 64 - shift bits of global word base + k and the low
@@ -293,7 +313,8 @@ static inline void fd_local_words(const fd_mask_params *params, uint64_t base, u
         fd_mask_words_ahead(params, base + (uint64_t)(group + FD_GROUP_WORDS),
                             global + FD_GROUP_WORDS);
     for (int64_t i = 0; i < count; ++i)
-        keep[i] = (global[i] >> shift) | (global[i + 1] << (64 - shift));
+        keep[i] = fd_local_word(global[i], global[i + 1], shift);
 }
+
 
 #endif /* FASTDROP_MASK_STREAM_H */
