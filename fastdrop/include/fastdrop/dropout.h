@@ -156,6 +156,24 @@ static inline uint16_t fd_keep_f16(uint16_t value, float scale, uint32_t lane)
                                              ((keep >> j) & 1) ? UINT32_C(0xFFFFFFFF) : 0); \
         }                                                                                   \
     }                                                                                       \
+    /* Scales words first .. until - 1 of an array of n elements by keep[0 .. until -     \
+     * first) (every element kept if keep is NULL, a constant the compiler folds), fetching \
+     * the elements FD_PREFETCH_WORDS words ahead while those lie before word            \
+     * prefetch_stop. The scaling loop of every kernel here. */                            \
+    ATTRIBUTES static inline void fd_apply_words_##SUFFIX##VARIANT(                         \
+        const T *source, T *target, const uint64_t *keep, SCALE_T scale, int64_t n,         \
+        int64_t first, int64_t until, int64_t prefetch_stop)                                \
+    {                                                                                       \
+        for (int64_t k = first; k < until; ++k) {                                           \
+            const int64_t start = k * 64;                                                   \
+            /* keep memory busy while later words are computed: fetch ahead */              \
+            if (k + FD_PREFETCH_WORDS < prefetch_stop)                                      \
+                FD_PREFETCH_ELEMENTS(source, target, start + 64 * FD_PREFETCH_WORDS, T)     \
+            fd_apply_word_##SUFFIX##VARIANT(source + start, target + start,                 \
+                                            n - start < 64 ? n - start : 64,                \
+                                            keep ? keep[k - first] : ~UINT64_C(0), scale);  \
+        }                                                                                   \
+    }                                                                                       \
     PIPELINED##_DEFINE(SUFFIX, T, SCALE_T, VARIANT)                                         \
     ATTRIBUTES static inline void fd_dropout_range_##SUFFIX##VARIANT(                       \
         const T *source, T *target, uint64_t *words, SCALE_T scale,                         \
@@ -176,17 +194,9 @@ static inline uint16_t fd_keep_f16(uint16_t value, float scale, uint32_t lane)
                 keep[count - 1] &= (UINT64_C(1) << last) - 1;                               \
             if (words)                                                                      \
                 memcpy(words + group, keep, (size_t)count * sizeof keep[0]);                \
-            if (!target)                                                                    \
-                continue;                                                                   \
-            for (int64_t i = 0; i < count; ++i) {                                           \
-                const int64_t k = group + i, start = k * 64;                                \
-                /* keep memory busy while later words are computed: fetch ahead */          \
-                if (k + FD_PREFETCH_WORDS < stop)                                           \
-                    FD_PREFETCH_ELEMENTS(source, target, start + 64 * FD_PREFETCH_WORDS, T) \
-                fd_apply_word_##SUFFIX##VARIANT(source + start, target + start,             \
-                                                last < 64 && i == count - 1 ? last : 64,    \
-                                                keep[i], scale);                            \
-            }                                                                               \
+            if (target)                                                                     \
+                fd_apply_words_##SUFFIX##VARIANT(source, target, keep, scale, params->n,    \
+                                                 group, group + count, stop);               \
         }                                                                                   \
     }                                                                                       \
     /* The scaling by stored keep bits; words NULL keeps every element (fd_scale_range),  \
@@ -195,14 +205,8 @@ static inline uint16_t fd_keep_f16(uint16_t value, float scale, uint32_t lane)
         const T *source, T *target, const uint64_t *words, SCALE_T scale, int64_t n,        \
         int64_t first, int64_t stop)                                                        \
     {                                                                                       \
-        for (int64_t k = first; k < stop; ++k) {                                            \
-            const int64_t start = k * 64;                                                   \
-            const int64_t count = n - start < 64 ? n - start : 64;                          \
-            if (k + FD_PREFETCH_WORDS < stop)                                               \
-                FD_PREFETCH_ELEMENTS(source, target, start + 64 * FD_PREFETCH_WORDS, T)     \
-            fd_apply_word_##SUFFIX##VARIANT(source + start, target + start, count,          \
-                                            words ? words[k] : ~UINT64_C(0), scale);        \
-        }                                                                                   \
+        fd_apply_words_##SUFFIX##VARIANT(source, target, words ? words + first : NULL, scale, \
+                                         n, first, stop, stop);                             \
     }                                                                                       \
     /* values *= scale over words [first, stop): the benchmarks' memory floor, with the    \
      * fused kernel's vector path and prefetch, so the floor is as fast as a scale gets */ \
@@ -266,20 +270,12 @@ static inline int fd_pipeline_takes(const fd_mask_params *params, const void *ta
     __attribute__((target("avx2"))) static inline void fd_scale_ready_##SUFFIX##VARIANT(    \
         fd_scale_job_##SUFFIX *job, int64_t until)                                          \
     {                                                                                       \
-        const T *source = job->source;                                                      \
-        T *target = job->target;                                                            \
-        const int64_t group = job->group, stop = job->stop, n = job->n;                     \
-        for (int64_t i = job->done; i < until; ++i) {                                       \
-            const int64_t k = group + i, start = k * 64;                                    \
-            /* keep memory busy while later words are computed: fetch ahead */              \
-            if (k + FD_PREFETCH_WORDS < stop)                                               \
-                FD_PREFETCH_ELEMENTS(source, target, start + 64 * FD_PREFETCH_WORDS, T)     \
-            fd_apply_word_##SUFFIX##VARIANT(source + start, target + start,                 \
-                                            n - start < 64 ? n - start : 64, job->keep[i],  \
-                                            job->scale);                                    \
-        }                                                                                   \
-        if (until > job->done)                                                              \
-            job->done = until;                                                              \
+        if (until <= job->done)                                                             \
+            return;                                                                         \
+        fd_apply_words_##SUFFIX##VARIANT(job->source, job->target, job->keep + job->done,   \
+                                         job->scale, job->n, job->group + job->done,        \
+                                         job->group + until, job->stop);                    \
+        job->done = until;                                                                  \
     }                                                                                       \
     /* Global words word .. word + FD_GROUP_WORDS - 1 into out, scaling the job's ready  \
      * words on the way. */                                                                \
