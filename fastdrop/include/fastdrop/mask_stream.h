@@ -193,17 +193,17 @@ static inline int fd_set_simd(int level)
         const __m##W##i stream1 = SET1((long long)(params->stream >> 32));                  \
         const __m##W##i words_a = _mm##W##_add_epi64(SET1((long long)word), LANE_INDEX);    \
         const __m##W##i words_b = _mm##W##_add_epi64(words_a, SET1(LANES));                 \
-        const __m##W##i low_a = _mm##W##_and_si##W(words_a, low32);                         \
+        /* counter word 0 is a word's low half: the lanes as they are (the multiplies     \
+         * read only the low halves) */                                                     \
         const __m##W##i high_a = _mm##W##_srli_epi64(words_a, 32);                          \
-        const __m##W##i low_b = _mm##W##_and_si##W(words_b, low32);                         \
         const __m##W##i high_b = _mm##W##_srli_epi64(words_b, 32);                          \
         __m##W##i undecided_a = SET1(-1), undecided_b = undecided_a;                        \
         __m##W##i dropped_a = _mm##W##_setzero_si##W(), dropped_b = dropped_a;              \
         for (int block = 0; block < 32; ++block) {                                          \
             const __m##W##i block_bits = SET1((long long)block << FD_BLOCK_SHIFT);          \
-            __m##W##i a0 = low_a, a1 = _mm##W##_or_si##W(high_a, block_bits);               \
+            __m##W##i a0 = words_a, a1 = _mm##W##_or_si##W(high_a, block_bits);             \
             __m##W##i a2 = stream0, a3 = stream1;                                           \
-            __m##W##i b0 = low_b, b1 = _mm##W##_or_si##W(high_b, block_bits);               \
+            __m##W##i b0 = words_b, b1 = _mm##W##_or_si##W(high_b, block_bits);             \
             __m##W##i b2 = stream0, b3 = stream1;                                           \
             FD_VEC_PHILOX10(W, SET1, a0, a1, a2, a3, b0, b1, b2, b3, params->seed, m0, m1); \
             const int position_even = 63 - 2 * block, position_odd = 62 - 2 * block;       \

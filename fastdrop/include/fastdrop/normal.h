@@ -197,9 +197,9 @@ __attribute__((target("avx2"))) static inline void fd_normal_words_avx2(
     const __m256i blocks_a = _mm256_add_epi64(_mm256_set1_epi64x((long long)block),
                                               _mm256_set_epi64x(3, 2, 1, 0));
     const __m256i blocks_b = _mm256_add_epi64(blocks_a, _mm256_set1_epi64x(4));
-    __m256i a0 = _mm256_and_si256(blocks_a, low32);
+    __m256i a0 = blocks_a; /* the multiplies read only the low halves */
     __m256i a1 = _mm256_or_si256(_mm256_srli_epi64(blocks_a, 32), domain);
-    __m256i b0 = _mm256_and_si256(blocks_b, low32);
+    __m256i b0 = blocks_b;
     __m256i b1 = _mm256_or_si256(_mm256_srli_epi64(blocks_b, 32), domain);
     __m256i a2 = _mm256_set1_epi64x((long long)(stream & 0xFFFFFFFF)), b2 = a2;
     __m256i a3 = _mm256_set1_epi64x((long long)(stream >> 32)), b3 = a3;
