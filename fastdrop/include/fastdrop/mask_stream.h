@@ -316,5 +316,4 @@ static inline void fd_local_words(const fd_mask_params *params, uint64_t base, u
         keep[i] = fd_local_word(global[i], global[i + 1], shift);
 }
 
-
 #endif /* FASTDROP_MASK_STREAM_H */
