@@ -123,6 +123,39 @@ def test_cython_simd_and_portable_paths_agree_with_reference(p, simd):
         cython_kernels.set_simd(before)
 
 
+def _check_fused_paths(backend, n, offset, ps):
+    """Fused forward out of place (with its mask), in place and recompute against the reference."""
+    for p in ps:
+        keep = reference_keep(n, p, 5, 6, offset)
+        for dtype in FLOAT_DTYPES:
+            x = sample_input(n, dtype)
+            expected = reference.scale_kept(x, keep, p)
+            y, mask = fastdrop.dropout(x, p, seed=5, stream=6, offset=offset, backend=backend)
+            assert np.array_equal(bits(y), bits(expected)), (p, dtype)
+            assert np.array_equal(mask.words, reference.pack_mask(keep)), (p, dtype)
+            inplace = x.copy()
+            fastdrop.dropout(inplace, p, seed=5, stream=6, offset=offset, inplace=True,
+                             backend=backend)
+            assert np.array_equal(bits(inplace), bits(expected)), (p, dtype)
+            back = fastdrop.dropout_backward_recompute(x, p, seed=5, stream=6, offset=offset,
+                                                       backend=backend)
+            assert np.array_equal(bits(back), bits(expected)), (p, dtype)
+
+
+@pytest.mark.skipif("numba" not in fastdrop.available_backends(), reason="numba not installed")
+@pytest.mark.parametrize("thread_count", [1, 2, 3])
+@pytest.mark.parametrize("offset", [0, 1, 63, 1023, 64 * 17 + 5])
+@pytest.mark.parametrize("n", [1023, 1024, 1025, 2047, 2049, 64 * 16 * 5 + 64, 64 * 16 * 5 + 65,
+                               2**18 + 64 * 16 + 65])
+def test_numba_pipelined_groups_match_reference(threads, thread_count, offset, n):
+    """Numba's fused loop for float32/float64 scales a group of 16 mask words while
+    drawing the next group's, for every 0 < p < 1 (float16 takes the plain loop): sizes
+    at and around group ends, offsets whose last local word of a group needs the next
+    group's first global word, thread counts that split the groups unevenly."""
+    fastdrop.set_num_threads(thread_count)
+    _check_fused_paths("numba", n, offset, (0.1, 1 / 3, 0.5, 0.25))
+
+
 @pytest.mark.skipif("cython" not in fastdrop.available_backends(), reason="extension not built")
 @pytest.mark.parametrize("simd", [2, 1])
 @pytest.mark.parametrize("thread_count", [1, 2, 3])
@@ -140,21 +173,6 @@ def test_cython_pipelined_groups_match_reference(threads, simd, thread_count, of
     fastdrop.set_num_threads(thread_count)
     try:
         cython_kernels.set_simd(simd)
-        for p in (0.1, 1 / 3, 0.5):
-            keep = reference_keep(n, p, 5, 6, offset)
-            for dtype in FLOAT_DTYPES:
-                x = sample_input(n, dtype)
-                expected = reference.scale_kept(x, keep, p)
-                y, mask = fastdrop.dropout(x, p, seed=5, stream=6, offset=offset,
-                                           backend="cython")
-                assert np.array_equal(bits(y), bits(expected)), (p, dtype)
-                assert np.array_equal(mask.words, reference.pack_mask(keep)), (p, dtype)
-                inplace = x.copy()
-                fastdrop.dropout(inplace, p, seed=5, stream=6, offset=offset, inplace=True,
-                                 backend="cython")
-                assert np.array_equal(bits(inplace), bits(expected)), (p, dtype)
-                back = fastdrop.dropout_backward_recompute(x, p, seed=5, stream=6,
-                                                           offset=offset, backend="cython")
-                assert np.array_equal(bits(back), bits(expected)), (p, dtype)
+        _check_fused_paths("cython", n, offset, (0.1, 1 / 3, 0.5))
     finally:
         cython_kernels.set_simd(before)

@@ -18,7 +18,8 @@ from numba.extending import intrinsic, overload
 
 from ..maskstream.numba_normal import BATCH as NORMAL_BATCH
 from ..maskstream.numba_normal import normal_block, standard_normal, standard_normals_batch
-from ..maskstream.numba_words import BATCH_WORDS, mask_words_batch
+from ..maskstream.numba_words import (BATCH_WORDS, WORDS_TUPLE, build_keep_words,
+                                      keep_words_tuple, mask_words_batch, splat)
 from .common import chunk_count, kernel_mask_op, kernel_scale, kernel_view
 from .numba_half import kept, load, scale_by_noise, store
 
@@ -32,6 +33,7 @@ _WORD = np.uint64(64)
 # (prefetches 4 KiB from the current stores alias them).
 _PREFETCH_WORDS = 20
 _NO_WORDS = np.empty(0, dtype=np.uint64)
+_ALL = np.uint64(0xFFFFFFFFFFFFFFFF)
 
 
 @intrinsic
@@ -43,17 +45,21 @@ def _prefetch_for_write(typingctx, array, index):
     def codegen(context, builder, signature, args):
         array_type = signature.args[0]
         values = context.make_array(array_type)(context, builder, args[0])
-        pointer = cgutils.get_item_pointer(context, builder, array_type, values, [args[1]],
-                                           wraparound=False)
-        byte_pointer, i32 = ir.IntType(8).as_pointer(), ir.IntType(32)
-        name = "llvm.prefetch.p0" if binding.llvm_version_info >= (15,) else "llvm.prefetch.p0i8"
-        function = cgutils.get_or_insert_function(
-            builder.module, ir.FunctionType(ir.VoidType(), [byte_pointer, i32, i32, i32]), name)
-        builder.call(function, [builder.bitcast(pointer, byte_pointer), ir.Constant(i32, 1),
-                                ir.Constant(i32, 3), ir.Constant(i32, 1)])
+        _emit_prefetch(builder, cgutils.get_item_pointer(context, builder, array_type, values,
+                                                         [args[1]], wraparound=False))
         return context.get_dummy_value()
 
     return types.none(array, index), codegen
+
+
+def _emit_prefetch(builder, pointer):
+    """LLVM: ask the CPU to fetch the cache line at ``pointer`` (prefetch, write intent)."""
+    byte_pointer, i32 = ir.IntType(8).as_pointer(), ir.IntType(32)
+    name = "llvm.prefetch.p0" if binding.llvm_version_info >= (15,) else "llvm.prefetch.p0i8"
+    function = cgutils.get_or_insert_function(
+        builder.module, ir.FunctionType(ir.VoidType(), [byte_pointer, i32, i32, i32]), name)
+    builder.call(function, [builder.bitcast(pointer, byte_pointer), ir.Constant(i32, 1),
+                            ir.Constant(i32, 3), ir.Constant(i32, 1)])
 
 
 @njit(inline="always", cache=True)
@@ -131,8 +137,14 @@ def _shifted_batch(keep, buffer, carried, seed, stream, threshold, drop_all, bas
         _fill_batch(buffer, BATCH_WORDS, base + np.uint64(group + BATCH_WORDS), seed, stream,
                     threshold, drop_all)
     for index in range(count):
-        keep[index] = (buffer[index] >> shift) | (buffer[index + 1] << (_WORD - shift))
+        keep[index] = _local_word(buffer[index], buffer[index + 1], shift)
     return carried
+
+
+@njit(inline="always", cache=True)
+def _local_word(low, high, shift):
+    """Local word from global words low, high for an offset with shift (> 0) bits."""
+    return (low >> shift) | (high << (_WORD - shift))
 
 
 @njit(inline="always", cache=True)
@@ -170,7 +182,8 @@ def _stream_range(source, target, words, scale, seed, stream, threshold, drop_al
 
     ``source`` and ``target`` must hold the elements (mask words alone come from
     `_words_range`; a guard for empty arrays here cost 15%). Also stores the words
-    unless ``words`` is empty. Like the C kernels (dropout.h): a batch
+    unless ``words`` is empty. Float32/float64 with 0 < p < 1 go to `_pipelined_loop`;
+    the loop here (float16, p = 0, drop_all) is the C kernels' plain one (dropout.h): a batch
     of BATCH_WORDS words at a time, the elements _PREFETCH_WORDS words ahead requested
     from memory first so the loads overlap the mask arithmetic, then each word's elements scaled
     (only the first n - 64k of word k's, so bits past the end do no harm). The
@@ -178,8 +191,11 @@ def _stream_range(source, target, words, scale, seed, stream, threshold, drop_al
     straight vector code (one inlined helper called with a literal flag, as
     `_mask_range` does, was 5-23% slower here at 2^24, 1 thread).
     """
-    store_words = words.size > 0
+    if _pipelined(source, target, words, scale, seed, stream, threshold, drop_all, offset, n,
+                  first, stop):
+        return
     in_place = _same_memory(source, target)
+    store_words = words.size > 0
     shift = np.uint64(offset) & _LANE_MASK
     base = np.uint64(offset) >> _SIX
     line = 64 // source.itemsize
@@ -226,19 +242,244 @@ def _mask_range(source, target, words, scale, n, first, stop):
     """
     line = 64 // source.itemsize
     if _same_memory(source, target):  # a literal flag in each call: two straight loops
-        _scale_by_words(target, target, words, scale, n, first, stop, line, True)
+        _scale_by_words(target, target, words, 0, scale, n, first, stop, line, True)
     else:
-        _scale_by_words(source, target, words, scale, n, first, stop, line, False)
+        _scale_by_words(source, target, words, 0, scale, n, first, stop, line, False)
 
 
 @njit(inline="always", cache=True)
-def _scale_by_words(source, target, words, scale, n, first, stop, line, in_place):
-    """`_mask_range`'s loop; callers pass in_place as a literal, so each call compiles to
-    one straight loop (one loop testing a run-time flag took twice the time)."""
+def _scale_by_words(source, target, keep, keep_first, scale, n, first, stop, line, in_place):
+    """Words first..stop-1 scaled by keep[k - keep_first], elements fetched ahead word by word.
+
+    The scaling loop of `_mask_range` and the pipelined fused loop; callers pass
+    in_place as a literal, so each call compiles to one straight loop (one loop
+    testing a run-time flag took twice the time).
+    """
     for k in range(first, stop):
         _prefetch_words(source, k + _PREFETCH_WORDS, 1, n, line)
         start = k * 64
-        _apply_word(source, target, start, min(64, n - start), words[k], scale, in_place)
+        _apply_word(source, target, start, min(64, n - start), keep[k - keep_first], scale,
+                    in_place)
+
+
+# Mask words scaled after each Philox block of the pipelined loop's batch: a batch of
+# BATCH_WORDS = 16 words takes about 6 blocks at p = 0.1 (dropout.h's FD_INTERLEAVE_512).
+_INTERLEAVE = 3
+
+
+def _emit_scale_words(context, builder, array_type, arrays, keep, scale, group, first, until,
+                      prefetch_stop, in_place):
+    """Emit target word k = source word k * scale where keep[k - group] keeps, +0 elsewhere.
+
+    For k = group + first .. group + until - 1, whole words (64 elements each) only:
+    one vector load, multiply, select on the keep bits (the i64 as 64 lanes of i1)
+    and store per word, the elements _PREFETCH_WORDS words ahead asked for first
+    while those lie before word ``prefetch_stop`` (dropout.h's fd_apply_words).
+    ``arrays`` is (source, target); ``in_place`` says they are one array.
+    """
+    i64 = ir.IntType(64)
+    element = context.get_value_type(array_type.dtype)
+    words_of = ir.VectorType(element, 64)
+    source, target = (context.make_array(array_type)(context, builder, array).data
+                      for array in arrays)
+    keep = context.make_array(types.Array(types.uint64, 1, "C"))(context, builder, keep).data
+    alignment = array_type.dtype.bitwidth // 8
+    line = 64 // alignment
+    entry = builder.basic_block
+    condition = builder.append_basic_block("scale_words.condition")
+    body = builder.append_basic_block("scale_words.body")
+    fetch = builder.append_basic_block("scale_words.fetch")
+    scale_word = builder.append_basic_block("scale_words.scale")
+    end = builder.append_basic_block("scale_words.end")
+    builder.branch(condition)
+    builder.position_at_end(condition)
+    index = builder.phi(i64)
+    index.add_incoming(first, entry)
+    builder.cbranch(builder.icmp_signed("<", index, until), body, end)
+    builder.position_at_end(body)
+    word = builder.add(group, index)
+    start = builder.mul(word, ir.Constant(i64, 64))
+    ahead = builder.add(word, ir.Constant(i64, _PREFETCH_WORDS))
+    builder.cbranch(builder.icmp_signed("<", ahead, prefetch_stop), fetch, scale_word)
+    builder.position_at_end(fetch)
+    ahead_start = builder.mul(ahead, ir.Constant(i64, 64))
+    for data in (source,) if in_place else (source, target):
+        for at in range(0, 64, line):
+            _emit_prefetch(builder, builder.gep(data, [builder.add(ahead_start,
+                                                                  ir.Constant(i64, at))]))
+    builder.branch(scale_word)
+    builder.position_at_end(scale_word)
+    values = builder.load(builder.bitcast(builder.gep(source, [start]), words_of.as_pointer()),
+                          align=alignment)
+    scaled = builder.fmul(values, splat(builder, scale, 64))
+    lanes = builder.bitcast(builder.load(builder.gep(keep, [index])),
+                            ir.VectorType(ir.IntType(1), 64))
+    builder.store(builder.select(lanes, scaled, ir.Constant(words_of, None)),
+                  builder.bitcast(builder.gep(target, [start]), words_of.as_pointer()),
+                  align=alignment)
+    following = builder.add(index, ir.Constant(i64, 1))
+    index.add_incoming(following, builder.basic_block)
+    builder.branch(condition)
+    builder.position_at_end(end)
+
+
+def _scaling_draw(in_place):
+    """An intrinsic: the next batch's keep words, with a group's whole words scaled on the way.
+
+    ``draw(word, stream, seed, threshold, source, target, keep, scale, group, ready,
+    prefetch_stop)`` returns (keep words of global words word .. word+BATCH_WORDS-1,
+    done): after each Philox block of the batch, up to _INTERLEAVE more of words
+    group .. group + ready - 1 (each of 64 elements) are scaled by keep[k - group],
+    and ``done`` of them were. The software pipelining of dropout.h's
+    FD_PIPELINE_DEFINE: the out-of-order core overlaps one group's loads and stores
+    with the next group's arithmetic. ``in_place``: source and target are one array.
+    """
+    @intrinsic
+    def draw(typingctx, word, stream, seed, threshold, source, target, keep, scale, group,
+             ready, prefetch_stop):
+        def codegen(context, builder, signature, args):
+            word, stream, seed, threshold, source, target, keep, scale = args[:8]
+            group, ready, prefetch_stop = args[8:]
+            i64 = ir.IntType(64)
+
+            def after_block(builder, values):
+                done = values[0]
+                more = builder.add(done, ir.Constant(i64, _INTERLEAVE))
+                until = builder.select(builder.icmp_signed("<", more, ready), more, ready)
+                _emit_scale_words(context, builder, signature.args[4], (source, target), keep,
+                                  scale, group, done, until, prefetch_stop, in_place)
+                return (until,)
+
+            words, (done,) = build_keep_words(builder, word, stream, seed, threshold,
+                                              carried=(ir.Constant(i64, 0),),
+                                              after_block=after_block)
+            return context.make_tuple(builder, signature.return_type,
+                                      [keep_words_tuple(context, builder, words), done])
+
+        signature = types.Tuple((WORDS_TUPLE, types.int64))(
+            *(types.uint64,) * 4, source, target, keep, scale, *(types.int64,) * 3)
+        return signature, codegen
+
+    return draw
+
+
+_draw_in_place = _scaling_draw(True)
+_draw_copy = _scaling_draw(False)
+
+
+def _whole_words(in_place):
+    """An intrinsic: `_emit_scale_words` as a call, scale(source, target, keep, scale, group,
+    first, until, prefetch_stop)."""
+    @intrinsic
+    def scale_words(typingctx, source, target, keep, scale, group, first, until, prefetch_stop):
+        def codegen(context, builder, signature, args):
+            source, target, keep, scale = args[:4]
+            _emit_scale_words(context, builder, signature.args[0], (source, target), keep,
+                              scale, *args[4:], in_place)
+            return context.get_dummy_value()
+
+        return types.none(source, target, keep, scale, *(types.int64,) * 4), codegen
+
+    return scale_words
+
+
+_whole_words_in_place = _whole_words(True)
+_whole_words_copy = _whole_words(False)
+
+
+@njit(inline="always", cache=True)
+def _pipelined_loop(source, target, words, scale, seed, stream, threshold, offset, n, first,
+                    stop, in_place):
+    """`_stream_range` for float32/float64 elements and a threshold T > 0.
+
+    As dropout.h's fd_dropout_pipelined: group g's elements are scaled while group
+    g + 1's words are drawn, whole words by vector code of their own
+    (`_emit_scale_words`), a short last word by `_scale_by_words`. Unlike the C kernel
+    it is taken at p = 0.5 too, where a batch takes one block: the plain loop was
+    25-30% slower there for float32, 2-7% for float64 (2^24, 1 thread). Where the offset is not a multiple of 64, a group's last
+    local word needs the next group's first global word, so it is scaled after the
+    batch. ``in_place`` is a literal from the caller.
+    """
+    shift = np.uint64(offset) & _LANE_MASK
+    base = np.uint64(offset) >> _SIX
+    line = 64 // source.itemsize
+    now = np.empty(BATCH_WORDS, dtype=np.uint64)
+    upcoming = np.empty(BATCH_WORDS, dtype=np.uint64)
+    keep = np.empty(BATCH_WORDS, dtype=np.uint64)
+    _fill_batch(now, 0, base + np.uint64(first), seed, stream, threshold, False)
+    for group in range(first, stop, BATCH_WORDS):
+        count = min(BATCH_WORDS, stop - group)
+        last = n - (group + count - 1) * 64  # elements of the group's last word, if < 64
+        last_bits = (_ONE << np.uint64(last)) - _ONE if last < 64 else _ALL
+        last_waits = shift != _ZERO and count == BATCH_WORDS
+        ready = count - 1 if last_waits else count
+        for index in range(ready):
+            keep[index] = (now[index] if shift == _ZERO
+                           else _local_word(now[index], now[index + 1], shift))
+        if ready == count:
+            keep[count - 1] &= last_bits
+        # the next group's words: for the next group, or for this group's last word
+        # where its elements reach into the next global word
+        draw = group + BATCH_WORDS < stop or (last_waits and last > 64 - np.int64(shift))
+        done = 0
+        if draw:
+            # the words the batch scales: whole ones (the array's last may be short)
+            whole = ready if n - (group + ready) * 64 >= 0 else ready - 1
+            word = base + np.uint64(group + BATCH_WORDS)
+            if in_place:
+                batch, done = _draw_in_place(word, stream, seed, threshold, target, target,
+                                             keep, scale, group, whole, stop)
+            else:
+                batch, done = _draw_copy(word, stream, seed, threshold, source, target, keep,
+                                         scale, group, whole, stop)
+            for index in range(BATCH_WORDS):
+                upcoming[index] = batch[index]
+        if last_waits:
+            keep[count - 1] = _local_word(now[count - 1], upcoming[0] if draw else _ZERO,
+                                          shift) & last_bits
+        whole = count if n - (group + count) * 64 >= 0 else count - 1
+        if in_place:
+            _whole_words_in_place(target, target, keep, scale, group, done, whole, stop)
+        else:
+            _whole_words_copy(source, target, keep, scale, group, done, whole, stop)
+        _scale_by_words(source, target, keep, group, scale, n, group + max(done, whole),
+                        group + count, line, in_place)
+        if words.size > 0:
+            for index in range(count):
+                words[group + index] = keep[index]
+        now, upcoming = upcoming, now
+
+
+def _pipelined(source, target, words, scale, seed, stream, threshold, drop_all, offset, n,
+               first, stop):
+    """`_stream_range` by `_pipelined_loop` where that applies; returns whether it did.
+
+    It applies to float32/float64 elements (float16 bit patterns keep the plain loop)
+    and thresholds 0 < T, without drop_all.
+    """
+    raise NotImplementedError("only callable from Numba code")
+
+
+@overload(_pipelined)
+def _pipelined_overload(source, target, words, scale, seed, stream, threshold, drop_all, offset,
+                        n, first, stop):
+    if not isinstance(source.dtype, types.Float):  # chosen per compiled loop
+        return lambda source, target, words, scale, seed, stream, threshold, drop_all, offset, \
+            n, first, stop: False
+
+    def pipelined(source, target, words, scale, seed, stream, threshold, drop_all, offset, n,
+                  first, stop):
+        if drop_all or np.uint64(threshold) == _ZERO:
+            return False
+        if _same_memory(source, target):  # a literal flag in each call: two straight loops
+            _pipelined_loop(target, target, words, scale, seed, stream, threshold, offset, n,
+                            first, stop, True)
+        else:
+            _pipelined_loop(source, target, words, scale, seed, stream, threshold, offset, n,
+                            first, stop, False)
+        return True
+
+    return pipelined
 
 
 @njit(inline="always", cache=True)

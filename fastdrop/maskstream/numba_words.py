@@ -66,11 +66,20 @@ def mask_word(seed, stream, word, threshold):
 
 
 PHILOX_LANES = 8  # Philox blocks per vector of `_random_words_of_batch`
-# Mask words per `mask_words_batch`: one 512-bit vector of 64-bit lanes. Sixteen words
-# (two vectors) drew the mask faster alone but slowed the fused loops around them.
-BATCH_WORDS = 8
+# Mask words per `mask_words_batch`: two 512-bit vectors of 64-bit lanes (LLVM splits the
+# 16-lane vectors), two independent chains of multiplies, as mask_stream.h's AVX-512
+# batch. Eight words were faster in the fused loops before they were pipelined.
+BATCH_WORDS = 16
 _LANES_TUPLE = types.UniTuple(types.uint64, PHILOX_LANES)
-_WORDS_TUPLE = types.UniTuple(types.uint64, BATCH_WORDS)
+WORDS_TUPLE = types.UniTuple(types.uint64, BATCH_WORDS)
+
+
+def splat(builder, value, lanes):
+    """LLVM: a vector of ``lanes`` copies of ``value``."""
+    vector, i32 = ir.VectorType(value.type, lanes), ir.IntType(32)
+    single = builder.insert_element(ir.Constant(vector, ir.Undefined), value, ir.Constant(i32, 0))
+    return builder.shuffle_vector(single, ir.Constant(vector, ir.Undefined),
+                                  ir.Constant(ir.VectorType(i32, lanes), [0] * lanes))
 
 
 class _VectorBuilder:
@@ -82,12 +91,7 @@ class _VectorBuilder:
         self.vector = ir.VectorType(self.i64, lanes)
 
     def splat(self, value):
-        builder = self.builder
-        single = builder.insert_element(ir.Constant(self.vector, ir.Undefined), value,
-                                        ir.Constant(self.i32, 0))
-        return builder.shuffle_vector(single, ir.Constant(self.vector, ir.Undefined),
-                                      ir.Constant(ir.VectorType(self.i32, self.lanes),
-                                                  [0] * self.lanes))
+        return splat(self.builder, value, self.lanes)
 
     def constant(self, value):
         return ir.Constant(self.vector, [value] * self.lanes)
@@ -164,60 +168,78 @@ def _random_words_of_batch(typingctx, word, block, stream, seed):
     return signature, codegen
 
 
-@intrinsic
-def _keep_words_of_batch(typingctx, word, stream, seed, threshold):
-    """Keep bits of global words word .. word+BATCH_WORDS-1 for a threshold > 0, as a tuple.
+def build_keep_words(builder, word, stream, seed, threshold, carried=(), after_block=None):
+    """Emit the keep bits of global words word .. word+BATCH_WORDS-1 (a threshold > 0).
 
     The whole comparison of section 4 in vector registers, as mask_stream.h's batches
     do it: each block's two random words decide lanes MSB first, and the loop stops
     once no lane of the batch is undecided or T's remaining bits are zero (which
-    never changes a word's bits).
+    never changes a word's bits). ``after_block(builder, values)``, if given, is
+    emitted after each block (mask_stream.h's AFTER_BLOCK) and returns the new
+    ``values``, LLVM values carried from block to block from ``carried``.
+    Returns (the keep words as a vector of BATCH_WORDS uint64 lanes, the final values).
     """
-    def codegen(context, builder, signature, args):
-        word, stream, seed, threshold = args
-        vectors = _VectorBuilder(builder, BATCH_WORDS)
-        i64, scalar, splat = vectors.i64, vectors.scalar, vectors.splat
-        entry = builder.basic_block
-        loop = builder.append_basic_block("keep_words.loop")
-        done = builder.append_basic_block("keep_words.done")
-        builder.branch(loop)
-        builder.position_at_end(loop)
-        block = builder.phi(i64)
-        undecided = builder.phi(vectors.vector)
-        dropped = builder.phi(vectors.vector)
-        block.add_incoming(scalar(0), entry)
-        undecided.add_incoming(vectors.constant(0xFFFFFFFFFFFFFFFF), entry)
-        dropped.add_incoming(vectors.constant(0), entry)
-        even, odd = vectors.philox(word, block, stream, seed)
-        position_odd = builder.sub(scalar(62), builder.shl(block, scalar(1)))
-        state_undecided, state_dropped = undecided, dropped
-        for random_bits, position in ((even, builder.add(position_odd, scalar(1))),
-                                      (odd, position_odd)):
-            # all ones where T's bit at this position is 1
-            bit = builder.and_(builder.lshr(threshold, position), scalar(1))
-            threshold_bit = splat(builder.sub(scalar(0), bit))
-            # a lane is decided where its bit differs from T's: dropped where T's is the 1
-            differs = builder.and_(builder.xor(random_bits, threshold_bit), state_undecided)
-            state_dropped = builder.or_(state_dropped, builder.and_(differs, threshold_bit))
-            state_undecided = builder.and_(state_undecided, builder.not_(differs))
-        any_undecided = builder.icmp_unsigned(
-            "!=", builder.bitcast(builder.icmp_unsigned("!=", state_undecided,
-                                                        vectors.constant(0)),
-                                  ir.IntType(BATCH_WORDS)),
-            ir.Constant(ir.IntType(BATCH_WORDS), 0))
-        # lanes still equal to T so far are >= T once T's remaining bits are zero
-        rest = builder.and_(threshold, builder.sub(builder.shl(scalar(1), position_odd),
-                                                   scalar(1)))
-        finished = builder.or_(builder.not_(any_undecided),
-                               builder.icmp_unsigned("==", rest, scalar(0)))
-        block.add_incoming(builder.add(block, scalar(1)), builder.basic_block)
-        undecided.add_incoming(state_undecided, builder.basic_block)
-        dropped.add_incoming(state_dropped, builder.basic_block)
-        builder.cbranch(finished, done, loop)
-        builder.position_at_end(done)
-        return vectors.to_tuple(context, _WORDS_TUPLE, builder.not_(state_dropped))
+    vectors = _VectorBuilder(builder, BATCH_WORDS)
+    i64, scalar, splat = vectors.i64, vectors.scalar, vectors.splat
+    entry = builder.basic_block
+    loop = builder.append_basic_block("keep_words.loop")
+    done = builder.append_basic_block("keep_words.done")
+    builder.branch(loop)
+    builder.position_at_end(loop)
+    block = builder.phi(i64)
+    undecided = builder.phi(vectors.vector)
+    dropped = builder.phi(vectors.vector)
+    values = [builder.phi(value.type) for value in carried]
+    block.add_incoming(scalar(0), entry)
+    undecided.add_incoming(vectors.constant(0xFFFFFFFFFFFFFFFF), entry)
+    dropped.add_incoming(vectors.constant(0), entry)
+    for phi, value in zip(values, carried):
+        phi.add_incoming(value, entry)
+    even, odd = vectors.philox(word, block, stream, seed)
+    position_odd = builder.sub(scalar(62), builder.shl(block, scalar(1)))
+    state_undecided, state_dropped = undecided, dropped
+    for random_bits, position in ((even, builder.add(position_odd, scalar(1))),
+                                  (odd, position_odd)):
+        # all ones where T's bit at this position is 1
+        bit = builder.and_(builder.lshr(threshold, position), scalar(1))
+        threshold_bit = splat(builder.sub(scalar(0), bit))
+        # a lane is decided where its bit differs from T's: dropped where T's is the 1
+        differs = builder.and_(builder.xor(random_bits, threshold_bit), state_undecided)
+        state_dropped = builder.or_(state_dropped, builder.and_(differs, threshold_bit))
+        state_undecided = builder.and_(state_undecided, builder.not_(differs))
+    next_values = list(after_block(builder, tuple(values)) if after_block else values)
+    any_undecided = builder.icmp_unsigned(
+        "!=", builder.bitcast(builder.icmp_unsigned("!=", state_undecided, vectors.constant(0)),
+                              ir.IntType(BATCH_WORDS)),
+        ir.Constant(ir.IntType(BATCH_WORDS), 0))
+    # lanes still equal to T so far are >= T once T's remaining bits are zero
+    rest = builder.and_(threshold, builder.sub(builder.shl(scalar(1), position_odd), scalar(1)))
+    finished = builder.or_(builder.not_(any_undecided),
+                           builder.icmp_unsigned("==", rest, scalar(0)))
+    tail = builder.basic_block  # after_block may have added blocks
+    block.add_incoming(builder.add(block, scalar(1)), tail)
+    undecided.add_incoming(state_undecided, tail)
+    dropped.add_incoming(state_dropped, tail)
+    for phi, value in zip(values, next_values):
+        phi.add_incoming(value, tail)
+    builder.cbranch(finished, done, loop)
+    builder.position_at_end(done)
+    return builder.not_(state_dropped), tuple(next_values)
 
-    return _WORDS_TUPLE(types.uint64, types.uint64, types.uint64, types.uint64), codegen
+
+def keep_words_tuple(context, builder, keep):
+    """A vector of BATCH_WORDS keep words (from `build_keep_words`) as a Numba tuple."""
+    return _VectorBuilder(builder, BATCH_WORDS).to_tuple(context, WORDS_TUPLE, keep)
+
+
+@intrinsic
+def _keep_words_of_batch(typingctx, word, stream, seed, threshold):
+    """Keep bits of global words word .. word+BATCH_WORDS-1 for a threshold > 0, as a tuple."""
+    def codegen(context, builder, signature, args):
+        keep, _ = build_keep_words(builder, *args)
+        return keep_words_tuple(context, builder, keep)
+
+    return WORDS_TUPLE(types.uint64, types.uint64, types.uint64, types.uint64), codegen
 
 
 _ALL_KEPT = (_ALL,) * BATCH_WORDS
