@@ -3,7 +3,6 @@
 Nothing here computes a mask; the kernels do, and `fastdrop.reference` is what
 they must agree with bit for bit.
 """
-import functools
 
 import numpy as np
 
@@ -11,13 +10,8 @@ from . import _validate, reference
 from ._backends import kernels as _kernels
 from ._config import get_num_threads
 from ._mask import DropoutMask, GaussianNoise, words_for
-from .maskstream.spec import alpha_dropout_constants, dropout_scale, gaussian_sigma, keep_threshold
-
-
-@functools.lru_cache(maxsize=64)
-def _stream_parameters(p):
-    """(threshold, drop_all) of the mask stream for drop probability p (cached: calls repeat p)."""
-    return (0, True) if p == 1.0 else (keep_threshold(p), False)
+from .maskstream.spec import (alpha_dropout_constants, dropout_scale, gaussian_sigma,
+                              stream_parameters)
 
 
 def _elementwise(x, target, kernel, *arguments):
@@ -157,7 +151,7 @@ def dropout(x, p=0.5, *, seed=None, stream=None, offset=0, training=True, inplac
     seed, stream = _validate.resolve_seed_stream(seed, stream)
     if m == x.size:  # one bit per element: mask and scaling fused in one pass
         words = np.empty(words_for(m), dtype=np.uint64)
-        threshold, drop_all = _stream_parameters(p)
+        threshold, drop_all = stream_parameters(p)
         threads = get_num_threads()
         y = _elementwise(x, target, kernels.scale_by_stream, words, m, dropout_scale(p),
                          threshold, drop_all, seed, stream, offset, threads)
@@ -170,7 +164,7 @@ def dropout(x, p=0.5, *, seed=None, stream=None, offset=0, training=True, inplac
 def _draw_words(kernels, m, p, seed, stream, offset):
     """The packed keep bits of m mask elements from global index ``offset`` on."""
     words = np.empty(words_for(m), dtype=np.uint64)
-    threshold, drop_all = _stream_parameters(p)
+    threshold, drop_all = stream_parameters(p)
     kernels.scale_by_stream(None, None, words, m, 0.0, threshold, drop_all, seed, stream, offset,
                             get_num_threads())
     return words
@@ -420,7 +414,7 @@ def dropout_backward_recompute(grad, p, *, seed, stream, offset=0, noise_shape=N
     if n != grad.size:  # regenerate the (small) mask, then stretch it
         words = _draw_words(kernels, n, p, seed, stream, offset)
         return _apply_words(kernels, grad, target, words, mask_shape, dropout_scale(p), None)
-    threshold, drop_all = _stream_parameters(p)
+    threshold, drop_all = stream_parameters(p)
     threads = get_num_threads()
     return _elementwise(grad, target, kernels.scale_by_stream, None, n, dropout_scale(p),
                         threshold, drop_all, seed, stream, offset, threads)

@@ -9,7 +9,7 @@ on 1-D C-contiguous arrays (and the variants' ``apply_broadcast`` and ``gaussian
 ``dropout_plain(x, p, seed, stream, offset, inplace, threads)``, or None where a
 backend has none: the usual forward call checked and run in one step, returning
 ``(y, words)``, or None for any call it does not take, which then goes the general way
-(the Cython backend has one, to cut the fixed cost of small calls). ``"numpy"`` is the reference and runs
+(both backends have one, to cut the fixed cost of small calls). ``"numpy"`` is the reference and runs
 whole public functions from `fastdrop.reference` instead.
 """
 import importlib

@@ -20,6 +20,8 @@ from ..maskstream.numba_normal import BATCH as NORMAL_BATCH
 from ..maskstream.numba_normal import normal_block, standard_normal, standard_normals_batch
 from ..maskstream.numba_words import (BATCH_WORDS, WORDS_TUPLE, build_keep_words,
                                       keep_words_tuple, mask_words_batch, splat)
+from .._config import SERIAL_ELEMENTS
+from ..maskstream import spec
 from .common import chunk_count, kernel_mask_op, kernel_scale, kernel_view
 from .numba_half import kept, load, scale_by_noise, store
 
@@ -536,9 +538,63 @@ def _run(serial, parallel, args, n, threads, units=None):
         numba.set_num_threads(previous)
 
 
-# No one-step path for plain calls (see fastdrop._backends): they go the general way,
-# and a Numba call's fixed cost is its dispatcher's.
-dropout_plain = None
+_FLOAT32, _FLOAT64 = np.dtype(np.float32), np.dtype(np.float64)
+_KEYS = 2**64
+_MAX_KEY = _KEYS - 1  # seeds and streams
+_MAX_INDEX = 2**63  # global element indices stay below it
+
+
+def dropout_plain(x, p, seed, stream, offset, inplace, threads):
+    """Fused forward dropout of a plain call, or None if the call is not plain.
+
+    As cython_kernels.dropout_plain (see fastdrop._backends), for float32/float64:
+    x an ndarray (exact type) of the dtype's own instance (so native byte order),
+    C-contiguous, aligned and writeable (read-only input goes the general way, out of
+    place too); p a float in [0, 1]; seed an int in [0, 2**64); stream None (0) or
+    such an int; offset an int with offset + x.size <= 2**63. Anything else (float16
+    included) returns None before touching anything. Arrays a single thread takes go
+    straight to `_plain_range` with p, seed and stream as Python numbers, which
+    Numba's dispatcher types fastest. Returns ``(y, words)``.
+    """
+    if (type(x) is not np.ndarray or type(p) is not float or type(seed) is not int
+            or type(offset) is not int or not (stream is None or type(stream) is int)):
+        return None
+    dtype = x.dtype
+    if (dtype is not _FLOAT32 and dtype is not _FLOAT64) or not x.flags.carray:
+        return None
+    stream = 0 if stream is None else stream
+    n = x.size
+    if not (0.0 <= p <= 1.0 and 0 <= seed <= _MAX_KEY and 0 <= stream <= _MAX_KEY
+            and 0 <= offset <= _MAX_INDEX - n):
+        return None
+    words = np.empty((n + 63) >> 6, dtype=np.uint64)
+    target = x if inplace else np.empty(x.shape, dtype=dtype)
+    source = x if x.ndim == 1 else x.reshape(-1)
+    result = source if inplace else target.reshape(-1)
+    if n < SERIAL_ELEMENTS or threads == 1:  # chunk_count(n, threads) == 1
+        if n:  # keys >= 2**63 as the int64 of their bits: one compiled signature
+            _plain_range(source, result, words, p, seed if seed < _MAX_INDEX else seed - _KEYS,
+                         stream if stream < _MAX_INDEX else stream - _KEYS, offset)
+    else:
+        scale_by_stream(source, result, words, n, spec.dropout_scale(p),
+                        *spec.stream_parameters(p), seed, stream, offset, threads)
+    return target, words
+
+
+@njit(cache=True)
+def _plain_range(source, target, words, p, seed, stream, offset):
+    """`_stream_range` over the whole of a plain call's array (n > 0).
+
+    seed and stream come as the int64 of their bits. T = floor(p * 2**64) (exact: a
+    power-of-two scaling of p, then truncation) and s = 1 / (1 - p) in float64
+    rounded once to the element type, as the API computes them.
+    """
+    n = source.size
+    drop_all = p == 1.0
+    threshold = _ZERO if drop_all else np.uint64(p * 18446744073709551616.0)
+    scale = source.dtype.type(0.0 if drop_all else 1.0 / (1.0 - p))
+    _stream_range(source, target, words, scale, np.uint64(seed), np.uint64(stream), threshold,
+                  drop_all, offset, n, 0, (n + 63) // 64)
 
 
 def scale_by_stream(source, target, words, n, scale, threshold, drop_all, seed, stream, offset,

@@ -1,4 +1,5 @@
 """Constants and scalar helpers of the mask-stream specification (docs/mask-stream.md)."""
+import functools
 import math
 
 WORD_BITS = 64
@@ -37,6 +38,15 @@ def keep_threshold(p):
     if not 0.0 <= p < 1.0:
         raise ValueError(f"keep_threshold needs 0 <= p < 1, got p={p!r}")
     return int(math.ldexp(p, 64))
+
+
+@functools.lru_cache(maxsize=64)
+def stream_parameters(p):
+    """(T, drop_all) of the mask stream for drop probability p: (0, True) for p == 1.
+
+    Cached: calls repeat p, and this is on every call's path.
+    """
+    return (0, True) if p == 1.0 else (keep_threshold(p), False)
 
 
 def dropout_scale(p):
