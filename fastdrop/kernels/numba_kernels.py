@@ -18,8 +18,8 @@ from numba.extending import intrinsic, overload
 
 from ..maskstream.numba_normal import BATCH as NORMAL_BATCH
 from ..maskstream.numba_normal import normal_block, standard_normal, standard_normals_batch
-from ..maskstream.numba_words import (BATCH_WORDS, WORDS_TUPLE, build_keep_words,
-                                      keep_words_tuple, mask_words_batch, splat)
+from ..maskstream.numba_words import (BATCH_WORDS, build_keep_words, mask_words_into, splat,
+                                      store_keep_words)
 from .._config import SERIAL_ELEMENTS
 from ..maskstream import spec
 from .common import chunk_count, kernel_mask_op, kernel_scale, kernel_view
@@ -111,14 +111,6 @@ def _same_memory(source, target):
     return source.size > 0 and source.ctypes.data == target.ctypes.data
 
 
-@njit(inline="always", cache=True)
-def _fill_batch(buffer, at, word, seed, stream, threshold, drop_all):
-    """buffer[at:at + BATCH_WORDS] = keep bits of global words word .. word + BATCH_WORDS - 1."""
-    batch = mask_words_batch(seed, stream, word, threshold, drop_all)
-    for index in range(BATCH_WORDS):
-        buffer[at + index] = batch[index]
-
-
 @njit(cache=True)  # its own function: inlined, it slowed the aligned loop by 20% here
 def _shifted_batch(keep, buffer, carried, seed, stream, threshold, drop_all, base, shift, n,
                    group, count):
@@ -132,12 +124,12 @@ def _shifted_batch(keep, buffer, carried, seed, stream, threshold, drop_all, bas
     if carried:
         buffer[:BATCH_WORDS] = buffer[BATCH_WORDS:]
     else:
-        _fill_batch(buffer, 0, base + np.uint64(group), seed, stream, threshold, drop_all)
+        mask_words_into(buffer, 0, seed, stream, base + np.uint64(group), threshold, drop_all)
     carried = (count == BATCH_WORDS
                and n - (group + count - 1) * 64 > 64 - np.int64(shift))
     if carried:
-        _fill_batch(buffer, BATCH_WORDS, base + np.uint64(group + BATCH_WORDS), seed, stream,
-                    threshold, drop_all)
+        mask_words_into(buffer, BATCH_WORDS, seed, stream, base + np.uint64(group + BATCH_WORDS),
+                        threshold, drop_all)
     for index in range(count):
         keep[index] = _local_word(buffer[index], buffer[index + 1], shift)
     return carried
@@ -167,8 +159,12 @@ def _words_range(words, seed, stream, threshold, drop_all, offset, n, first, sto
     carried = False
     for group in range(first, stop, BATCH_WORDS):
         count = min(BATCH_WORDS, stop - group)
+        if shift == _ZERO and count == BATCH_WORDS:  # straight into place
+            mask_words_into(words, group, seed, stream, base + np.uint64(group), threshold,
+                            drop_all)
+            continue
         if shift == _ZERO:
-            _fill_batch(keep, 0, base + np.uint64(group), seed, stream, threshold, drop_all)
+            mask_words_into(keep, 0, seed, stream, base + np.uint64(group), threshold, drop_all)
         else:
             carried = _shifted_batch(keep, buffer, carried, seed, stream, threshold, drop_all,
                                      base, shift, n, group, count)
@@ -210,7 +206,7 @@ def _stream_range(source, target, words, scale, seed, stream, threshold, drop_al
         if not per_word:
             _prefetch_words(source, group + _PREFETCH_WORDS, BATCH_WORDS, n, line)
         if shift == _ZERO:
-            _fill_batch(keep, 0, base + np.uint64(group), seed, stream, threshold, drop_all)
+            mask_words_into(keep, 0, seed, stream, base + np.uint64(group), threshold, drop_all)
         else:
             carried = _shifted_batch(keep, buffer, carried, seed, stream, threshold, drop_all,
                                      base, shift, n, group, count)
@@ -328,38 +324,38 @@ def _emit_scale_words(context, builder, array_type, arrays, keep, scale, group, 
 def _scaling_draw(in_place):
     """An intrinsic: the next batch's keep words, with a group's whole words scaled on the way.
 
-    ``draw(word, stream, seed, threshold, source, target, keep, scale, group, ready,
-    prefetch_stop)`` returns (keep words of global words word .. word+BATCH_WORDS-1,
-    done): after each Philox block of the batch, up to _INTERLEAVE more of words
+    ``draw(out, word, stream, seed, threshold, source, target, keep, scale, group, ready,
+    prefetch_stop)`` stores the keep words of global words word .. word+BATCH_WORDS-1
+    in out[:BATCH_WORDS] and returns ``done``: after each Philox block of the batch, up to _INTERLEAVE more of words
     group .. group + ready - 1 (each of 64 elements) are scaled by keep[k - group],
     and ``done`` of them were. The software pipelining of dropout.h's
     FD_PIPELINE_DEFINE: the out-of-order core overlaps one group's loads and stores
     with the next group's arithmetic. ``in_place``: source and target are one array.
     """
     @intrinsic
-    def draw(typingctx, word, stream, seed, threshold, source, target, keep, scale, group,
+    def draw(typingctx, out, word, stream, seed, threshold, source, target, keep, scale, group,
              ready, prefetch_stop):
         def codegen(context, builder, signature, args):
-            word, stream, seed, threshold, source, target, keep, scale = args[:8]
-            group, ready, prefetch_stop = args[8:]
+            out, word, stream, seed, threshold, source, target, keep, scale = args[:9]
+            group, ready, prefetch_stop = args[9:]
             i64 = ir.IntType(64)
 
             def after_block(builder, values):
                 done = values[0]
                 more = builder.add(done, ir.Constant(i64, _INTERLEAVE))
                 until = builder.select(builder.icmp_signed("<", more, ready), more, ready)
-                _emit_scale_words(context, builder, signature.args[4], (source, target), keep,
+                _emit_scale_words(context, builder, signature.args[5], (source, target), keep,
                                   scale, group, done, until, prefetch_stop, in_place)
                 return (until,)
 
             words, (done,) = build_keep_words(builder, word, stream, seed, threshold,
                                               carried=(ir.Constant(i64, 0),),
                                               after_block=after_block)
-            return context.make_tuple(builder, signature.return_type,
-                                      [keep_words_tuple(context, builder, words), done])
+            store_keep_words(context, builder, words, signature.args[0], out, ir.Constant(i64, 0))
+            return done
 
-        signature = types.Tuple((WORDS_TUPLE, types.int64))(
-            *(types.uint64,) * 4, source, target, keep, scale, *(types.int64,) * 3)
+        signature = types.int64(out, *(types.uint64,) * 4, source, target, keep, scale,
+                                *(types.int64,) * 3)
         return signature, codegen
 
     return draw
@@ -408,7 +404,7 @@ def _pipelined_loop(source, target, words, scale, seed, stream, threshold, offse
     now = np.empty(BATCH_WORDS, dtype=np.uint64)
     upcoming = np.empty(BATCH_WORDS, dtype=np.uint64)
     keep = np.empty(BATCH_WORDS, dtype=np.uint64)
-    _fill_batch(now, 0, base + np.uint64(first), seed, stream, threshold, False)
+    mask_words_into(now, 0, seed, stream, base + np.uint64(first), threshold, False)
     for group in range(first, stop, BATCH_WORDS):
         count = min(BATCH_WORDS, stop - group)
         last = n - (group + count - 1) * 64  # elements of the group's last word, if < 64
@@ -429,13 +425,11 @@ def _pipelined_loop(source, target, words, scale, seed, stream, threshold, offse
             whole = ready if n - (group + ready) * 64 >= 0 else ready - 1
             word = base + np.uint64(group + BATCH_WORDS)
             if in_place:
-                batch, done = _draw_in_place(word, stream, seed, threshold, target, target,
-                                             keep, scale, group, whole, stop)
+                done = _draw_in_place(upcoming, word, stream, seed, threshold, target, target,
+                                      keep, scale, group, whole, stop)
             else:
-                batch, done = _draw_copy(word, stream, seed, threshold, source, target, keep,
-                                         scale, group, whole, stop)
-            for index in range(BATCH_WORDS):
-                upcoming[index] = batch[index]
+                done = _draw_copy(upcoming, word, stream, seed, threshold, source, target, keep,
+                                  scale, group, whole, stop)
         if last_waits:
             keep[count - 1] = _local_word(now[count - 1], upcoming[0] if draw else _ZERO,
                                           shift) & last_bits

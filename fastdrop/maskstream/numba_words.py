@@ -66,12 +66,11 @@ def mask_word(seed, stream, word, threshold):
 
 
 PHILOX_LANES = 8  # Philox blocks per vector of `_random_words_of_batch`
-# Mask words per `mask_words_batch`: two 512-bit vectors of 64-bit lanes (LLVM splits the
+# Mask words per `mask_words_into`: two 512-bit vectors of 64-bit lanes (LLVM splits the
 # 16-lane vectors), two independent chains of multiplies, as mask_stream.h's AVX-512
 # batch. Eight words were faster in the fused loops before they were pipelined.
 BATCH_WORDS = 16
 _LANES_TUPLE = types.UniTuple(types.uint64, PHILOX_LANES)
-WORDS_TUPLE = types.UniTuple(types.uint64, BATCH_WORDS)
 
 
 def splat(builder, value, lanes):
@@ -227,31 +226,35 @@ def build_keep_words(builder, word, stream, seed, threshold, carried=(), after_b
     return builder.not_(state_dropped), tuple(next_values)
 
 
-def keep_words_tuple(context, builder, keep):
-    """A vector of BATCH_WORDS keep words (from `build_keep_words`) as a Numba tuple."""
-    return _VectorBuilder(builder, BATCH_WORDS).to_tuple(context, WORDS_TUPLE, keep)
+def store_keep_words(context, builder, keep, array_type, array, at):
+    """LLVM: array[at:at + BATCH_WORDS] = the keep words of `build_keep_words` (one vector store)."""
+    data = context.make_array(array_type)(context, builder, array).data
+    pointer = builder.bitcast(builder.gep(data, [at]), keep.type.as_pointer())
+    builder.store(keep, pointer, align=8)
 
 
 @intrinsic
-def _keep_words_of_batch(typingctx, word, stream, seed, threshold):
-    """Keep bits of global words word .. word+BATCH_WORDS-1 for a threshold > 0, as a tuple."""
+def _keep_words_into(typingctx, out, at, word, stream, seed, threshold):
+    """out[at:at + BATCH_WORDS] = keep bits of global words word .. word+BATCH_WORDS-1 (T > 0)."""
     def codegen(context, builder, signature, args):
-        keep, _ = build_keep_words(builder, *args)
-        return keep_words_tuple(context, builder, keep)
+        out, at, word, stream, seed, threshold = args
+        keep, _ = build_keep_words(builder, word, stream, seed, threshold)
+        store_keep_words(context, builder, keep, signature.args[0], out, at)
+        return context.get_dummy_value()
 
-    return WORDS_TUPLE(types.uint64, types.uint64, types.uint64, types.uint64), codegen
-
-
-_ALL_KEPT = (_ALL,) * BATCH_WORDS
-_ALL_DROPPED = (_ZERO,) * BATCH_WORDS
+    return types.none(out, types.int64, *(types.uint64,) * 4), codegen
 
 
 @njit(inline="always", cache=True)
-def mask_words_batch(seed, stream, word, threshold, drop_all):
-    """Keep bits of global words word .. word+BATCH_WORDS-1 (a tuple): mask_word of each, or 0 if drop_all."""
+def mask_words_into(out, at, seed, stream, word, threshold, drop_all):
+    """out[at:at + BATCH_WORDS] = mask_word of global words word .. word+BATCH_WORDS-1, or 0 if drop_all.
+
+    ``out`` is a uint64 array with room for the BATCH_WORDS words from ``at`` (not checked).
+    """
     if drop_all:
-        return _ALL_DROPPED
-    if np.uint64(threshold) == _ZERO:
-        return _ALL_KEPT
-    return _keep_words_of_batch(np.uint64(word), np.uint64(stream), np.uint64(seed),
-                                np.uint64(threshold))
+        out[at:at + BATCH_WORDS] = _ZERO
+    elif np.uint64(threshold) == _ZERO:
+        out[at:at + BATCH_WORDS] = _ALL
+    else:
+        _keep_words_into(out, np.int64(at), np.uint64(word), np.uint64(stream), np.uint64(seed),
+                         np.uint64(threshold))
