@@ -12,6 +12,7 @@ from numba import njit
 
 from ..rng.philox_numba import philox4x32_10_block
 from . import normal
+from .numba_bits import float64_bits, float64_from_bits
 from .numba_words import PHILOX_LANES, _random_words_of_batch
 from .spec import BLOCK_SHIFT, NORMAL_DOMAIN_BIT
 
@@ -24,6 +25,12 @@ _DOMAIN = np.uint64(1 << NORMAL_DOMAIN_BIT)
 _MASK32 = np.uint64(0xFFFFFFFF)
 _SHIFT32 = np.uint64(32)
 _UNIFORM_SHIFT = np.uint64(normal.UNIFORM_SHIFT)
+_MANTISSA_BITS = np.uint64(52)
+_MANTISSA = np.uint64((1 << 52) - 1)
+_ONE_EXPONENT = np.uint64(0x3FF0000000000000)  # the bits of 1.0
+_HALF_EXPONENT = np.uint64(0x3FE0000000000000)  # the bits of 0.5
+_HALF_ULP = 2.0**-53
+assert normal.UNIFORM_SHIFT == 12 and normal.UNIFORM_SCALE == 2.0**-52
 
 
 
@@ -69,12 +76,18 @@ assert len(_LOG_SERIES) == 11 and all(len(c) == 8 for c in (
 
 @njit(inline="always", cache=True, error_model="numpy")
 def spec_log(v):
-    """The spec's log of a normal float64 v > 0 (frexp, then the atanh series)."""
-    m, exponent = math.frexp(v)
+    """The spec's log of a normal float64 v > 0 (frexp, then the atanh series).
+
+    frexp from the exponent field (exact for normal numbers; Numba's math.frexp is a
+    call that kept the tail loop from vectorising: 3.6x slower there).
+    """
+    bits = float64_bits(v)
+    exponent = float(np.int64(bits >> _MANTISSA_BITS) - 1022)  # v > 0: no sign bit
+    m = float64_from_bits((bits & _MANTISSA) | _HALF_EXPONENT)  # in [1/2, 1)
     low = m < normal.SQRT_HALF
-    doubled, lowered = m * 2.0, float(exponent) - 1.0
+    doubled, lowered = m * 2.0, exponent - 1.0
     m = doubled if low else m
-    exponent_value = lowered if low else float(exponent)
+    exponent_value = lowered if low else exponent
     f = (m - 1.0) / (m + 1.0)
     return exponent_value * normal.LN2 + 2.0 * f * _log_series(f * f)
 
@@ -104,8 +117,13 @@ def tail_normal(u):
 
 @njit(inline="always", cache=True, error_model="numpy")
 def uniform(random_word):
-    """u = ((r >> 12) + 1/2) 2**-52, in (0, 1)."""
-    return (float(random_word >> _UNIFORM_SHIFT) + 0.5) * normal.UNIFORM_SCALE
+    """u = ((r >> 12) + 1/2) 2**-52, in (0, 1), from bits as normal.h's batches build it.
+
+    1 + k 2**-52 minus 1 is k 2**-52 exactly, and adding 2**-53 gives (k + 1/2) 2**-52
+    exactly: no integer-to-float conversion.
+    """
+    one_plus = float64_from_bits((random_word >> _UNIFORM_SHIFT) | _ONE_EXPONENT)
+    return (one_plus - 1.0) + _HALF_ULP
 
 
 @njit(inline="always", cache=True, error_model="numpy")
