@@ -3,50 +3,32 @@ from numba import types
 from numba.extending import intrinsic
 
 
-@intrinsic
-def float32_bits(typingctx, value):
-    """Reinterpret a float32 as its uint32 bit pattern."""
-    if value != types.float32:
-        return None
+def _reinterpretation(source, result, doc):
+    """An intrinsic reinterpreting a ``source`` value's bits as ``result`` (same width).
 
-    def codegen(context, builder, signature, args):
-        return builder.bitcast(args[0], context.get_value_type(types.uint32))
+    Integer sources take any integer, converted to ``source`` first (its low bits).
+    """
+    @intrinsic
+    def reinterpret(typingctx, value):
+        if value != source and not (isinstance(source, types.Integer)
+                                    and isinstance(value, types.Integer)):
+            return None
 
-    return types.uint32(types.float32), codegen
+        def codegen(context, builder, signature, args):
+            converted = context.cast(builder, args[0], signature.args[0], source)
+            return builder.bitcast(converted, context.get_value_type(result))
 
+        return result(value), codegen
 
-@intrinsic
-def float32_from_bits(typingctx, bits):
-    """Reinterpret the low 32 bits of an unsigned integer as a float32."""
-    if not isinstance(bits, types.Integer):
-        return None
-
-    def codegen(context, builder, signature, args):
-        low_bits = context.cast(builder, args[0], signature.args[0], types.uint32)
-        return builder.bitcast(low_bits, context.get_value_type(types.float32))
-
-    return types.float32(bits), codegen
+    reinterpret.__doc__ = doc
+    return reinterpret
 
 
-@intrinsic
-def float64_bits(typingctx, value):
-    """Reinterpret a float64 as its uint64 bit pattern."""
-    if value != types.float64:
-        return None
-
-    def codegen(context, builder, signature, args):
-        return builder.bitcast(args[0], context.get_value_type(types.uint64))
-
-    return types.uint64(types.float64), codegen
-
-
-@intrinsic
-def float64_from_bits(typingctx, bits):
-    """Reinterpret a uint64 bit pattern as a float64."""
-    if bits != types.uint64:
-        return None
-
-    def codegen(context, builder, signature, args):
-        return builder.bitcast(args[0], context.get_value_type(types.float64))
-
-    return types.float64(types.uint64), codegen
+float32_bits = _reinterpretation(types.float32, types.uint32,
+                                 "Reinterpret a float32 as its uint32 bit pattern.")
+float32_from_bits = _reinterpretation(
+    types.uint32, types.float32, "Reinterpret the low 32 bits of an unsigned integer as a float32.")
+float64_bits = _reinterpretation(types.float64, types.uint64,
+                                 "Reinterpret a float64 as its uint64 bit pattern.")
+float64_from_bits = _reinterpretation(
+    types.uint64, types.float64, "Reinterpret the low 64 bits of an integer as a float64.")
