@@ -180,8 +180,9 @@ def _stream_range(source, target, words, scale, seed, stream, threshold, drop_al
 
     ``source`` and ``target`` must hold the elements (mask words alone come from
     `_words_range`; a guard for empty arrays here cost 15%). Also stores the words
-    unless ``words`` is empty. Float32/float64 with 0 < p < 1 go to `_pipelined_loop`;
-    the loop here (float16, p = 0, drop_all) is the C kernels' plain one (dropout.h): a batch
+    unless ``words`` is empty. Floats with 0 < p < 1 go to `_pipelined_loop` (see
+    `_pipelined`); the loop here (p = 0, drop_all, float16 without F16C) is the C
+    kernels' plain one (dropout.h): a batch
     of BATCH_WORDS words at a time, the elements _PREFETCH_WORDS words ahead requested
     from memory first so the loads overlap the mask arithmetic, then each word's elements scaled
     (only the first n - 64k of word k's, so bits past the end do no harm). The
@@ -278,6 +279,7 @@ def _emit_scale_words(context, builder, array_type, arrays, keep, scale, group, 
     i64 = ir.IntType(64)
     element = context.get_value_type(array_type.dtype)
     words_of = ir.VectorType(element, 64)
+    half = isinstance(array_type.dtype, types.Integer)  # float16 bit patterns
     source, target = (context.make_array(array_type)(context, builder, array).data
                       for array in arrays)
     keep = context.make_array(types.Array(types.uint64, 1, "C"))(context, builder, keep).data
@@ -309,7 +311,14 @@ def _emit_scale_words(context, builder, array_type, arrays, keep, scale, group, 
     builder.position_at_end(scale_word)
     values = builder.load(builder.bitcast(builder.gep(source, [start]), words_of.as_pointer()),
                           align=alignment)
-    scaled = builder.fmul(values, splat(builder, scale, 64))
+    if half:  # widen to float32 (exact), multiply (exact), round once to float16
+        widened = builder.fpext(builder.bitcast(values, ir.VectorType(ir.HalfType(), 64)),
+                                ir.VectorType(ir.FloatType(), 64))
+        product = builder.fmul(widened, splat(builder, scale, 64))
+        scaled = builder.bitcast(builder.fptrunc(product, ir.VectorType(ir.HalfType(), 64)),
+                                 words_of)
+    else:
+        scaled = builder.fmul(values, splat(builder, scale, 64))
     lanes = builder.bitcast(builder.load(builder.gep(keep, [index])),
                             ir.VectorType(ir.IntType(1), 64))
     builder.store(builder.select(lanes, scaled, ir.Constant(words_of, None)),
@@ -388,7 +397,7 @@ _whole_words_copy = _whole_words(False)
 @njit(inline="always", cache=True)
 def _pipelined_loop(source, target, words, scale, seed, stream, threshold, offset, n, first,
                     stop, in_place):
-    """`_stream_range` for float32/float64 elements and a threshold T > 0.
+    """`_stream_range` for float elements (float16 with F16C) and a threshold T > 0.
 
     As dropout.h's fd_dropout_pipelined: group g's elements are scaled while group
     g + 1's words are drawn, whole words by vector code of their own
@@ -446,12 +455,26 @@ def _pipelined_loop(source, target, words, scale, seed, stream, threshold, offse
         now, upcoming = upcoming, now
 
 
+def _half_vectors():
+    """Whether Numba compiles for a CPU with F16C, which converts float16 vectors in hardware.
+
+    Then LLVM's half-precision vector conversions are single instructions (and need no
+    library calls); else float16 keeps the plain loop and numba_half's conversions.
+    """
+    if numba.config.CPU_NAME is None:  # Numba compiles for the host
+        return bool(binding.get_host_cpu_features().get("f16c", False))
+    return "+f16c" in (numba.config.CPU_FEATURES or "")
+
+
+_HALF_VECTORS = _half_vectors()
+
+
 def _pipelined(source, target, words, scale, seed, stream, threshold, drop_all, offset, n,
                first, stop):
     """`_stream_range` by `_pipelined_loop` where that applies; returns whether it did.
 
-    It applies to float32/float64 elements (float16 bit patterns keep the plain loop)
-    and thresholds 0 < T, without drop_all.
+    It applies to float32/float64 elements, float16 where the CPU has F16C, and
+    thresholds 0 < T, without drop_all.
     """
     raise NotImplementedError("only callable from Numba code")
 
@@ -459,7 +482,7 @@ def _pipelined(source, target, words, scale, seed, stream, threshold, drop_all, 
 @overload(_pipelined)
 def _pipelined_overload(source, target, words, scale, seed, stream, threshold, drop_all, offset,
                         n, first, stop):
-    if not isinstance(source.dtype, types.Float):  # chosen per compiled loop
+    if not (isinstance(source.dtype, types.Float) or _HALF_VECTORS):  # chosen per compiled loop
         return lambda source, target, words, scale, seed, stream, threshold, drop_all, offset, \
             n, first, stop: False
 
