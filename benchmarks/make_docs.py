@@ -167,6 +167,9 @@ def main(argv=None):
         print(f"no plot: {error}", file=sys.stderr)
     if args.json:
         report.save_json(run, args.json)
+    text = DOC.read_text()  # again: the page may have been edited during the run
+    if BEGIN not in text or END not in text:
+        sys.exit(f"{DOC} lost its markers during the run")
     before, rest = text.split(BEGIN, 1)
     after = rest.split(END, 1)[1]
     DOC.write_text(before + generated_section(run, plot_written) + after)
