@@ -267,14 +267,14 @@ _INTERLEAVE = 3
 
 
 def _emit_scale_words(context, builder, array_type, arrays, keep, scale, group, first, until,
-                      prefetch_stop, in_place):
+                      prefetch_stop):
     """Emit target word k = source word k * scale where keep[k - group] keeps, +0 elsewhere.
 
     For k = group + first .. group + until - 1, whole words (64 elements each) only:
     one vector load, multiply, select on the keep bits (the i64 as 64 lanes of i1)
     and store per word, the elements _PREFETCH_WORDS words ahead asked for first
-    while those lie before word ``prefetch_stop`` (dropout.h's fd_apply_words).
-    ``arrays`` is (source, target); ``in_place`` says they are one array.
+    while those lie before word ``prefetch_stop`` (dropout.h's fd_apply_words): the
+    source's, and the target's where it is another array. ``arrays`` is (source, target).
     """
     i64 = ir.IntType(64)
     element = context.get_value_type(array_type.dtype)
@@ -303,10 +303,15 @@ def _emit_scale_words(context, builder, array_type, arrays, keep, scale, group, 
     builder.cbranch(builder.icmp_signed("<", ahead, prefetch_stop), fetch, scale_word)
     builder.position_at_end(fetch)
     ahead_start = builder.mul(ahead, ir.Constant(i64, 64))
-    for data in (source,) if in_place else (source, target):
+
+    def fetch_ahead(data):
         for at in range(0, 64, line):
             _emit_prefetch(builder, builder.gep(data, [builder.add(ahead_start,
                                                                   ir.Constant(i64, at))]))
+
+    fetch_ahead(source)
+    with builder.if_then(builder.icmp_unsigned("!=", source, target)):  # out of place
+        fetch_ahead(target)
     builder.branch(scale_word)
     builder.position_at_end(scale_word)
     values = builder.load(builder.bitcast(builder.gep(source, [start]), words_of.as_pointer()),
@@ -330,68 +335,60 @@ def _emit_scale_words(context, builder, array_type, arrays, keep, scale, group, 
     builder.position_at_end(end)
 
 
-def _scaling_draw(in_place):
-    """An intrinsic: the next batch's keep words, with a group's whole words scaled on the way.
+@intrinsic
+def _draw_scaling(typingctx, out, word, stream, seed, threshold, source, target, keep, scale,
+                  group, ready, prefetch_stop):
+    """The next batch's keep words, with a group's whole words scaled on the way.
 
-    ``draw(out, word, stream, seed, threshold, source, target, keep, scale, group, ready,
-    prefetch_stop)`` stores the keep words of global words word .. word+BATCH_WORDS-1
-    in out[:BATCH_WORDS] and returns ``done``: after each Philox block of the batch, up to _INTERLEAVE more of words
-    group .. group + ready - 1 (each of 64 elements) are scaled by keep[k - group],
-    and ``done`` of them were. The software pipelining of dropout.h's
-    FD_PIPELINE_DEFINE: the out-of-order core overlaps one group's loads and stores
-    with the next group's arithmetic. ``in_place``: source and target are one array.
+    ``_draw_scaling(out, word, stream, seed, threshold, source, target, keep, scale, group,
+    ready, prefetch_stop)`` stores the keep words of global words word .. word+BATCH_WORDS-1
+    in out[:BATCH_WORDS] and returns ``done``: after each Philox block of the batch, up
+    to _INTERLEAVE more of words group .. group + ready - 1 (each of 64 elements) are
+    scaled by keep[k - group], and ``done`` of them were. The software pipelining of
+    dropout.h's FD_PIPELINE_DEFINE: the out-of-order core overlaps one group's loads
+    and stores with the next group's arithmetic.
     """
-    @intrinsic
-    def draw(typingctx, out, word, stream, seed, threshold, source, target, keep, scale, group,
-             ready, prefetch_stop):
-        def codegen(context, builder, signature, args):
-            out, word, stream, seed, threshold, source, target, keep, scale = args[:9]
-            group, ready, prefetch_stop = args[9:]
-            i64 = ir.IntType(64)
+    def codegen(context, builder, signature, args):
+        out, word, stream, seed, threshold, source, target, keep, scale = args[:9]
+        group, ready, prefetch_stop = args[9:]
+        i64 = ir.IntType(64)
 
-            def after_block(builder, values):
-                done = values[0]
-                more = builder.add(done, ir.Constant(i64, _INTERLEAVE))
-                until = builder.select(builder.icmp_signed("<", more, ready), more, ready)
-                _emit_scale_words(context, builder, signature.args[5], (source, target), keep,
-                                  scale, group, done, until, prefetch_stop, in_place)
-                return (until,)
+        def after_block(builder, values):
+            done = values[0]
+            more = builder.add(done, ir.Constant(i64, _INTERLEAVE))
+            until = builder.select(builder.icmp_signed("<", more, ready), more, ready)
+            _emit_scale_words(context, builder, signature.args[5], (source, target), keep,
+                              scale, group, done, until, prefetch_stop)
+            return (until,)
 
-            words, (done,) = build_keep_words(builder, word, stream, seed, threshold,
-                                              carried=(ir.Constant(i64, 0),),
-                                              after_block=after_block)
-            store_keep_words(context, builder, words, signature.args[0], out, ir.Constant(i64, 0))
-            return done
+        words, (done,) = build_keep_words(builder, word, stream, seed, threshold,
+                                          carried=(ir.Constant(i64, 0),),
+                                          after_block=after_block)
+        store_keep_words(context, builder, words, signature.args[0], out, ir.Constant(i64, 0))
+        return done
 
-        signature = types.int64(out, *(types.uint64,) * 4, source, target, keep, scale,
-                                *(types.int64,) * 3)
-        return signature, codegen
-
-    return draw
+    signature = types.int64(out, *(types.uint64,) * 4, source, target, keep, scale,
+                            *(types.int64,) * 3)
+    return signature, codegen
 
 
-_draw_in_place = _scaling_draw(True)
-_draw_copy = _scaling_draw(False)
+@intrinsic
+def _scale_whole_words(typingctx, source, target, keep, scale, group, first, until,
+                       prefetch_stop):
+    """`_emit_scale_words` as a call: words group+first .. group+until-1, all of 64 elements."""
+    def codegen(context, builder, signature, args):
+        source, target, keep, scale = args[:4]
+        _emit_scale_words(context, builder, signature.args[0], (source, target), keep, scale,
+                          *args[4:])
+        return context.get_dummy_value()
+
+    return types.none(source, target, keep, scale, *(types.int64,) * 4), codegen
 
 
-def _whole_words(in_place):
-    """An intrinsic: `_emit_scale_words` as a call, scale(source, target, keep, scale, group,
-    first, until, prefetch_stop)."""
-    @intrinsic
-    def scale_words(typingctx, source, target, keep, scale, group, first, until, prefetch_stop):
-        def codegen(context, builder, signature, args):
-            source, target, keep, scale = args[:4]
-            _emit_scale_words(context, builder, signature.args[0], (source, target), keep,
-                              scale, *args[4:], in_place)
-            return context.get_dummy_value()
-
-        return types.none(source, target, keep, scale, *(types.int64,) * 4), codegen
-
-    return scale_words
-
-
-_whole_words_in_place = _whole_words(True)
-_whole_words_copy = _whole_words(False)
+@njit(inline="always", cache=True)
+def _whole_words_of(n, group, count):
+    """How many of words group .. group + count - 1 hold 64 elements (only the array's last may not)."""
+    return min(count, (n - group * 64) // 64)
 
 
 @njit(inline="always", cache=True)
@@ -429,26 +426,17 @@ def _pipelined_loop(source, target, words, scale, seed, stream, threshold, offse
         # where its elements reach into the next global word
         draw = group + BATCH_WORDS < stop or (last_waits and last > 64 - np.int64(shift))
         done = 0
-        if draw:
-            # the words the batch scales: whole ones (the array's last may be short)
-            whole = ready if n - (group + ready) * 64 >= 0 else ready - 1
-            word = base + np.uint64(group + BATCH_WORDS)
-            if in_place:
-                done = _draw_in_place(upcoming, word, stream, seed, threshold, target, target,
-                                      keep, scale, group, whole, stop)
-            else:
-                done = _draw_copy(upcoming, word, stream, seed, threshold, source, target, keep,
-                                  scale, group, whole, stop)
+        if draw:  # the batch scales whole words only (the array's last may be short)
+            done = _draw_scaling(upcoming, base + np.uint64(group + BATCH_WORDS), stream, seed,
+                                 threshold, source, target, keep, scale, group,
+                                 _whole_words_of(n, group, ready), stop)
         if last_waits:
             keep[count - 1] = _local_word(now[count - 1], upcoming[0] if draw else _ZERO,
                                           shift) & last_bits
-        whole = count if n - (group + count) * 64 >= 0 else count - 1
-        if in_place:
-            _whole_words_in_place(target, target, keep, scale, group, done, whole, stop)
-        else:
-            _whole_words_copy(source, target, keep, scale, group, done, whole, stop)
-        _scale_by_words(source, target, keep, group, scale, n, group + max(done, whole),
-                        group + count, line, in_place)
+        whole = _whole_words_of(n, group, count)  # >= done
+        _scale_whole_words(source, target, keep, scale, group, done, whole, stop)
+        _scale_by_words(source, target, keep, group, scale, n, group + whole, group + count,
+                        line, in_place)
         if words.size > 0:
             for index in range(count):
                 words[group + index] = keep[index]
