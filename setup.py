@@ -25,7 +25,8 @@ from setuptools.command.build_ext import build_ext
 
 # module name -> Cython source
 EXTENSIONS = {
-    "fastdrop.kernels.cython_kernels": "fastdrop/kernels/cython_kernels.pyx",
+    "fastdrop.kernels.cython.kernels": "fastdrop/kernels/cython/kernels.pyx",
+    "fastdrop._fastpath": "fastdrop/_fastpath.pyx",
 }
 INCLUDE_DIR = "fastdrop/include"
 OPENMP_FLAGS = ["-fopenmp"]

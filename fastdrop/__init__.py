@@ -1,12 +1,15 @@
 """fastdrop: memory-speed CPU dropout with exact, bit-packed, counter-based masks.
 
-Layers, each using only the ones above it:
+Layers, each using only the ones before it:
 
 1. ``fastdrop.rng`` -- the Philox4x32-10 block function;
-2. ``fastdrop.maskstream`` -- which random bits each element gets (docs/mask-stream.md);
-3. ``fastdrop.reference`` -- the spec executed in NumPy (the oracle);
-4. ``fastdrop.kernels`` -- compiled kernels, one module per backend;
-5. this module -- validation, dispatch, `Generator`, threads.
+2. ``fastdrop.maskstream`` -- the spec: counters, thresholds, the normal map (docs/mask-stream.md);
+3. ``fastdrop.kernels`` -- compiled kernels, one folder per backend (cython/, numba/);
+4. the public API -- ``_validate`` (argument values), ``streams`` (where (seed, stream)
+   comes from), ``_calls`` (one checked record per call), ``_layout`` (arrays to and from
+   kernels), ``_api`` (the functions, dispatching to a backend) and ``reference`` (the
+   same functions in plain NumPy: the oracle); ``generator`` (`Generator`) on top;
+5. ``fastdrop.nn``, ``fastdrop.cli`` and ``fastdrop.bench``, which use the API.
 
 ``import fastdrop`` imports NumPy only; a compiled backend loads on first use.
 """
@@ -19,6 +22,7 @@ from ._backends import available_backends
 from ._config import get_num_threads, set_num_threads
 from ._mask import DropoutMask, GaussianNoise, pack_mask, unpack_mask
 from .generator import Generator, default_generator
+from .streams import StreamSource
 from .rng import philox4x32_10
 
 __version__ = "0.1.0"
@@ -27,6 +31,7 @@ __all__ = [
     "DropoutMask",
     "GaussianNoise",
     "Generator",
+    "StreamSource",
     "alpha_dropout",
     "alpha_dropout_backward",
     "apply_mask",

@@ -6,38 +6,19 @@ they must agree with bit for bit.
 
 import numpy as np
 
-from . import _validate, reference
+from . import _calls, _layout, reference, streams
 from ._backends import kernels as _kernels
+from ._config import _state as _threads
 from ._config import get_num_threads
-from ._mask import DropoutMask, GaussianNoise, words_for
-from .maskstream.spec import (alpha_dropout_constants, dropout_scale, gaussian_sigma,
-                              stream_parameters)
+from ._mask import DropoutMask, words_for
+from ._validate import channel_noise_shape, check_mask_object, check_weight
+from .maskstream.spec import (MAX_SEED, alpha_dropout_constants, dropout_constants,
+                              dropout_scale, gaussian_sigma, stream_parameters)
 
-
-def _elementwise(x, target, kernel, *arguments):
-    """Call ``kernel(source, result, *arguments)`` on 1-D C-contiguous arrays; deliver the result.
-
-    C-contiguous input and target are used as they are (no copy, in place when they
-    are the same array). Other layouts go through a C-ordered copy, so every
-    layout gives the values of its C-contiguous copy.
-    """
-    contiguous = x.flags.c_contiguous
-    if target is x and contiguous:  # in place on a C-contiguous array: the common case
-        flat = x.reshape(-1)
-        kernel(flat, flat, *arguments)
-        return x
-    source = x.reshape(-1) if contiguous else np.ascontiguousarray(x).reshape(-1)
-    if target is not None and target is not x and np.may_share_memory(x, target):
-        source = source.copy()  # partial overlap: read from a private copy
-    if target is not None and target.flags.c_contiguous:
-        kernel(source, target.reshape(-1), *arguments)
-        return target
-    if target is not None and not x.flags.c_contiguous and target is x:
-        kernel(source, source, *arguments)  # source is already a private C-ordered copy of x
-        return _validate.deliver(source, x, target)
-    result = np.empty(x.size, dtype=x.dtype)
-    kernel(source, result, *arguments)
-    return _validate.deliver(result, x, target)
+try:  # compiled at install time, with the Cython backend
+    from ._fastpath import usual_call as _usual_call
+except ImportError:  # not built: every call takes the general path
+    _usual_call = None
 
 
 def dropout(x, p=0.5, *, seed=None, stream=None, offset=0, training=True, inplace=False,
@@ -136,80 +117,59 @@ def dropout(x, p=0.5, *, seed=None, stream=None, offset=0, training=True, inplac
         return reference.dropout(x, p, seed=seed, stream=stream, offset=offset,
                                  training=training, inplace=inplace, out=out,
                                  noise_shape=noise_shape, broadcast_dims=broadcast_dims)
-    plain = kernels.dropout_plain
-    if plain is not None and training is True and out is None and noise_shape is None \
-            and broadcast_dims is None:
-        # the usual call, checked and run in one C step (None: not plain, take the general path)
-        done = plain(x, p, seed, stream, offset, inplace, get_num_threads())
-        if done is not None:
-            return done[0], DropoutMask._of_checked_call(
-                done[1], x.shape, p, seed, 0 if stream is None else stream, offset)
-    p, x, target, mask_shape, m, offset = _validate.check_masked_call(
-        x, p, seed, stream, offset, inplace, out, noise_shape, broadcast_dims)
+    if (training is True and out is None and noise_shape is None and broadcast_dims is None
+            and _usual_call is not None and _usual_call(x, p, offset, inplace)):
+        # the usual call: with its seed resolved, one kernel call allocates and runs
+        if type(seed) is int and stream is None and 0 <= seed <= MAX_SEED:
+            stream = 0
+        else:
+            seed, stream = streams.resolve(seed, stream)
+        threshold, drop_all, scale = dropout_constants(p)
+        y, words = kernels.dropout_plain(x, inplace, threshold, drop_all, scale, seed, stream,
+                                         offset, _threads.threads)
+        return y, DropoutMask._of_checked_call(words, x.shape, p, seed, stream, offset)
+    call = _calls.masked(x, p, seed, stream, offset, inplace, out, noise_shape, broadcast_dims,
+                         training)
     if not training:
-        return (x if target is None else _validate.deliver(x, x, target)), None
-    seed, stream = _validate.resolve_seed_stream(seed, stream)
-    if m == x.size:  # one bit per element: mask and scaling fused in one pass
-        words = np.empty(words_for(m), dtype=np.uint64)
-        threshold, drop_all = stream_parameters(p)
-        threads = get_num_threads()
-        y = _elementwise(x, target, kernels.scale_by_stream, words, m, dropout_scale(p),
-                         threshold, drop_all, seed, stream, offset, threads)
-    else:  # the small mask first, then one pass over x reading it
-        words = _draw_words(kernels, m, p, seed, stream, offset)
-        y = _apply_words(kernels, x, target, words, mask_shape, dropout_scale(p), None)
-    return y, DropoutMask(words, shape=mask_shape, p=p, seed=seed, stream=stream, offset=offset)
+        return call.untouched(), None
+    if call.stretched:  # the small mask first, then one pass over x reading it
+        words = _draw_words(kernels, call)
+        y = _apply_words(kernels, call, words, dropout_scale(call.p), None)
+    else:  # one bit per element: mask and scaling fused in one pass
+        words = np.empty(words_for(call.m), dtype=np.uint64)
+        y = _scale_by_stream(kernels, call, words)
+    return y, call.mask(words)
 
 
-def _draw_words(kernels, m, p, seed, stream, offset):
-    """The packed keep bits of m mask elements from global index ``offset`` on."""
-    words = np.empty(words_for(m), dtype=np.uint64)
-    threshold, drop_all = stream_parameters(p)
-    kernels.scale_by_stream(None, None, words, m, 0.0, threshold, drop_all, seed, stream, offset,
-                            get_num_threads())
+def _scale_by_stream(kernels, call, words):
+    """x's elements scaled by keep bits drawn from the stream; the bits stored unless words is None."""
+    threshold, drop_all, scale = dropout_constants(call.p)
+    return _layout.elementwise(call.x, call.target, kernels.scale_by_stream, words, call.m,
+                               scale, threshold, drop_all, call.seed, call.stream, call.offset,
+                               get_num_threads())
+
+
+def _draw_words(kernels, call):
+    """The packed keep bits of the call's m mask elements."""
+    words = np.empty(words_for(call.m), dtype=np.uint64)
+    threshold, drop_all = stream_parameters(call.p)
+    kernels.scale_by_stream(None, None, words, call.m, 0.0, threshold, drop_all, call.seed,
+                            call.stream, call.offset, get_num_threads())
     return words
 
 
-def _apply_words(kernels, x, target, words, mask_shape, scale, affine):
-    """x's elements times stored keep bits, the mask of ``mask_shape`` stretched over x.
+def _apply_words(kernels, call, words, scale, affine):
+    """x's elements times stored keep bits, the mask of ``call.mask_shape`` stretched over x.
 
     ``affine`` is None for dropout's scaling (kept: x * scale, dropped: +0.0) or
     alpha dropout's (a, b, c) (kept: a*x + b, dropped: c).
     """
-    threads = get_num_threads()
-    if affine is None and _validate.shape_size(mask_shape) == x.size:
-        return _elementwise(x, target, kernels.scale_by_mask, words, scale, threads)
-    sizes, mask_strides = broadcast_layout(x.shape, mask_shape)
-    return _elementwise(x, target, kernels.apply_broadcast, words, sizes, mask_strides, scale,
-                        affine, threads)
-
-
-def broadcast_layout(shape, mask_shape):
-    """The kernels' view of a mask stretched over an array: (sizes, mask_strides) as int64.
-
-    Axes of length 1 are dropped and neighbouring axes of the same kind (mask varies
-    along them, or is shared) are merged, so the last axis is the longest run of
-    elements that read either consecutive mask bits (stride 1) or one bit (stride 0).
-    """
-    merged = []  # [length, mask varies along it]
-    for length, mask_length in zip(shape, mask_shape):
-        if length == 1:
-            continue
-        varies = mask_length != 1
-        if merged and merged[-1][1] == varies:
-            merged[-1][0] *= length
-        else:
-            merged.append([length, varies])
-    if not merged:
-        merged = [[1, True]]
-    sizes = np.array([length for length, _ in merged], dtype=np.int64)
-    mask_strides = np.zeros(len(merged), dtype=np.int64)
-    stride = 1
-    for axis in range(len(merged) - 1, -1, -1):
-        if merged[axis][1]:
-            mask_strides[axis] = stride
-            stride *= merged[axis][0]
-    return sizes, mask_strides
+    x, threads = call.x, get_num_threads()
+    if affine is None and call.m == x.size:
+        return _layout.elementwise(x, call.target, kernels.scale_by_mask, words, scale, threads)
+    sizes, mask_strides = _layout.broadcast_layout(x.shape, call.mask_shape)
+    return _layout.elementwise(x, call.target, kernels.apply_broadcast, words, sizes,
+                               mask_strides, scale, affine, threads)
 
 
 def channel_dropout(x, p=0.5, *, channel_axis=1, batch_axis=0, seed=None, stream=None, offset=0,
@@ -260,7 +220,7 @@ def channel_dropout(x, p=0.5, *, channel_axis=1, batch_axis=0, seed=None, stream
     >>> bool(all(len(set(y[n, c].ravel().tolist())) == 1 for n in range(2) for c in range(3)))
     True
     """
-    noise_shape = _validate.channel_noise_shape(np.shape(x), channel_axis, batch_axis)
+    noise_shape = channel_noise_shape(np.shape(x), channel_axis, batch_axis)
     return dropout(x, p, seed=seed, stream=stream, offset=offset, training=training,
                    inplace=inplace, out=out, noise_shape=noise_shape, backend=backend)
 
@@ -327,10 +287,8 @@ def _apply_stored_mask(x, name, mask, p, scale, inplace, out, backend):
     if kernels is None:
         return reference.apply_mask(x, mask, p=p, scale=scale, inplace=inplace, out=out,
                                     name=name)
-    x, target = _validate.prepare_target(x, name, inplace, out)
-    words, p, mask_shape = _validate.check_mask(mask, x.shape, p)
-    scale = _validate.check_scale(scale, p)
-    return _apply_words(kernels, x, target, np.ascontiguousarray(words), mask_shape, scale, None)
+    call = _calls.stored_mask(x, name, mask, p, scale, inplace, out)
+    return _apply_words(kernels, call, np.ascontiguousarray(call.words), call.scale, None)
 
 
 def dropout_backward(grad, mask, *, p=None, inplace=False, out=None, backend="auto"):
@@ -405,19 +363,11 @@ def dropout_backward_recompute(grad, p, *, seed, stream, offset=0, noise_shape=N
         return reference.dropout_backward_recompute(grad, p, seed=seed, stream=stream,
                                                     offset=offset, noise_shape=noise_shape,
                                                     inplace=inplace, out=out)
-    p = _validate.check_p(p)
-    grad, target = _validate.prepare_target(grad, "grad", inplace, out)
-    mask_shape = _validate.check_noise_shape(grad.shape, noise_shape, None)
-    seed, stream = _validate.check_seed(seed), _validate.check_stream(stream)
-    n = _validate.shape_size(mask_shape)
-    offset = _validate.check_offset(offset, n)
-    if n != grad.size:  # regenerate the (small) mask, then stretch it
-        words = _draw_words(kernels, n, p, seed, stream, offset)
-        return _apply_words(kernels, grad, target, words, mask_shape, dropout_scale(p), None)
-    threshold, drop_all = stream_parameters(p)
-    threads = get_num_threads()
-    return _elementwise(grad, target, kernels.scale_by_stream, None, n, dropout_scale(p),
-                        threshold, drop_all, seed, stream, offset, threads)
+    call = _calls.recompute(grad, p, seed, stream, offset, noise_shape, inplace, out)
+    if call.stretched:  # regenerate the (small) mask, then stretch it
+        return _apply_words(kernels, call, _draw_words(kernels, call), dropout_scale(call.p),
+                            None)
+    return _scale_by_stream(kernels, call, None)
 
 
 def bernoulli_mask(n, p, *, seed, stream=None, offset=0, backend="auto"):
@@ -460,11 +410,7 @@ def bernoulli_mask(n, p, *, seed, stream=None, offset=0, backend="auto"):
     kernels = _kernels(backend)
     if kernels is None:
         return reference.bernoulli_mask(n, p, seed=seed, stream=stream, offset=offset)
-    n = _validate.check_count(n)
-    p = _validate.check_p(p)
-    offset = _validate.check_offset(offset, n)
-    seed, stream = _validate.resolve_seed_stream(seed, stream)
-    return _draw_words(kernels, n, p, seed, stream, offset)
+    return _draw_words(kernels, _calls.count(n, p, seed, stream, offset))
 
 
 def alpha_dropout(x, p=0.5, *, seed=None, stream=None, offset=0, training=True, inplace=False,
@@ -521,17 +467,15 @@ def alpha_dropout(x, p=0.5, *, seed=None, stream=None, offset=0, training=True, 
         return reference.alpha_dropout(x, p, seed=seed, stream=stream, offset=offset,
                                        training=training, inplace=inplace, out=out,
                                        noise_shape=noise_shape, broadcast_dims=broadcast_dims)
-    p, x, target, mask_shape, m, offset = _validate.check_masked_call(
-        x, p, seed, stream, offset, inplace, out, noise_shape, broadcast_dims)
+    call = _calls.masked(x, p, seed, stream, offset, inplace, out, noise_shape, broadcast_dims,
+                         training)
     if not training:
-        return (x if target is None else _validate.deliver(x, x, target)), None
-    seed, stream = _validate.resolve_seed_stream(seed, stream)
-    words = _draw_words(kernels, m, p, seed, stream, offset)
-    mask = DropoutMask(words, shape=mask_shape, p=p, seed=seed, stream=stream, offset=offset)
-    if p == 0.0:  # the identity, as in PyTorch
-        return _validate.deliver(x.reshape(-1).copy(), x, target), mask
-    y = _apply_words(kernels, x, target, words, mask_shape, 0.0, alpha_dropout_constants(p))
-    return y, mask
+        return call.untouched(), None
+    words = _draw_words(kernels, call)
+    if call.p == 0.0:  # the identity, as in PyTorch
+        return call.deliver(call.x.reshape(-1).copy()), call.mask(words)
+    y = _apply_words(kernels, call, words, 0.0, alpha_dropout_constants(call.p))
+    return y, call.mask(words)
 
 
 def feature_alpha_dropout(x, p=0.5, *, channel_axis=1, batch_axis=0, seed=None, stream=None,
@@ -563,7 +507,7 @@ def feature_alpha_dropout(x, p=0.5, *, channel_axis=1, batch_axis=0, seed=None, 
     ValueError, TypeError
         As in `channel_dropout`.
     """
-    noise_shape = _validate.channel_noise_shape(np.shape(x), channel_axis, batch_axis)
+    noise_shape = channel_noise_shape(np.shape(x), channel_axis, batch_axis)
     return alpha_dropout(x, p, seed=seed, stream=stream, offset=offset, training=training,
                          inplace=inplace, out=out, noise_shape=noise_shape, backend=backend)
 
@@ -593,7 +537,7 @@ def alpha_dropout_backward(grad, mask, *, inplace=False, out=None, backend="auto
     ValueError
         The mask neither matches grad's size nor broadcasts to its shape.
     """
-    _validate.check_mask_object(mask)
+    check_mask_object(mask)
     scale = 1.0 if mask.p == 0.0 else alpha_dropout_constants(mask.p)[0]
     return _apply_stored_mask(grad, "grad", mask, None, scale, inplace, out, backend)
 
@@ -654,19 +598,16 @@ def gaussian_dropout(x, p=0.5, *, seed=None, stream=None, offset=0, training=Tru
     if kernels is None:
         return reference.gaussian_dropout(x, p, seed=seed, stream=stream, offset=offset,
                                           training=training, inplace=inplace, out=out)
-    p, x, target, offset = _validate.check_gaussian_call(x, p, seed, stream, offset, inplace,
-                                                         out)
+    call = _calls.gaussian(x, p, seed, stream, offset, inplace, out, training)
     if not training:
-        return (x if target is None else _validate.deliver(x, x, target)), None
-    seed, stream = _validate.resolve_seed_stream(seed, stream)
-    y = _multiply_noise(kernels, x, target, p, seed, stream, offset)
-    return y, GaussianNoise(shape=x.shape, p=p, seed=seed, stream=stream, offset=offset)
+        return call.untouched(), None
+    return _multiply_noise(kernels, call), call.noise()
 
 
-def _multiply_noise(kernels, x, target, p, seed, stream, offset):
-    threads = get_num_threads()
-    return _elementwise(x, target, kernels.gaussian, gaussian_sigma(p), seed, stream, offset,
-                        threads)
+def _multiply_noise(kernels, call):
+    """x's elements times the call's Gaussian multipliers, regenerated from its stream."""
+    return _layout.elementwise(call.x, call.target, kernels.gaussian, gaussian_sigma(call.p),
+                               call.seed, call.stream, call.offset, get_num_threads())
 
 
 def gaussian_dropout_backward(grad, noise, *, inplace=False, out=None, backend="auto"):
@@ -698,9 +639,7 @@ def gaussian_dropout_backward(grad, noise, *, inplace=False, out=None, backend="
     kernels = _kernels(backend)
     if kernels is None:
         return reference.gaussian_dropout_backward(grad, noise, inplace=inplace, out=out)
-    grad, target = _validate.prepare_target(grad, "grad", inplace, out)
-    _validate.check_noise(noise, grad.size)
-    return _multiply_noise(kernels, grad, target, noise.p, noise.seed, noise.stream, noise.offset)
+    return _multiply_noise(kernels, _calls.stored_noise(grad, noise, inplace, out))
 
 
 def gaussian_noise(n, p, *, seed, stream=None, offset=0, backend="auto"):
@@ -732,12 +671,10 @@ def gaussian_noise(n, p, *, seed, stream=None, offset=0, backend="auto"):
     kernels = _kernels(backend)
     if kernels is None:
         return reference.gaussian_noise(n, p, seed=seed, stream=stream, offset=offset)
-    n = _validate.check_count(n)
-    p = _validate.check_gaussian_p(p)
-    offset = _validate.check_offset(offset, n)
-    seed, stream = _validate.resolve_seed_stream(seed, stream)
-    noise = np.ones(n, dtype=np.float64)
-    kernels.gaussian(noise, noise, gaussian_sigma(p), seed, stream, offset, get_num_threads())
+    call = _calls.count(n, p, seed, stream, offset, gaussian=True)
+    noise = np.ones(call.m, dtype=np.float64)
+    kernels.gaussian(noise, noise, gaussian_sigma(call.p), call.seed, call.stream, call.offset,
+                     get_num_threads())
     return noise
 
 
@@ -784,6 +721,5 @@ def dropconnect(weight, p=0.5, *, seed=None, stream=None, offset=0, training=Tru
     >>> bool((W == 1).all()), mask.shape
     (True, (3, 4))
     """
-    weight = _validate.check_weight(weight)
-    return dropout(weight, p, seed=seed, stream=stream, offset=offset, training=training,
-                   out=out, backend=backend)
+    return dropout(check_weight(weight), p, seed=seed, stream=stream, offset=offset,
+                   training=training, out=out, backend=backend)

@@ -1,24 +1,31 @@
 """The backend registry: one list of backends feeds dispatch, tests, benchmarks and `fastdrop info`.
 
-A compiled backend is a module exposing the private kernel interface:
+A compiled backend is a package (one folder under fastdrop/kernels/) exposing the
+private kernel interface, on 1-D C-contiguous arrays (float16 as uint16 bit
+patterns) and checked machine values -- the public API has validated every
+argument and computed T = floor(p * 2**64) and s = 1/(1-p) once:
 
-- ``scale_by_stream(source, target, words, n, scale, threshold, drop_all, seed, stream, offset, threads)``
-- ``scale_by_mask(source, target, words, scale, threads)``
+- ``scale_by_stream(source, target, words, n, scale, threshold, drop_all, seed, stream,
+  offset, threads)``: keep bits from the stream into ``words`` and/or target =
+  source * keep * scale (source/target None: mask only; words None: recompute);
+- ``scale_by_mask(source, target, words, scale, threads)``: the same from stored words;
+- ``apply_broadcast(source, target, words, sizes, mask_strides, scale, affine, threads)``:
+  a mask stretched over the array (noise shapes, alpha dropout);
+- ``gaussian(source, target, sigma, seed, stream, offset, threads)``: Gaussian noise;
+- ``dropout_plain(x, inplace, threshold, drop_all, scale, seed, stream, offset, threads)``:
+  the usual forward call on a whole C-contiguous array in one step, allocating the
+  words and (out of place) the result; returns ``(y, words)``.
 
-on 1-D C-contiguous arrays (and the variants' ``apply_broadcast`` and ``gaussian``).
-``dropout_plain(x, p, seed, stream, offset, inplace, threads)``, or None where a
-backend has none: the usual forward call checked and run in one step, returning
-``(y, words)``, or None for any call it does not take, which then goes the general way
-(both backends have one, to cut the fixed cost of small calls). ``"numpy"`` is the reference and runs
-whole public functions from `fastdrop.reference` instead.
+``"numpy"`` is the reference: the API runs whole public functions from
+`fastdrop.reference` instead.
 """
 import importlib
 import importlib.util
 
 # name -> (module with the kernel interface, module that must be importable for it)
 _COMPILED = {
-    "cython": ("fastdrop.kernels.cython_kernels", "fastdrop.kernels.cython_kernels"),
-    "numba": ("fastdrop.kernels.numba_kernels", "numba"),
+    "cython": ("fastdrop.kernels.cython.kernels", "fastdrop.kernels.cython.kernels"),
+    "numba": ("fastdrop.kernels.numba", "numba"),
 }
 # "auto" takes the first available: Cython needs no JIT warm-up.
 _PREFERENCE = ("cython", "numba")

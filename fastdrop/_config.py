@@ -8,6 +8,10 @@ Defaults:
   costs more than it saves, and on busy cores -- a BLAS pool spinning between matrix
   products in a training step -- a woken thread can wait milliseconds for a core.
 - ``SERIAL_ELEMENTS``: arrays with fewer elements run on one thread, no parallel region.
+- ``NUMBA_CACHE``: whether the Numba backend caches its compiled kernels on disk
+  (Numba's ``cache=True``), so later processes skip the JIT warm-up. On by default;
+  ``FASTDROP_NUMBA_CACHE=0`` turns it off (read once, when the Numba backend is
+  first imported), e.g. for a read-only install or to rule out a stale cache.
 """
 import os
 import threading
@@ -16,6 +20,9 @@ import warnings
 MIN_ELEMENTS_PER_THREAD = 1 << 17
 SERIAL_ELEMENTS = 2 * MIN_ELEMENTS_PER_THREAD
 ENV_THREADS = "FASTDROP_NUM_THREADS"
+ENV_NUMBA_CACHE = "FASTDROP_NUMBA_CACHE"
+NUMBA_CACHE = os.environ.get(ENV_NUMBA_CACHE, "1").strip().lower() not in ("0", "false", "no",
+                                                                           "off")
 
 
 def available_cpus():

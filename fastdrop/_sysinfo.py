@@ -35,14 +35,15 @@ def numba_cache_location():
     configured = os.environ.get("NUMBA_CACHE_DIR")
     if configured:
         return configured
-    return os.path.join(os.path.dirname(os.path.abspath(__file__)), "kernels", "__pycache__")
+    return os.path.join(os.path.dirname(os.path.abspath(__file__)), "kernels", "numba",
+                        "__pycache__")
 
 
 def collect():
     """A dict describing versions, backends, OpenMP, threads, CPU and the Numba cache."""
     from . import __version__
     from ._backends import BACKENDS, backend_available
-    from ._config import available_cpus, get_num_threads
+    from ._config import NUMBA_CACHE, available_cpus, get_num_threads
 
     model, features = cpu_model_and_features()
     info = {
@@ -61,10 +62,10 @@ def collect():
         "cpu": model,
         "simd": features,
         "platform": platform.platform(),
-        "numba cache": numba_cache_location(),
+        "numba cache": numba_cache_location() if NUMBA_CACHE else "off (FASTDROP_NUMBA_CACHE)",
     }
     if backend_available("cython"):
-        from .kernels import cython_kernels
+        from .kernels.cython import kernels as cython_kernels
 
         info["openmp"] = cython_kernels.openmp_enabled()
         info["openmp max threads"] = cython_kernels.max_threads()

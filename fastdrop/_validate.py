@@ -1,7 +1,9 @@
-"""Argument checks shared by the public API and the reference.
+"""Checks of argument values, shared by the public API and the reference.
 
-Every check runs before anything is written, so bad input raises and leaves the
-caller's arrays unchanged. Messages name the offending value.
+Each check returns the value in the type the layers below take (a float p, an int
+offset, an ndarray) or raises TypeError/ValueError naming the offending value. The
+callers (`fastdrop._calls`) run them before anything is written or a stream taken,
+so bad input leaves the caller's arrays and generators unchanged.
 """
 import math
 import numbers
@@ -43,14 +45,17 @@ def check_integer(value, name, low, high):
 
 
 def check_seed(seed):
+    """A 64-bit seed: an integer in [0, 2**64)."""
     return check_integer(seed, "seed", 0, MAX_SEED)
 
 
 def check_stream(stream):
+    """A 64-bit stream: an integer in [0, 2**64)."""
     return check_integer(stream, "stream", 0, MAX_STREAM)
 
 
 def check_offset(offset, n):
+    """The global index of a call's first element, so that offset + n <= 2**63."""
     if type(offset) is int and 0 <= offset and offset + n <= MAX_ELEMENTS:  # the common case
         return offset
     offset = check_integer(offset, "offset", 0, MAX_ELEMENTS - 1)
@@ -60,52 +65,8 @@ def check_offset(offset, n):
 
 
 def check_count(n):
+    """A number of elements: an integer in [0, 2**63]."""
     return check_integer(n, "n", 0, MAX_ELEMENTS)
-
-
-def _is_generator(seed):
-    if type(seed) is int:
-        return False
-    from .generator import Generator
-
-    return isinstance(seed, Generator)
-
-
-def _plain_seed_stream(seed, stream):
-    """The common case, checked first: an int seed and an int or no stream, both in range."""
-    return type(seed) is int and 0 <= seed <= MAX_SEED and (
-        stream is None or (type(stream) is int and 0 <= stream <= MAX_STREAM))
-
-
-def check_seed_stream(seed, stream):
-    """Check seed (int, Generator or None) and stream without drawing a stream."""
-    if _plain_seed_stream(seed, stream):
-        return
-    if seed is None or _is_generator(seed):
-        if stream is not None:
-            raise ValueError(f"stream={stream!r} was given without an integer seed; "
-                             "pass seed too (a Generator chooses its own streams)")
-        return
-    check_seed(seed)
-    if stream is not None:
-        check_stream(stream)
-
-
-def resolve_seed_stream(seed, stream):
-    """(seed, stream) as ints. Call it after every other check, so a failed call takes no stream.
-
-    seed=None draws from the default Generator, a Generator draws its next stream.
-    """
-    if _plain_seed_stream(seed, stream):
-        return seed, 0 if stream is None else stream
-    check_seed_stream(seed, stream)
-    if seed is None:
-        from .generator import default_generator
-
-        seed = default_generator()
-    if _is_generator(seed):
-        return seed.reserve_stream()
-    return check_seed(seed), 0 if stream is None else check_stream(stream)
 
 
 def as_float_array(x, name):
@@ -190,34 +151,6 @@ def check_noise_shape(shape, noise_shape, broadcast_dims):
     return padded
 
 
-def check_masked_call(x, p, seed, stream, offset, inplace, out, noise_shape, broadcast_dims):
-    """The checks of a call that draws a mask, in an order that leaves no trace on error.
-
-    Returns ``(p, x, target, mask_shape, m, offset)``: ``mask_shape`` is x's shape
-    unless a noise shape stretches a smaller mask of ``m`` elements over x.
-    """
-    p = check_p(p)
-    x, target = prepare_target(x, "x", inplace, out)
-    if noise_shape is None and broadcast_dims is None:
-        mask_shape, m = x.shape, x.size
-    else:
-        mask_shape = check_noise_shape(x.shape, noise_shape, broadcast_dims)
-        m = shape_size(mask_shape)
-    check_seed_stream(seed, stream)
-    return p, x, target, mask_shape, m, check_offset(offset, m)
-
-
-def check_gaussian_call(x, p, seed, stream, offset, inplace, out):
-    """The checks of a Gaussian dropout call, in an order that leaves no trace on error.
-
-    Returns ``(p, x, target, offset)``.
-    """
-    p = check_gaussian_p(p)
-    x, target = prepare_target(x, "x", inplace, out)
-    check_seed_stream(seed, stream)
-    return p, x, target, check_offset(offset, x.size)
-
-
 def channel_noise_shape(shape, channel_axis, batch_axis):
     """Mask shape for channel dropout: one mask element per (batch item, channel)."""
     ndim = len(shape)
@@ -237,6 +170,7 @@ def channel_noise_shape(shape, channel_axis, batch_axis):
 
 
 def check_mask_object(mask):
+    """A DropoutMask (the variants' backward passes need its p and shape)."""
     if not isinstance(mask, DropoutMask):
         raise TypeError(f"mask must be a DropoutMask, got {type(mask).__name__}")
 
@@ -305,6 +239,7 @@ def check_gaussian_p(p):
 
 
 def check_noise(noise, n):
+    """The GaussianNoise record of a forward pass over n elements."""
     if not isinstance(noise, GaussianNoise):
         raise TypeError(f"noise must be the GaussianNoise returned by gaussian_dropout, "
                         f"got {type(noise).__name__}")
@@ -318,11 +253,3 @@ def check_weight(weight):
     if array.ndim == 0:
         raise ValueError("dropconnect needs a weight array with at least one dimension, got a 0-d array")
     return array
-
-
-def deliver(result, x, target):
-    """Put a C-ordered result where the caller asked (target array or a new array)."""
-    if target is None:
-        return result.reshape(x.shape)
-    target[...] = result.reshape(x.shape)
-    return target

@@ -1,13 +1,16 @@
-"""Generator: hands out (seed, stream) pairs so every call gets a fresh, reproducible mask."""
-import secrets
-import threading
+"""Generator: a stream source with the public functions as methods."""
+from . import _api
+from .streams import StreamSource, default_source
 
-from ._validate import check_seed, check_stream
-from .maskstream.spec import MAX_STREAM
+__all__ = ["Generator", "default_generator"]
 
 
-class Generator:
+class Generator(StreamSource):
     """A source of dropout masks: one fixed seed, a fresh stream per call.
+
+    Pass it as ``seed=`` to any function that draws a mask or noise, or call the
+    same functions as its methods (``gen.dropout(x, p)`` is
+    ``fastdrop.dropout(x, p, seed=gen)``).
 
     Parameters
     ----------
@@ -20,98 +23,72 @@ class Generator:
     state was set) uses stream ``k``; its mask is a pure function of
     ``(seed, stream, element index, p)`` as specified in docs/mask-stream.md, so
     it does not depend on the backend, the thread count, or how the array is
-    split into chunks. Streams are never reused: ``2**64`` calls exhaust a
-    generator, after which it raises.
+    split into chunks. A stream is taken only once every argument of the call has
+    been checked, so a failed call takes none. Streams are never reused: ``2**64``
+    calls exhaust a generator, after which it raises.
 
     **Threads.** Reserving a stream takes a lock, so one Generator can be shared
     by several Python threads; each call gets a distinct stream. Which thread
     gets which stream depends on scheduling.
 
-    **State.** ``state`` is a dict ``{"seed": int, "stream": int}`` (the next
-    stream to hand out); assigning it back resumes the sequence exactly.
+    **State, pickling and fork.** ``state`` is a dict ``{"seed": int, "stream": int}``
+    (the next stream to hand out); assigning it back resumes the sequence
+    exactly. A pickled or forked copy continues from the same state, so it hands
+    out the same streams as the original: give each worker its own seed.
 
     Examples
     --------
     >>> import numpy as np, fastdrop
     >>> gen = fastdrop.Generator(42)
     >>> y1, m1 = gen.dropout(np.ones(8, np.float32), 0.5)
-    >>> y2, m2 = gen.dropout(np.ones(8, np.float32), 0.5)
+    >>> y2, m2 = fastdrop.dropout(np.ones(8, np.float32), 0.5, seed=gen)
     >>> (m1.stream, m2.stream)
     (0, 1)
     """
 
-    def __init__(self, seed=None):
-        self._seed = secrets.randbits(64) if seed is None else check_seed(seed)
-        self._next_stream = 0
-        self._lock = threading.Lock()
+    __slots__ = ()
 
-    @property
-    def seed(self):
-        """The generator's 64-bit key."""
-        return self._seed
+    def dropout(self, x, p=0.5, **options):
+        """`fastdrop.dropout` with this generator's seed and its next stream."""
+        return _api.dropout(x, p, seed=self, **options)
 
-    def reserve_stream(self):
-        """Take the next stream: returns ``(seed, stream)`` for one call."""
-        with self._lock:
-            stream = self._next_stream
-            if stream > MAX_STREAM:
-                raise RuntimeError(f"Generator(seed={self._seed}) has used all 2**64 streams")
-            self._next_stream = stream + 1
-        return self._seed, stream
+    def channel_dropout(self, x, p=0.5, **options):
+        """`fastdrop.channel_dropout` with this generator's seed and its next stream."""
+        return _api.channel_dropout(x, p, seed=self, **options)
 
-    @property
-    def state(self):
-        """``{"seed": int, "stream": int}``; assign it to restore the generator."""
-        with self._lock:
-            return {"seed": self._seed, "stream": self._next_stream}
+    def alpha_dropout(self, x, p=0.5, **options):
+        """`fastdrop.alpha_dropout` with this generator's seed and its next stream."""
+        return _api.alpha_dropout(x, p, seed=self, **options)
 
-    @state.setter
-    def state(self, value):
-        try:
-            seed, stream = value["seed"], value["stream"]
-        except (TypeError, KeyError):
-            raise ValueError(f"state must be a dict with 'seed' and 'stream', got {value!r}") from None
-        seed = check_seed(seed)
-        stream = check_stream(stream)
-        with self._lock:
-            self._seed, self._next_stream = seed, stream
+    def feature_alpha_dropout(self, x, p=0.5, **options):
+        """`fastdrop.feature_alpha_dropout` with this generator's seed and its next stream."""
+        return _api.feature_alpha_dropout(x, p, seed=self, **options)
 
-    def __getstate__(self):
-        return self.state
+    def gaussian_dropout(self, x, p=0.5, **options):
+        """`fastdrop.gaussian_dropout` with this generator's seed and its next stream."""
+        return _api.gaussian_dropout(x, p, seed=self, **options)
 
-    def __setstate__(self, state):
-        self._lock = threading.Lock()
-        self._seed, self._next_stream = 0, 0
-        self.state = state
+    def dropconnect(self, weight, p=0.5, **options):
+        """`fastdrop.dropconnect` with this generator's seed and its next stream."""
+        return _api.dropconnect(weight, p, seed=self, **options)
 
-    def dropout(self, x, p=0.5, **kwargs):
-        """``fastdrop.dropout`` with this generator's seed and its next stream.
+    def bernoulli_mask(self, n, p, **options):
+        """`fastdrop.bernoulli_mask` with this generator's seed and its next stream."""
+        return _api.bernoulli_mask(n, p, seed=self, **options)
 
-        Keyword arguments are those of `fastdrop.dropout` other than seed and stream.
-        The stream is taken only if every argument is valid.
-        """
-        from ._api import dropout
-
-        return dropout(x, p, seed=self, **kwargs)
-
-    def bernoulli_mask(self, n, p, **kwargs):
-        """``fastdrop.bernoulli_mask`` with this generator's seed and its next stream."""
-        from ._api import bernoulli_mask
-
-        return bernoulli_mask(n, p, seed=self, **kwargs)
-
-    def __repr__(self):
-        return f"Generator(seed={self._seed}, next stream={self._next_stream})"
-
-
-_default = None
-_default_lock = threading.Lock()
+    def gaussian_noise(self, n, p, **options):
+        """`fastdrop.gaussian_noise` with this generator's seed and its next stream."""
+        return _api.gaussian_noise(n, p, seed=self, **options)
 
 
 def default_generator():
-    """The module's Generator used when ``seed=None``, seeded from OS entropy on first use."""
-    global _default
-    with _default_lock:
-        if _default is None:
-            _default = Generator()
-        return _default
+    """The stream source used when ``seed=None``, seeded from OS entropy on first use.
+
+    Returns
+    -------
+    fastdrop.streams.StreamSource
+        The default source: ``seed``, ``state`` and ``reserve_stream`` as on a
+        `Generator` (which is a StreamSource with method shortcuts). It is the
+        same object on every call; after ``os.fork()`` the child gets a new one.
+    """
+    return default_source()

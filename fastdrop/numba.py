@@ -26,8 +26,9 @@ import numpy as np
 from numba import njit, types
 from numba.extending import overload
 
-from .kernels.numba_kernels import _mask_range, _stream_range, _words_range
-from .maskstream.numba_words import mask_word
+from ._config import NUMBA_CACHE
+from .kernels.numba.dropout import mask_range, stream_range, words_range
+from .kernels.numba.words import mask_word
 
 __all__ = [
     "apply_mask_range",
@@ -42,7 +43,7 @@ __all__ = [
 _TWO_TO_64 = 18446744073709551616.0
 
 
-@njit(cache=True)
+@njit(cache=NUMBA_CACHE)
 def stream_parameters(p):
     """(threshold, drop_all) for drop probability p in [0, 1]: threshold = floor(p * 2**64)."""
     if p >= 1.0:
@@ -50,7 +51,7 @@ def stream_parameters(p):
     return np.uint64(p * _TWO_TO_64), False  # exact: scaling by a power of two
 
 
-@njit(cache=True)
+@njit(cache=NUMBA_CACHE)
 def words_for(n):
     """Number of uint64 mask words for n elements."""
     return (n + 63) // 64
@@ -72,15 +73,15 @@ def _element_scale_overload(array, p):
     return element_scale
 
 
-@njit(cache=True)
+@njit(cache=NUMBA_CACHE)
 def mask_words_range(words, n, p, seed, stream, offset, first, stop):
     """Fill words[first:stop] with the keep bits of elements offset .. offset + n - 1."""
     threshold, drop_all = stream_parameters(p)
-    _words_range(words, np.uint64(seed), np.uint64(stream), threshold, drop_all,
+    words_range(words, np.uint64(seed), np.uint64(stream), threshold, drop_all,
                  np.int64(offset), np.int64(n), first, stop)
 
 
-@njit(cache=True)
+@njit(cache=NUMBA_CACHE)
 def dropout_range(source, target, words, p, seed, stream, offset, first, stop):
     """Fused forward over mask words [first, stop): target = source * keep / (1 - p).
 
@@ -91,18 +92,18 @@ def dropout_range(source, target, words, p, seed, stream, offset, first, stop):
         raise ValueError("dropout_range: target must have the size of source")
     threshold, drop_all = stream_parameters(p)
     scale = _element_scale(source, p)
-    _stream_range(source, target, words, scale, np.uint64(seed), np.uint64(stream),
+    stream_range(source, target, words, scale, np.uint64(seed), np.uint64(stream),
                   threshold, drop_all, np.int64(offset), np.int64(source.size), first, stop)
 
 
-@njit(cache=True)
+@njit(cache=NUMBA_CACHE)
 def dropout_backward_recompute_range(grad, target, p, seed, stream, offset, first, stop):
     """Backward over mask words [first, stop) with the mask regenerated, none stored."""
     dropout_range(grad, target, np.empty(0, dtype=np.uint64), p, seed, stream, offset, first, stop)
 
 
-@njit(cache=True)
+@njit(cache=NUMBA_CACHE)
 def apply_mask_range(source, target, words, p, first, stop):
     """Backward over mask words [first, stop) from stored words: target = source * keep / (1 - p)."""
     scale = _element_scale(source, p)
-    _mask_range(source, target, words, scale, np.int64(source.size), first, stop)
+    mask_range(source, target, words, scale, np.int64(source.size), first, stop)

@@ -10,8 +10,9 @@ Specification: docs/mask-stream.md.
 """
 import numpy as np
 
-from . import _validate
-from ._mask import DropoutMask, GaussianNoise, pack_mask, unpack_mask
+from . import _calls
+from ._mask import pack_mask, unpack_mask
+from ._validate import channel_noise_shape, check_mask_object, check_weight
 from .maskstream import normal
 from .maskstream.spec import (WORD_BITS, alpha_dropout_constants, block_counter, dropout_scale,
                               gaussian_sigma, keep_threshold, normal_counter, split64)
@@ -115,11 +116,8 @@ def scale_kept(x, keep, p, scale=None):
 
 def bernoulli_mask(n, p, *, seed, stream=None, offset=0):
     """Packed keep bits of ``n`` elements starting at global index ``offset``; see `fastdrop.bernoulli_mask`."""
-    n = _validate.check_count(n)
-    p = _validate.check_p(p)
-    offset = _validate.check_offset(offset, n)
-    seed, stream = _validate.resolve_seed_stream(seed, stream)
-    return pack_mask(keep_bits(n, p, seed, stream, offset))
+    call = _calls.count(n, p, seed, stream, offset)
+    return pack_mask(keep_bits(call.m, call.p, call.seed, call.stream, call.offset))
 
 
 def broadcast_keep(keep, mask_shape, shape):
@@ -130,22 +128,19 @@ def broadcast_keep(keep, mask_shape, shape):
 def dropout(x, p=0.5, *, seed=None, stream=None, offset=0, training=True, inplace=False, out=None,
             noise_shape=None, broadcast_dims=None):
     """Inverted dropout; see `fastdrop.dropout`."""
-    p, x, target, mask_shape, n, offset = _validate.check_masked_call(
-        x, p, seed, stream, offset, inplace, out, noise_shape, broadcast_dims)
+    call = _calls.masked(x, p, seed, stream, offset, inplace, out, noise_shape, broadcast_dims,
+                         training)
     if not training:
-        return (x if target is None else _validate.deliver(x, x, target)), None
-    seed, stream = _validate.resolve_seed_stream(seed, stream)
-    keep = keep_bits(n, p, seed, stream, offset)
-    y = scale_kept(x.reshape(-1), broadcast_keep(keep, mask_shape, x.shape), p)
-    mask = DropoutMask(pack_mask(keep), shape=mask_shape, p=p, seed=seed, stream=stream,
-                       offset=offset)
-    return _validate.deliver(y, x, target), mask
+        return call.untouched(), None
+    keep = keep_bits(call.m, call.p, call.seed, call.stream, call.offset)
+    y = scale_kept(call.x.reshape(-1), broadcast_keep(keep, call.mask_shape, call.x.shape), call.p)
+    return call.deliver(y), call.mask(pack_mask(keep))
 
 
 def channel_dropout(x, p=0.5, *, channel_axis=1, batch_axis=0, seed=None, stream=None, offset=0,
                     training=True, inplace=False, out=None):
     """Whole channels dropped together; see `fastdrop.channel_dropout`."""
-    noise_shape = _validate.channel_noise_shape(np.shape(x), channel_axis, batch_axis)
+    noise_shape = channel_noise_shape(np.shape(x), channel_axis, batch_axis)
     return dropout(x, p, seed=seed, stream=stream, offset=offset, training=training,
                    inplace=inplace, out=out, noise_shape=noise_shape)
 
@@ -155,11 +150,9 @@ def apply_mask(x, mask, *, p=None, scale=None, inplace=False, out=None, name="x"
 
     ``name`` is what error messages call x (dropout's backward says "grad").
     """
-    x, target = _validate.prepare_target(x, name, inplace, out)
-    words, p, mask_shape = _validate.check_mask(mask, x.shape, p)
-    scale = _validate.check_scale(scale, p)
-    keep = broadcast_keep(unpack_mask(words, _validate.shape_size(mask_shape)), mask_shape, x.shape)
-    return _validate.deliver(scale_kept(x.reshape(-1), keep, p, scale), x, target)
+    call = _calls.stored_mask(x, name, mask, p, scale, inplace, out)
+    keep = broadcast_keep(unpack_mask(call.words, call.m), call.mask_shape, call.x.shape)
+    return call.deliver(scale_kept(call.x.reshape(-1), keep, call.p, call.scale))
 
 
 def dropout_backward(grad, mask, *, p=None, inplace=False, out=None):
@@ -170,14 +163,10 @@ def dropout_backward(grad, mask, *, p=None, inplace=False, out=None):
 def dropout_backward_recompute(grad, p, *, seed, stream, offset=0, noise_shape=None,
                                inplace=False, out=None):
     """grad * keep / (1 - p) with keep regenerated from (seed, stream, offset); see `fastdrop.dropout_backward_recompute`."""
-    p = _validate.check_p(p)
-    grad, target = _validate.prepare_target(grad, "grad", inplace, out)
-    mask_shape = _validate.check_noise_shape(grad.shape, noise_shape, None)
-    seed, stream = _validate.check_seed(seed), _validate.check_stream(stream)
-    n = _validate.shape_size(mask_shape)
-    offset = _validate.check_offset(offset, n)
-    keep = broadcast_keep(keep_bits(n, p, seed, stream, offset), mask_shape, grad.shape)
-    return _validate.deliver(scale_kept(grad.reshape(-1), keep, p), grad, target)
+    call = _calls.recompute(grad, p, seed, stream, offset, noise_shape, inplace, out)
+    keep = keep_bits(call.m, call.p, call.seed, call.stream, call.offset)
+    keep = broadcast_keep(keep, call.mask_shape, call.x.shape)
+    return call.deliver(scale_kept(call.x.reshape(-1), keep, call.p))
 
 
 # ---------------------------------------------------------------- alpha dropout
@@ -202,31 +191,30 @@ def alpha_affine(x, keep, p):
 def alpha_dropout(x, p=0.5, *, seed=None, stream=None, offset=0, training=True, inplace=False,
                   out=None, noise_shape=None, broadcast_dims=None):
     """Alpha dropout for SELU networks; see `fastdrop.alpha_dropout`."""
-    p, x, target, mask_shape, n, offset = _validate.check_masked_call(
-        x, p, seed, stream, offset, inplace, out, noise_shape, broadcast_dims)
+    call = _calls.masked(x, p, seed, stream, offset, inplace, out, noise_shape, broadcast_dims,
+                         training)
     if not training:
-        return (x if target is None else _validate.deliver(x, x, target)), None
-    seed, stream = _validate.resolve_seed_stream(seed, stream)
-    keep = keep_bits(n, p, seed, stream, offset)
-    mask = DropoutMask(pack_mask(keep), shape=mask_shape, p=p, seed=seed, stream=stream,
-                       offset=offset)
-    if p == 0.0:  # the identity, as in PyTorch
-        return _validate.deliver(x.reshape(-1).copy(), x, target), mask
-    y = alpha_affine(x.reshape(-1), broadcast_keep(keep, mask_shape, x.shape), p)
-    return _validate.deliver(y, x, target), mask
+        return call.untouched(), None
+    keep = keep_bits(call.m, call.p, call.seed, call.stream, call.offset)
+    mask = call.mask(pack_mask(keep))
+    if call.p == 0.0:  # the identity, as in PyTorch
+        return call.deliver(call.x.reshape(-1).copy()), mask
+    y = alpha_affine(call.x.reshape(-1), broadcast_keep(keep, call.mask_shape, call.x.shape),
+                     call.p)
+    return call.deliver(y), mask
 
 
 def feature_alpha_dropout(x, p=0.5, *, channel_axis=1, batch_axis=0, seed=None, stream=None,
                           offset=0, training=True, inplace=False, out=None):
     """Alpha dropout of whole channels; see `fastdrop.feature_alpha_dropout`."""
-    noise_shape = _validate.channel_noise_shape(np.shape(x), channel_axis, batch_axis)
+    noise_shape = channel_noise_shape(np.shape(x), channel_axis, batch_axis)
     return alpha_dropout(x, p, seed=seed, stream=stream, offset=offset, training=training,
                          inplace=inplace, out=out, noise_shape=noise_shape)
 
 
 def alpha_dropout_backward(grad, mask, *, inplace=False, out=None):
     """grad * a where kept, +0.0 where dropped; see `fastdrop.alpha_dropout_backward`."""
-    _validate.check_mask_object(mask)
+    check_mask_object(mask)
     return apply_mask(grad, mask, scale=alpha_dropout_constants(mask.p)[0] if mask.p != 0.0
                       else 1.0, inplace=inplace, out=out, name="grad")
 
@@ -303,33 +291,25 @@ def multiply_noise(x, noise):
 
 def gaussian_noise(n, p, *, seed, stream=None, offset=0):
     """The multipliers of `gaussian_dropout` in float64; see `fastdrop.gaussian_noise`."""
-    n = _validate.check_count(n)
-    p = _validate.check_gaussian_p(p)
-    offset = _validate.check_offset(offset, n)
-    seed, stream = _validate.resolve_seed_stream(seed, stream)
-    return gaussian_multipliers(n, p, seed, stream, offset)
+    call = _calls.count(n, p, seed, stream, offset, gaussian=True)
+    return gaussian_multipliers(call.m, call.p, call.seed, call.stream, call.offset)
 
 
 def gaussian_dropout(x, p=0.5, *, seed=None, stream=None, offset=0, training=True, inplace=False,
                      out=None):
     """Multiplicative N(1, p/(1-p)) noise; see `fastdrop.gaussian_dropout`."""
-    p, x, target, offset = _validate.check_gaussian_call(x, p, seed, stream, offset, inplace,
-                                                         out)
+    call = _calls.gaussian(x, p, seed, stream, offset, inplace, out, training)
     if not training:
-        return (x if target is None else _validate.deliver(x, x, target)), None
-    seed, stream = _validate.resolve_seed_stream(seed, stream)
-    y = multiply_noise(x.reshape(-1), gaussian_multipliers(x.size, p, seed, stream, offset))
-    noise = GaussianNoise(shape=x.shape, p=p, seed=seed, stream=stream, offset=offset)
-    return _validate.deliver(y, x, target), noise
+        return call.untouched(), None
+    noise = gaussian_multipliers(call.m, call.p, call.seed, call.stream, call.offset)
+    return call.deliver(multiply_noise(call.x.reshape(-1), noise)), call.noise()
 
 
 def gaussian_dropout_backward(grad, noise, *, inplace=False, out=None):
     """grad times the same noise; see `fastdrop.gaussian_dropout_backward`."""
-    grad, target = _validate.prepare_target(grad, "grad", inplace, out)
-    _validate.check_noise(noise, grad.size)
-    y = multiply_noise(grad.reshape(-1), gaussian_multipliers(grad.size, noise.p, noise.seed,
-                                                              noise.stream, noise.offset))
-    return _validate.deliver(y, grad, target)
+    call = _calls.stored_noise(grad, noise, inplace, out)
+    multipliers = gaussian_multipliers(call.m, call.p, call.seed, call.stream, call.offset)
+    return call.deliver(multiply_noise(call.x.reshape(-1), multipliers))
 
 
 # ---------------------------------------------------------------- DropConnect
@@ -337,5 +317,5 @@ def gaussian_dropout_backward(grad, noise, *, inplace=False, out=None):
 
 def dropconnect(weight, p=0.5, *, seed=None, stream=None, offset=0, training=True, out=None):
     """Dropout over a weight matrix, never in place; see `fastdrop.dropconnect`."""
-    return dropout(_validate.check_weight(weight), p, seed=seed, stream=stream, offset=offset,
+    return dropout(check_weight(weight), p, seed=seed, stream=stream, offset=offset,
                    training=training, out=out)

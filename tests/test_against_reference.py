@@ -101,7 +101,7 @@ def test_auto_backend_gives_the_same_result_as_reference():
 @pytest.mark.parametrize("p", PS)
 def test_cython_simd_and_portable_paths_agree_with_reference(p, simd):
     """The AVX-512 and AVX2 paths (where the CPU has them) and the portable paths give the same bits."""
-    from fastdrop.kernels import cython_kernels
+    from fastdrop.kernels.cython import kernels as cython_kernels
 
     before = cython_kernels.simd_enabled()
     try:
@@ -167,7 +167,7 @@ def test_cython_pipelined_groups_match_reference(threads, simd, thread_count, of
     group's (p = 0.1 and 1/3; p = 0.5 takes one Philox block and the plain loop): sizes
     at and around group ends, offsets whose last local word of a group needs the next
     group's first global word, thread counts that split the groups unevenly."""
-    from fastdrop.kernels import cython_kernels
+    from fastdrop.kernels.cython import kernels as cython_kernels
 
     before = cython_kernels.simd_enabled()
     fastdrop.set_num_threads(thread_count)

@@ -326,7 +326,7 @@ def test_a_row_times_every_implementation_interleaved_or_one_after_another(inter
 @pytest.mark.parametrize("threads", [1, 2, 3])
 def test_the_floor_kernel_scales_every_element_once(dtype, n, threads):
     """scale_in_place (the floor) multiplies each element exactly once, whatever the split."""
-    cython_kernels = pytest.importorskip("fastdrop.kernels.cython_kernels")
+    cython_kernels = pytest.importorskip("fastdrop.kernels.cython.kernels")
     import numpy as np
 
     values = np.random.default_rng(n).standard_normal(n).astype(dtype)
@@ -336,7 +336,7 @@ def test_the_floor_kernel_scales_every_element_once(dtype, n, threads):
 
 
 def test_the_floor_kernel_refuses_other_dtypes():
-    cython_kernels = pytest.importorskip("fastdrop.kernels.cython_kernels")
+    cython_kernels = pytest.importorskip("fastdrop.kernels.cython.kernels")
     import numpy as np
 
     with pytest.raises(TypeError, match="int32"):

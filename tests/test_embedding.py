@@ -159,7 +159,7 @@ def test_required_openmp_was_built_in():
     """Where the build was told OpenMP is required (CI), the backend must have it."""
     if os.environ.get("FASTDROP_REQUIRE_OPENMP", "") in ("", "0"):
         pytest.skip("FASTDROP_REQUIRE_OPENMP not set")
-    from fastdrop.kernels import cython_kernels
+    from fastdrop.kernels.cython import kernels as cython_kernels
 
     assert cython_kernels.openmp_enabled()
 
@@ -179,7 +179,7 @@ def test_serial_build_without_openmp_gives_the_same_masks(tmp_path):
     assert build.returncode == 0, build.stderr[-3000:]
     script = textwrap.dedent("""
         import numpy as np, fastdrop
-        from fastdrop.kernels import cython_kernels
+        from fastdrop.kernels.cython import kernels as cython_kernels
         assert fastdrop.__file__.startswith(%r), fastdrop.__file__
         assert not cython_kernels.openmp_enabled()
         fastdrop.set_num_threads(2)

@@ -6,7 +6,7 @@ import fastdrop
 from tests.conftest import bits
 
 numba = pytest.importorskip("numba")
-from fastdrop.kernels.numba_half import float32_to_half_bits, half_bits_to_float32  # noqa: E402
+from fastdrop.kernels.numba.half import float32_to_half_bits, half_bits_to_float32  # noqa: E402
 
 
 @numba.njit

@@ -59,7 +59,7 @@ def test_public_philox_is_vectorised_and_broadcasts():
 
 def test_numba_block_matches_kat():
     numba = pytest.importorskip("numba")
-    from fastdrop.rng.philox_numba import philox4x32_10_block
+    from fastdrop.kernels.numba.philox import philox4x32_10_block
 
     @numba.njit
     def call(c0, c1, c2, c3, k0, k1):

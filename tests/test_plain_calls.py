@@ -1,35 +1,28 @@
-"""The usual dropout call runs in one step (the backends' ``dropout_plain``); it must change nothing.
+"""The usual dropout call runs in one step; it must change nothing.
 
-Plain calls -- an ndarray that is C-contiguous, aligned and native-endian, a float p,
-int seed/stream/offset -- give the bits of `fastdrop.reference`; every other call
-must be declined (``None``) without touching anything, so that the general path
-checks it and raises its own messages. Cython's step is one C function; Numba's
-checks in Python and calls one compiled kernel, and also declines float16 and
-read-only arrays.
+`fastdrop._fastpath.usual_call` says which calls are usual -- an ndarray that is
+C-contiguous, aligned and native-endian, a float p, an int offset -- and the API
+then resolves the seed (an int, a Generator, or None for the default source) and
+makes one kernel call, the backend's ``dropout_plain``, with checked machine values.
+Usual calls give the bits of `fastdrop.reference` through every seed form; every
+other call is declined by the check without touching anything, so that the general
+path checks it and raises its own messages.
 """
-import importlib
-
 import numpy as np
 import pytest
 
 import fastdrop
-from fastdrop import reference
+from fastdrop import _backends, reference
 from fastdrop._backends import backend_available
+from fastdrop.maskstream.spec import dropout_constants
 from tests.conftest import FLOAT_DTYPES, bits
+
+usual_call = pytest.importorskip("fastdrop._fastpath").usual_call
 
 PLAIN_BACKENDS = [pytest.param("cython", marks=pytest.mark.skipif(
                       not backend_available("cython"), reason="the Cython extension is not built")),
                   pytest.param("numba", marks=pytest.mark.skipif(
                       not backend_available("numba"), reason="numba is not installed"))]
-
-
-def plain(backend):
-    return importlib.import_module(f"fastdrop.kernels.{backend}_kernels").dropout_plain
-
-
-def takes(backend, x, inplace):
-    """Whether ``backend``'s one step takes a plain call on x (Numba's declines some)."""
-    return backend == "cython" or (x.dtype != np.float16 and x.flags.writeable)
 
 
 def sample(shape, dtype):
@@ -60,19 +53,16 @@ def test_plain_calls_take_the_one_step_and_match_the_reference(shape, p, seed, s
                                                                inplace, dtype, backend):
     x = sample(shape, dtype)
     expected, expected_mask = reference.dropout(x, p, seed=seed, stream=stream, offset=offset)
-    before = x.copy()
-    done = plain(backend)(x, p, seed, stream, offset, inplace, 2)
-    if not takes(backend, x, inplace):
-        assert done is None and np.array_equal(bits(x), bits(before))
-    else:
-        assert done is not None, "a plain call was declined"
-        y, words = done
-        assert (y is x) == inplace
-        assert y.shape == x.shape and y.dtype == x.dtype and y.flags.c_contiguous
-        assert np.array_equal(bits(y), bits(expected))
-        assert np.array_equal(words, expected_mask.words)
+    assert usual_call(x, p, offset, inplace)
+    threshold, drop_all, scale = dropout_constants(p)
+    y, words = _backends.kernels(backend).dropout_plain(
+        x.copy() if inplace else x, inplace, threshold, drop_all, scale, seed,
+        0 if stream is None else stream, offset, 2)
+    assert y.shape == x.shape and y.dtype == x.dtype and y.flags.c_contiguous
+    assert np.array_equal(bits(y), bits(expected))
+    assert np.array_equal(words, expected_mask.words)
     # and through the public function, in place or not, with its DropoutMask
-    z = before.copy()
+    z = x.copy()
     result, mask = fastdrop.dropout(z, p, seed=seed, stream=stream, offset=offset,
                                     inplace=inplace, backend=backend)
     assert (result is z) == inplace
@@ -83,8 +73,66 @@ def test_plain_calls_take_the_one_step_and_match_the_reference(shape, p, seed, s
         expected_mask.stream, expected_mask.offset)
 
 
-def not_plain():
-    """Calls the C step must decline: (description, x, p, seed, stream, offset, inplace)."""
+class Spy:
+    """Counts a backend's dropout_plain calls (the one step) while passing them through."""
+
+    def __init__(self, monkeypatch, backend):
+        kernels = _backends.kernels(backend)
+        self.calls, real = 0, kernels.dropout_plain
+
+        def spy(*args):
+            self.calls += 1
+            return real(*args)
+        monkeypatch.setattr(kernels, "dropout_plain", spy)
+
+
+@pytest.mark.parametrize("backend", PLAIN_BACKENDS)
+def test_every_seed_form_takes_the_one_step(monkeypatch, backend):
+    spy = Spy(monkeypatch, backend)
+    x = sample((1000,), np.float32)
+    gen = fastdrop.Generator(12)
+    default = fastdrop.default_generator()
+    start = default.state["stream"]
+    y, mask = fastdrop.dropout(x, 0.3, backend=backend)
+    assert (mask.seed, mask.stream) == (default.seed, start)
+    assert np.array_equal(bits(y), bits(reference.dropout(x, 0.3, seed=mask.seed,
+                                                          stream=mask.stream)[0]))
+    for call in (lambda: fastdrop.dropout(x, 0.3, seed=gen, backend=backend),
+                 lambda: gen.dropout(x, 0.3, backend=backend)):
+        y, mask = call()
+        assert np.array_equal(bits(y), bits(reference.dropout(x, 0.3, seed=12,
+                                                              stream=mask.stream)[0]))
+    assert gen.state["stream"] == 2
+    fastdrop.dropout(x, 0.3, seed=5, backend=backend)
+    fastdrop.dropout(x, 0.3, seed=5, stream=9, backend=backend)
+    assert spy.calls == 5
+
+
+BAD_SEEDS = [  # (seed, stream, error): the general path's messages, no stream taken
+    (True, None, TypeError), (-1, None, ValueError), (2**64, None, ValueError),
+    (1.0, None, TypeError), (1, -1, ValueError), (1, 2**64, ValueError), (1, 1.0, TypeError),
+    (None, 3, ValueError), ("generator", 3, ValueError),
+]
+
+
+@pytest.mark.parametrize("backend", PLAIN_BACKENDS)
+@pytest.mark.parametrize("seed, stream, error", BAD_SEEDS)
+def test_bad_seeds_on_usual_arrays_raise_and_take_no_stream(monkeypatch, backend, seed, stream,
+                                                            error):
+    spy = Spy(monkeypatch, backend)
+    x = sample((100,), np.float32)
+    before = x.copy()
+    gen = fastdrop.Generator(4)
+    seed = gen if seed == "generator" else seed
+    default_before = fastdrop.default_generator().state
+    with pytest.raises(error):
+        fastdrop.dropout(x, 0.5, seed=seed, stream=stream, inplace=True, backend=backend)
+    assert spy.calls == 0 and np.array_equal(bits(x), bits(before))
+    assert gen.state["stream"] == 0 and fastdrop.default_generator().state == default_before
+
+
+def not_usual():
+    """Calls the check must decline: (description, x, p, offset, inplace)."""
     x = sample((40, 30), np.float32)
     readonly = x.copy()
     readonly.flags.writeable = False
@@ -94,39 +142,37 @@ def not_plain():
         pass
 
     return [
-        ("list", x.tolist(), 0.5, 1, None, 0, False),
-        ("Fortran order", np.asfortranarray(x), 0.5, 1, None, 0, False),
-        ("strided view", x[:, ::2], 0.5, 1, None, 0, True),
-        ("byte-swapped", swapped, 0.5, 1, None, 0, False),
-        ("subclass", x.copy().view(Subclass), 0.5, 1, None, 0, False),
-        ("integer array", np.arange(10), 0.5, 1, None, 0, False),
-        ("complex array", x.astype(np.complex64), 0.5, 1, None, 0, False),
-        ("read-only in place", readonly, 0.5, 1, None, 0, True),
-        ("p a NumPy float", x, np.float64(0.5), 1, None, 0, False),
-        ("p an int", x, 1, 1, None, 0, False),
-        ("p NaN", x, float("nan"), 1, None, 0, False),
-        ("p above 1", x, 1.5, 1, None, 0, False),
-        ("p below 0", x, -1e-300, 1, None, 0, False),
-        ("seed None", x, 0.5, None, None, 0, False),
-        ("seed a Generator", x, 0.5, fastdrop.Generator(1), None, 0, False),
-        ("seed a NumPy int", x, 0.5, np.uint64(1), None, 0, False),
-        ("seed bool", x, 0.5, True, None, 0, False),
-        ("seed negative", x, 0.5, -1, None, 0, False),
-        ("seed 2**64", x, 0.5, 2**64, None, 0, False),
-        ("stream 2**64", x, 0.5, 1, 2**64, 0, False),
-        ("stream negative", x, 0.5, 1, -1, 0, False),
-        ("stream a float", x, 0.5, 1, 1.0, 0, False),
-        ("offset negative", x, 0.5, 1, None, -1, False),
-        ("offset past 2**63", x, 0.5, 1, None, 2**63 - x.size + 1, False),
-        ("offset a NumPy int", x, 0.5, 1, None, np.int64(3), False),
-        ("offset bool", x, 0.5, 1, None, False, False),
+        ("list", x.tolist(), 0.5, 0, False),
+        ("Fortran order", np.asfortranarray(x), 0.5, 0, False),
+        ("strided view", x[:, ::2], 0.5, 0, True),
+        ("byte-swapped", swapped, 0.5, 0, False),
+        ("subclass", x.copy().view(Subclass), 0.5, 0, False),
+        ("integer array", np.arange(10), 0.5, 0, False),
+        ("complex array", x.astype(np.complex64), 0.5, 0, False),
+        ("read-only in place", readonly, 0.5, 0, True),
+        ("p a NumPy float", x, np.float64(0.5), 0, False),
+        ("p an int", x, 1, 0, False),
+        ("p NaN", x, float("nan"), 0, False),
+        ("p above 1", x, 1.5, 0, False),
+        ("p below 0", x, -1e-300, 0, False),
+        ("offset negative", x, 0.5, -1, False),
+        ("offset past 2**63", x, 0.5, 2**63 - x.size + 1, False),
+        ("offset a NumPy int", x, 0.5, np.int64(3), False),
+        ("offset bool", x, 0.5, False, False),
     ]
 
 
-@pytest.mark.parametrize("backend", PLAIN_BACKENDS)
-@pytest.mark.parametrize("case", not_plain(), ids=lambda case: case[0])
-def test_anything_else_is_declined_untouched(case, backend):
-    _, x, p, seed, stream, offset, inplace = case
+@pytest.mark.parametrize("case", not_usual(), ids=lambda case: case[0])
+def test_anything_else_is_declined_untouched(case):
+    _, x, p, offset, inplace = case
     before = np.array(x, copy=True)
-    assert plain(backend)(x, p, seed, stream, offset, inplace, 2) is None
+    assert usual_call(x, p, offset, inplace) is False
     assert np.array_equal(bits(np.asarray(x)), bits(before))
+
+
+def test_the_limits_themselves_are_usual():
+    x = np.ones(10, np.float32)
+    assert usual_call(x, 0.0, 0, True) and usual_call(x, 1.0, 2**63 - 10, True)
+    readonly = x.copy()
+    readonly.flags.writeable = False
+    assert usual_call(readonly, 0.5, 0, False)

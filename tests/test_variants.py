@@ -450,11 +450,11 @@ def kernel_standard_normals(backend, random_words):
     so the transform is fed chosen words through the kernels' test hooks.
     """
     if backend == "cython":
-        from fastdrop.kernels import cython_kernels
+        from fastdrop.kernels.cython import kernels as cython_kernels
 
         return cython_kernels.standard_normals_of_words(random_words)
     if backend == "numba":  # the library's cached @njit function, called word by word
-        from fastdrop.maskstream.numba_normal import standard_normal
+        from fastdrop.kernels.numba.normal import standard_normal
 
         return np.array([standard_normal(word) for word in random_words])
     raise AssertionError(f"no normal-transform hook for backend {backend!r}")
@@ -488,7 +488,7 @@ def test_normal_transform_of_chosen_words_is_bit_identical(compiled_backend):
 def test_cython_simd_and_portable_paths_agree(backend, simd):
     """The AVX2 paths (where the CPU has them) and the portable paths of the Gaussian words
     and of the noise-shaped mask give the reference's bits."""
-    from fastdrop.kernels import cython_kernels
+    from fastdrop.kernels.cython import kernels as cython_kernels
 
     before = cython_kernels.simd_enabled()
     try:

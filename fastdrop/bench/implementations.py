@@ -142,7 +142,7 @@ def _backend_requirement(backend):
 def floor_kernel():
     """Which kernel measures the floor here: "cython" (scale_in_place), "numba" or "numpy"."""
     if backend_available("cython"):
-        from ..kernels import cython_kernels
+        from ..kernels.cython import kernels as cython_kernels
 
         if hasattr(cython_kernels, "scale_in_place"):
             return "cython"
@@ -153,7 +153,7 @@ def floor_kernel():
 
 FLOOR_DESCRIPTIONS = {
     "cython": "x *= s in place, OpenMP parallel, with the fused kernels' vector path and "
-              "prefetch (fastdrop.kernels.cython_kernels.scale_in_place)",
+              "prefetch (fastdrop.kernels.cython.kernels.scale_in_place)",
     "numba": "x *= s in place, Numba prange (the Cython extension is not built)",
     "numpy": "np.multiply(x, s, out=x), one thread (neither Cython nor Numba is available)",
 }
@@ -191,7 +191,7 @@ def _floor_setup(n, p, dtype, threads):
     threads = chunk_count(n, threads)  # same serial cutoff as fastdrop's kernels
     kernel = floor_kernel() if threads > 1 else "numpy"
     if kernel == "cython":
-        from ..kernels.cython_kernels import scale_in_place
+        from ..kernels.cython.kernels import scale_in_place
 
         return lambda: scale_in_place(x, scale, threads)
     if kernel == "numba":

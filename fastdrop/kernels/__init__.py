@@ -1,1 +1,6 @@
-"""Compute kernels, one module per backend. Private: the public API validates and dispatches here."""
+"""Compute kernels, one folder per backend (``cython/``, ``numba/``).
+
+Private: the public API validates, lays arrays out and dispatches here, through the
+kernel interface described in `fastdrop._backends`. ``common`` holds the helpers both
+compiled backends' Python entry points share.
+"""

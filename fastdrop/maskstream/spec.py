@@ -97,3 +97,12 @@ def gaussian_sigma(p):
     if not 0.0 <= p < 1.0:
         raise ValueError(f"gaussian_sigma needs 0 <= p < 1, got p={p!r}")
     return math.sqrt(p / (1.0 - p))
+
+
+@functools.lru_cache(maxsize=64)
+def dropout_constants(p):
+    """(T, drop_all, s) of dropout with drop probability p, each computed once.
+
+    `stream_parameters` and `dropout_scale` together, cached for the per-call path.
+    """
+    return stream_parameters(p) + (dropout_scale(p),)

@@ -101,7 +101,7 @@ static inline uint16_t fd_keep_f16(uint16_t value, float scale, uint32_t lane)
 /* Prefetch distance in mask words, and a prefetch of one word's elements. 20 words is
  * 5 KiB of float32 and 10 KiB of float64 ahead: far enough to cover a batch of mask
  * arithmetic, and not a multiple of 4 KiB, where the prefetches would alias the stores
- * to the current elements (16 words was 5-10% slower at p = 0.1 for that reason). */
+ * to the current elements. */
 #ifndef FD_PREFETCH_WORDS
 #define FD_PREFETCH_WORDS 20
 #endif

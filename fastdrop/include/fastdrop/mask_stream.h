@@ -132,7 +132,7 @@ static inline int fd_set_simd(int level)
  * garbage only ever reaches other upper halves, and FD_VEC_JOIN masks it off at the end.
  * A product's high half comes down by swapping the lane's halves (a shuffle, which runs
  * on another port than the multiplies) instead of a shift. Both save instructions in
- * the ten rounds: about 6% off the mask words' time on the 2-core VM (AVX-512F). */
+ * the ten rounds. */
 #define FD_SWAP32_256(v) _mm256_shuffle_epi32(v, 0xB1)
 #define FD_SWAP32_512(v) _mm512_shuffle_epi32(v, (_MM_PERM_ENUM)0xB1)
 #define FD_VEC_ROUND(W, x0, x1, x2, x3, m0, m1, k0, k1)                                      \

@@ -143,7 +143,7 @@ static inline double fd_standard_normal(uint64_t random_word)
 /* Batches: FD_NORMAL_BATCH consecutive normals starting at an even global index (the
  * first element of Philox block `block`), computed as plain loops over the batch that
  * compilers vectorise: the central region of AS 241 for every lane, then the tails
- * (about 15% of lanes) gathered into a short list and done together. Each lane does
+ * (the lanes outside the central region) gathered into a short list and done together. Each lane does
  * the same IEEE operations as fd_standard_normal, so the bits are the same: u is built
  * from bits (1 + k 2^-52 minus 1 is k 2^-52 exactly; adding 2^-53 gives (k + 1/2)
  * 2^-52 exactly), and frexp from the exponent field (exact for the normal numbers

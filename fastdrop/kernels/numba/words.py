@@ -10,9 +10,11 @@ from llvmlite import ir
 from numba import njit, types
 from numba.extending import intrinsic
 
-from ..rng.philox import PHILOX_M0, PHILOX_M1, PHILOX_W0, PHILOX_W1
-from ..rng.philox_numba import philox4x32_10_block
-from .spec import BLOCK_SHIFT
+from ..._config import NUMBA_CACHE
+from ...maskstream.spec import BLOCK_SHIFT
+from ...rng.philox import PHILOX_M0, PHILOX_M1, PHILOX_W0, PHILOX_W1
+from .philox import philox4x32_10_block
+
 
 _ZERO = np.uint64(0)
 _ONE = np.uint64(1)
@@ -22,7 +24,7 @@ _SHIFT32 = np.uint64(32)
 _BLOCK_SHIFT = np.uint64(BLOCK_SHIFT)
 
 
-@njit(inline="always", cache=True)
+@njit(inline="always", cache=NUMBA_CACHE)
 def mask_word(seed, stream, word, threshold):
     """Keep bits of global mask word ``word`` for 0 <= p < 1 (threshold = floor(p * 2**64)).
 
@@ -68,7 +70,7 @@ def mask_word(seed, stream, word, threshold):
 PHILOX_LANES = 8  # Philox blocks per vector of `_random_words_of_batch`
 # Mask words per `mask_words_into`: two 512-bit vectors of 64-bit lanes (LLVM splits the
 # 16-lane vectors), two independent chains of multiplies, as mask_stream.h's AVX-512
-# batch. Eight words were faster in the fused loops before they were pipelined.
+# batch.
 BATCH_WORDS = 16
 _LANES_TUPLE = types.UniTuple(types.uint64, PHILOX_LANES)
 
@@ -245,7 +247,7 @@ def _keep_words_into(typingctx, out, at, word, stream, seed, threshold):
     return types.none(out, types.int64, *(types.uint64,) * 4), codegen
 
 
-@njit(inline="always", cache=True)
+@njit(inline="always", cache=NUMBA_CACHE)
 def mask_words_into(out, at, seed, stream, word, threshold, drop_all):
     """out[at:at + BATCH_WORDS] = mask_word of global words word .. word+BATCH_WORDS-1, or 0 if drop_all.
 

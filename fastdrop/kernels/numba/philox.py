@@ -6,7 +6,8 @@ uint64/int64 arithmetic into float64, so every constant here is a np.uint64.
 import numpy as np
 from numba import njit
 
-from .philox import PHILOX_M0, PHILOX_M1, PHILOX_W0, PHILOX_W1
+from ..._config import NUMBA_CACHE
+from ...rng.philox import PHILOX_M0, PHILOX_M1, PHILOX_W0, PHILOX_W1
 
 _M0 = np.uint64(PHILOX_M0)
 _M1 = np.uint64(PHILOX_M1)
@@ -16,7 +17,7 @@ _MASK32 = np.uint64(0xFFFFFFFF)
 _SHIFT32 = np.uint64(32)
 
 
-@njit(inline="always", cache=True)
+@njit(inline="always", cache=NUMBA_CACHE)
 def philox4x32_10_block(c0, c1, c2, c3, k0, k1):
     """One Philox4x32-10 block: counter (c0..c3) and key (k0, k1) as uint64 holding 32-bit values.
 

@@ -10,16 +10,18 @@ import math
 import numpy as np
 from numba import njit
 
-from ..rng.philox_numba import philox4x32_10_block
-from . import normal
-from .numba_bits import float64_bits, float64_from_bits
-from .numba_words import PHILOX_LANES, _random_words_of_batch
-from .spec import BLOCK_SHIFT, NORMAL_DOMAIN_BIT
+from ..._config import NUMBA_CACHE
+from ...maskstream import normal
+from ...maskstream.spec import BLOCK_SHIFT, NORMAL_DOMAIN_BIT
+from .bits import float64_bits, float64_from_bits
+from .philox import philox4x32_10_block
+from .words import PHILOX_LANES, _random_words_of_batch
 
 # The vector Philox of the mask stream sets counter word 1 to (high | j << BLOCK_SHIFT);
 # this "block index" j puts exactly the noise domain's bit there instead.
 _DOMAIN_AS_BLOCK = np.uint64((1 << NORMAL_DOMAIN_BIT) >> BLOCK_SHIFT)
 assert int(_DOMAIN_AS_BLOCK) << BLOCK_SHIFT == 1 << NORMAL_DOMAIN_BIT
+
 
 _DOMAIN = np.uint64(1 << NORMAL_DOMAIN_BIT)
 _MASK32 = np.uint64(0xFFFFFFFF)
@@ -34,7 +36,7 @@ assert normal.UNIFORM_SHIFT == 12 and normal.UNIFORM_SCALE == 2.0**-52
 
 
 
-@njit(inline="always", cache=True, error_model="numpy")
+@njit(inline="always", cache=NUMBA_CACHE, error_model="numpy")
 def normal_block(seed, stream, block):
     """The two 64-bit words of Gaussian block ``block`` (all arguments uint64)."""
     x0, x1, x2, x3 = philox4x32_10_block(
@@ -43,7 +45,7 @@ def normal_block(seed, stream, block):
     return x0 | (x1 << _SHIFT32), x2 | (x3 << _SHIFT32)
 
 
-@njit(inline="always", cache=True, error_model="numpy")
+@njit(inline="always", cache=NUMBA_CACHE, error_model="numpy")
 def _horner8(c, r):
     """sum_k c[k] r**k for 8 coefficients by Horner's rule, highest power first.
 
@@ -54,7 +56,7 @@ def _horner8(c, r):
             + c[1]) * r + c[0]
 
 
-@njit(inline="always", cache=True, error_model="numpy")
+@njit(inline="always", cache=NUMBA_CACHE, error_model="numpy")
 def _log_series(s):
     """1 + s/3 + s**2/5 + ... + s**10/21 by Horner's rule (normal.LOG_SERIES)."""
     c = _LOG_SERIES
@@ -74,12 +76,12 @@ assert len(_LOG_SERIES) == 11 and all(len(c) == 8 for c in (
     _FAR_NUMERATOR, _FAR_DENOMINATOR))
 
 
-@njit(inline="always", cache=True, error_model="numpy")
+@njit(inline="always", cache=NUMBA_CACHE, error_model="numpy")
 def spec_log(v):
     """The spec's log of a normal float64 v > 0 (frexp, then the atanh series).
 
     frexp from the exponent field (exact for normal numbers; Numba's math.frexp is a
-    call that kept the tail loop from vectorising: 3.6x slower there).
+    call, which keeps the tail loop from vectorising).
     """
     bits = float64_bits(v)
     exponent = float(np.int64(bits >> _MANTISSA_BITS) - 1022)  # v > 0: no sign bit
@@ -92,7 +94,7 @@ def spec_log(v):
     return exponent_value * normal.LN2 + 2.0 * f * _log_series(f * f)
 
 
-@njit(inline="always", cache=True, error_model="numpy")
+@njit(inline="always", cache=NUMBA_CACHE, error_model="numpy")
 def central_normal(u):
     """AS 241's central region: exact for |u - 1/2| <= 0.425."""
     q = u - 0.5
@@ -100,7 +102,7 @@ def central_normal(u):
     return q * _horner8(_CENTRAL_NUMERATOR, r) / _horner8(_CENTRAL_DENOMINATOR, r)
 
 
-@njit(inline="always", cache=True, error_model="numpy")
+@njit(inline="always", cache=NUMBA_CACHE, error_model="numpy")
 def tail_normal(u):
     """AS 241's tails: for |u - 1/2| > 0.425 (both quotients computed, one selected)."""
     q = u - 0.5
@@ -115,7 +117,7 @@ def tail_normal(u):
     return -magnitude if q < 0.0 else magnitude
 
 
-@njit(inline="always", cache=True, error_model="numpy")
+@njit(inline="always", cache=NUMBA_CACHE, error_model="numpy")
 def uniform(random_word):
     """u = ((r >> 12) + 1/2) 2**-52, in (0, 1), from bits as normal.h's batches build it.
 
@@ -126,7 +128,7 @@ def uniform(random_word):
     return (one_plus - 1.0) + _HALF_ULP
 
 
-@njit(inline="always", cache=True, error_model="numpy")
+@njit(inline="always", cache=NUMBA_CACHE, error_model="numpy")
 def standard_normal(random_word):
     """z = Phi^-1(u) of one 64-bit random word."""
     u = uniform(random_word)
@@ -138,12 +140,12 @@ def standard_normal(random_word):
 BATCH = 64  # normals per batch: 32 Philox blocks
 
 
-@njit(inline="always", cache=True, error_model="numpy")
+@njit(inline="always", cache=NUMBA_CACHE, error_model="numpy")
 def standard_normals_batch(seed, stream, block, z, u, tail_u, tail_index):
     """z[:BATCH] = normals of elements 2 block .. 2 block + BATCH - 1 (scratch: u, tail_u, tail_index).
 
     Plain loops over the batch that LLVM vectorises: the central region for every
-    lane, then the tails (about 15%) gathered and done together. The same float64
+    lane, then the tails (the lanes outside the central region) gathered and done together. The same float64
     operations per lane as `standard_normal`, so the same bits.
     """
     for first in range(0, BATCH // 2, PHILOX_LANES):  # Philox blocks, eight at a time

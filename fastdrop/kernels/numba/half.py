@@ -9,10 +9,11 @@ import numpy as np
 from numba import njit, types
 from numba.extending import overload
 
-from ..maskstream.numba_bits import float32_bits, float32_from_bits, float64_bits, float64_from_bits
+from ..._config import NUMBA_CACHE
+from .bits import float32_bits, float32_from_bits, float64_bits, float64_from_bits
 
 
-@njit(inline="always", cache=True)
+@njit(inline="always", cache=NUMBA_CACHE)
 def half_bits_to_float32(half):
     """Exact float16 (bit pattern) -> float32."""
     h = np.uint32(half)
@@ -34,7 +35,7 @@ def half_bits_to_float32(half):
     return float32_from_bits(bits)
 
 
-@njit(inline="always", cache=True)
+@njit(inline="always", cache=NUMBA_CACHE)
 def float32_to_half_bits(value):
     """float32 -> float16 bit pattern, rounding to nearest even; NaN stays a quiet NaN."""
     f = float32_bits(value)

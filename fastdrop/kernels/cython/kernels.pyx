@@ -1,9 +1,10 @@
 # cython: language_level=3, boundscheck=False, wraparound=False, cdivision=True
 """Cython/OpenMP backend: the kernels of fastdrop/include/fastdrop/dropout.h over threads.
 
-Same private interface as fastdrop.kernels.numba_kernels (1-D C-contiguous arrays,
-float16 as uint16). Threads run ``prange`` over ranges of whole mask words, so no
-two threads write one word; built without OpenMP the same loop runs serially.
+The kernel interface of `fastdrop._backends` (1-D C-contiguous arrays, float16 as
+uint16, checked machine values). Threads run ``prange`` over ranges of whole mask
+words, so no two threads write one word; built without OpenMP the same loop runs
+serially.
 """
 import numpy as np
 
@@ -11,14 +12,14 @@ cimport numpy as cnp
 from cython.parallel cimport prange
 from libc.stdint cimport int64_t, uint16_t, uint64_t
 
-from fastdrop.kernels.openmp cimport FD_OPENMP_ENABLED, omp_get_max_threads
+from fastdrop.kernels.cython.openmp cimport FD_OPENMP_ENABLED, omp_get_max_threads
 from fastdrop.libfastdrop cimport (
     fd_apply_broadcast_range_f16, fd_apply_broadcast_range_f32, fd_apply_broadcast_range_f64,
     fd_apply_mask_range_f16, fd_apply_mask_range_f32, fd_apply_mask_range_f64,
     fd_broadcast_layout, fd_dropout_range_f16, fd_dropout_range_f32, fd_dropout_range_f64,
     fd_gaussian_range_f16, fd_gaussian_range_f32, fd_gaussian_range_f64, fd_mask_op_f32,
     fd_standard_normal,
-    fd_mask_op_f64, fd_mask_params, fd_mask_params_make, fd_scale_range_f32, fd_scale_range_f64,
+    fd_mask_op_f64, fd_mask_params, fd_scale_range_f32, fd_scale_range_f64,
     fd_set_simd, fd_simd_enabled, fd_words_for,
 )
 
@@ -28,7 +29,6 @@ from fastdrop.kernels.common import kernel_mask_op, kernel_scale
 cnp.import_array()
 
 cdef int64_t _MIN_ELEMENTS_PER_THREAD = MIN_ELEMENTS_PER_THREAD
-cdef int _NPY_HALF = np.dtype(np.float16).num  # not in Cython's numpy declarations
 
 ctypedef fused element_t:
     double
@@ -165,56 +165,36 @@ cdef int _stream_into(source, target, uint64_t *word_data, double scale,
 
 def scale_by_stream(source, target, words, int64_t n, double scale, uint64_t threshold,
                     bint drop_all, uint64_t seed, uint64_t stream, uint64_t offset, int threads):
-    """Mask words from the stream and/or target = source * keep * scale (see numba_kernels)."""
+    """Mask words from the stream and/or target = source * keep * scale.
+
+    ``source``/``target`` may be None (mask only); ``words`` may be None (recompute,
+    no mask).
+    """
     cdef fd_mask_params params
     params.seed, params.stream, params.threshold = seed, stream, threshold
     params.drop_all, params.offset, params.n = drop_all, offset, n
     _stream_into(source, target, <uint64_t *>_data(words), scale, &params, threads)
 
 
-cdef uint64_t _MAX_INDEX = <uint64_t>1 << 63  # global element indices stay below 2**63
-cdef object _MAX_KEY = 2**64 - 1  # seeds and streams
+def dropout_plain(x, bint inplace, uint64_t threshold, bint drop_all, double scale,
+                  uint64_t seed, uint64_t stream, uint64_t offset, int threads):
+    """Fused forward of a whole C-contiguous array, in place or into a new array: ``(y, words)``.
 
-
-def dropout_plain(x, p, seed, stream, offset, bint inplace, int threads):
-    """Fused forward dropout of a plain call in one C step, or None if the call is not plain.
-
-    The per-call cost of small arrays is Python's; this takes the usual call in C:
-    x an ndarray (exact type) that is C-contiguous, aligned, in native byte order,
-    float16/32/64 and, in place, writeable; p a float in [0, 1]; seed an int in
-    [0, 2**64); stream None (0) or such an int; offset an int with offset + x.size
-    <= 2**63. Anything else returns None before touching anything, and the API's
-    general path checks it and raises its messages. Returns ``(y, words)``; y is x in
-    place, else a new C-ordered array; the bits are those of the general path.
+    The API's one-step path for the usual call, in one C step: x is an ndarray,
+    C-contiguous, aligned, native float16/32/64 (writeable in place); T, drop_all,
+    s, seed, stream and offset are checked. y is x in place, else a new C-ordered
+    array; the bits are those of `scale_by_stream`.
     """
-    if type(x) is not np.ndarray or type(p) is not float or type(seed) is not int \
-            or type(offset) is not int or not (stream is None or type(stream) is int):
-        return None
     cdef cnp.ndarray array = <cnp.ndarray>x
-    cdef int kind = cnp.PyArray_TYPE(array)
-    if kind != cnp.NPY_FLOAT and kind != cnp.NPY_DOUBLE and kind != _NPY_HALF:
-        return None
-    if not cnp.PyArray_ISCARRAY_RO(array) or not cnp.PyArray_ISNOTSWAPPED(array):
-        return None
-    if inplace and not cnp.PyArray_ISWRITEABLE(array):
-        return None
-    cdef double drop = p
-    if not (0.0 <= drop <= 1.0) or not (0 <= seed <= _MAX_KEY) or offset < 0 \
-            or offset > _MAX_INDEX or not (stream is None or 0 <= stream <= _MAX_KEY):
-        return None
-    cdef int64_t n = cnp.PyArray_SIZE(array)
-    cdef uint64_t start = offset
-    if start + <uint64_t>n > _MAX_INDEX:
-        return None
-    cdef fd_mask_params params = fd_mask_params_make(seed, 0 if stream is None else stream,
-                                                     drop, start, n)
-    cdef cnp.npy_intp word_count = fd_words_for(n)
+    cdef fd_mask_params params
+    params.seed, params.stream, params.threshold = seed, stream, threshold
+    params.drop_all, params.offset, params.n = drop_all, offset, cnp.PyArray_SIZE(array)
+    cdef cnp.npy_intp word_count = fd_words_for(params.n)
     words = cnp.PyArray_EMPTY(1, &word_count, cnp.NPY_UINT64, 0)
     target = x if inplace else cnp.PyArray_EMPTY(cnp.PyArray_NDIM(array),
-                                                 cnp.PyArray_DIMS(array), kind, 0)
-    # s = spec.dropout_scale(p): 1 / (1 - p) in float64, 0 for p == 1
-    _stream_into(x, target, <uint64_t *>_data(words), 0.0 if drop == 1.0 else 1.0 / (1.0 - drop),
-                 &params, threads)
+                                                 cnp.PyArray_DIMS(array),
+                                                 cnp.PyArray_TYPE(array), 0)
+    _stream_into(x, target, <uint64_t *>_data(words), scale, &params, threads)
     return target, words
 
 
@@ -262,7 +242,10 @@ cdef void _broadcast_chunks(const element_t *source, element_t *target, const ui
 
 def apply_broadcast(source, target, words, sizes, mask_strides, double scale, affine,
                     int threads):
-    """target = source with stored keep bits stretched over it (see numba_kernels)."""
+    """target = source with stored keep bits stretched over it by (sizes, mask_strides).
+
+    ``affine`` None: kept x * scale, dropped +0.0; else alpha dropout's (a, b, c).
+    """
     cdef int64_t n = cnp.PyArray_SIZE(<cnp.ndarray>source)
     cdef int chunks = _chunk_count(n, threads)
     cdef const uint64_t *word_data = <const uint64_t *>_data(words)

@@ -1,0 +1,127 @@
+"""Numba backend: the kernel interface of `fastdrop._backends` on Numba-compiled loops.
+
+Functions here take checked machine values on 1-D C-contiguous arrays (the public
+API validates, lays arrays out and computes T and s once) and run a serial range
+loop or its parallel twin over ranges of whole mask words.
+
+Modules: ``philox`` (the block function), ``bits`` (float bit reinterpretation),
+``half`` (float16 arithmetic), ``words`` (mask words, scalar and as an LLVM vector
+batch), ``normal`` (the Gaussian stream), ``llvm`` (prefetch and whole-word scaling
+intrinsics), ``dropout`` (the dropout loops), ``variants`` (noise shapes, alpha and
+Gaussian dropout).
+"""
+import numba
+import numpy as np
+
+from ..._config import SERIAL_ELEMENTS
+from ..common import chunk_count, kernel_mask_op, kernel_scale, kernel_view
+from .dropout import (mask_parallel, mask_range, plain_range, stream_parallel, stream_range,
+                      words_parallel, words_range)
+from .variants import broadcast_parallel, broadcast_range, gaussian_parallel, gaussian_range
+
+
+_NO_WORDS = np.empty(0, dtype=np.uint64)
+
+
+def _run(serial, parallel, args, n, threads, units=None):
+    """Run the serial range kernel, or the parallel one on ``threads`` threads.
+
+    Kernels take ranges of ``units`` work items (default: the ceil(n / 64) mask
+    words of n elements; element kernels pass n). Numba's own thread setting is
+    restored afterwards, so fastdrop's does not leak into the caller's Numba code.
+    """
+    chunks = chunk_count(n, min(threads, numba.config.NUMBA_NUM_THREADS))
+    if chunks == 1:
+        serial(*args, 0, (n + 63) // 64 if units is None else units)
+        return
+    previous = numba.get_num_threads()
+    numba.set_num_threads(chunks)
+    try:
+        parallel(*args, chunks)
+    finally:
+        numba.set_num_threads(previous)
+
+
+def dropout_plain(x, inplace, threshold, drop_all, scale, seed, stream, offset, threads):
+    """Fused forward of a whole C-contiguous array, in place or into a new array: ``(y, words)``.
+
+    The API's one-step path for the usual call: x is an ndarray, C-contiguous,
+    aligned, native float16/32/64 (writeable in place); T, drop_all, s, seed,
+    stream and offset are checked. A single thread's work goes straight to
+    `plain_range` with Python numbers, which Numba's dispatcher types fastest.
+    """
+    n = x.size
+    words = np.empty((n + 63) >> 6, dtype=np.uint64)
+    target = x if inplace else np.empty(x.shape, dtype=x.dtype)
+    source = x if x.ndim == 1 else x.reshape(-1)
+    result = source if inplace else target.reshape(-1)
+    if n and x.dtype is not _FLOAT16 and (n < SERIAL_ELEMENTS or threads == 1):
+        # keys and T >= 2**63 as the int64 of their bits: one compiled signature
+        plain_range(source, result, words, scale, _as_int64(seed), _as_int64(stream),
+                    _as_int64(threshold), drop_all, offset)
+    else:
+        scale_by_stream(source, result, words, n, scale, threshold, drop_all, seed, stream,
+                        offset, threads)
+    return target, words
+
+
+_FLOAT16 = np.dtype(np.float16)
+
+
+def _as_int64(key):
+    """A 64-bit unsigned value as the int64 with its bits."""
+    return key if key < 2**63 else key - 2**64
+
+
+def scale_by_stream(source, target, words, n, scale, threshold, drop_all, seed, stream, offset,
+                    threads):
+    """Mask words from the stream, and/or target = source * keep * scale (1-D contiguous arrays).
+
+    ``source``/``target`` may be None (mask only); ``words`` may be None (recompute, no mask).
+    """
+    stream_args = (np.uint64(seed), np.uint64(stream), np.uint64(threshold), bool(drop_all),
+                   offset, n)  # Python ints < 2**63: typed int64, no conversion
+    if source is None:
+        _run(words_range, words_parallel, (words,) + stream_args, n, threads)
+        return
+    element_scale = kernel_scale(source.dtype, scale)
+    args = (kernel_view(source), kernel_view(target), _NO_WORDS if words is None else words,
+            element_scale) + stream_args
+    _run(stream_range, stream_parallel, args, n, threads)
+
+
+def scale_by_mask(source, target, words, scale, threads):
+    """target = source * keep * scale with keep read from packed words (1-D contiguous arrays)."""
+    n = source.size
+    element_scale = kernel_scale(source.dtype, scale)
+    source, target = kernel_view(source), kernel_view(target)
+    args = (source, target, words, element_scale, np.int64(n))
+    _run(mask_range, mask_parallel, args, n, threads)
+
+
+def apply_broadcast(source, target, words, sizes, mask_strides, scale, affine, threads):
+    """target = source with stored keep bits stretched over it by (sizes, mask_strides).
+
+    ``affine`` None: kept x * scale, dropped +0.0; else alpha dropout's (a, b, c).
+    """
+    n = source.size
+    if n == 0:
+        return
+    is_affine, element_scale, shift, dropped = kernel_mask_op(source.dtype, scale, affine)
+    if source.dtype == np.float16:
+        dropped = np.uint16(np.float16(dropped).view(np.uint16))
+    source, target = kernel_view(source), kernel_view(target)
+    args = (source, target, words, sizes, mask_strides, is_affine, element_scale,
+            type(element_scale)(shift), dropped)
+    _run(broadcast_range, broadcast_parallel, args, n, threads, units=n)
+
+
+def gaussian(source, target, sigma, seed, stream, offset, threads):
+    """target = source * (1 + sigma * z) with z from the Gaussian noise stream (1-D arrays)."""
+    n = source.size
+    if n == 0:
+        return
+    source, target = kernel_view(source), kernel_view(target)
+    args = (source, target, np.float64(sigma), np.uint64(seed), np.uint64(stream),
+            np.uint64(offset))
+    _run(gaussian_range, gaussian_parallel, args, n, threads, units=n)
