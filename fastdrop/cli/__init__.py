@@ -3,10 +3,16 @@
 Each subcommand module defines ``register(subparsers)``, which adds its parser
 and sets ``handler`` to a function taking the parsed arguments and returning an
 exit status. Heavy imports happen inside the handlers, so ``fastdrop --help`` is quick.
+
+A bad command line is refused before any work, with one line on stderr
+(``fastdrop <subcommand>: error: ...``) and exit status 2: argument types refuse
+single values while parsing, and a handler raises `arguments.UsageError` for the
+rest before it starts (see `fastdrop.cli.arguments`).
 """
-import argparse
 import importlib
 import sys
+
+from .arguments import CommandParser, UsageError
 
 # subcommand name -> module (relative to this package)
 SUBCOMMANDS = {
@@ -18,18 +24,23 @@ SUBCOMMANDS = {
 
 
 def build_parser():
-    parser = argparse.ArgumentParser(
+    parser = CommandParser(
         prog="fastdrop", description="Memory-speed CPU dropout with exact, bit-packed masks.")
     parser.add_argument("--version", action="store_true", help="print the version and exit")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
     for module_name in SUBCOMMANDS.values():
         importlib.import_module(module_name, __name__).register(subparsers)
+    parser.subcommand_parsers = subparsers.choices  # name -> parser, to report its errors
     return parser
 
 
 def main(argv=None):
     parser = build_parser()
-    args = parser.parse_args(argv)
+    # unknown options are reported by the subcommand's parser, so the message names it
+    args, unrecognized = parser.parse_known_args(argv)
+    command_parser = parser.subcommand_parsers.get(args.command, parser)
+    if unrecognized:
+        command_parser.error(f"unrecognized arguments: {' '.join(unrecognized)}")
     if args.version:
         from .. import __version__
 
@@ -38,7 +49,10 @@ def main(argv=None):
     if args.command is None:
         parser.print_help()
         return 2
-    return args.handler(args)
+    try:
+        return args.handler(args)
+    except UsageError as error:
+        command_parser.error(str(error))
 
 
 if __name__ == "__main__":

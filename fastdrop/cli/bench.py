@@ -4,42 +4,11 @@ The quick default (2^16 and 2^22 elements, p = 0.5, float32, every operation,
 then the issue's targets) takes under a minute on two cores; --full runs
 2^10 .. 2^26 elements, p in {0.1, 0.5}, float32 and float64.
 """
-import re
+from . import arguments
+from .arguments import parse_size  # noqa: F401 -- part of this module's interface
 
-
-def parse_size(text):
-    """An element count: 65536, 2^16, 2**16 or 1<<16."""
-    match = re.fullmatch(r"\s*(\d+)\s*(?:(\^|\*\*|<<)\s*(\d+))?\s*", text)
-    if match is None:
-        raise ValueError(f"not a size: {text!r} (write 65536, 2^16 or 1<<16)")
-    base, operator, exponent = match.groups()
-    if operator is None:
-        value = int(base)
-    elif operator == "<<":
-        value = int(base) << int(exponent)
-    else:
-        value = int(base) ** int(exponent)
-    if value < 1:
-        raise ValueError(f"size must be >= 1, got {text!r}")
-    return value
-
-
-def _size(text):
-    import argparse
-
-    try:
-        return parse_size(text)
-    except ValueError as error:
-        raise argparse.ArgumentTypeError(str(error)) from None
-
-
-def _positive(text):
-    import argparse
-
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be >= 1, got {text}")
-    return value
+# arrays of n elements one implementation holds while timed: input, output or mask, scratch
+ARRAYS_PER_ROW = 3
 
 
 def add_arguments(parser):
@@ -49,10 +18,10 @@ def add_arguments(parser):
     parser.add_argument("--full", action="store_true",
                         help="2^10..2^26 elements, p in {0.1, 0.5}, float32 and float64 "
                              "(minutes to tens of minutes)")
-    parser.add_argument("--sizes", nargs="+", type=_size, metavar="N",
-                        help="element counts, e.g. 1024 2^20 1<<24 (default 2^16 2^22)")
-    parser.add_argument("--p", nargs="+", type=float, dest="ps", metavar="P",
-                        help="drop probabilities in [0, 1) (default 0.5)")
+    parser.add_argument("--sizes", nargs="+", type=arguments.size, metavar="N",
+                        help="element counts >= 1, e.g. 1024 2^20 1<<24 (default 2^16 2^22)")
+    parser.add_argument("--p", nargs="+", type=arguments.number(0, 1, high_open=True),
+                        dest="ps", metavar="P", help="drop probabilities in [0, 1) (default 0.5)")
     parser.add_argument("--dtypes", nargs="+", choices=("float32", "float64"),
                         help="default float32")
     parser.add_argument("--ops", nargs="+", choices=list(OPERATIONS), metavar="OP",
@@ -60,22 +29,26 @@ def add_arguments(parser):
     parser.add_argument("--impls", nargs="+", choices=list(IMPLEMENTATIONS), metavar="NAME",
                         help=f"implementations (default all available; the floor is always "
                              f"timed): {', '.join(IMPLEMENTATIONS)}")
-    parser.add_argument("--threads", nargs="+", type=_positive, metavar="N",
-                        help="thread counts, one set of rows each, and a scaling table for "
-                             "more than one (default: fastdrop's setting, all CPUs unless "
-                             "FASTDROP_NUM_THREADS says otherwise)")
-    parser.add_argument("--repeat", type=_positive, help="samples per cell (default 5; --full 3)")
-    parser.add_argument("--min-time", type=float, default=0.05, metavar="SECONDS",
-                        help="shortest duration of one sample (default 0.05)")
+    parser.add_argument("--threads", nargs="+", type=arguments.threads, metavar="N",
+                        help=f"thread counts from 1 to {arguments.MAX_THREADS}, one set of rows "
+                             f"each, and a scaling table for more than one (default: fastdrop's "
+                             f"setting, all CPUs unless FASTDROP_NUM_THREADS says otherwise)")
+    parser.add_argument("--repeat", type=arguments.integer(1), metavar="N",
+                        help="samples per cell, >= 1 (default 5; --full 3)")
+    parser.add_argument("--min-time", type=arguments.number(0, low_open=True), default=0.05,
+                        metavar="SECONDS",
+                        help="shortest duration of one sample, > 0 (default 0.05)")
     parser.add_argument("--no-targets", action="store_true",
                         help="skip the targets (memory, n=1024 calls, cold start, agreement)")
-    parser.add_argument("--cold-start-runs", type=_positive, default=5, metavar="N",
-                        help="fresh interpreters timed per command for the cold-start target "
-                             "(default 5)")
+    parser.add_argument("--cold-start-runs", type=arguments.integer(1), default=5, metavar="N",
+                        help="fresh interpreters timed per command for the cold-start target, "
+                             ">= 1 (default 5)")
     parser.add_argument("--markdown", action="store_true", help="print Markdown tables")
-    parser.add_argument("--json", metavar="PATH", help="save every result as JSON")
-    parser.add_argument("--plot", metavar="PATH.png",
-                        help="draw throughput against n (needs matplotlib)")
+    parser.add_argument("--json", type=arguments.output_file, metavar="PATH",
+                        help="save every result as JSON")
+    parser.add_argument("--plot", type=arguments.plot_file, metavar="PATH.png",
+                        help="draw throughput against n (needs matplotlib; any format it "
+                             "writes: .png, .pdf, .svg, ...)")
     parser.add_argument("--quiet", action="store_true", help="no progress lines on stderr")
 
 
@@ -87,16 +60,42 @@ def register(subparsers):
     parser.set_defaults(handler=run)
 
 
+def settings(args):
+    """(sizes, ps, dtypes, repeat): the options, or the defaults of a quick or --full run."""
+    from ..bench import runner
+
+    sizes = args.sizes or (runner.FULL_SIZES if args.full else runner.QUICK_SIZES)
+    ps = args.ps or (runner.FULL_PS if args.full else runner.QUICK_PS)
+    dtypes = args.dtypes or (runner.FULL_DTYPES if args.full else runner.QUICK_DTYPES)
+    repeat = args.repeat or (3 if args.full else 5)
+    return sizes, ps, dtypes, repeat
+
+
+def check_arguments(args):
+    """Raise UsageError for what the argument types alone cannot refuse; measures nothing."""
+    import numpy as np
+
+    from ..bench.runner import size_label
+
+    sizes = [size_label(n) for n in args.sizes] if args.sizes else None
+    for option, values in (("--sizes", sizes), ("--p", args.ps), ("--dtypes", args.dtypes),
+                           ("--ops", args.ops), ("--impls", args.impls),
+                           ("--threads", args.threads)):
+        arguments.check_no_repeats(option, values)
+    sizes, _, dtypes, _ = settings(args)
+    itemsize = max(np.dtype(dtype).itemsize for dtype in dtypes)
+    for n in sizes:
+        arguments.check_fits_in_memory("--sizes", size_label(n), ARRAYS_PER_ROW * itemsize * n)
+    arguments.check_distinct_files(("--json", args.json), ("--plot", args.plot))
+
+
 def execute(args):
     """Run the benchmark (and the targets) the arguments describe; return the run dict."""
     import sys
 
     from ..bench import runner, targets
 
-    sizes = args.sizes or (runner.FULL_SIZES if args.full else runner.QUICK_SIZES)
-    ps = args.ps or (runner.FULL_PS if args.full else runner.QUICK_PS)
-    dtypes = args.dtypes or (runner.FULL_DTYPES if args.full else runner.QUICK_DTYPES)
-    repeat = args.repeat or (3 if args.full else 5)
+    sizes, ps, dtypes, repeat = settings(args)
     run = runner.run_benchmarks(
         operations=args.ops, sizes=sizes, ps=ps, dtypes=dtypes, threads=args.threads,
         implementations=args.impls, repeat=repeat, min_time=args.min_time,
@@ -110,19 +109,10 @@ def execute(args):
 
 
 def run(args):
-    import importlib.util
-    import sys
-
     from ..bench import report
 
-    if args.plot and importlib.util.find_spec("matplotlib") is None:
-        print("fastdrop bench: --plot needs matplotlib (pip install matplotlib)", file=sys.stderr)
-        return 2
-    try:
-        results = execute(args)
-    except ValueError as error:
-        print(f"fastdrop bench: {error}", file=sys.stderr)
-        return 2
+    check_arguments(args)
+    results = execute(args)
     print(report.format_markdown(results) if args.markdown else report.format_table(results))
     scaling = (report.format_scaling_markdown(results) if args.markdown
                else report.format_scaling(results))

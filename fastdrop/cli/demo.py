@@ -1,17 +1,30 @@
 """``fastdrop demo``: a short tour of fastdrop.dropout, checked against the reference."""
 import time
 
+from . import arguments
+
+# peak bytes per element: x as float64 then float32, y, the gradient and two backwards, bools
+BYTES_PER_ELEMENT = 32
+
 
 def register(subparsers):
     parser = subparsers.add_parser("demo", help="run a short dropout demo and check it")
-    parser.add_argument("--n", type=int, default=1 << 22, help="elements (default 2**22)")
-    parser.add_argument("--p", type=float, default=0.5, help="drop probability (default 0.5)")
-    parser.add_argument("--seed", type=int, default=2026, help="seed (default 2026)")
-    parser.add_argument("--backend", default="auto", help="backend (default auto)")
+    parser.add_argument("--n", type=arguments.size, default=1 << 22, metavar="N",
+                        help="elements, >= 1: 4194304, 2^22 or 1<<22 (default 2^22)")
+    parser.add_argument("--p", type=arguments.number(0, 1), default=0.5,
+                        help="drop probability in [0, 1] (default 0.5)")
+    parser.add_argument("--seed", type=arguments.seed, default=2026,
+                        help="seed, 0 to 2^64 - 1 (default 2026)")
+    parser.add_argument("--backend", type=arguments.backend, default="auto",
+                        help="auto, numpy, cython or numba, if built here (default auto)")
     parser.set_defaults(handler=run)
 
 
 def run(args):
+    from ..bench.runner import size_label
+
+    arguments.check_fits_in_memory("--n", size_label(args.n), BYTES_PER_ELEMENT * args.n)
+
     import numpy as np
 
     import fastdrop

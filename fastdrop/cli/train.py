@@ -5,6 +5,7 @@ holding arrays ``X`` (samples, features) and ``y`` (samples,) of integer labels.
 Both runs use the same stratified split, initial weights and seed; they differ
 only in dropout.
 """
+import argparse
 import contextlib
 import json
 import os
@@ -12,6 +13,8 @@ import platform
 import shlex
 import sys
 import time
+
+from . import arguments
 
 DEFAULTS = {
     "test_size": 0.3, "hidden": [512, 512], "activation": "relu", "dropout": "auto",
@@ -27,48 +30,62 @@ def register(subparsers):
         description="Train an MLP on scikit-learn's digits or on --data FILE.npz, once without "
                     "dropout and once with, and compare train/test accuracy and their gap.")
     data = parser.add_argument_group("data")
-    data.add_argument("--data", metavar="FILE.npz",
+    data.add_argument("--data", type=arguments.input_file, metavar="FILE.npz",
                       help="arrays X (samples, features) and y (samples,) of integer labels; "
                            "default: scikit-learn's digits (8x8 images, 1797 samples)")
-    data.add_argument("--test-size", type=float, default=DEFAULTS["test_size"], metavar="F",
-                      help="fraction of each class held out for testing (default %(default)s)")
+    data.add_argument("--test-size", type=arguments.number(0, 1, low_open=True, high_open=True),
+                      default=DEFAULTS["test_size"], metavar="F",
+                      help="fraction of each class held out for testing, in (0, 1) "
+                           "(default %(default)s)")
     model = parser.add_argument_group("model")
-    model.add_argument("--hidden", type=int, nargs="+", default=DEFAULTS["hidden"], metavar="N",
-                       help="hidden layer widths (default: 512 512)")
+    model.add_argument("--hidden", type=arguments.integer(1), nargs="+",
+                       default=DEFAULTS["hidden"], metavar="N",
+                       help="hidden layer widths, each >= 1 (default: 512 512)")
     model.add_argument("--activation", choices=["relu", "tanh"], default=DEFAULTS["activation"])
-    model.add_argument("--dropout", default=DEFAULTS["dropout"], metavar="auto|RATE|R0,R1,...",
-                       help="'auto' (fastdrop.nn.suggest_dropout), one rate for every hidden "
-                            "layer, or one rate per Linear layer input (default auto)")
+    model.add_argument("--dropout", type=_dropout_setting, default=DEFAULTS["dropout"],
+                       metavar="auto|RATE|R0,R1,...",
+                       help="'auto' (fastdrop.nn.suggest_dropout), one rate in [0, 1) for every "
+                            "hidden layer, or one rate per Linear layer input (default auto)")
     model.add_argument("--recompute", action="store_true",
                        help="Dropout(recompute=True): regenerate masks in backward, store none")
     model.add_argument("--dtype", choices=["float32", "float64"], default=DEFAULTS["dtype"])
     training = parser.add_argument_group("training")
-    training.add_argument("--epochs", type=int, default=DEFAULTS["epochs"])
-    training.add_argument("--batch-size", type=int, default=DEFAULTS["batch_size"])
+    training.add_argument("--epochs", type=arguments.integer(1), default=DEFAULTS["epochs"],
+                          help="passes over the training part, >= 1 (default %(default)s)")
+    training.add_argument("--batch-size", type=arguments.integer(1),
+                          default=DEFAULTS["batch_size"],
+                          help="samples per step, >= 1 (default %(default)s)")
     training.add_argument("--optimizer", choices=["adam", "sgd"], default=DEFAULTS["optimizer"])
-    training.add_argument("--lr", type=float, help="learning rate (default 1e-3 adam, 0.05 sgd)")
-    training.add_argument("--momentum", type=float, default=DEFAULTS["momentum"],
-                          help="SGD momentum (default %(default)s)")
-    training.add_argument("--weight-decay", type=float, default=DEFAULTS["weight_decay"],
-                          help="SGD weight decay (default %(default)s)")
-    training.add_argument("--max-norm", type=float, metavar="C",
-                          help="max-norm constraint on each unit's incoming weights")
-    training.add_argument("--seed", type=int, default=DEFAULTS["seed"],
-                          help="seed of the split, weights, shuffling and masks (default 0)")
-    training.add_argument("--threads", type=int,
-                          help="threads for fastdrop's kernels and (with threadpoolctl) BLAS")
+    training.add_argument("--lr", type=arguments.number(0, low_open=True),
+                          help="learning rate, > 0 (default 1e-3 adam, 0.05 sgd)")
+    training.add_argument("--momentum", type=arguments.number(0, 1, high_open=True),
+                          help=f"SGD momentum in [0, 1) (default {DEFAULTS['momentum']})")
+    training.add_argument("--weight-decay", type=arguments.number(0),
+                          default=DEFAULTS["weight_decay"],
+                          help="SGD weight decay, >= 0 (default %(default)s)")
+    training.add_argument("--max-norm", type=arguments.number(0, low_open=True), metavar="C",
+                          help="max-norm constraint on each unit's incoming weights, > 0")
+    training.add_argument("--seed", type=arguments.seed, default=DEFAULTS["seed"],
+                          help="seed of the split, weights, shuffling and masks, 0 to 2^64 - 1 "
+                               "(default 0)")
+    training.add_argument("--threads", type=arguments.threads,
+                          help=f"threads for fastdrop's kernels and (with threadpoolctl) BLAS, "
+                               f"1 to {arguments.MAX_THREADS}")
     training.add_argument("--check-descent", action="store_true",
                           help="before each run, check that the loss falls with dropout off")
     output = parser.add_argument_group("output")
-    output.add_argument("--plot", metavar="PATH.png", help="save loss and accuracy curves")
-    output.add_argument("--json", metavar="PATH", help="save metrics, settings and machine")
+    output.add_argument("--plot", type=arguments.plot_file, metavar="PATH.png",
+                        help="save loss and accuracy curves (needs matplotlib; any format it "
+                             "writes: .png, .pdf, .svg, ...)")
+    output.add_argument("--json", type=arguments.output_file, metavar="PATH",
+                        help="save metrics, settings and machine")
     output.add_argument("--quiet", action="store_true", help="print only the final table")
     parser.set_defaults(handler=run)
 
 
 def fail(message):
-    """Stop with exit status 1 and ``message`` on stderr."""
-    raise SystemExit(f"fastdrop train: error: {message}")
+    """Stop before any training: `fastdrop.cli.main` reports ``message`` (exit status 2)."""
+    raise arguments.UsageError(message)
 
 
 def run(args):
@@ -78,20 +95,17 @@ def run(args):
     import fastdrop.nn as nn
 
     dropout = _check_arguments(args)
-    if args.plot:
-        try:
-            import matplotlib  # noqa: F401
-        except ImportError:
-            fail("--plot needs matplotlib: pip install matplotlib")
     X, labels, source = _load(args.data)
     classes, y = np.unique(labels, return_inverse=True)
     if len(classes) < 2:
-        fail(f"y holds a single class ({classes[0]}); classification needs at least two")
+        fail(f"--data {args.data!r}: y holds a single class ({classes[0]}); classification "
+             f"needs at least two")
     train, test = _stratified_split(y, args.test_size, args.seed)
     dtype = np.dtype(args.dtype)
+    sizes = [X.shape[1], *args.hidden, len(classes)]
+    _check_memory(sizes, len(X), dtype.itemsize, args.hidden)
     mean, std = X[train].mean(axis=0), X[train].std(axis=0)
     X = ((X - mean) / np.where(std > 0, std, 1.0)).astype(dtype)  # statistics of the train part
-    sizes = [X.shape[1], *args.hidden, len(classes)]
     with _threads(args.threads):
         report = {
             "command": _command(args),
@@ -153,42 +167,57 @@ def _train_one(nn, args, name, sizes, rates, train, test):
     }
 
 
-def _check_arguments(args):
-    """Reject bad settings before any work; returns the parsed --dropout."""
-    if not 0 < args.test_size < 1:
-        fail(f"--test-size must lie strictly between 0 and 1, got {args.test_size}")
-    for option, value in (("--epochs", args.epochs), ("--batch-size", args.batch_size),
-                          *[("--hidden", width) for width in args.hidden]):
-        if value < 1:
-            fail(f"{option} must be >= 1, got {value}")
-    if args.lr is not None and not args.lr > 0:
-        fail(f"--lr must be > 0, got {args.lr}")
-    if args.max_norm is not None and not args.max_norm > 0:
-        fail(f"--max-norm must be > 0, got {args.max_norm}")
-    if args.threads is not None and args.threads < 1:
-        fail(f"--threads must be >= 1, got {args.threads}")
-    for option, path in (("--plot", args.plot), ("--json", args.json)):
-        folder = os.path.dirname(os.path.abspath(path)) if path else None
-        if folder is not None and not os.path.isdir(folder):
-            fail(f"{option} {path!r}: folder {folder!r} does not exist")
-    if args.optimizer == "adam" and args.weight_decay:
-        fail("--weight-decay applies to --optimizer sgd")
-    if args.optimizer == "sgd" and not 0 <= args.momentum < 1:
-        fail(f"--momentum must lie in [0, 1), got {args.momentum}")
-    if args.dropout == "auto":
+def _dropout_rates(text):
+    """'auto', one rate (float) or a list of rates, each in [0, 1); ValueError if none of them."""
+    if text == "auto":
         return "auto"
     try:
-        rates = [float(text) for text in args.dropout.split(",")]
+        rates = [float(part) for part in text.split(",")]
     except ValueError:
-        fail(f"--dropout must be 'auto', a rate or comma-separated rates, got {args.dropout!r}")
-    if not all(0 <= rate < 1 for rate in rates):
-        fail(f"dropout rates must lie in [0, 1), got {args.dropout!r}")
-    if len(rates) == 1:
-        return rates[0]
-    if len(rates) != len(args.hidden) + 1:
-        fail(f"--dropout lists {len(rates)} rates; {len(args.hidden) + 1} Linear layers need "
-             f"one each (input first) or give one rate for all hidden layers")
+        raise ValueError(f"must be 'auto', a rate or comma-separated rates, got {text!r}") from None
+    if not all(0 <= rate < 1 for rate in rates):  # NaN fails too
+        raise ValueError(f"dropout rates must lie in [0, 1), got {text!r}")
+    return rates[0] if len(rates) == 1 else rates
+
+
+def _dropout_setting(text):
+    """The argument type of --dropout: the text itself, once `_dropout_rates` reads it."""
+    try:
+        _dropout_rates(text)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
+    return text
+
+
+def _check_arguments(args):
+    """Refuse settings that need several options to judge; returns the parsed --dropout.
+
+    Single values were checked by the argument types. Fills in the SGD momentum default.
+    """
+    if args.optimizer == "adam":
+        for option, value in (("--weight-decay", args.weight_decay or None),
+                              ("--momentum", args.momentum)):
+            if value is not None:
+                fail(f"{option} {value} applies to --optimizer sgd, not adam")
+    elif args.momentum is None:
+        args.momentum = DEFAULTS["momentum"]
+    arguments.check_distinct_files(("--data", args.data), ("--plot", args.plot),
+                                   ("--json", args.json))
+    rates = _dropout_rates(args.dropout)
+    if isinstance(rates, list) and len(rates) != len(args.hidden) + 1:
+        fail(f"--dropout {args.dropout} lists {len(rates)} rates; {len(args.hidden) + 1} Linear "
+             f"layers need one each (input first) or give one rate for all hidden layers")
     return rates
+
+
+def _check_memory(sizes, samples, itemsize, hidden):
+    """Refuse a network whose weights and whole-set activations cannot fit in memory."""
+    from itertools import pairwise
+
+    parameters = sum(fan_in * fan_out + fan_out for fan_in, fan_out in pairwise(sizes))
+    # weights, gradients and Adam's two moments; the activations of one pass over all samples
+    needed = itemsize * (4 * parameters + 2 * samples * sum(sizes))
+    arguments.check_fits_in_memory("--hidden", " ".join(map(str, hidden)), needed)
 
 
 def _load(path):
@@ -205,33 +234,34 @@ def _load(path):
                  "or pass --data FILE.npz")
         digits = load_digits()
         return digits.data.astype(np.float64), digits.target, "digits (scikit-learn)"
-    if not os.path.isfile(path):
-        fail(f"--data file {path!r} does not exist")
+    def refuse(problem):
+        fail(f"--data {path!r}: {problem}")
+
     try:
         archive = np.load(path, allow_pickle=False)
         if not isinstance(archive, np.lib.npyio.NpzFile):
-            fail(f"{path!r} holds a single array; it must be a .npz file with arrays X and y "
-                 f"(numpy.savez(path, X=X, y=y))")
+            refuse("holds a single array; it must be a .npz file with arrays X and y "
+                   "(numpy.savez(path, X=X, y=y))")
         with archive:
             missing = [name for name in ("X", "y") if name not in archive.files]
             if missing:
-                fail(f"{path!r} has no array named {' or '.join(repr(m) for m in missing)} "
-                     f"(it holds: {', '.join(archive.files) or 'nothing'}); it needs X (samples, "
-                     f"features) and y (samples,)")
+                refuse(f"has no array named {' or '.join(repr(m) for m in missing)} "
+                       f"(it holds: {', '.join(archive.files) or 'nothing'}); it needs X "
+                       f"(samples, features) and y (samples,)")
             X, labels = archive["X"], archive["y"]
     except (OSError, ValueError) as error:
-        fail(f"cannot read {path!r} as a .npz file: {error}")
+        refuse(f"cannot read it as a .npz file: {error}")
     if X.ndim != 2 or X.shape[0] < 2 or X.shape[1] < 1:
-        fail(f"X must be 2-D (samples, features) with at least 2 samples and 1 feature, "
-             f"got shape {X.shape}")
+        refuse(f"X must be 2-D (samples, features) with at least 2 samples and 1 feature, "
+               f"got shape {X.shape}")
     if X.dtype.kind not in "biuf":
-        fail(f"X must be numeric, got dtype {X.dtype}")
+        refuse(f"X must be numeric, got dtype {X.dtype}")
     if not np.all(np.isfinite(X)):
-        fail("X contains NaN or infinite values")
+        refuse("X contains NaN or infinite values")
     try:
         labels = check_labels(labels, len(X))
     except (TypeError, ValueError) as error:
-        fail(f"{error} (y in {path!r})")
+        refuse(f"y: {error}")
     return X.astype(np.float64), labels, path
 
 
