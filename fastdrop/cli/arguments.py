@@ -12,7 +12,8 @@ import math
 import os
 import re
 
-MAX_SEED = 2**64 - 1  # seeds are 64-bit unsigned integers, as fastdrop.dropout's
+from ..maskstream.spec import MAX_SEED
+
 # a typo guard: OpenMP, BLAS and torch start one OS thread per count asked for
 MAX_THREADS = max(1024, os.cpu_count() or 1)
 
