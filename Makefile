@@ -1,0 +1,29 @@
+# Tasks for working on fastdrop: `make <task>` from the repository root.
+#   install     the package in place, with the test and docs extras (builds the extension)
+#   test        the test suite (what CI runs)
+#   lint        ruff, with the configuration in pyproject.toml (CI runs it)
+#   docs        the documentation site, strict (any warning fails), into site/
+#   bench-docs  re-measure docs/benchmarks.md and docs/img/bench.png (~15 min on 2 cores)
+#   vectors     rewrite tests/data/mask_stream_vectors.json: only for a deliberate change
+#               of the mask stream, which docs/mask-stream.md calls a breaking change
+PYTHON ?= python
+
+.PHONY: install test lint docs bench-docs vectors
+
+install:
+	$(PYTHON) -m pip install -e ".[test,docs]"
+
+test:
+	$(PYTHON) -m pytest
+
+lint:
+	ruff check .
+
+docs:
+	NO_MKDOCS_2_WARNING=1 mkdocs build --strict --site-dir site
+
+bench-docs:
+	PYTHONPATH=. $(PYTHON) benchmarks/make_docs.py
+
+vectors:
+	PYTHONPATH=. $(PYTHON) tests/data/make_mask_stream_vectors.py
