@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 import fastdrop
-from tests.conftest import ALL_BACKENDS
+from tests.conftest import ALL_BACKENDS, FLOAT_DTYPES
 
 VECTORS = json.loads(
     (pathlib.Path(__file__).parent / "data" / "mask_stream_vectors.json").read_text())
@@ -75,6 +75,25 @@ def test_dropout_mask_words(case, any_backend):
                                **coordinates(case))
     assert [f"0x{int(w):016x}" for w in mask.words] == case["words"]
     assert np.array_equal(y != 0, fastdrop.unpack_mask(words_of(case["words"]), n))
+
+
+THRESHOLD_CASES = [case for case in VECTORS["mask_words"] if "why" in case]
+
+
+@pytest.mark.parametrize("case", THRESHOLD_CASES, ids=case_id)
+@pytest.mark.parametrize("dtype", FLOAT_DTYPES)
+def test_threshold_lanes_in_every_call(case, dtype, any_backend):
+    """A lane with U = T is kept, one just below T dropped, whichever path computes T from p."""
+    n, p, at = case["n"], float.fromhex(case["p"]), coordinates(case)
+    keep = fastdrop.unpack_mask(words_of(case["words"]), n)
+    for inplace in [False, True]:
+        y, mask = fastdrop.dropout(np.ones(n, dtype), p, inplace=inplace, backend=any_backend, **at)
+        assert [f"0x{int(w):016x}" for w in mask.words] == case["words"]
+        assert np.array_equal(y != 0, keep)
+    grad = fastdrop.dropout_backward_recompute(np.ones(n, dtype), p, backend=any_backend, **at)
+    assert np.array_equal(grad != 0, keep)
+    _, mask = fastdrop.alpha_dropout(np.ones(n, dtype), p, backend=any_backend, **at)
+    assert [f"0x{int(w):016x}" for w in mask.words] == case["words"]
 
 
 # Arrays of n >= 2**19: the compiled backends split them among 2 threads, the reference
