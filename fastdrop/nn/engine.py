@@ -21,6 +21,10 @@ result over its input's array only when nothing can tell the difference:
 ReLU's backward reads the sign of its *input*, so a ReLU's output can be
 overwritten. Afterwards the input tensor is marked, and an op that tries to
 read it raises a RuntimeError rather than computing with dropped values.
+
+**Fixed row blocks.** Inside `fixed_matmul_rows`, ``a @ b`` multiplies 64 rows
+of ``a`` at a time, so a row's result does not depend on how many rows are
+multiplied with it (BLAS rounds by matrix size); `predict_mc` relies on it.
 """
 import contextlib
 import math
