@@ -154,6 +154,41 @@ def test_ensemble_view_mc_mean_converges_to_evaluation_mode():
     assert uncertainty["auc_blended_vs_clean"] > 0.75
 
 
+def test_ensemble_view_bald_flags_noise_and_active_learning_runs():
+    _, result = quick_run("ensemble_view")
+    uncertainty = result["uncertainty"]
+    bald = {name: np.array(uncertainty[f"bald_{name}"]) for name in ("clean", "blended", "noise")}
+    for values in bald.values():
+        assert values.min() >= -1e-12  # mutual information, up to rounding
+
+    def auc(higher, lower):  # recomputed: the share of pairs ranked the right way
+        order = np.argsort(np.concatenate([lower, higher]), kind="stable")
+        ranks = np.empty(len(order))
+        ranks[order] = np.arange(1, len(order) + 1)
+        return (ranks[len(lower):].sum() - len(higher) * (len(higher) + 1) / 2) / (
+            len(higher) * len(lower))
+
+    assert auc(bald["noise"], bald["clean"]) == pytest.approx(
+        uncertainty["auc_bald_noise_vs_clean"], abs=0.01)  # ties aside
+    assert uncertainty["auc_bald_noise_vs_clean"] > 0.9
+    assert bald["noise"].mean() > 2 * bald["clean"].mean()
+    # the networks are each sure of themselves on noise: low expected entropy, high BALD
+    assert uncertainty["mean_expected_entropy_noise"] < uncertainty["mean_expected_entropy_clean"]
+    learning = result["active_learning"]
+    settings = learning["settings"]
+    assert learning["labels"] == [20 + 20 * index for index in range(settings["rounds"] + 1)]
+    by_bald, at_random = (np.array(learning[name]["accuracy"]) for name in ("bald", "random"))
+    assert by_bald.shape == at_random.shape == (settings["seeds"], settings["rounds"] + 1)
+    assert settings["seeds"] >= 2
+    assert np.array_equal(by_bald[:, 0], at_random[:, 0])  # same first set, same seeds
+    np.testing.assert_allclose(learning["mean_gain_per_seed"],
+                               (by_bald[:, 1:] - at_random[:, 1:]).mean(axis=1), rtol=1e-12)
+    for runs in (by_bald, at_random):
+        assert runs.mean(axis=0)[-1] > runs.mean(axis=0)[0] + 0.03  # more labels, better
+    chosen = np.array(learning["bald"]["acquired_bald"])
+    assert np.all(chosen.mean(axis=0) > np.array(learning["random"]["acquired_bald"]).mean(axis=0))
+
+
 def test_where_and_how_much_rule_and_heavy_input_dropout():
     _, result = quick_run("where_and_how_much")
     rule = result["rates"]["suggest_dropout"]

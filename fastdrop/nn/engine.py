@@ -21,6 +21,10 @@ result over its input's array only when nothing can tell the difference:
 ReLU's backward reads the sign of its *input*, so a ReLU's output can be
 overwritten. Afterwards the input tensor is marked, and an op that tries to
 read it raises a RuntimeError rather than computing with dropped values.
+
+**Fixed row blocks.** Inside `fixed_matmul_rows`, ``a @ b`` multiplies 64 rows
+of ``a`` at a time, so a row's result does not depend on how many rows are
+multiplied with it (BLAS rounds by matrix size); `predict_mc` relies on it.
 """
 import contextlib
 import math
@@ -63,6 +67,63 @@ def no_grad():
         yield
     finally:
         _grad_mode.enabled = previous
+
+
+_matmul_mode = threading.local()
+
+
+@contextlib.contextmanager
+def fixed_matmul_rows(rows=64):
+    """Context manager in which ``a @ b`` multiplies ``rows`` rows of ``a`` at a time.
+
+    BLAS picks its kernel, and with it the rounding, by matrix size: a one-row
+    product is a matrix-vector product, and small matrices get kernels of
+    their own, so a row of ``a @ b`` can differ in its last bits with the
+    number of rows of ``a``. Inside this context every product runs on blocks
+    of exactly ``rows`` rows (the last one padded with zeros), so each row of
+    the result is the same whatever the height of ``a``: `predict_mc` uses it
+    to give the same bits however the work is cut into passes. The setting is
+    per thread; the gradients are unchanged.
+
+    Parameters
+    ----------
+    rows : int, default 64
+        Rows per block, >= 1.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from fastdrop.nn.engine import Tensor, fixed_matmul_rows
+    >>> a, b = np.random.default_rng(0).standard_normal((2, 200, 200))
+    >>> with fixed_matmul_rows():
+    ...     whole, one_row = (Tensor(a) @ b).data, (Tensor(a[:1]) @ b).data
+    >>> bool(np.array_equal(whole[:1], one_row))
+    True
+    """
+    rows = int(rows)
+    if rows < 1:
+        raise ValueError(f"rows must be >= 1, got {rows}")
+    previous = getattr(_matmul_mode, "rows", None)
+    _matmul_mode.rows = rows
+    try:
+        yield
+    finally:
+        _matmul_mode.rows = previous
+
+
+def _matmul(a, b):
+    """``a @ b`` for 2-D arrays, in fixed row blocks inside `fixed_matmul_rows`."""
+    rows = getattr(_matmul_mode, "rows", None)
+    if rows is None or len(a) == rows:
+        return a @ b
+    out = np.empty((len(a), b.shape[1]), dtype=np.result_type(a, b))
+    for start in range(0, len(a), rows):
+        block = a[start:start + rows]
+        count = len(block)
+        if count < rows:  # pad: the product of a block of `rows` rows, whatever a's height
+            block = np.concatenate([block, np.zeros((rows - count, a.shape[1]), a.dtype)])
+        out[start:start + count] = (block @ b)[:count]
+    return out
 
 
 def _float_array(data, dtype):
@@ -292,7 +353,7 @@ class Tensor:
         other = _lift(other, self)
         if self.ndim != 2 or other.ndim != 2:
             raise ValueError(f"@ needs two 2-D tensors, got shapes {self.shape} and {other.shape}")
-        out = _result(self.data @ other.data, (self, other), "@")
+        out = _result(_matmul(self.data, other.data), (self, other), "@")
 
         def _backward():
             if self.requires_grad:
@@ -680,7 +741,7 @@ def dropconnect_linear(x, weight, bias, p, *, seed, stream, offset=0, training=T
                          f"got shapes {x.shape} and {weight.shape}")
     dropped, mask = fastdrop.dropconnect(weight.data, p, seed=seed, stream=stream, offset=offset,
                                          backend=backend)
-    data = x.data @ dropped
+    data = _matmul(x.data, dropped)
     if bias is not None:
         data = data + bias.data
     parents = (x, weight) if bias is None else (x, weight, bias)

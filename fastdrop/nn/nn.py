@@ -6,13 +6,101 @@ ChannelDropout, Dropout1d/2d/3d, VariationalDropout, AlphaDropout,
 FeatureAlphaDropout, GaussianDropout, DropConnectLinear) draws its masks from
 its own `fastdrop.Generator`; ``Module.reseed(seed)`` derives all of them from
 one seed, so training with a given seed is reproducible.
+
+`fastdrop.nn.predict_mc` keys the masks differently: it sets each random
+layer's ``mask_keys`` (a `RowKeys`) so that the mask of X's row i in Monte
+Carlo sample k depends on (layer, k, i) only, not on how the rows were cut
+into forward passes.
 """
+import dataclasses
+import math
+
 import numpy as np
 
 import fastdrop
 from fastdrop._validate import channel_noise_shape, check_gaussian_p, check_noise_shape, check_p
 
-from .engine import Tensor, alpha_dropout, as_tensor, dropconnect_linear, dropout, gaussian_dropout
+from .engine import (Tensor, _free_to_overwrite, _matmul, _result, alpha_dropout, as_tensor,
+                     dropconnect_linear, dropout, gaussian_dropout, is_grad_enabled)
+
+MC_STREAM_BASE = 2**63  # Monte Carlo sample k uses stream 2**63 + k; training counts up from 0
+
+
+@dataclasses.dataclass(frozen=True)
+class RowKeys:
+    """Masks keyed by (sample, row) for one forward pass of `fastdrop.nn.predict_mc`.
+
+    The pass's input stacks ``blocks`` in order: block ``(sample, first_row,
+    rows)`` holds the rows ``first_row ... first_row + rows - 1`` of the data
+    (global row indices) for Monte Carlo sample ``sample``. A random layer with
+    these keys draws that block's mask with ``seed``, stream
+    ``MC_STREAM_BASE + sample`` and offset ``first_row * w``, w being the
+    layer's mask elements per row, so each row's mask is the one it would get
+    in any other cut of the work. With ``consistent`` every row of a sample
+    shares one row's mask (offset 0), as Baal's ConsistentDropout does.
+
+    Attributes
+    ----------
+    seed : int
+        The layer's 64-bit key.
+    blocks : tuple of (int, int, int)
+        ``(sample, first_row, rows)`` per block, in the order of the pass's rows.
+    consistent : bool
+    """
+
+    seed: int
+    blocks: tuple
+    consistent: bool = False
+
+    @property
+    def rows(self):
+        """Rows in the pass (the sum over the blocks)."""
+        return sum(rows for _, _, rows in self.blocks)
+
+    def row_blocks(self):
+        """``(row slice in the pass, stream, first_row, rows)`` for each block."""
+        start = 0
+        for sample, first_row, rows in self.blocks:
+            yield slice(start, start + rows), MC_STREAM_BASE + sample, first_row, rows
+            start += rows
+
+    def mask_blocks(self, mask_shape, shares_rows=False):
+        """``(row slice, stream, offset, block mask shape)`` for a mask of ``mask_shape`` over the pass.
+
+        ``mask_shape[0]`` is the pass's rows, or 1 with ``shares_rows``: a
+        layer that shares its mask along the rows already (``broadcast_dims``
+        with axis 0), whose rows then share it in every sample.
+        """
+        shared = self.consistent or shares_rows
+        width = math.prod(mask_shape[1:])
+        for rows_slice, stream, first_row, rows in self.row_blocks():
+            block_shape = ((1 if shared else rows),) + tuple(mask_shape[1:])
+            yield rows_slice, stream, (0 if shared else first_row * width), block_shape
+
+
+def _keyed_input(layer, x, rows_axis):
+    """The array a keyed layer writes its output into, after checking that rows are on axis 0.
+
+    ``x.data`` itself when the engine's in-place rule allows it (and it is
+    C-contiguous), else a C-ordered copy.
+    """
+    keys = layer.mask_keys
+    if is_grad_enabled():
+        raise RuntimeError(f"{type(layer).__name__}: keyed masks (mask_keys) are for inference; "
+                           "predict_mc runs the model under no_grad()")
+    if rows_axis != 0 or x.ndim == 0 or x.shape[0] != keys.rows:
+        raise ValueError(f"{type(layer).__name__}: predict_mc needs the rows of X on axis 0 of "
+                         f"every dropped tensor ({keys.rows} rows in this pass), got an input of "
+                         f"shape {tuple(x.shape)}")
+    overwrite = (getattr(layer, "inplace", True) and _free_to_overwrite(x)
+                 and x.data.flags.c_contiguous)
+    return (x.data if overwrite else np.array(x.data, order="C")), overwrite
+
+
+def _keyed_output(x, data, overwrite, op):
+    out = _result(data, (x,), op)
+    x._overwritten = overwrite
+    return out
 
 
 class Module:
@@ -244,7 +332,13 @@ class DropConnectLinear(Linear):
     last_mask : fastdrop.DropoutMask or None
         The weight mask of the last training-mode call (shape
         ``(in_features, out_features)``); None with ``recompute=True``.
+    mask_keys : RowKeys or None
+        As in `Dropout`: set by `fastdrop.nn.predict_mc`. Sample k's weight
+        mask (stream ``2**63 + k``, offset 0) serves every row of sample k, in
+        whatever passes they run: DropConnect's masks are consistent by nature.
     """
+
+    mask_keys = None
 
     def __init__(self, in_features, out_features, p=0.5, *, bias=True, init="he",
                  dtype=np.float32, rng=None, recompute=False, seed=None, backend="auto"):
@@ -258,11 +352,35 @@ class DropConnectLinear(Linear):
     def forward(self, x):
         if not self.training or self.p == 0.0:
             return super().forward(x)
+        if self.mask_keys is not None:
+            return self._keyed_forward(as_tensor(x, dtype=self.weight.dtype))
         seed, stream = self.generator.reserve_stream()
         out, self.last_mask = dropconnect_linear(
             as_tensor(x, dtype=self.weight.dtype), self.weight, self.bias, self.p, seed=seed,
             stream=stream, recompute=self.recompute, backend=self.backend)
         return out
+
+    def _keyed_forward(self, x):
+        """Inference with `mask_keys`: each block times its sample's dropped weights."""
+        if is_grad_enabled():
+            raise RuntimeError("DropConnectLinear: keyed masks (mask_keys) are for inference; "
+                               "predict_mc runs the model under no_grad()")
+        keys = self.mask_keys
+        if x.ndim != 2 or x.shape[0] != keys.rows or x.shape[1] != self.weight.shape[0]:
+            raise ValueError(f"DropConnectLinear: predict_mc needs inputs of shape "
+                             f"({keys.rows}, {self.weight.shape[0]}) in this pass, got "
+                             f"{tuple(x.shape)}")
+        out = np.empty((x.shape[0], self.weight.shape[1]),
+                       dtype=np.result_type(x.dtype, self.weight.dtype))
+        dropped = {}  # stream -> this sample's weights (a sample's rows may come in several blocks)
+        for rows, stream, _, _ in keys.row_blocks():
+            if stream not in dropped:
+                dropped[stream] = fastdrop.dropconnect(self.weight.data, self.p, seed=keys.seed,
+                                                       stream=stream, backend=self.backend)[0]
+            out[rows] = _matmul(x.data[rows], dropped[stream])
+        if self.bias is not None:
+            out += self.bias.data
+        return _result(out, (x, self.weight), "dropconnect_linear")
 
     def __repr__(self):
         return (f"DropConnectLinear({self.weight.shape[0]}, {self.weight.shape[1]}, p={self.p}, "
@@ -323,7 +441,12 @@ class Dropout(Module):
     last_mask : fastdrop.DropoutMask or None
         The packed mask of the last training-mode call, which the backward pass
         uses; None with ``recompute=True``, where no mask is stored.
+    mask_keys : RowKeys or None
+        Set by `fastdrop.nn.predict_mc` for each forward pass (None otherwise):
+        masks keyed by (sample, row) instead of the generator's next stream.
     """
+
+    mask_keys = None
 
     def __init__(self, p=0.5, *, broadcast_dims=None, recompute=False, inplace=True, seed=None,
                  backend="auto"):
@@ -345,16 +468,35 @@ class Dropout(Module):
             return None
         return check_noise_shape(tuple(shape), None, self.broadcast_dims)
 
+    def rows_axis(self, shape):
+        """The axis of an input of ``shape`` that holds the batch's rows (None: no such axis)."""
+        return 0
+
     def forward(self, x):
         x = as_tensor(x)
         noise_shape = self.noise_shape(x.shape)  # checked before a stream is taken
         if not self.training or self.p == 0.0:
             return x
+        if self.mask_keys is not None:
+            return self._keyed_forward(x, noise_shape, fastdrop.dropout)
         seed, stream = self.generator.reserve_stream()
         out, self.last_mask = dropout(x, self.p, seed=seed, stream=stream,
                                       noise_shape=noise_shape, recompute=self.recompute,
                                       inplace=self.inplace, backend=self.backend)
         return out
+
+    def _keyed_forward(self, x, noise_shape, kernel):
+        """Inference with `mask_keys`: ``kernel`` (a fastdrop function) on each block, in place."""
+        data, overwrite = _keyed_input(self, x, self.rows_axis(x.shape))
+        mask_shape = data.shape if noise_shape is None else tuple(noise_shape)
+        # one row in the pass or a mask shared along the rows? ask for two rows
+        shares_rows = (noise_shape is not None
+                       and self.noise_shape((2,) + tuple(x.shape[1:]))[0] == 1)
+        for rows, stream, offset, block_shape in self.mask_keys.mask_blocks(mask_shape,
+                                                                            shares_rows):
+            kernel(data[rows], self.p, seed=self.mask_keys.seed, stream=stream, offset=offset,
+                   noise_shape=block_shape, inplace=True, backend=self.backend)
+        return _keyed_output(x, data, overwrite, kernel.__name__)
 
     def _extra_repr(self):
         extra = "" if self.broadcast_dims is None else f", broadcast_dims={self.broadcast_dims!r}"
@@ -405,6 +547,9 @@ class ChannelDropout(Dropout):
     def noise_shape(self, shape):
         return channel_noise_shape(tuple(shape), self.channel_axis, self.batch_axis)
 
+    def rows_axis(self, shape):
+        return None if self.batch_axis is None else self.batch_axis % len(shape)
+
     def _extra_repr(self):
         return (f", channel_axis={self.channel_axis}, batch_axis={self.batch_axis}"
                 + super()._extra_repr())
@@ -427,6 +572,9 @@ class _ChannelsFirstDropout(ChannelDropout):
         if len(shape) == batched:
             return channel_noise_shape(tuple(shape), 1, 0)
         return channel_noise_shape(tuple(shape), 0, None)
+
+    def rows_axis(self, shape):
+        return 0 if len(shape) == self.spatial_dims + 2 else None
 
     def _extra_repr(self):
         return ", recompute=True" if self.recompute else ""
@@ -528,11 +676,15 @@ class VariationalDropout(Dropout):
                              f"one more axis, got shape {tuple(shape)}")
         return check_noise_shape(tuple(shape), None, (self.time_axis,))
 
+    def rows_axis(self, shape):
+        return None if self.time_axis % len(shape) == 0 else 0
+
     def start_sequence(self):
         """Take the next stream for a new sequence: every `step` until the next call uses it.
 
         In evaluation mode or with p = 0 no stream is taken (`step` is then the
-        identity) and the result is None.
+        identity) and the result is None; nor under `predict_mc`, whose keys
+        give every step the whole-sequence mask of each row.
 
         Returns
         -------
@@ -540,7 +692,7 @@ class VariationalDropout(Dropout):
             The sequence's (seed, stream); the whole-sequence call ``layer(x)``
             with this stream draws the same mask.
         """
-        drops = self.training and self.p > 0.0
+        drops = self.training and self.p > 0.0 and self.mask_keys is None
         self.sequence = self.generator.reserve_stream() if drops else None
         return self.sequence
 
@@ -566,6 +718,8 @@ class VariationalDropout(Dropout):
         x = as_tensor(x)
         if not self.training or self.p == 0.0:
             return x
+        if self.mask_keys is not None:  # row i's mask of width F: as in the whole-sequence call
+            return self._keyed_forward(x, None, fastdrop.dropout)
         if self.sequence is None:
             raise RuntimeError("VariationalDropout.step() needs start_sequence() first: call it "
                                "once at the start of every sequence (batch)")
@@ -609,6 +763,8 @@ class AlphaDropout(Dropout):
         noise_shape = self.noise_shape(x.shape)
         if not self.training or self.p == 0.0:
             return x
+        if self.mask_keys is not None:
+            return self._keyed_forward(x, noise_shape, fastdrop.alpha_dropout)
         seed, stream = self.generator.reserve_stream()
         out, self.last_mask = alpha_dropout(x, self.p, seed=seed, stream=stream,
                                             noise_shape=noise_shape, recompute=self.recompute,
@@ -660,7 +816,12 @@ class GaussianDropout(Module):
     generator : fastdrop.Generator
     last_noise : fastdrop.GaussianNoise or None
         The (seed, stream, offset, p) of the last training-mode call.
+    mask_keys : RowKeys or None
+        As in `Dropout`: set by `fastdrop.nn.predict_mc`, which keys the
+        noise by (sample, row).
     """
+
+    mask_keys = None
 
     def __init__(self, p=0.5, *, inplace=True, seed=None, backend="auto"):
         self.p = check_gaussian_p(p)
@@ -673,10 +834,27 @@ class GaussianDropout(Module):
         x = as_tensor(x)
         if not self.training or self.p == 0.0:
             return x
+        if self.mask_keys is not None:
+            return self._keyed_forward(x)
         seed, stream = self.generator.reserve_stream()
         out, self.last_noise = gaussian_dropout(x, self.p, seed=seed, stream=stream,
                                                 inplace=self.inplace, backend=self.backend)
         return out
+
+    def _keyed_forward(self, x):
+        """Inference with `mask_keys`: noise of each block from its (stream, offset), in place."""
+        data, overwrite = _keyed_input(self, x, 0)
+        for rows, stream, offset, block_shape in self.mask_keys.mask_blocks(data.shape):
+            if block_shape == data[rows].shape:
+                fastdrop.gaussian_dropout(data[rows], self.p, seed=self.mask_keys.seed,
+                                          stream=stream, offset=offset, inplace=True,
+                                          backend=self.backend)
+            else:  # consistent: one row of multipliers (the noise of ones) for every row
+                multipliers = fastdrop.gaussian_dropout(
+                    np.ones(block_shape, data.dtype), self.p, seed=self.mask_keys.seed,
+                    stream=stream, offset=offset, backend=self.backend)[0]
+                np.multiply(data[rows], multipliers, out=data[rows])
+        return _keyed_output(x, data, overwrite, "gaussian_dropout")
 
     def __repr__(self):
         return f"GaussianDropout(p={self.p})"

@@ -1,5 +1,4 @@
 """Training and inference: fit, evaluate, predict, Monte Carlo dropout, check_descent."""
-import collections
 import contextlib
 import dataclasses
 import sys
@@ -7,8 +6,12 @@ import warnings
 
 import numpy as np
 
-from .engine import Tensor, cross_entropy, no_grad
+import fastdrop
+
+from .engine import Tensor, cross_entropy, fixed_matmul_rows, no_grad
+from .nn import RowKeys
 from .optim import Adam
+from .uncertainty import RunningSummary, softmax
 
 
 @contextlib.contextmanager
@@ -223,63 +226,183 @@ def fit(model, X, y, *, epochs=20, batch_size=64, optimizer=None, seed=0, valida
     return history
 
 
-MCPrediction = collections.namedtuple("MCPrediction", "probabilities std entropy logits")
-MCPrediction.__doc__ = """Result of `predict_mc`, arrays of float64 with one row per input.
-
-probabilities : (n, classes) mean of the softmax probabilities over the masks
-std : (n, classes) their standard deviation over the masks
-entropy : (n,) predictive entropy of the mean probabilities, in nats
-logits : (n, classes) mean of the raw outputs over the masks
-"""
+def _random_layers(model):
+    """The modules that draw masks (Dropout, its variants, DropConnectLinear), in `reseed` order."""
+    return [module for module in model.modules()
+            if isinstance(getattr(module, "generator", None), fastdrop.Generator)]
 
 
-def predict_mc(model, X, samples=50, *, rows_per_pass=4096):
-    """Monte Carlo dropout: average the model over many dropout masks (Gal and Ghahramani 2016).
+def _count(value, name, least):
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)):
+        raise TypeError(f"{name} must be an integer, got {value!r}")
+    if value < least:
+        raise ValueError(f"{name} must be >= {least}, got {value}")
+    return int(value)
 
-    Dropout stays on (every module is in training mode) while the model runs
-    ``samples`` times on X; no graph is recorded. Masks come from the model's
-    Dropout generators: call ``model.reseed(s)`` first for a reproducible
-    result (the masks also depend on ``rows_per_pass``, which decides how the
-    samples are stacked).
+
+def _passes(rows, samples, rows_per_pass):
+    """The blocks ``(sample, first_row, rows)`` of each forward pass, cut from the (sample, row) grid.
+
+    The grid is read sample by sample, so every row meets its samples in order.
+    """
+    total = rows * samples
+    for start in range(0, total, rows_per_pass):
+        end = min(start + rows_per_pass, total)
+        blocks = []
+        for sample in range(start // rows, (end - 1) // rows + 1):
+            first = max(start - sample * rows, 0)
+            blocks.append((sample, first, min(end - sample * rows, rows) - first))
+        yield tuple(blocks)
+
+
+def predict_mc(model, X, samples=50, *, seed=None, consistent=False, first_row=0,
+               rows_per_pass=4096, return_samples=False):
+    """Monte Carlo dropout: the model's predictions over many dropout masks (Gal and Ghahramani 2016).
+
+    The model runs ``samples`` times on X with its dropout layers in training
+    mode and every other module in evaluation mode (torch-uncertainty's
+    ``mc_dropout``), without recording a graph; every module's mode is
+    restored afterwards, also on error. The masks are keyed by (sample, row):
+    the mask a dropout layer applies to X's row i in sample k depends on the
+    layer, k, the row's global index ``first_row + i`` and the seed only, so
+    the result is the same, bit for bit, for every ``rows_per_pass`` and
+    every way of splitting a data set into calls (see Notes).
 
     Parameters
     ----------
     model : Module
+        Maps (rows, features) to (rows, classes) logits, treating rows
+        independently, with at least one dropout layer of rate > 0.
     X : array_like, shape (n, features)
+        Converted to the model's dtype.
     samples : int, default 50
-        Number of dropout masks per input.
+        Number of masks (Monte Carlo samples) per row, >= 1.
+    seed : int, optional
+        Key of the masks: dropout layer l (in `Module.reseed` order) uses the
+        key drawn from ``numpy.random.SeedSequence([seed, l])``, the one
+        ``model.reseed(seed)`` would give it. None: each layer's own
+        ``generator.seed``. No stream is taken from the generators, so the
+        same call gives the same masks again.
+    consistent : bool, default False
+        One mask per sample, shared by every row (Baal's ConsistentDropout)
+        instead of one per (sample, row).
+    first_row : int, default 0
+        Global index of X's first row. ``predict_mc(model, X[a:b], first_row=a)``
+        gives exactly rows a to b of ``predict_mc(model, X)``.
     rows_per_pass : int, default 4096
-        Several samples run in one forward pass on a stacked copy of X, up to
-        this many rows; every row gets its own mask.
+        Rows per forward pass: the (sample, row) grid is read sample by sample
+        and cut into passes of this many rows. Larger passes cost fewer Python
+        calls and more memory; the result does not depend on it.
+    return_samples : bool, default False
+        Also return every sample's probabilities, ``(n, classes, samples)``
+        float64 (Baal's ``[batch, classes, iterations]`` layout). Without it,
+        only running statistics are kept: memory O(n x classes), whatever the
+        number of samples.
 
     Returns
     -------
     MCPrediction
-        ``(probabilities, std, entropy, logits)``: the mean class
-        probabilities, their spread (std and predictive entropy) and the mean logits.
+        float64, one row per input: mean probabilities and their standard
+        deviation, predictive entropy, expected entropy, mutual information
+        (BALD, ``predictive_entropy - expected_entropy``), variation ratio,
+        mean logits, ``samples`` and, with ``return_samples``,
+        ``sample_probabilities``. Entropies are in nats (natural logarithm).
+
+    Raises
+    ------
+    ValueError
+        The model has no dropout layer or every rate is 0; a dropout layer
+        cannot key its masks (a random layer of another kind, or rows not on
+        axis 0 of its input); X is not 2-D; samples or rows_per_pass < 1, or
+        first_row < 0; the model's output is not (rows, classes).
+    TypeError
+        samples, rows_per_pass or first_row is not an integer.
+
+    Notes
+    -----
+    Mask of dropout layer l for X's row i in sample k: key ``s_l`` (see
+    ``seed``), stream ``2**63 + k`` (training draws streams from 0 upwards, so
+    they never meet), offset ``(first_row + i) * w_l`` in the layer's mask
+    elements, ``w_l`` of them per row (the features, or one per channel for
+    channel dropout); with ``consistent=True`` offset 0 for every row. A
+    `DropConnectLinear` draws one weight mask per sample (stream ``2**63 + k``,
+    offset 0) for all rows. Gaussian dropout keys its noise the same way.
+
+    Bit-identical results need more than identical masks: BLAS rounds a row
+    of ``x @ W`` differently with the number of rows (a one-row product is a
+    matrix-vector product), so inside `predict_mc` the engine multiplies in
+    blocks of 64 rows (`fastdrop.nn.engine.fixed_matmul_rows`). A custom
+    module that multiplies NumPy arrays itself, or mixes rows (batch
+    statistics), loses the guarantee.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from fastdrop.nn import MLP, predict_mc
+    >>> X = np.random.default_rng(0).standard_normal((10, 4))
+    >>> model = MLP([4, 16, 3], dropout=0.5, seed=0)
+    >>> whole = predict_mc(model, X, samples=20, seed=1)
+    >>> part = predict_mc(model, X[6:], samples=20, seed=1, first_row=6, rows_per_pass=7)
+    >>> bool(np.array_equal(whole.mutual_information[6:], part.mutual_information))
+    True
     """
-    if samples < 1:
-        raise ValueError(f"samples must be >= 1, got {samples}")
+    samples = _count(samples, "samples", 1)
+    rows_per_pass = _count(rows_per_pass, "rows_per_pass", 1)
+    first_row = _count(first_row, "first_row", 0)
     X = _features(model, X)
-    n = len(X)
-    per_pass = max(1, rows_per_pass // max(n, 1))
-    sums = {"logits": 0.0, "probabilities": 0.0, "squares": 0.0}
-    done = 0
-    with no_grad(), _modes(model, True):
-        while done < samples:
-            copies = min(per_pass, samples - done)
-            logits = model(Tensor(np.tile(X, (copies, 1)))).data.astype(np.float64)
-            probabilities = np.exp(logits - logits.max(axis=1, keepdims=True))
-            probabilities /= probabilities.sum(axis=1, keepdims=True)
-            sums["logits"] = sums["logits"] + logits.reshape(copies, n, -1).sum(axis=0)
-            probabilities = probabilities.reshape(copies, n, -1)
-            sums["probabilities"] = sums["probabilities"] + probabilities.sum(axis=0)
-            sums["squares"] = sums["squares"] + (probabilities * probabilities).sum(axis=0)
-            done += copies
-    mean = sums["probabilities"] / samples
-    std = np.sqrt(np.maximum(sums["squares"] / samples - mean * mean, 0.0))
-    entropy = -np.sum(mean * np.log(np.where(mean > 0, mean, 1.0)), axis=1)
-    return MCPrediction(mean, std, entropy, sums["logits"] / samples)
+    layers = _random_layers(model)
+    if not layers:
+        raise ValueError(f"predict_mc needs a model with dropout: {type(model).__name__} has no "
+                         "dropout layer (Dropout, its variants or DropConnectLinear)")
+    others = [type(layer).__name__ for layer in layers if not hasattr(type(layer), "mask_keys")]
+    if others:
+        raise ValueError(f"predict_mc cannot key the masks of {', '.join(others)}: only "
+                         "fastdrop.nn's dropout layers take mask_keys")
+    if all(layer.p == 0 for layer in layers):
+        raise ValueError("predict_mc needs dropout: every dropout rate in the model is 0, so all "
+                         "samples would be the evaluation-mode prediction")
+    keys = [layer.generator.seed if seed is None else
+            int(np.random.SeedSequence([seed, index]).generate_state(1, np.uint64)[0])
+            for index, layer in enumerate(layers)]
+    summary = None
+    before = [(module, module.training, getattr(module, "mask_keys", None))
+              for module in model.modules()]
+    try:
+        for module, _, _ in before:
+            module.training = False
+        for layer in layers:
+            layer.training = True
+        with no_grad(), fixed_matmul_rows(MC_MATMUL_ROWS):
+            for blocks in _passes(len(X), samples, rows_per_pass) if len(X) else [()]:
+                global_blocks = tuple((sample, first_row + first, rows)
+                                      for sample, first, rows in blocks)
+                for layer, key in zip(layers, keys):
+                    layer.mask_keys = RowKeys(key, global_blocks, bool(consistent))
+                inputs = np.concatenate([X[first:first + rows] for _, first, rows in blocks]
+                                        or [X[:0]])
+                logits = model(Tensor(inputs)).data
+                if logits.ndim != 2 or len(logits) != len(inputs):
+                    raise ValueError(f"predict_mc needs (rows, classes) outputs, got shape "
+                                     f"{logits.shape} for {len(inputs)} rows")
+                if summary is None:
+                    summary = RunningSummary(len(X), logits.shape[1], samples, with_logits=True,
+                                             keep_samples=return_samples)
+                logits = logits.astype(np.float64)
+                probabilities = softmax(logits)
+                start = 0
+                for sample, first, rows in blocks:
+                    part = slice(start, start + rows)
+                    summary.add(sample, first, probabilities[part], logits[part])
+                    start += rows
+    finally:
+        for module, mode, mask_keys in before:
+            module.training = mode
+            if hasattr(type(module), "mask_keys"):
+                module.mask_keys = mask_keys
+    return summary.result()
+
+
+MC_MATMUL_ROWS = 64  # rows per BLAS call inside predict_mc: same rounding whatever the pass
 
 
 @dataclasses.dataclass
