@@ -14,6 +14,7 @@ alpha and Gaussian dropout round like NumPy), -fno-math-errno -fno-trapping-math
 (value-safe; they let the Gaussian kernels vectorise); never -march=native, so a
 wheel runs on any x86-64 machine.
 """
+import glob
 import os
 import subprocess
 import sys
@@ -99,9 +100,13 @@ def extensions():
     from Cython.Build import cythonize
     from setuptools import Extension
 
+    # the headers and .pxd files the sources include: a change to one rebuilds them
+    depends = sorted(glob.glob(os.path.join(INCLUDE_DIR, "fastdrop", "*.h"))
+                     + glob.glob(os.path.join("fastdrop", "**", "*.pxd"), recursive=True))
     modules = [
         Extension(name, [source], include_dirs=[numpy.get_include(), INCLUDE_DIR],
-                  define_macros=[("NPY_NO_DEPRECATED_API", "NPY_1_7_API_VERSION")])
+                  define_macros=[("NPY_NO_DEPRECATED_API", "NPY_1_7_API_VERSION")],
+                  depends=depends)
         for name, source in EXTENSIONS.items()
     ]
     return cythonize(modules, language_level=3, include_path=["."])

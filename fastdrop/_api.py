@@ -22,7 +22,7 @@ except ImportError:  # not built: every call takes the general path
 
 
 def dropout(x, p=0.5, *, seed=None, stream=None, offset=0, training=True, inplace=False,
-            out=None, noise_shape=None, broadcast_dims=None, backend="auto"):
+            out=None, noise_shape=None, broadcast_dims=None, dtype=None, backend="auto"):
     """Inverted dropout with an exact, reproducible, bit-packed mask.
 
     Each element is dropped (set to +0.0) with probability ``p`` and otherwise
@@ -116,9 +116,10 @@ def dropout(x, p=0.5, *, seed=None, stream=None, offset=0, training=True, inplac
     if kernels is None:
         return reference.dropout(x, p, seed=seed, stream=stream, offset=offset,
                                  training=training, inplace=inplace, out=out,
-                                 noise_shape=noise_shape, broadcast_dims=broadcast_dims)
+                                 noise_shape=noise_shape, broadcast_dims=broadcast_dims,
+                                 dtype=dtype)
     if (training is True and out is None and noise_shape is None and broadcast_dims is None
-            and _usual_call is not None and _usual_call(x, p, offset, inplace)):
+            and dtype is None and _usual_call is not None and _usual_call(x, p, offset, inplace)):
         # the usual call: with its seed resolved, one kernel call allocates and runs
         if type(seed) is int and stream is None and 0 <= seed <= MAX_SEED:
             stream = 0
@@ -129,7 +130,7 @@ def dropout(x, p=0.5, *, seed=None, stream=None, offset=0, training=True, inplac
                                          offset, _threads.threads)
         return y, DropoutMask._of_checked_call(words, x.shape, p, seed, stream, offset)
     call = _calls.masked(x, p, seed, stream, offset, inplace, out, noise_shape, broadcast_dims,
-                         training)
+                         training, dtype)
     if not training:
         return call.untouched(), None
     if call.stretched:  # the small mask first, then one pass over x reading it
@@ -144,9 +145,9 @@ def dropout(x, p=0.5, *, seed=None, stream=None, offset=0, training=True, inplac
 def _scale_by_stream(kernels, call, words):
     """x's elements scaled by keep bits drawn from the stream; the bits stored unless words is None."""
     threshold, drop_all, scale = dropout_constants(call.p)
-    return _layout.elementwise(call.x, call.target, kernels.scale_by_stream, words, call.m,
-                               scale, threshold, drop_all, call.seed, call.stream, call.offset,
-                               get_num_threads())
+    return call.finish(_layout.elementwise(
+        call.x, call.target, kernels.scale_by_stream, words, call.m, scale, threshold, drop_all,
+        call.seed, call.stream, call.offset, get_num_threads()))
 
 
 def _draw_words(kernels, call):
@@ -166,14 +167,16 @@ def _apply_words(kernels, call, words, scale, affine):
     """
     x, threads = call.x, get_num_threads()
     if affine is None and call.m == x.size:
-        return _layout.elementwise(x, call.target, kernels.scale_by_mask, words, scale, threads)
-    sizes, mask_strides = _layout.broadcast_layout(x.shape, call.mask_shape)
-    return _layout.elementwise(x, call.target, kernels.apply_broadcast, words, sizes,
-                               mask_strides, scale, affine, threads)
+        y = _layout.elementwise(x, call.target, kernels.scale_by_mask, words, scale, threads)
+    else:
+        sizes, mask_strides = _layout.broadcast_layout(x.shape, call.mask_shape)
+        y = _layout.elementwise(x, call.target, kernels.apply_broadcast, words, sizes,
+                                mask_strides, scale, affine, threads)
+    return call.finish(y)
 
 
 def channel_dropout(x, p=0.5, *, channel_axis=1, batch_axis=0, seed=None, stream=None, offset=0,
-                    training=True, inplace=False, out=None, backend="auto"):
+                    training=True, inplace=False, out=None, dtype=None, backend="auto"):
     """Channel (spatial) dropout: each channel of each sample is kept or dropped whole.
 
     The equivalent of PyTorch's ``Dropout1d``/``Dropout2d``/``Dropout3d`` and
@@ -222,10 +225,12 @@ def channel_dropout(x, p=0.5, *, channel_axis=1, batch_axis=0, seed=None, stream
     """
     noise_shape = channel_noise_shape(np.shape(x), channel_axis, batch_axis)
     return dropout(x, p, seed=seed, stream=stream, offset=offset, training=training,
-                   inplace=inplace, out=out, noise_shape=noise_shape, backend=backend)
+                   inplace=inplace, out=out, noise_shape=noise_shape, dtype=dtype,
+                   backend=backend)
 
 
-def apply_mask(x, mask, *, p=None, scale=None, inplace=False, out=None, backend="auto"):
+def apply_mask(x, mask, *, p=None, scale=None, inplace=False, out=None, dtype=None,
+               backend="auto"):
     """Apply a stored mask to an array: ``x * keep * s`` (s = 1/(1-p) unless given).
 
     The building block of variational (recurrent) dropout: draw one mask with
@@ -278,20 +283,21 @@ def apply_mask(x, mask, *, p=None, scale=None, inplace=False, out=None, backend=
     >>> all(np.array_equal(outputs[0], y_t) for y_t in outputs)
     True
     """
-    return _apply_stored_mask(x, "x", mask, p, scale, inplace, out, backend)
+    return _apply_stored_mask(x, "x", mask, p, scale, inplace, out, dtype, backend)
 
 
-def _apply_stored_mask(x, name, mask, p, scale, inplace, out, backend):
+def _apply_stored_mask(x, name, mask, p, scale, inplace, out, dtype, backend):
     """`apply_mask`, with ``name`` what error messages call x."""
     kernels = _kernels(backend)
     if kernels is None:
         return reference.apply_mask(x, mask, p=p, scale=scale, inplace=inplace, out=out,
-                                    name=name)
-    call = _calls.stored_mask(x, name, mask, p, scale, inplace, out)
+                                    dtype=dtype, name=name)
+    call = _calls.stored_mask(x, name, mask, p, scale, inplace, out, dtype)
     return _apply_words(kernels, call, np.ascontiguousarray(call.words), call.scale, None)
 
 
-def dropout_backward(grad, mask, *, p=None, inplace=False, out=None, backend="auto"):
+def dropout_backward(grad, mask, *, p=None, inplace=False, out=None, dtype=None,
+                     backend="auto"):
     """Gradient of dropout from its packed mask: ``grad * keep / (1 - p)``.
 
     Parameters
@@ -323,11 +329,11 @@ def dropout_backward(grad, mask, *, p=None, inplace=False, out=None, backend="au
     TypeError
         grad is not float16/32/64, or the words are not a 1-D uint64 array.
     """
-    return _apply_stored_mask(grad, "grad", mask, p, None, inplace, out, backend)
+    return _apply_stored_mask(grad, "grad", mask, p, None, inplace, out, dtype, backend)
 
 
 def dropout_backward_recompute(grad, p, *, seed, stream, offset=0, noise_shape=None,
-                               inplace=False, out=None, backend="auto"):
+                               inplace=False, out=None, dtype=None, backend="auto"):
     """Gradient of dropout with the mask regenerated from (seed, stream, offset): no mask stored.
 
     Bit for bit equal to `dropout_backward` with the mask of
@@ -362,8 +368,8 @@ def dropout_backward_recompute(grad, p, *, seed, stream, offset=0, noise_shape=N
     if kernels is None:
         return reference.dropout_backward_recompute(grad, p, seed=seed, stream=stream,
                                                     offset=offset, noise_shape=noise_shape,
-                                                    inplace=inplace, out=out)
-    call = _calls.recompute(grad, p, seed, stream, offset, noise_shape, inplace, out)
+                                                    inplace=inplace, out=out, dtype=dtype)
+    call = _calls.recompute(grad, p, seed, stream, offset, noise_shape, inplace, out, dtype)
     if call.stretched:  # regenerate the (small) mask, then stretch it
         return _apply_words(kernels, call, _draw_words(kernels, call), dropout_scale(call.p),
                             None)
@@ -414,7 +420,7 @@ def bernoulli_mask(n, p, *, seed, stream=None, offset=0, backend="auto"):
 
 
 def alpha_dropout(x, p=0.5, *, seed=None, stream=None, offset=0, training=True, inplace=False,
-                  out=None, noise_shape=None, broadcast_dims=None, backend="auto"):
+                  out=None, noise_shape=None, broadcast_dims=None, dtype=None, backend="auto"):
     """Alpha dropout for self-normalising (SELU) networks: keeps zero mean and unit variance.
 
     A dropped element is set to SELU's negative saturation value
@@ -466,9 +472,10 @@ def alpha_dropout(x, p=0.5, *, seed=None, stream=None, offset=0, training=True, 
     if kernels is None:
         return reference.alpha_dropout(x, p, seed=seed, stream=stream, offset=offset,
                                        training=training, inplace=inplace, out=out,
-                                       noise_shape=noise_shape, broadcast_dims=broadcast_dims)
+                                       noise_shape=noise_shape, broadcast_dims=broadcast_dims,
+                                       dtype=dtype)
     call = _calls.masked(x, p, seed, stream, offset, inplace, out, noise_shape, broadcast_dims,
-                         training)
+                         training, dtype)
     if not training:
         return call.untouched(), None
     words = _draw_words(kernels, call)
@@ -479,7 +486,8 @@ def alpha_dropout(x, p=0.5, *, seed=None, stream=None, offset=0, training=True, 
 
 
 def feature_alpha_dropout(x, p=0.5, *, channel_axis=1, batch_axis=0, seed=None, stream=None,
-                          offset=0, training=True, inplace=False, out=None, backend="auto"):
+                          offset=0, training=True, inplace=False, out=None, dtype=None,
+                          backend="auto"):
     """Alpha dropout of whole channels (PyTorch's ``FeatureAlphaDropout``).
 
     `alpha_dropout` with the noise shape of `channel_dropout`: each channel of
@@ -509,10 +517,12 @@ def feature_alpha_dropout(x, p=0.5, *, channel_axis=1, batch_axis=0, seed=None, 
     """
     noise_shape = channel_noise_shape(np.shape(x), channel_axis, batch_axis)
     return alpha_dropout(x, p, seed=seed, stream=stream, offset=offset, training=training,
-                         inplace=inplace, out=out, noise_shape=noise_shape, backend=backend)
+                         inplace=inplace, out=out, noise_shape=noise_shape, dtype=dtype,
+                         backend=backend)
 
 
-def alpha_dropout_backward(grad, mask, *, inplace=False, out=None, backend="auto"):
+def alpha_dropout_backward(grad, mask, *, inplace=False, out=None, dtype=None,
+                           backend="auto"):
     """Gradient of `alpha_dropout`: ``grad * a`` where kept, +0.0 where dropped.
 
     Parameters
@@ -539,11 +549,11 @@ def alpha_dropout_backward(grad, mask, *, inplace=False, out=None, backend="auto
     """
     check_mask_object(mask)
     scale = 1.0 if mask.p == 0.0 else alpha_dropout_constants(mask.p)[0]
-    return _apply_stored_mask(grad, "grad", mask, None, scale, inplace, out, backend)
+    return _apply_stored_mask(grad, "grad", mask, None, scale, inplace, out, dtype, backend)
 
 
 def gaussian_dropout(x, p=0.5, *, seed=None, stream=None, offset=0, training=True, inplace=False,
-                     out=None, backend="auto"):
+                     out=None, dtype=None, backend="auto"):
     """Gaussian dropout: multiply every element by noise drawn from N(1, p / (1 - p)).
 
     The multiplicative Gaussian noise of Srivastava et al. (2014, section 10)
@@ -597,8 +607,9 @@ def gaussian_dropout(x, p=0.5, *, seed=None, stream=None, offset=0, training=Tru
     kernels = _kernels(backend)
     if kernels is None:
         return reference.gaussian_dropout(x, p, seed=seed, stream=stream, offset=offset,
-                                          training=training, inplace=inplace, out=out)
-    call = _calls.gaussian(x, p, seed, stream, offset, inplace, out, training)
+                                          training=training, inplace=inplace, out=out,
+                                          dtype=dtype)
+    call = _calls.gaussian(x, p, seed, stream, offset, inplace, out, training, dtype)
     if not training:
         return call.untouched(), None
     return _multiply_noise(kernels, call), call.noise()
@@ -606,11 +617,13 @@ def gaussian_dropout(x, p=0.5, *, seed=None, stream=None, offset=0, training=Tru
 
 def _multiply_noise(kernels, call):
     """x's elements times the call's Gaussian multipliers, regenerated from its stream."""
-    return _layout.elementwise(call.x, call.target, kernels.gaussian, gaussian_sigma(call.p),
-                               call.seed, call.stream, call.offset, get_num_threads())
+    return call.finish(_layout.elementwise(call.x, call.target, kernels.gaussian,
+                                           gaussian_sigma(call.p), call.seed, call.stream,
+                                           call.offset, get_num_threads()))
 
 
-def gaussian_dropout_backward(grad, noise, *, inplace=False, out=None, backend="auto"):
+def gaussian_dropout_backward(grad, noise, *, inplace=False, out=None, dtype=None,
+                              backend="auto"):
     """Gradient of `gaussian_dropout`: grad times the same noise, regenerated.
 
     Parameters
@@ -638,8 +651,9 @@ def gaussian_dropout_backward(grad, noise, *, inplace=False, out=None, backend="
     """
     kernels = _kernels(backend)
     if kernels is None:
-        return reference.gaussian_dropout_backward(grad, noise, inplace=inplace, out=out)
-    return _multiply_noise(kernels, _calls.stored_noise(grad, noise, inplace, out))
+        return reference.gaussian_dropout_backward(grad, noise, inplace=inplace, out=out,
+                                                   dtype=dtype)
+    return _multiply_noise(kernels, _calls.stored_noise(grad, noise, inplace, out, dtype))
 
 
 def gaussian_noise(n, p, *, seed, stream=None, offset=0, backend="auto"):
@@ -679,7 +693,7 @@ def gaussian_noise(n, p, *, seed, stream=None, offset=0, backend="auto"):
 
 
 def dropconnect(weight, p=0.5, *, seed=None, stream=None, offset=0, training=True, out=None,
-                backend="auto"):
+                dtype=None, backend="auto"):
     """DropConnect (Wan et al. 2013): drop individual weights, not activations.
 
     Returns ``weight * keep / (1 - p)`` as a new array (or in ``out``); the
@@ -721,5 +735,5 @@ def dropconnect(weight, p=0.5, *, seed=None, stream=None, offset=0, training=Tru
     >>> bool((W == 1).all()), mask.shape
     (True, (3, 4))
     """
-    return dropout(check_weight(weight), p, seed=seed, stream=stream, offset=offset,
-                   training=training, out=out, backend=backend)
+    return dropout(check_weight(weight, dtype), p, seed=seed, stream=stream, offset=offset,
+                   training=training, out=out, dtype=dtype, backend=backend)

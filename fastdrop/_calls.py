@@ -5,10 +5,13 @@ value checked (`fastdrop._validate`), in an order that leaves no trace on error,
 only then a stream taken (`fastdrop.streams`). What follows -- the kernels, or the
 reference's plain NumPy -- takes the record's checked values.
 """
+import numpy as np
+
 from . import _layout, streams
 from ._mask import DropoutMask, GaussianNoise
-from ._validate import (check_count, check_gaussian_p, check_mask, check_noise, check_noise_shape,
-                        check_offset, check_p, check_scale, check_seed, check_stream, prepare_target,
+from ._validate import (check_count, check_dtype_request, check_gaussian_p, check_mask,
+                        check_noise, check_noise_shape, check_offset, check_out, check_p,
+                        check_scale, check_seed, check_stream, element_array, is_bfloat16,
                         shape_size)
 
 
@@ -18,10 +21,20 @@ class Call:
     Attributes
     ----------
     x : ndarray
-        The input (or gradient) as an ndarray of a float dtype; None for calls that
-        take a count instead.
+        The input (or gradient) as kernels see it: a native float16/32/64 ndarray, or
+        bfloat16 as uint16 bit patterns; None for calls that take a count instead.
     target : ndarray or None
-        Where the result goes: x (in place), ``out``, or None for a new array.
+        Where kernels put the result: x (in place), ``out`` (as kernels see it), or
+        None for a new array.
+    source : ndarray
+        The caller's array (x itself where it is one, subclasses included).
+    returned : ndarray or None
+        What an in-place or ``out=`` call returns: the caller's x or out.
+    copy_back : bool
+        Whether the result must be copied into ``returned`` (byte-swapped arrays,
+        which kernels see as native copies).
+    view : dtype or None
+        The dtype a new result is viewed as (ml_dtypes' bfloat16), if not x's.
     p : float
         The drop probability (Gaussian dropout's rate).
     mask_shape : tuple of int
@@ -37,13 +50,13 @@ class Call:
         The multiplier of kept elements, for calls that apply a mask.
     """
 
-    __slots__ = ("x", "target", "p", "mask_shape", "m", "offset", "seed", "stream", "words",
-                 "scale")
+    __slots__ = ("x", "target", "source", "returned", "copy_back", "view", "p", "mask_shape",
+                 "m", "offset", "seed", "stream", "words", "scale")
 
-    def __init__(self, x, target, p, mask_shape, m, offset, seed=None, stream=None, words=None,
+    def __init__(self, arrays, p, mask_shape, m, offset, seed=None, stream=None, words=None,
                  scale=None):
-        self.x, self.target, self.p = x, target, p
-        self.mask_shape, self.m, self.offset = mask_shape, m, offset
+        self.x, self.target, self.source, self.returned, self.copy_back, self.view = arrays
+        self.p, self.mask_shape, self.m, self.offset = p, mask_shape, m, offset
         self.seed, self.stream, self.words, self.scale = seed, stream, words, scale
 
     @property
@@ -51,13 +64,24 @@ class Call:
         """Whether a smaller mask is stretched over x (a noise shape)."""
         return self.m != self.x.size
 
+    def finish(self, result):
+        """What the caller gets for the kernels' result (the target, or a new array)."""
+        if self.returned is None:
+            return result if self.view is None else result.view(self.view)
+        if self.copy_back:
+            self.returned[...] = result
+        return self.returned
+
     def deliver(self, flat):
         """The C-ordered result ``flat`` where the caller asked for it."""
-        return _layout.deliver(flat, self.x, self.target)
+        return self.finish(_layout.deliver(flat, self.x, self.target))
 
     def untouched(self):
         """The result of a call with training off: x itself, or x copied into ``out``."""
-        return self.x if self.target is None else _layout.deliver(self.x, self.x, self.target)
+        if self.returned is None or self.returned is self.source:
+            return self.source
+        self.returned[...] = self.source
+        return self.returned
 
     def mask(self, words):
         """The DropoutMask of this call's keep bits ``words``."""
@@ -70,57 +94,85 @@ class Call:
                              offset=self.offset)
 
 
-def masked(x, p, seed, stream, offset, inplace, out, noise_shape, broadcast_dims, training):
+def arrays(x, name, inplace, out, dtype):
+    """x and where its result goes: the first six fields of a `Call`.
+
+    ``(kernel x, kernel target, caller's array, returned, copy_back, view)``; see `Call`.
+    """
+    request = check_dtype_request(dtype)
+    if inplace and out is not None:
+        raise ValueError("pass either inplace=True or out=, not both")
+    if inplace and not isinstance(x, np.ndarray):
+        raise TypeError(f"inplace=True needs a NumPy array for {name}, got {type(x).__name__}")
+    array, kernel = element_array(x, name, request)
+    swapped = kernel.dtype != array.dtype and not kernel.dtype == np.uint16
+    if inplace:
+        if not array.flags.writeable:
+            raise ValueError(f"inplace=True but {name} is read-only")
+        return kernel, None if swapped else kernel, array, array, swapped, None
+    if out is not None:
+        check_out(out, array, name)
+        if swapped:
+            return kernel, None, array, out, True, None
+        return kernel, element_array(out, "out", request)[1], array, out, False, None
+    view = array.dtype if kernel.dtype != array.dtype and is_bfloat16(array.dtype) else None
+    return kernel, None, array, None, False, view
+
+
+def masked(x, p, seed, stream, offset, inplace, out, noise_shape, broadcast_dims, training,
+           dtype=None):
     """A call that draws a keep mask (dropout and its variants); a stream taken if training."""
     p = check_p(p)
-    x, target = prepare_target(x, "x", inplace, out)
+    sides = arrays(x, "x", inplace, out, dtype)
+    shape = sides[0].shape
     if noise_shape is None and broadcast_dims is None:
-        mask_shape, m = x.shape, x.size
+        mask_shape, m = shape, sides[0].size
     else:
-        mask_shape = check_noise_shape(x.shape, noise_shape, broadcast_dims)
+        mask_shape = check_noise_shape(shape, noise_shape, broadcast_dims)
         m = shape_size(mask_shape)
     parsed = streams.parse(seed, stream)
     offset = check_offset(offset, m)
     seed, stream = streams.take(parsed) if training else (None, None)
-    return Call(x, target, p, mask_shape, m, offset, seed, stream)
+    return Call(sides, p, mask_shape, m, offset, seed, stream)
 
 
-def gaussian(x, p, seed, stream, offset, inplace, out, training):
+def gaussian(x, p, seed, stream, offset, inplace, out, training, dtype=None):
     """A Gaussian dropout call (p in [0, 1)); a stream taken if training."""
     p = check_gaussian_p(p)
-    x, target = prepare_target(x, "x", inplace, out)
+    sides = arrays(x, "x", inplace, out, dtype)
     parsed = streams.parse(seed, stream)
-    offset = check_offset(offset, x.size)
+    size = sides[0].size
+    offset = check_offset(offset, size)
     seed, stream = streams.take(parsed) if training else (None, None)
-    return Call(x, target, p, x.shape, x.size, offset, seed, stream)
+    return Call(sides, p, sides[0].shape, size, offset, seed, stream)
 
 
-def recompute(grad, p, seed, stream, offset, noise_shape, inplace, out):
+def recompute(grad, p, seed, stream, offset, noise_shape, inplace, out, dtype=None):
     """A backward call that regenerates its mask from an explicit (seed, stream, offset)."""
     p = check_p(p)
-    grad, target = prepare_target(grad, "grad", inplace, out)
-    mask_shape = check_noise_shape(grad.shape, noise_shape, None)
+    sides = arrays(grad, "grad", inplace, out, dtype)
+    mask_shape = check_noise_shape(sides[0].shape, noise_shape, None)
     seed, stream = check_seed(seed), check_stream(stream)
     m = shape_size(mask_shape)
-    return Call(grad, target, p, mask_shape, m, check_offset(offset, m), seed, stream)
+    return Call(sides, p, mask_shape, m, check_offset(offset, m), seed, stream)
 
 
-def stored_mask(x, name, mask, p, scale, inplace, out):
+def stored_mask(x, name, mask, p, scale, inplace, out, dtype=None):
     """A call that applies stored keep bits (a DropoutMask, or words with p) to x.
 
     ``name`` is what error messages call x ("x", "grad").
     """
-    x, target = prepare_target(x, name, inplace, out)
-    words, p, mask_shape = check_mask(mask, x.shape, p)
-    return Call(x, target, p, mask_shape, shape_size(mask_shape), 0, words=words,
+    sides = arrays(x, name, inplace, out, dtype)
+    words, p, mask_shape = check_mask(mask, sides[0].shape, p)
+    return Call(sides, p, mask_shape, shape_size(mask_shape), 0, words=words,
                 scale=check_scale(scale, p))
 
 
-def stored_noise(grad, noise, inplace, out):
+def stored_noise(grad, noise, inplace, out, dtype=None):
     """A backward call that regenerates the noise of a GaussianNoise record."""
-    grad, target = prepare_target(grad, "grad", inplace, out)
-    check_noise(noise, grad.size)
-    return Call(grad, target, noise.p, grad.shape, grad.size, noise.offset, noise.seed,
+    sides = arrays(grad, "grad", inplace, out, dtype)
+    check_noise(noise, sides[0].size)
+    return Call(sides, noise.p, sides[0].shape, sides[0].size, noise.offset, noise.seed,
                 noise.stream)
 
 
@@ -130,4 +182,4 @@ def count(n, p, seed, stream, offset, gaussian=False):
     p = check_gaussian_p(p) if gaussian else check_p(p)
     offset = check_offset(offset, n)
     seed, stream = streams.resolve(seed, stream)
-    return Call(None, None, p, (n,), n, offset, seed, stream)
+    return Call((None, None, None, None, False, None), p, (n,), n, offset, seed, stream)

@@ -8,6 +8,7 @@ so bad input leaves the caller's arrays and generators unchanged.
 import math
 import numbers
 import operator
+import sys
 
 import numpy as np
 
@@ -69,39 +70,108 @@ def check_count(n):
     return check_integer(n, "n", 0, MAX_ELEMENTS)
 
 
-def as_float_array(x, name):
-    """x as an ndarray of float16, float32 or float64 (a TypeError for anything else)."""
-    array = x if type(x) is np.ndarray else np.asarray(x)
-    if array.dtype not in FLOAT_DTYPES:
-        raise TypeError(f"{name} must be a float16, float32 or float64 array, got dtype {array.dtype}")
-    return array
+def bfloat16_dtype():
+    """NumPy's dtype for ``ml_dtypes.bfloat16``, importing ml_dtypes (an optional dependency).
+
+    Raises
+    ------
+    ImportError
+        Without ml_dtypes, saying which extra installs it.
+    """
+    try:
+        import ml_dtypes
+    except ImportError:
+        raise ImportError("bfloat16 arrays need the ml_dtypes package: pip install "
+                          "'fastdrop[bf16]' (or pass uint16 bit patterns with "
+                          "dtype='bfloat16', which needs nothing more)") from None
+    return np.dtype(ml_dtypes.bfloat16)
 
 
-def prepare_target(x, name, inplace, out):
-    """Check x and where the result goes: (x as ndarray, x if inplace, out, or None for new)."""
-    if inplace and out is None and type(x) is np.ndarray and x.dtype in FLOAT_DTYPES \
-            and x.flags.writeable:  # the common case, checked first
-        return x, x
-    if inplace and out is not None:
-        raise ValueError("pass either inplace=True or out=, not both")
-    if inplace and not isinstance(x, np.ndarray):
-        raise TypeError(f"inplace=True needs a NumPy array for {name}, got {type(x).__name__}")
-    array = as_float_array(x, name)
-    if inplace:
-        if not array.flags.writeable:
-            raise ValueError(f"inplace=True but {name} is read-only")
-        return array, array
-    if out is not None:
-        if not isinstance(out, np.ndarray):
-            raise TypeError(f"out must be a NumPy array, got {type(out).__name__}")
-        if out.dtype != array.dtype:
-            raise TypeError(f"out has dtype {out.dtype}, expected {array.dtype} like {name}")
-        if out.shape != array.shape:
-            raise ValueError(f"out has shape {out.shape}, expected {array.shape} like {name}")
-        if not out.flags.writeable:
-            raise ValueError("out is read-only")
-        return array, out
-    return array, None
+def is_bfloat16(dtype):
+    """Whether ``dtype`` is ml_dtypes' bfloat16 (without importing ml_dtypes: no array can be one before)."""
+    ml_dtypes = sys.modules.get("ml_dtypes")
+    return ml_dtypes is not None and dtype == np.dtype(ml_dtypes.bfloat16)
+
+
+def check_dtype_request(dtype):
+    """The ``dtype=`` argument: None, or "bfloat16" (the string, ml_dtypes.bfloat16 or its dtype).
+
+    Only uint16 arrays take it: their bits are read as bfloat16. Every other dtype
+    comes from the array itself.
+    """
+    if dtype is None:
+        return None
+    if isinstance(dtype, str):
+        if dtype == "bfloat16":
+            return "bfloat16"
+    else:
+        try:
+            if is_bfloat16(np.dtype(dtype)):
+                return "bfloat16"
+        except TypeError:
+            pass
+    raise TypeError(f"dtype= takes only 'bfloat16' (uint16 arrays read as bfloat16 bit "
+                    f"patterns), got dtype={dtype!r}; other dtypes come from the array itself")
+
+
+def _dtype_error(name, dtype, request):
+    if request == "bfloat16":
+        return TypeError(f"dtype='bfloat16' reads a uint16 array as bfloat16 bit patterns; "
+                         f"{name} has dtype {dtype}")
+    if dtype == np.uint16:
+        return TypeError(f"{name} must be a float16, float32, float64 or bfloat16 array, got "
+                         f"dtype uint16 (pass dtype='bfloat16' to read uint16 as bfloat16 bits)")
+    if dtype.kind == "f" and not dtype.isnative:
+        return TypeError(f"{name} has dtype {dtype.str}, float data in non-native byte order")
+    return TypeError(f"{name} must be a float16, float32, float64 or bfloat16 array, got dtype "
+                     f"{dtype}")
+
+
+def element_array(x, name, request=None):
+    """x as an array of a dtype fastdrop takes, and that array as kernels see it.
+
+    Returns ``(array, kernel_array)``: ``array`` is x itself when it is an ndarray
+    (subclasses kept, so in place returns the caller's object), else ``np.asarray(x)``;
+    ``kernel_array`` is a native float16/32/64 array sharing its memory, a uint16 view
+    for bfloat16 (``ml_dtypes.bfloat16``, or uint16 with ``request == "bfloat16"``),
+    or a native-order copy of byte-swapped floats. ``request`` is `check_dtype_request`'s.
+    """
+    if type(x) is np.ndarray and x.dtype in FLOAT_DTYPES and request is None:
+        return x, x  # the common case, checked first
+    if isinstance(x, np.ma.MaskedArray):
+        raise TypeError(f"{name} is a numpy.ma.MaskedArray; fastdrop would ignore its mask: "
+                        f"pass {name}.data (masked entries are dropped out like the others) or "
+                        f"{name}.filled(value)")
+    array = x if isinstance(x, np.ndarray) else np.asarray(x)
+    plain = array if type(array) is np.ndarray else array.view(np.ndarray)  # kernels see no subclass
+    dtype = array.dtype
+    if request == "bfloat16":
+        if dtype == np.uint16 and dtype.isnative:
+            return array, plain
+        if is_bfloat16(dtype):
+            return array, plain.view(np.uint16)
+    elif dtype in FLOAT_DTYPES:
+        return array, plain
+    elif is_bfloat16(dtype):
+        return array, plain.view(np.uint16)
+    elif dtype.kind == "f" and dtype.itemsize in (2, 4, 8) and not dtype.isnative:
+        return array, plain.astype(dtype.newbyteorder("="))  # computed in native order
+    raise _dtype_error(name, dtype, request)
+
+
+def check_out(out, array, name):
+    """The ``out=`` array: an ndarray of x's dtype and shape, writeable, not masked."""
+    if not isinstance(out, np.ndarray):
+        raise TypeError(f"out must be a NumPy array, got {type(out).__name__}")
+    if isinstance(out, np.ma.MaskedArray):
+        raise TypeError("out is a numpy.ma.MaskedArray; pass out.data")
+    if out.dtype != array.dtype:
+        raise TypeError(f"out has dtype {out.dtype}, expected {array.dtype} like {name}")
+    if out.shape != array.shape:
+        raise ValueError(f"out has shape {out.shape}, expected {array.shape} like {name}")
+    if not out.flags.writeable:
+        raise ValueError("out is read-only")
+    return out
 
 
 def shape_size(shape):
@@ -247,9 +317,9 @@ def check_noise(noise, n):
         raise ValueError(f"noise is for {noise.n} elements but the gradient has {n}")
 
 
-def check_weight(weight):
+def check_weight(weight, dtype=None):
     """A weight array for DropConnect: float, at least 1-D."""
-    array = as_float_array(weight, "weight")
+    array = element_array(weight, "weight", check_dtype_request(dtype))[0]
     if array.ndim == 0:
         raise ValueError("dropconnect needs a weight array with at least one dimension, got a 0-d array")
     return array

@@ -30,9 +30,13 @@ cdef extern from "fastdrop/dropout.h" nogil:
     int fd_simd_enabled()
     int fd_set_simd(int level)
 
-    # float16 bit patterns
+    # float16 bit patterns, and bfloat16 elements
     float fd_half_to_float(uint16_t half)
     uint16_t fd_float_to_half(float value)
+    ctypedef struct fd_bfloat16:
+        uint16_t bits
+    float fd_bfloat16_to_float(fd_bfloat16 half)
+    fd_bfloat16 fd_float_to_bfloat16(float value)
 
     # kernels over ranges [first, stop) of local mask words
     int64_t fd_words_for(int64_t n)
@@ -47,6 +51,9 @@ cdef extern from "fastdrop/dropout.h" nogil:
     void fd_dropout_range_f16(const uint16_t *source, uint16_t *target, uint64_t *words,
                               float scale, const fd_mask_params *params,
                               int64_t first, int64_t stop)
+    void fd_dropout_range_bf16(const fd_bfloat16 *source, fd_bfloat16 *target, uint64_t *words,
+                               float scale, const fd_mask_params *params,
+                               int64_t first, int64_t stop)
     void fd_apply_mask_range_f64(const double *source, double *target, const uint64_t *words,
                                  double scale, int64_t n, int64_t first, int64_t stop)
     void fd_apply_mask_range_f32(const float *source, float *target, const uint64_t *words,
@@ -54,9 +61,14 @@ cdef extern from "fastdrop/dropout.h" nogil:
     void fd_apply_mask_range_f16(const uint16_t *source, uint16_t *target,
                                  const uint64_t *words, float scale, int64_t n,
                                  int64_t first, int64_t stop)
+    void fd_apply_mask_range_bf16(const fd_bfloat16 *source, fd_bfloat16 *target,
+                                  const uint64_t *words, float scale, int64_t n,
+                                  int64_t first, int64_t stop)
     void fd_scale_range_f64(double *values, double scale, int64_t n, int64_t first,
                             int64_t stop)
     void fd_scale_range_f32(float *values, float scale, int64_t n, int64_t first, int64_t stop)
+    void fd_scale_range_bf16(fd_bfloat16 *values, float scale, int64_t n, int64_t first,
+                             int64_t stop)
 
 
 cdef extern from "fastdrop/variants.h" nogil:
@@ -81,6 +93,7 @@ cdef extern from "fastdrop/variants.h" nogil:
         float shift
         float dropped_value
     ctypedef fd_mask_op_f32 fd_mask_op_f16
+    ctypedef fd_mask_op_f32 fd_mask_op_bf16
 
     void fd_apply_broadcast_range_f64(const double *source, double *target,
                                       const uint64_t *words, const fd_broadcast_layout *layout,
@@ -91,6 +104,9 @@ cdef extern from "fastdrop/variants.h" nogil:
     void fd_apply_broadcast_range_f16(const uint16_t *source, uint16_t *target,
                                       const uint64_t *words, const fd_broadcast_layout *layout,
                                       const fd_mask_op_f16 *op, int64_t first, int64_t stop)
+    void fd_apply_broadcast_range_bf16(const fd_bfloat16 *source, fd_bfloat16 *target,
+                                       const uint64_t *words, const fd_broadcast_layout *layout,
+                                       const fd_mask_op_bf16 *op, int64_t first, int64_t stop)
 
     # Gaussian dropout over element ranges [first, stop)
     void fd_gaussian_range_f64(const double *source, double *target, double sigma,
@@ -102,3 +118,6 @@ cdef extern from "fastdrop/variants.h" nogil:
     void fd_gaussian_range_f16(const uint16_t *source, uint16_t *target, double sigma,
                                uint64_t seed, uint64_t stream, uint64_t offset,
                                int64_t first, int64_t stop)
+    void fd_gaussian_range_bf16(const fd_bfloat16 *source, fd_bfloat16 *target, double sigma,
+                                uint64_t seed, uint64_t stream, uint64_t offset,
+                                int64_t first, int64_t stop)

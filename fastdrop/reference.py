@@ -15,7 +15,8 @@ from ._mask import pack_mask, unpack_mask
 from ._validate import channel_noise_shape, check_mask_object, check_weight
 from .maskstream import normal
 from .maskstream.spec import (WORD_BITS, alpha_dropout_constants, block_counter, dropout_scale,
-                              gaussian_sigma, keep_threshold, normal_counter, split64)
+                              gaussian_sigma, keep_threshold, normal_counter, round_to_bfloat16,
+                              split64)
 from .rng.philox import philox_rounds
 
 __all__ = [
@@ -100,15 +101,44 @@ def keep_bits(n, p, seed, stream, offset):
     return keep
 
 
+def bfloat16_to_float32(bits):
+    """bfloat16 bit patterns (uint16) widened exactly to float32: the bits shifted up by 16."""
+    return (bits.astype(np.uint32) << np.uint32(16)).view(np.float32)
+
+
+def float32_to_bfloat16(values):
+    """float32 values rounded once to bfloat16 bit patterns (section 6).
+
+    Round to nearest, ties to even, on the bits: add 0x7FFF plus the lowest kept bit,
+    drop the low 16 bits (a carry into the exponent is right, up to inf). NaN becomes
+    the quiet NaN 0x7FC0 with its sign, as ml_dtypes converts it.
+    """
+    bits = np.asarray(values, dtype=np.float32).view(np.uint32)
+    with np.errstate(over="ignore"):  # NaN bit patterns may wrap; they are replaced below
+        rounded = ((bits + np.uint32(0x7FFF) + ((bits >> np.uint32(16)) & np.uint32(1)))
+                   >> np.uint32(16)).astype(np.uint16)
+    quiet_nan = (((bits >> np.uint32(16)) & np.uint32(0x8000)) | np.uint32(0x7FC0)).astype(np.uint16)
+    return np.where(np.isnan(values), quiet_nan, rounded)
+
+
+def bfloat16_bits(value):
+    """A float64 rounded once to bfloat16, as its bit pattern (uint16)."""
+    return float32_to_bfloat16(np.float32(round_to_bfloat16(value)))
+
+
 def scale_kept(x, keep, p, scale=None):
     """The spec's output arithmetic: x * s where kept (s = 1/(1-p) rounded to x's dtype), +0.0 where dropped.
 
     ``scale`` replaces 1/(1-p) when given (alpha dropout's backward multiplies by a).
+    float16 and bfloat16 (uint16 bit patterns) multiply in float32 and round once.
     """
     scale = dropout_scale(p) if scale is None else scale
     with np.errstate(all="ignore"):  # s or x*s may overflow; that is the specified result
         if x.dtype == np.float16:
             kept = (x.astype(np.float32) * np.float32(np.float16(scale))).astype(np.float16)
+        elif x.dtype == np.uint16:
+            kept = float32_to_bfloat16(bfloat16_to_float32(x)
+                                       * np.float32(round_to_bfloat16(scale)))
         else:
             kept = x * x.dtype.type(scale)
     return np.where(keep, kept, x.dtype.type(0))
@@ -126,10 +156,10 @@ def broadcast_keep(keep, mask_shape, shape):
 
 
 def dropout(x, p=0.5, *, seed=None, stream=None, offset=0, training=True, inplace=False, out=None,
-            noise_shape=None, broadcast_dims=None):
+            noise_shape=None, broadcast_dims=None, dtype=None):
     """Inverted dropout; see `fastdrop.dropout`."""
     call = _calls.masked(x, p, seed, stream, offset, inplace, out, noise_shape, broadcast_dims,
-                         training)
+                         training, dtype)
     if not training:
         return call.untouched(), None
     keep = keep_bits(call.m, call.p, call.seed, call.stream, call.offset)
@@ -138,32 +168,32 @@ def dropout(x, p=0.5, *, seed=None, stream=None, offset=0, training=True, inplac
 
 
 def channel_dropout(x, p=0.5, *, channel_axis=1, batch_axis=0, seed=None, stream=None, offset=0,
-                    training=True, inplace=False, out=None):
+                    training=True, inplace=False, out=None, dtype=None):
     """Whole channels dropped together; see `fastdrop.channel_dropout`."""
     noise_shape = channel_noise_shape(np.shape(x), channel_axis, batch_axis)
     return dropout(x, p, seed=seed, stream=stream, offset=offset, training=training,
-                   inplace=inplace, out=out, noise_shape=noise_shape)
+                   inplace=inplace, out=out, noise_shape=noise_shape, dtype=dtype)
 
 
-def apply_mask(x, mask, *, p=None, scale=None, inplace=False, out=None, name="x"):
+def apply_mask(x, mask, *, p=None, scale=None, inplace=False, out=None, dtype=None, name="x"):
     """x * keep * s with keep from a stored mask; see `fastdrop.apply_mask`.
 
     ``name`` is what error messages call x (dropout's backward says "grad").
     """
-    call = _calls.stored_mask(x, name, mask, p, scale, inplace, out)
+    call = _calls.stored_mask(x, name, mask, p, scale, inplace, out, dtype)
     keep = broadcast_keep(unpack_mask(call.words, call.m), call.mask_shape, call.x.shape)
     return call.deliver(scale_kept(call.x.reshape(-1), keep, call.p, call.scale))
 
 
-def dropout_backward(grad, mask, *, p=None, inplace=False, out=None):
+def dropout_backward(grad, mask, *, p=None, inplace=False, out=None, dtype=None):
     """grad * keep / (1 - p) from a packed mask; see `fastdrop.dropout_backward`."""
-    return apply_mask(grad, mask, p=p, inplace=inplace, out=out, name="grad")
+    return apply_mask(grad, mask, p=p, inplace=inplace, out=out, dtype=dtype, name="grad")
 
 
 def dropout_backward_recompute(grad, p, *, seed, stream, offset=0, noise_shape=None,
-                               inplace=False, out=None):
+                               inplace=False, out=None, dtype=None):
     """grad * keep / (1 - p) with keep regenerated from (seed, stream, offset); see `fastdrop.dropout_backward_recompute`."""
-    call = _calls.recompute(grad, p, seed, stream, offset, noise_shape, inplace, out)
+    call = _calls.recompute(grad, p, seed, stream, offset, noise_shape, inplace, out, dtype)
     keep = keep_bits(call.m, call.p, call.seed, call.stream, call.offset)
     keep = broadcast_keep(keep, call.mask_shape, call.x.shape)
     return call.deliver(scale_kept(call.x.reshape(-1), keep, call.p))
@@ -183,16 +213,19 @@ def alpha_affine(x, keep, p):
     with np.errstate(all="ignore"):
         if x.dtype == np.float16:
             kept = (x.astype(np.float32) * np.float32(a) + np.float32(b)).astype(np.float16)
+        elif x.dtype == np.uint16:  # bfloat16 bits, as float16
+            kept = float32_to_bfloat16(bfloat16_to_float32(x) * np.float32(a) + np.float32(b))
+            return np.where(keep, kept, bfloat16_bits(c))
         else:
             kept = x * x.dtype.type(a) + x.dtype.type(b)
     return np.where(keep, kept, x.dtype.type(c))
 
 
 def alpha_dropout(x, p=0.5, *, seed=None, stream=None, offset=0, training=True, inplace=False,
-                  out=None, noise_shape=None, broadcast_dims=None):
+                  out=None, noise_shape=None, broadcast_dims=None, dtype=None):
     """Alpha dropout for SELU networks; see `fastdrop.alpha_dropout`."""
     call = _calls.masked(x, p, seed, stream, offset, inplace, out, noise_shape, broadcast_dims,
-                         training)
+                         training, dtype)
     if not training:
         return call.untouched(), None
     keep = keep_bits(call.m, call.p, call.seed, call.stream, call.offset)
@@ -205,18 +238,18 @@ def alpha_dropout(x, p=0.5, *, seed=None, stream=None, offset=0, training=True, 
 
 
 def feature_alpha_dropout(x, p=0.5, *, channel_axis=1, batch_axis=0, seed=None, stream=None,
-                          offset=0, training=True, inplace=False, out=None):
+                          offset=0, training=True, inplace=False, out=None, dtype=None):
     """Alpha dropout of whole channels; see `fastdrop.feature_alpha_dropout`."""
     noise_shape = channel_noise_shape(np.shape(x), channel_axis, batch_axis)
     return alpha_dropout(x, p, seed=seed, stream=stream, offset=offset, training=training,
-                         inplace=inplace, out=out, noise_shape=noise_shape)
+                         inplace=inplace, out=out, noise_shape=noise_shape, dtype=dtype)
 
 
-def alpha_dropout_backward(grad, mask, *, inplace=False, out=None):
+def alpha_dropout_backward(grad, mask, *, inplace=False, out=None, dtype=None):
     """grad * a where kept, +0.0 where dropped; see `fastdrop.alpha_dropout_backward`."""
     check_mask_object(mask)
     return apply_mask(grad, mask, scale=alpha_dropout_constants(mask.p)[0] if mask.p != 0.0
-                      else 1.0, inplace=inplace, out=out, name="grad")
+                      else 1.0, inplace=inplace, out=out, dtype=dtype, name="grad")
 
 
 # ---------------------------------------------------------------- Gaussian dropout
@@ -286,6 +319,8 @@ def multiply_noise(x, noise):
     with np.errstate(all="ignore"):
         if x.dtype == np.float16:
             return (x.astype(np.float32) * noise.astype(np.float32)).astype(np.float16)
+        if x.dtype == np.uint16:  # bfloat16 bits, as float16
+            return float32_to_bfloat16(bfloat16_to_float32(x) * noise.astype(np.float32))
         return x * noise.astype(x.dtype)
 
 
@@ -296,18 +331,18 @@ def gaussian_noise(n, p, *, seed, stream=None, offset=0):
 
 
 def gaussian_dropout(x, p=0.5, *, seed=None, stream=None, offset=0, training=True, inplace=False,
-                     out=None):
+                     out=None, dtype=None):
     """Multiplicative N(1, p/(1-p)) noise; see `fastdrop.gaussian_dropout`."""
-    call = _calls.gaussian(x, p, seed, stream, offset, inplace, out, training)
+    call = _calls.gaussian(x, p, seed, stream, offset, inplace, out, training, dtype)
     if not training:
         return call.untouched(), None
     noise = gaussian_multipliers(call.m, call.p, call.seed, call.stream, call.offset)
     return call.deliver(multiply_noise(call.x.reshape(-1), noise)), call.noise()
 
 
-def gaussian_dropout_backward(grad, noise, *, inplace=False, out=None):
+def gaussian_dropout_backward(grad, noise, *, inplace=False, out=None, dtype=None):
     """grad times the same noise; see `fastdrop.gaussian_dropout_backward`."""
-    call = _calls.stored_noise(grad, noise, inplace, out)
+    call = _calls.stored_noise(grad, noise, inplace, out, dtype)
     multipliers = gaussian_multipliers(call.m, call.p, call.seed, call.stream, call.offset)
     return call.deliver(multiply_noise(call.x.reshape(-1), multipliers))
 
@@ -315,7 +350,7 @@ def gaussian_dropout_backward(grad, noise, *, inplace=False, out=None):
 # ---------------------------------------------------------------- DropConnect
 
 
-def dropconnect(weight, p=0.5, *, seed=None, stream=None, offset=0, training=True, out=None):
+def dropconnect(weight, p=0.5, *, seed=None, stream=None, offset=0, training=True, out=None, dtype=None):
     """Dropout over a weight matrix, never in place; see `fastdrop.dropconnect`."""
-    return dropout(check_weight(weight), p, seed=seed, stream=stream, offset=offset,
-                   training=training, out=out)
+    return dropout(check_weight(weight, dtype), p, seed=seed, stream=stream, offset=offset,
+                   training=training, out=out, dtype=dtype)

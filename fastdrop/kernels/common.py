@@ -4,6 +4,10 @@ import functools
 import numpy as np
 
 from .._config import MIN_ELEMENTS_PER_THREAD
+from ..maskstream.spec import round_to_bfloat16
+
+# Kernels see float16 as float16 arrays (or their uint16 bits) and bfloat16 as uint16 bits.
+_BFLOAT16_BITS = "H"
 
 
 @functools.lru_cache(maxsize=256)
@@ -11,13 +15,16 @@ def _rounded_scale(dtype_char, scale):
     with np.errstate(over="ignore"):  # s overflows float16 for p > 1 - 2**-16: specified
         if dtype_char == "e":
             return np.float32(np.float16(scale))
+        if dtype_char == _BFLOAT16_BITS:
+            return np.float32(round_to_bfloat16(scale))
         return np.dtype(dtype_char).type(scale)
 
 
 def kernel_scale(dtype, scale):
     """s rounded once to the array's dtype, held in the type the kernel multiplies in.
 
-    float16 kernels multiply in float32 by the float16 value of s (exact), then round.
+    float16 and bfloat16 kernels multiply in float32 by the float16 (bfloat16) value of
+    s, exactly, then round once.
     """
     return _rounded_scale(dtype.char, scale)
 
@@ -34,13 +41,13 @@ def kernel_mask_op(dtype, scale, affine):
         return False, kernel_scale(dtype, scale), 0.0, 0.0
     a, b, c = affine
     compute = np.float64 if dtype == np.float64 else np.float32
-    dropped = np.float16(c) if dtype == np.float16 else dtype.type(c)
+    if dtype == np.float16:
+        dropped = np.float16(c)
+    elif dtype.char == _BFLOAT16_BITS:
+        dropped = round_to_bfloat16(c)
+    else:
+        dropped = dtype.type(c)
     return True, compute(a), compute(b), compute(dropped)
-
-
-def kernel_view(array):
-    """The array as kernels see it: float16 as uint16 bit patterns."""
-    return array.view(np.uint16) if array.dtype.char == "e" else array
 
 
 def chunk_count(n, threads):

@@ -49,6 +49,22 @@ def stream_parameters(p):
     return (0, True) if p == 1.0 else (keep_threshold(p), False)
 
 
+def round_to_bfloat16(value):
+    """A float64 rounded once to the nearest bfloat16 (8 significant bits), ties to even.
+
+    Exact in Python floats: the value scaled by a power of two to units of its
+    bfloat16 spacing (2**(e - 8) for value = m * 2**e, m in [1/2, 1); 2**-133 for
+    subnormals), rounded half to even, scaled back. NaN and infinities pass through;
+    magnitudes from bfloat16's largest plus half a unit on become inf.
+    """
+    value = float(value)
+    if value == 0.0 or not math.isfinite(value):
+        return value
+    quantum = max(math.frexp(value)[1] - 8, -133)
+    rounded = math.ldexp(round(math.ldexp(value, -quantum)), quantum)
+    return rounded if abs(rounded) < 2.0**128 else math.copysign(math.inf, value)
+
+
 def dropout_scale(p):
     """s = 1 / (1 - p) in float64 (0.0 for p == 1, where nothing is kept)."""
     p = float(p)

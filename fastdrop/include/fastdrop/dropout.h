@@ -6,8 +6,9 @@
  * the unit of work: give each thread its own range and no two threads ever write
  * the same mask word, and the result never depends on the split.
  *
- * For each element type (suffix f64, f32, f16; f16 arrays are uint16 bit patterns
- * and take a float scale, the float16 value of s held in a float):
+ * For each element type (suffix f64, f32, f16, bf16; f16 arrays are uint16 bit
+ * patterns and bf16 arrays fd_bfloat16 elements, both taking a float scale: the
+ * float16 or bfloat16 value of s held in a float):
  *
  *   fd_dropout_range_<T>(source, target, words, scale, params, first, stop)
  *       keep bits from the stream; words[k] = keep bits unless words is NULL;
@@ -82,6 +83,13 @@ static inline uint16_t fd_keep_f16(uint16_t value, float scale, uint32_t lane)
     return (uint16_t)(fd_float_to_half(fd_half_to_float(value) * scale) & lane);
 }
 
+static inline fd_bfloat16 fd_keep_bf16(fd_bfloat16 value, float scale, uint32_t lane)
+{
+    fd_bfloat16 product = fd_float_to_bfloat16(fd_bfloat16_to_float(value) * scale);
+    product.bits &= (uint16_t)lane;
+    return product;
+}
+
 /* The 64 lane masks of a word's keep bits (all ones where kept). Two ways, one per
  * instruction set: a table lookup per byte suits plain SSE2; with AVX2 per-lane
  * variable shifts do it in registers. */
@@ -121,12 +129,11 @@ static inline uint16_t fd_keep_f16(uint16_t value, float scale, uint32_t lane)
             FD_PREFETCH_WORD((target) + (at), T)                                            \
     }
 
-/* One set of kernels for element type T. Scaling of a word's elements: target[j] =
- * source[j] * scale where bit j of keep is set, else +0 (j < count). Full words gather
- * their lane masks first, so the scaling is a plain vectorisable loop; an in-place call
- * gets its own path so the compiler sees one array and need not check for overlap.
- * PIPELINED: FD_PIPELINE (the SIMD variant) or FD_NO_PIPELINE, see below. */
-#define FD_DEFINE_KERNELS(SUFFIX, T, SCALE_T, VARIANT, ATTRIBUTES, FILL_LANES, PIPELINED)   \
+/* The scaling of one full word's 64 elements, out of place and in place: target[j] =
+ * source[j] * scale where bit j of keep is set, else +0. The lane masks are gathered
+ * first (FILL_LANES), so the scaling is a plain vectorisable loop; an in-place call gets
+ * its own function so the compiler sees one array and need not check for overlap. */
+#define FD_LANE_WORDS(SUFFIX, T, SCALE_T, VARIANT, ATTRIBUTES, FILL_LANES)                 \
     ATTRIBUTES static inline void fd_scale_word_copy_##SUFFIX##VARIANT(                     \
         const T *FD_RESTRICT source, T *FD_RESTRICT target, uint64_t keep, SCALE_T scale)   \
     {                                                                                       \
@@ -142,7 +149,18 @@ static inline uint16_t fd_keep_f16(uint16_t value, float scale, uint32_t lane)
         FILL_LANES(lanes, keep)                                                             \
         for (int j = 0; j < 64; ++j)                                                        \
             values[j] = fd_keep_##SUFFIX(values[j], scale, lanes[j]);                       \
-    }                                                                                       \
+    }
+#define FD_WORDS_FROM_TABLE(SUFFIX, T, SCALE_T, VARIANT, ATTRIBUTES)                        \
+    FD_LANE_WORDS(SUFFIX, T, SCALE_T, VARIANT, ATTRIBUTES, FD_LANES_FROM_TABLE)
+#define FD_WORDS_FROM_SHIFTS(SUFFIX, T, SCALE_T, VARIANT, ATTRIBUTES)                       \
+    FD_LANE_WORDS(SUFFIX, T, SCALE_T, VARIANT, ATTRIBUTES, FD_LANES_FROM_SHIFTS)
+
+/* One set of kernels for element type T. WORDS defines the scaling of full words
+ * (FD_WORDS_FROM_TABLE, FD_WORDS_FROM_SHIFTS, FD_WORDS_BF16_512); ATTRIBUTES is the
+ * variant's target; PIPELINED: FD_PIPELINE (the SIMD variants) or FD_NO_PIPELINE, see
+ * below. */
+#define FD_DEFINE_KERNELS(SUFFIX, T, SCALE_T, VARIANT, ATTRIBUTES, WORDS, PIPELINED)        \
+    WORDS(SUFFIX, T, SCALE_T, VARIANT, ATTRIBUTES)                                          \
     ATTRIBUTES static inline void fd_apply_word_##SUFFIX##VARIANT(                          \
         const T *source, T *target, int64_t count, uint64_t keep, SCALE_T scale)            \
     {                                                                                       \
@@ -174,7 +192,7 @@ static inline uint16_t fd_keep_f16(uint16_t value, float scale, uint32_t lane)
                                             keep ? keep[k - first] : ~UINT64_C(0), scale);  \
         }                                                                                   \
     }                                                                                       \
-    PIPELINED##_DEFINE(SUFFIX, T, SCALE_T, VARIANT)                                         \
+    PIPELINED##_DEFINE(SUFFIX, T, SCALE_T, VARIANT, ATTRIBUTES)                             \
     ATTRIBUTES static inline void fd_dropout_range_##SUFFIX##VARIANT(                       \
         const T *source, T *target, uint64_t *words, SCALE_T scale,                         \
         const fd_mask_params *params, int64_t first, int64_t stop)                          \
@@ -227,10 +245,10 @@ static inline uint16_t fd_keep_f16(uint16_t value, float scale, uint32_t lane)
 #endif
 
 /* FD_DEFINE_KERNELS's PIPELINED argument: a prefix P naming P_DEFINE(SUFFIX, T, SCALE_T,
- * VARIANT), which defines the pipelined kernel, and P_TAKE(SUFFIX, VARIANT), a statement
+ * VARIANT, ATTRIBUTES), which defines the pipelined kernel, and P_TAKE(SUFFIX, VARIANT), a statement
  * at the top of fd_dropout_range that hands the call to it where it applies. FD_NO_PIPELINE
  * (the portable variant): neither. */
-#define FD_NO_PIPELINE_DEFINE(SUFFIX, T, SCALE_T, VARIANT)
+#define FD_NO_PIPELINE_DEFINE(SUFFIX, T, SCALE_T, VARIANT, ATTRIBUTES)
 #define FD_NO_PIPELINE_TAKE(SUFFIX, VARIANT)
 
 /* Software pipelining of the fused kernel with SIMD mask words. The plain loop draws a
@@ -257,7 +275,7 @@ static inline int fd_pipeline_takes(const fd_mask_params *params, const void *ta
 #define FD_SCALE_SOME(SUFFIX, VARIANT, job, WORDS)                                          \
     fd_scale_ready_##SUFFIX##VARIANT(                                                       \
         job, (job)->done + (WORDS) < (job)->ready ? (job)->done + (WORDS) : (job)->ready);
-#define FD_PIPELINE_DEFINE(SUFFIX, T, SCALE_T, VARIANT)                                     \
+#define FD_PIPELINE_DEFINE(SUFFIX, T, SCALE_T, VARIANT, ATTRIBUTES)                         \
     /* Words group + done .. group + ready - 1 of a group, still to be scaled. */           \
     typedef struct {                                                                        \
         const T *source;                                                                    \
@@ -265,10 +283,10 @@ static inline int fd_pipeline_takes(const fd_mask_params *params, const void *ta
         const uint64_t *keep; /* the group's keep bits */                                   \
         SCALE_T scale;                                                                      \
         int64_t group, done, ready, stop, n;                                                \
-    } fd_scale_job_##SUFFIX;                                                                \
+    } fd_scale_job_##SUFFIX##VARIANT;                                                       \
     /* Scales words job->done .. until - 1 of the job's group (fetching ahead). */        \
-    __attribute__((target("avx2"))) static inline void fd_scale_ready_##SUFFIX##VARIANT(    \
-        fd_scale_job_##SUFFIX *job, int64_t until)                                          \
+    ATTRIBUTES static inline void fd_scale_ready_##SUFFIX##VARIANT(                         \
+        fd_scale_job_##SUFFIX##VARIANT *job, int64_t until)                                 \
     {                                                                                       \
         if (until <= job->done)                                                             \
             return;                                                                         \
@@ -279,25 +297,29 @@ static inline int fd_pipeline_takes(const fd_mask_params *params, const void *ta
     }                                                                                       \
     /* Global words word .. word + FD_GROUP_WORDS - 1 into out, scaling the job's ready  \
      * words on the way. */                                                                \
-    __attribute__((target("avx2"))) static void fd_draw_##SUFFIX##_256(                     \
-        const fd_mask_params *params, uint64_t word, uint64_t *out, fd_scale_job_##SUFFIX *job) \
+    ATTRIBUTES static void fd_draw_##SUFFIX##VARIANT##_256(                                 \
+        const fd_mask_params *params, uint64_t word, uint64_t *out,                         \
+        fd_scale_job_##SUFFIX##VARIANT *job)                                                \
     FD_VEC_BATCH(FD_VEC_256, params, word, out,                                             \
                  FD_SCALE_SOME(SUFFIX, VARIANT, job, FD_INTERLEAVE_256))                    \
-    __attribute__((target("avx512f"))) static void fd_draw_##SUFFIX##_512(                  \
-        const fd_mask_params *params, uint64_t word, uint64_t *out, fd_scale_job_##SUFFIX *job) \
+    ATTRIBUTES __attribute__((target("avx512f"))) static void fd_draw_##SUFFIX##VARIANT##_512( \
+        const fd_mask_params *params, uint64_t word, uint64_t *out,                         \
+        fd_scale_job_##SUFFIX##VARIANT *job)                                                \
     FD_VEC_BATCH(FD_VEC_512, params, word, out,                                             \
                  FD_SCALE_SOME(SUFFIX, VARIANT, job, FD_INTERLEAVE_512))                    \
-    static inline void fd_draw_##SUFFIX(const fd_mask_params *params, uint64_t word,        \
-                                        uint64_t *out, fd_scale_job_##SUFFIX *job)          \
+    static inline void fd_draw_##SUFFIX##VARIANT(const fd_mask_params *params, uint64_t word, \
+                                                 uint64_t *out,                             \
+                                                 fd_scale_job_##SUFFIX##VARIANT *job)       \
     {                                                                                       \
         if (fd_simd_enabled() >= 2) {                                                       \
-            fd_draw_##SUFFIX##_512(params, word, out, job);                                 \
+            fd_draw_##SUFFIX##VARIANT##_512(params, word, out, job);                        \
         } else {                                                                            \
-            fd_draw_##SUFFIX##_256(params, word, out, job);                                 \
-            fd_draw_##SUFFIX##_256(params, word + FD_BATCH_WORDS, out + FD_BATCH_WORDS, job); \
+            fd_draw_##SUFFIX##VARIANT##_256(params, word, out, job);                        \
+            fd_draw_##SUFFIX##VARIANT##_256(params, word + FD_BATCH_WORDS, out + FD_BATCH_WORDS, \
+                                            job);                                           \
         }                                                                                   \
     }                                                                                       \
-    __attribute__((target("avx2"))) static void fd_dropout_pipelined_##SUFFIX##VARIANT(     \
+    ATTRIBUTES static void fd_dropout_pipelined_##SUFFIX##VARIANT(                          \
         const T *source, T *target, uint64_t *words, SCALE_T scale,                         \
         const fd_mask_params *params, int64_t first, int64_t stop)                          \
     {                                                                                       \
@@ -322,14 +344,15 @@ static inline int fd_pipeline_takes(const fd_mask_params *params, const void *ta
                 keep[i] = shift ? fd_local_word(now[i], now[i + 1], shift) : now[i];        \
             if (ready == count)                                                             \
                 keep[count - 1] &= last_bits;                                               \
-            fd_scale_job_##SUFFIX job = {source, target, keep, scale, group, 0, ready, stop, \
-                                         params->n};                                        \
+            fd_scale_job_##SUFFIX##VARIANT job = {source, target, keep, scale, group, 0, ready, \
+                                                  stop, params->n};                         \
             /* the next group's words: for the next group, or for this group's last word   \
              * where its elements reach into the next global word */                       \
             const int draw = group + FD_GROUP_WORDS < stop ||                               \
                              (last_waits && last > 64 - (int64_t)shift);                    \
             if (draw)                                                                       \
-                fd_draw_##SUFFIX(params, base + (uint64_t)(group + FD_GROUP_WORDS), next, &job); \
+                fd_draw_##SUFFIX##VARIANT(params, base + (uint64_t)(group + FD_GROUP_WORDS), next, \
+                                          &job);                                            \
             if (last_waits)                                                                 \
                 keep[count - 1] =                                                           \
                     fd_local_word(now[count - 1], draw ? next[0] : 0, shift) & last_bits;   \
@@ -340,10 +363,88 @@ static inline int fd_pipeline_takes(const fd_mask_params *params, const void *ta
         }                                                                                   \
     }
 
-/* The public kernels: the AVX2 variant where the CPU has it (fd_simd_enabled), the
- * portable one elsewhere. Both give identical bits. */
+#if FD_HAVE_AVX2_PATH
+/* bfloat16 words on AVX-512BW. A 2-byte element leaves the kernels compute-bound, and
+ * there a word's keep bits as a mask register (one masked move per 32 elements) beat
+ * lanes gathered one by one. Each 32-bit lane holds two elements: the high one is a
+ * float32 once its low half is cleared, the low one once shifted up, so neither needs
+ * widening; each product is rounded on its bits as fd_float_to_bfloat16 does. */
+#define FD_TARGET_BF16_512 __attribute__((target("avx2,avx512f,avx512bw")))
+
+/* Round each lane's float32 to bfloat16 in its top 16 bits (the low 16 are garbage). */
+FD_TARGET_BF16_512 static inline __m512i fd_bf16_round_512(__m512 values)
+{
+    const __m512i bits = _mm512_castps_si512(values);
+    const __m512i lowest_kept = _mm512_and_si512(_mm512_srli_epi32(bits, 16), _mm512_set1_epi32(1));
+    const __m512i rounded =
+        _mm512_add_epi32(_mm512_add_epi32(bits, _mm512_set1_epi32(0x7FFF)), lowest_kept);
+    const __m512i quiet_nan = _mm512_or_si512(
+        _mm512_and_si512(bits, _mm512_set1_epi32((int)0x80000000u)), _mm512_set1_epi32(0x7FC00000));
+    return _mm512_mask_mov_epi32(rounded, _mm512_cmp_ps_mask(values, values, _CMP_UNORD_Q),
+                                 quiet_nan);
+}
+
+/* 32 bfloat16 elements (16 lanes of two) times scale, each product rounded once. */
+FD_TARGET_BF16_512 static inline __m512i fd_bf16_products_512(__m512i pairs, __m512 scale)
+{
+    const __m512i high_half = _mm512_set1_epi32((int)0xFFFF0000u);
+    const __m512 low = _mm512_castsi512_ps(_mm512_slli_epi32(pairs, 16));
+    const __m512 high = _mm512_castsi512_ps(_mm512_and_si512(pairs, high_half));
+    return _mm512_or_si512(_mm512_srli_epi32(fd_bf16_round_512(_mm512_mul_ps(low, scale)), 16),
+                           _mm512_and_si512(fd_bf16_round_512(_mm512_mul_ps(high, scale)), high_half));
+}
+
+FD_TARGET_BF16_512 static inline void fd_bf16_word_512(const fd_bfloat16 *source,
+                                                       fd_bfloat16 *target, uint64_t keep,
+                                                       float scale)
+{
+    const __m512 s = _mm512_set1_ps(scale);
+    const __m512i first = _mm512_loadu_si512((const void *)source);
+    const __m512i second = _mm512_loadu_si512((const void *)(source + 32));
+    _mm512_storeu_si512((void *)target,
+                        _mm512_maskz_mov_epi16((__mmask32)keep, fd_bf16_products_512(first, s)));
+    _mm512_storeu_si512((void *)(target + 32),
+                        _mm512_maskz_mov_epi16((__mmask32)(keep >> 32),
+                                               fd_bf16_products_512(second, s)));
+}
+
+#define FD_WORDS_BF16_512(SUFFIX, T, SCALE_T, VARIANT, ATTRIBUTES)                          \
+    ATTRIBUTES static inline void fd_scale_word_copy_##SUFFIX##VARIANT(                     \
+        const T *FD_RESTRICT source, T *FD_RESTRICT target, uint64_t keep, SCALE_T scale)   \
+    {                                                                                       \
+        fd_bf16_word_512(source, target, keep, scale);                                      \
+    }                                                                                       \
+    ATTRIBUTES static inline void fd_scale_word_inplace_##SUFFIX##VARIANT(                  \
+        T *values, uint64_t keep, SCALE_T scale)                                            \
+    {                                                                                       \
+        fd_bf16_word_512(values, values, keep, scale);                                      \
+    }
+
+/* Whether the bfloat16 kernels take their AVX-512BW variant: a SIMD level of 2 (which
+ * fd_set_simd caps) on a CPU with AVX-512BW. */
+static inline int fd_bf16_512_enabled(void)
+{
+    static int cpu = -1;
+    if (cpu < 0)
+        cpu = __builtin_cpu_supports("avx512bw") ? 1 : 0;
+    return cpu && fd_simd_enabled() >= 2;
+}
+#define FD_WIDE_bf16(NAME, ARGS)                                                            \
+    if (fd_bf16_512_enabled()) {                                                            \
+        NAME##_bf16_avx512 ARGS;                                                            \
+        return;                                                                             \
+    }
+#endif
+#define FD_WIDE_f64(NAME, ARGS)
+#define FD_WIDE_f32(NAME, ARGS)
+#define FD_WIDE_f16(NAME, ARGS)
+
+/* The public kernels: a wider variant where a type has one and the CPU takes it
+ * (FD_WIDE_<type>), the AVX2 variant where the CPU has it (fd_simd_enabled), the
+ * portable one elsewhere. All give identical bits. */
 #if FD_HAVE_AVX2_PATH
 #define FD_DISPATCH(SUFFIX, NAME, ARGS)                                                     \
+    FD_WIDE_##SUFFIX(NAME, ARGS)                                                            \
     if (fd_simd_enabled()) {                                                                \
         NAME##_##SUFFIX##_avx2 ARGS;                                                        \
         return;                                                                             \
@@ -354,7 +455,7 @@ static inline int fd_pipeline_takes(const fd_mask_params *params, const void *ta
 #endif
 
 #define FD_DEFINE_PUBLIC_KERNELS(SUFFIX, T, SCALE_T)                                        \
-    FD_DEFINE_KERNELS(SUFFIX, T, SCALE_T, _portable, , FD_LANES_FROM_TABLE, FD_NO_PIPELINE) \
+    FD_DEFINE_KERNELS(SUFFIX, T, SCALE_T, _portable, , FD_WORDS_FROM_TABLE, FD_NO_PIPELINE) \
     FD_DEFINE_AVX2_KERNELS(SUFFIX, T, SCALE_T)                                              \
     static inline void fd_dropout_range_##SUFFIX(                                           \
         const T *source, T *target, uint64_t *words, SCALE_T scale,                         \
@@ -378,7 +479,7 @@ static inline int fd_pipeline_takes(const fd_mask_params *params, const void *ta
 #if FD_HAVE_AVX2_PATH
 #define FD_DEFINE_AVX2_KERNELS(SUFFIX, T, SCALE_T)                                          \
     FD_DEFINE_KERNELS(SUFFIX, T, SCALE_T, _avx2, __attribute__((target("avx2"))),          \
-                      FD_LANES_FROM_SHIFTS, FD_PIPELINE)
+                      FD_WORDS_FROM_SHIFTS, FD_PIPELINE)
 #else
 #define FD_DEFINE_AVX2_KERNELS(SUFFIX, T, SCALE_T)
 #endif
@@ -386,6 +487,11 @@ static inline int fd_pipeline_takes(const fd_mask_params *params, const void *ta
 FD_DEFINE_PUBLIC_KERNELS(f64, double, double)
 FD_DEFINE_PUBLIC_KERNELS(f32, float, float)
 FD_DEFINE_PUBLIC_KERNELS(f16, uint16_t, float)
+#if FD_HAVE_AVX2_PATH
+FD_DEFINE_KERNELS(bf16, fd_bfloat16, float, _avx512, FD_TARGET_BF16_512, FD_WORDS_BF16_512,
+                  FD_PIPELINE)
+#endif
+FD_DEFINE_PUBLIC_KERNELS(bf16, fd_bfloat16, float)
 
 static inline void fd_mask_words_range(uint64_t *words, const fd_mask_params *params,
                                        int64_t first, int64_t stop)

@@ -1,7 +1,8 @@
-/* IEEE float16 <-> float32 conversions on bit patterns (round to nearest even).
+/* IEEE float16 <-> float32 and bfloat16 <-> float32 conversions on bit patterns.
  *
- * Portable C with no compiler float16 type, so every compiler and the Numba
- * mirror (fastdrop/kernels/numba_half.py) give the same bits as NumPy.
+ * Portable C with no compiler float16 or bfloat16 type, so every compiler and the
+ * Numba mirror (fastdrop/kernels/numba/half.py) give the same bits as NumPy and
+ * ml_dtypes. Narrowing rounds to nearest, ties to even (docs/mask-stream.md, section 6).
  */
 #ifndef FASTDROP_HALF_H
 #define FASTDROP_HALF_H
@@ -64,6 +65,35 @@ static inline uint16_t fd_float_to_half(float value)
     if (rest > halfway || (rest == halfway && (half & 1u)))
         half += 1;
     return (uint16_t)(sign | half);
+}
+
+/* bfloat16: the top half of a float32. An element type of its own (a struct, not a
+ * bare uint16_t), so a bfloat16 array cannot be passed where float16 bits are meant. */
+typedef struct {
+    uint16_t bits;
+} fd_bfloat16;
+
+/* Exact: the bits shifted up by 16. */
+static inline float fd_bfloat16_to_float(fd_bfloat16 half)
+{
+    const uint32_t bits = (uint32_t)half.bits << 16;
+    float value;
+    memcpy(&value, &bits, sizeof value);
+    return value;
+}
+
+/* Round to nearest even on the bits: add 0x7FFF plus the lowest kept bit, drop the low
+ * 16 (a carry into the exponent is right, up to inf). NaN becomes the quiet NaN 0x7FC0
+ * with its sign, as ml_dtypes converts it. Branch-free, so loops of it vectorise. */
+static inline fd_bfloat16 fd_float_to_bfloat16(float value)
+{
+    uint32_t f;
+    memcpy(&f, &value, sizeof f);
+    const uint32_t rounded = (f + 0x7FFFu + ((f >> 16) & 1u)) >> 16;
+    const uint32_t quiet_nan = ((f >> 16) & 0x8000u) | 0x7FC0u;
+    fd_bfloat16 result;
+    result.bits = (uint16_t)(value != value ? quiet_nan : rounded);
+    return result;
 }
 
 #endif /* FASTDROP_HALF_H */

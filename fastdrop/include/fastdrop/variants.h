@@ -4,7 +4,7 @@
  * Both work on ranges [first, stop) of an array's elements in C order; they write
  * no mask words, so any split of the elements among threads gives the same result.
  *
- * For each element type (suffix f64, f32, f16 as in dropout.h):
+ * For each element type (suffix f64, f32, f16, bf16 as in dropout.h):
  *
  *   fd_apply_broadcast_range_<T>(source, target, words, layout, op, first, stop)
  *       target[i] = op(source[i], keep bit of mask element j(i)), where j(i) maps
@@ -34,8 +34,8 @@ typedef struct {
 } fd_broadcast_layout;
 
 /* What happens to an element: scale (affine == 0): kept -> x * scale, dropped -> +0;
- * affine: kept -> x * scale + shift, dropped -> dropped_value. For f16 the constants
- * are floats; dropped_value holds an exact float16 value. */
+ * affine: kept -> x * scale + shift, dropped -> dropped_value. For f16 and bf16 the
+ * constants are floats; dropped_value holds an exact float16 (bfloat16) value. */
 typedef struct {
     int affine;
     double scale, shift, dropped_value;
@@ -45,6 +45,7 @@ typedef struct {
     float scale, shift, dropped_value;
 } fd_mask_op_f32;
 typedef fd_mask_op_f32 fd_mask_op_f16;
+typedef fd_mask_op_f32 fd_mask_op_bf16;
 
 /* `count` (<= 64) mask bits starting at bit `bit` of the packed words. */
 static inline uint64_t fd_read_bits(const uint64_t *words, int64_t bit, int64_t count)
@@ -173,5 +174,6 @@ static inline uint64_t fd_read_bits(const uint64_t *words, int64_t bit, int64_t 
 FD_DEFINE_VARIANT_KERNELS(f64, double, double, FD_IDENTITY, FD_IDENTITY)
 FD_DEFINE_VARIANT_KERNELS(f32, float, float, FD_IDENTITY, FD_IDENTITY)
 FD_DEFINE_VARIANT_KERNELS(f16, uint16_t, float, fd_half_to_float, fd_float_to_half)
+FD_DEFINE_VARIANT_KERNELS(bf16, fd_bfloat16, float, fd_bfloat16_to_float, fd_float_to_bfloat16)
 
 #endif /* FASTDROP_VARIANTS_H */

@@ -1,10 +1,11 @@
 # cython: language_level=3, boundscheck=False, wraparound=False, cdivision=True
 """Cython/OpenMP backend: the kernels of fastdrop/include/fastdrop/dropout.h over threads.
 
-The kernel interface of `fastdrop._backends` (1-D C-contiguous arrays, float16 as
-uint16, checked machine values). Threads run ``prange`` over ranges of whole mask
-words, so no two threads write one word; built without OpenMP the same loop runs
-serially.
+The kernel interface of `fastdrop._backends` (1-D C-contiguous arrays, checked
+machine values). Element types: float64, float32, float16 (as float16 arrays) and
+bfloat16 (as uint16 arrays of bit patterns). Threads run ``prange`` over ranges of
+whole mask words, so no two threads write one word; built without OpenMP the same
+loop runs serially.
 """
 import numpy as np
 
@@ -14,13 +15,13 @@ from libc.stdint cimport int64_t, uint16_t, uint64_t
 
 from fastdrop.kernels.cython.openmp cimport FD_OPENMP_ENABLED, omp_get_max_threads
 from fastdrop.libfastdrop cimport (
-    fd_apply_broadcast_range_f16, fd_apply_broadcast_range_f32, fd_apply_broadcast_range_f64,
-    fd_apply_mask_range_f16, fd_apply_mask_range_f32, fd_apply_mask_range_f64,
-    fd_broadcast_layout, fd_dropout_range_f16, fd_dropout_range_f32, fd_dropout_range_f64,
-    fd_gaussian_range_f16, fd_gaussian_range_f32, fd_gaussian_range_f64, fd_mask_op_f32,
-    fd_standard_normal,
-    fd_mask_op_f64, fd_mask_params, fd_scale_range_f32, fd_scale_range_f64,
-    fd_set_simd, fd_simd_enabled, fd_words_for,
+    fd_apply_broadcast_range_bf16, fd_apply_broadcast_range_f16, fd_apply_broadcast_range_f32,
+    fd_apply_broadcast_range_f64, fd_apply_mask_range_bf16, fd_apply_mask_range_f16,
+    fd_apply_mask_range_f32, fd_apply_mask_range_f64, fd_bfloat16, fd_broadcast_layout,
+    fd_dropout_range_bf16, fd_dropout_range_f16, fd_dropout_range_f32, fd_dropout_range_f64,
+    fd_gaussian_range_bf16, fd_gaussian_range_f16, fd_gaussian_range_f32, fd_gaussian_range_f64,
+    fd_mask_op_f32, fd_mask_op_f64, fd_mask_params, fd_scale_range_bf16, fd_scale_range_f32,
+    fd_scale_range_f64, fd_set_simd, fd_simd_enabled, fd_standard_normal, fd_words_for,
 )
 
 from fastdrop._config import MIN_ELEMENTS_PER_THREAD
@@ -30,10 +31,42 @@ cnp.import_array()
 
 cdef int64_t _MIN_ELEMENTS_PER_THREAD = MIN_ELEMENTS_PER_THREAD
 
-ctypedef fused element_t:
-    double
-    float
-    uint16_t
+# The element types, one per NumPy type number kernels are given.
+cdef enum Kind:
+    F64, F32, F16, BF16
+cdef int _NPY_HALF = np.dtype(np.float16).num  # not in Cython's numpy declarations
+
+
+cdef inline Kind _kind(array) except *:
+    """The element type of an array a kernel is given (bfloat16 comes as uint16 bits)."""
+    cdef int number = cnp.PyArray_TYPE(<cnp.ndarray>array)
+    if number == cnp.NPY_DOUBLE:
+        return F64
+    if number == cnp.NPY_FLOAT:
+        return F32
+    if number == _NPY_HALF:
+        return F16
+    if number == cnp.NPY_UINT16:
+        return BF16
+    raise TypeError(f"no kernel for dtype {array.dtype}")
+
+
+cdef inline void *_data(array):
+    return NULL if array is None else cnp.PyArray_DATA(<cnp.ndarray>array)
+
+
+cdef inline int _chunk_count(int64_t n, int threads):
+    """common.chunk_count in C: ranges of whole mask words, one per thread; 1 = serial."""
+    return <int>max(1, min(<int64_t>threads, n // _MIN_ELEMENTS_PER_THREAD))
+
+
+cdef inline double _element_scale(array, Kind kind, double scale):
+    """common.kernel_scale without the Python call for float32 and float64 (C rounds the same)."""
+    if kind == F64:
+        return scale
+    if kind == F32:
+        return <float>scale
+    return kernel_scale(array.dtype, scale)
 
 
 def openmp_enabled():
@@ -62,104 +95,110 @@ def max_threads():
     return omp_get_max_threads()
 
 
-cdef inline void _stream_range(const element_t *source, element_t *target, uint64_t *words,
-                               double scale, const fd_mask_params *params,
-                               int64_t first, int64_t stop) noexcept nogil:
-    if element_t is double:
-        fd_dropout_range_f64(source, target, words, scale, params, first, stop)
-    elif element_t is float:
-        fd_dropout_range_f32(source, target, words, <float>scale, params, first, stop)
+cdef void _stream_range(Kind kind, const void *source, void *target, uint64_t *words,
+                        double scale, const fd_mask_params *params, int64_t first,
+                        int64_t stop) noexcept nogil:
+    if kind == F64:
+        fd_dropout_range_f64(<const double *>source, <double *>target, words, scale, params,
+                             first, stop)
+    elif kind == F32:
+        fd_dropout_range_f32(<const float *>source, <float *>target, words, <float>scale,
+                             params, first, stop)
+    elif kind == F16:
+        fd_dropout_range_f16(<const uint16_t *>source, <uint16_t *>target, words, <float>scale,
+                             params, first, stop)
     else:
-        fd_dropout_range_f16(source, target, words, <float>scale, params, first, stop)
+        fd_dropout_range_bf16(<const fd_bfloat16 *>source, <fd_bfloat16 *>target, words,
+                              <float>scale, params, first, stop)
 
 
-cdef inline void _mask_range(const element_t *source, element_t *target, const uint64_t *words,
-                             double scale, int64_t n, int64_t first,
-                             int64_t stop) noexcept nogil:
-    if element_t is double:
-        fd_apply_mask_range_f64(source, target, words, scale, n, first, stop)
-    elif element_t is float:
-        fd_apply_mask_range_f32(source, target, words, <float>scale, n, first, stop)
+cdef void _mask_range(Kind kind, const void *source, void *target, const uint64_t *words,
+                      double scale, int64_t n, int64_t first, int64_t stop) noexcept nogil:
+    if kind == F64:
+        fd_apply_mask_range_f64(<const double *>source, <double *>target, words, scale, n,
+                                first, stop)
+    elif kind == F32:
+        fd_apply_mask_range_f32(<const float *>source, <float *>target, words, <float>scale, n,
+                                first, stop)
+    elif kind == F16:
+        fd_apply_mask_range_f16(<const uint16_t *>source, <uint16_t *>target, words,
+                                <float>scale, n, first, stop)
     else:
-        fd_apply_mask_range_f16(source, target, words, <float>scale, n, first, stop)
+        fd_apply_mask_range_bf16(<const fd_bfloat16 *>source, <fd_bfloat16 *>target, words,
+                                 <float>scale, n, first, stop)
 
 
-cdef void _stream_chunks(const element_t *source, element_t *target, uint64_t *words,
-                         double scale, const fd_mask_params *params, int chunks) noexcept nogil:
-    cdef int64_t total = fd_words_for(params.n)
-    cdef int64_t per_chunk = (total + chunks - 1) // chunks
-    cdef int chunk
-    if chunks == 1:
-        _stream_range(source, target, words, scale, params, 0, total)
-        return
-    for chunk in prange(chunks, num_threads=chunks, schedule="static"):
-        _stream_range(source, target, words, scale, params, chunk * per_chunk,
-                      min((chunk + 1) * per_chunk, total))
+cdef void _broadcast_range(Kind kind, const void *source, void *target, const uint64_t *words,
+                           const fd_broadcast_layout *layout, const fd_mask_op_f64 *op64,
+                           const fd_mask_op_f32 *op32, int64_t first,
+                           int64_t stop) noexcept nogil:
+    if kind == F64:
+        fd_apply_broadcast_range_f64(<const double *>source, <double *>target, words, layout,
+                                     op64, first, stop)
+    elif kind == F32:
+        fd_apply_broadcast_range_f32(<const float *>source, <float *>target, words, layout,
+                                     op32, first, stop)
+    elif kind == F16:
+        fd_apply_broadcast_range_f16(<const uint16_t *>source, <uint16_t *>target, words,
+                                     layout, op32, first, stop)
+    else:
+        fd_apply_broadcast_range_bf16(<const fd_bfloat16 *>source, <fd_bfloat16 *>target, words,
+                                      layout, op32, first, stop)
 
 
-cdef void _mask_chunks(const element_t *source, element_t *target, const uint64_t *words,
-                       double scale, int64_t n, int chunks) noexcept nogil:
-    cdef int64_t total = fd_words_for(n)
-    cdef int64_t per_chunk = (total + chunks - 1) // chunks
-    cdef int chunk
-    if chunks == 1:
-        _mask_range(source, target, words, scale, n, 0, total)
-        return
-    for chunk in prange(chunks, num_threads=chunks, schedule="static"):
-        _mask_range(source, target, words, scale, n, chunk * per_chunk,
-                    min((chunk + 1) * per_chunk, total))
+cdef void _gaussian_range(Kind kind, const void *source, void *target, double sigma,
+                          uint64_t seed, uint64_t stream, uint64_t offset, int64_t first,
+                          int64_t stop) noexcept nogil:
+    if kind == F64:
+        fd_gaussian_range_f64(<const double *>source, <double *>target, sigma, seed, stream,
+                              offset, first, stop)
+    elif kind == F32:
+        fd_gaussian_range_f32(<const float *>source, <float *>target, sigma, seed, stream,
+                              offset, first, stop)
+    elif kind == F16:
+        fd_gaussian_range_f16(<const uint16_t *>source, <uint16_t *>target, sigma, seed, stream,
+                              offset, first, stop)
+    else:
+        fd_gaussian_range_bf16(<const fd_bfloat16 *>source, <fd_bfloat16 *>target, sigma, seed,
+                               stream, offset, first, stop)
 
 
-cdef inline void *_data(array):
-    return NULL if array is None else cnp.PyArray_DATA(<cnp.ndarray>array)
+cdef void _scale_range(Kind kind, void *values, double scale, int64_t n, int64_t first,
+                       int64_t stop) noexcept nogil:
+    if kind == F64:
+        fd_scale_range_f64(<double *>values, scale, n, first, stop)
+    elif kind == F32:
+        fd_scale_range_f32(<float *>values, <float>scale, n, first, stop)
+    else:
+        fd_scale_range_bf16(<fd_bfloat16 *>values, <float>scale, n, first, stop)
 
 
-cdef inline int _type(array):
-    """The array's NumPy type number (float16 data is passed to kernels as uint16 bits)."""
-    return cnp.PyArray_TYPE(<cnp.ndarray>array)
-
-
-cdef inline int _chunk_count(int64_t n, int threads):
-    """common.chunk_count in C: ranges of whole mask words, one per thread; 1 = serial."""
-    return <int>max(1, min(<int64_t>threads, n // _MIN_ELEMENTS_PER_THREAD))
-
-
-cdef inline double _element_scale(array, double scale):
-    """common.kernel_scale without the Python call for float32 and float64 (C rounds the same)."""
-    cdef int kind = _type(array)
-    if kind == cnp.NPY_DOUBLE:
-        return scale
-    if kind == cnp.NPY_FLOAT:
-        return <float>scale
-    return kernel_scale(array.dtype, scale)
+cdef inline int64_t _chunk_start(int64_t total, int chunks, int chunk) noexcept nogil:
+    """Where chunk ``chunk`` of ``chunks`` near-equal ranges of ``total`` units starts."""
+    return min(chunk * ((total + chunks - 1) // chunks), total)
 
 
 cdef int _stream_into(source, target, uint64_t *word_data, double scale,
                       const fd_mask_params *params, int threads) except -1:
     """Mask words and/or the scaled elements of source into target (None for mask only)."""
-    cdef int chunks = _chunk_count(params.n, threads)
     if params.n == 0:
         return 0
-    if source is None:
-        with nogil:
-            _stream_chunks[float](NULL, NULL, word_data, 0.0, params, chunks)
-        return 0
-    cdef double element_scale = _element_scale(source, scale)
-    cdef void *source_data = _data(source)
+    cdef int chunks = _chunk_count(params.n, threads)
+    cdef Kind kind = F32 if source is None else _kind(source)
+    cdef double element_scale = 0.0 if source is None else _element_scale(source, kind, scale)
+    cdef const void *source_data = _data(source)
     cdef void *target_data = _data(target)
-    cdef int kind = _type(source)
-    if kind == cnp.NPY_DOUBLE:
-        with nogil:
-            _stream_chunks[double](<double *>source_data, <double *>target_data, word_data,
-                                   element_scale, params, chunks)
-    elif kind == cnp.NPY_FLOAT:
-        with nogil:
-            _stream_chunks[float](<float *>source_data, <float *>target_data, word_data,
-                                  element_scale, params, chunks)
-    else:
-        with nogil:
-            _stream_chunks[uint16_t](<uint16_t *>source_data, <uint16_t *>target_data,
-                                     word_data, element_scale, params, chunks)
+    cdef int64_t total = fd_words_for(params.n)
+    cdef int chunk
+    with nogil:
+        if chunks == 1:
+            _stream_range(kind, source_data, target_data, word_data, element_scale, params, 0,
+                          total)
+        else:
+            for chunk in prange(chunks, num_threads=chunks, schedule="static"):
+                _stream_range(kind, source_data, target_data, word_data, element_scale, params,
+                              _chunk_start(total, chunks, chunk),
+                              _chunk_start(total, chunks, chunk + 1))
     return 0
 
 
@@ -201,43 +240,24 @@ def dropout_plain(x, bint inplace, uint64_t threshold, bint drop_all, double sca
 def scale_by_mask(source, target, words, double scale, int threads):
     """target = source * keep * scale with keep read from packed words."""
     cdef int64_t n = cnp.PyArray_SIZE(<cnp.ndarray>source)
-    cdef int chunks = _chunk_count(n, threads)
-    cdef const uint64_t *word_data = <const uint64_t *>_data(words)
     if n == 0:
         return
-    cdef double element_scale = _element_scale(source, scale)
-    cdef void *source_data = _data(source)
+    cdef int chunks = _chunk_count(n, threads)
+    cdef Kind kind = _kind(source)
+    cdef double element_scale = _element_scale(source, kind, scale)
+    cdef const uint64_t *word_data = <const uint64_t *>_data(words)
+    cdef const void *source_data = _data(source)
     cdef void *target_data = _data(target)
-    cdef int kind = _type(source)
-    if kind == cnp.NPY_DOUBLE:
-        with nogil:
-            _mask_chunks[double](<double *>source_data, <double *>target_data, word_data,
-                                 element_scale, n, chunks)
-    elif kind == cnp.NPY_FLOAT:
-        with nogil:
-            _mask_chunks[float](<float *>source_data, <float *>target_data, word_data,
-                                element_scale, n, chunks)
-    else:
-        with nogil:
-            _mask_chunks[uint16_t](<uint16_t *>source_data, <uint16_t *>target_data,
-                                   word_data, element_scale, n, chunks)
-
-
-cdef void _broadcast_chunks(const element_t *source, element_t *target, const uint64_t *words,
-                            const fd_broadcast_layout *layout, const fd_mask_op_f64 *op64,
-                            const fd_mask_op_f32 *op32, int64_t n, int chunks) noexcept nogil:
-    cdef int64_t per_chunk = (n + chunks - 1) // chunks
+    cdef int64_t total = fd_words_for(n)
     cdef int chunk
-    for chunk in prange(chunks, num_threads=chunks, schedule="static"):
-        if element_t is double:
-            fd_apply_broadcast_range_f64(source, target, words, layout, op64, chunk * per_chunk,
-                                         min((chunk + 1) * per_chunk, n))
-        elif element_t is float:
-            fd_apply_broadcast_range_f32(source, target, words, layout, op32, chunk * per_chunk,
-                                         min((chunk + 1) * per_chunk, n))
+    with nogil:
+        if chunks == 1:
+            _mask_range(kind, source_data, target_data, word_data, element_scale, n, 0, total)
         else:
-            fd_apply_broadcast_range_f16(source, target, words, layout, op32, chunk * per_chunk,
-                                         min((chunk + 1) * per_chunk, n))
+            for chunk in prange(chunks, num_threads=chunks, schedule="static"):
+                _mask_range(kind, source_data, target_data, word_data, element_scale, n,
+                            _chunk_start(total, chunks, chunk),
+                            _chunk_start(total, chunks, chunk + 1))
 
 
 def apply_broadcast(source, target, words, sizes, mask_strides, double scale, affine,
@@ -247,13 +267,14 @@ def apply_broadcast(source, target, words, sizes, mask_strides, double scale, af
     ``affine`` None: kept x * scale, dropped +0.0; else alpha dropout's (a, b, c).
     """
     cdef int64_t n = cnp.PyArray_SIZE(<cnp.ndarray>source)
+    if n == 0:
+        return
     cdef int chunks = _chunk_count(n, threads)
+    cdef Kind kind = _kind(source)
     cdef const uint64_t *word_data = <const uint64_t *>_data(words)
     cdef fd_broadcast_layout layout
     cdef fd_mask_op_f64 op64
     cdef fd_mask_op_f32 op32
-    if n == 0:
-        return
     layout.ndim = sizes.size
     layout.sizes = <const int64_t *>_data(sizes)
     layout.mask_strides = <const int64_t *>_data(mask_strides)
@@ -261,62 +282,30 @@ def apply_broadcast(source, target, words, sizes, mask_strides, double scale, af
     op64.affine = op32.affine = is_affine
     op64.scale, op64.shift, op64.dropped_value = element_scale, shift, dropped_value
     op32.scale, op32.shift, op32.dropped_value = element_scale, shift, dropped_value
-    cdef void *source_data = _data(source)
+    cdef const void *source_data = _data(source)
     cdef void *target_data = _data(target)
-    cdef int kind = _type(source)
-    if kind == cnp.NPY_DOUBLE:
-        with nogil:
-            _broadcast_chunks[double](<double *>source_data, <double *>target_data, word_data,
-                                      &layout, &op64, &op32, n, chunks)
-    elif kind == cnp.NPY_FLOAT:
-        with nogil:
-            _broadcast_chunks[float](<float *>source_data, <float *>target_data, word_data,
-                                     &layout, &op64, &op32, n, chunks)
-    else:
-        with nogil:
-            _broadcast_chunks[uint16_t](<uint16_t *>source_data, <uint16_t *>target_data,
-                                        word_data, &layout, &op64, &op32, n, chunks)
-
-
-cdef void _gaussian_chunks(const element_t *source, element_t *target, double sigma,
-                           uint64_t seed, uint64_t stream, uint64_t offset, int64_t n,
-                           int chunks) noexcept nogil:
-    cdef int64_t per_chunk = (n + chunks - 1) // chunks
     cdef int chunk
-    for chunk in prange(chunks, num_threads=chunks, schedule="static"):
-        if element_t is double:
-            fd_gaussian_range_f64(source, target, sigma, seed, stream, offset,
-                                  chunk * per_chunk, min((chunk + 1) * per_chunk, n))
-        elif element_t is float:
-            fd_gaussian_range_f32(source, target, sigma, seed, stream, offset,
-                                  chunk * per_chunk, min((chunk + 1) * per_chunk, n))
-        else:
-            fd_gaussian_range_f16(source, target, sigma, seed, stream, offset,
-                                  chunk * per_chunk, min((chunk + 1) * per_chunk, n))
+    with nogil:
+        for chunk in prange(chunks, num_threads=chunks, schedule="static"):
+            _broadcast_range(kind, source_data, target_data, word_data, &layout, &op64, &op32,
+                             _chunk_start(n, chunks, chunk), _chunk_start(n, chunks, chunk + 1))
 
 
 def gaussian(source, target, double sigma, uint64_t seed, uint64_t stream, uint64_t offset,
              int threads):
     """target = source * (1 + sigma * z) with z from the Gaussian noise stream (1-D arrays)."""
     cdef int64_t n = cnp.PyArray_SIZE(<cnp.ndarray>source)
-    cdef int chunks = _chunk_count(n, threads)
     if n == 0:
         return
-    cdef void *source_data = _data(source)
+    cdef int chunks = _chunk_count(n, threads)
+    cdef Kind kind = _kind(source)
+    cdef const void *source_data = _data(source)
     cdef void *target_data = _data(target)
-    cdef int kind = _type(source)
-    if kind == cnp.NPY_DOUBLE:
-        with nogil:
-            _gaussian_chunks[double](<double *>source_data, <double *>target_data, sigma, seed,
-                                     stream, offset, n, chunks)
-    elif kind == cnp.NPY_FLOAT:
-        with nogil:
-            _gaussian_chunks[float](<float *>source_data, <float *>target_data, sigma, seed,
-                                    stream, offset, n, chunks)
-    else:
-        with nogil:
-            _gaussian_chunks[uint16_t](<uint16_t *>source_data, <uint16_t *>target_data, sigma,
-                                       seed, stream, offset, n, chunks)
+    cdef int chunk
+    with nogil:
+        for chunk in prange(chunks, num_threads=chunks, schedule="static"):
+            _gaussian_range(kind, source_data, target_data, sigma, seed, stream, offset,
+                            _chunk_start(n, chunks, chunk), _chunk_start(n, chunks, chunk + 1))
 
 
 def standard_normals_of_words(random_words):
@@ -333,27 +322,6 @@ def standard_normals_of_words(random_words):
     return result
 
 
-ctypedef fused real_t:
-    double
-    float
-
-
-cdef inline void _scale_range(real_t *values, real_t scale, int64_t n, int64_t first,
-                              int64_t stop) noexcept nogil:
-    if real_t is double:
-        fd_scale_range_f64(values, scale, n, first, stop)
-    else:
-        fd_scale_range_f32(values, scale, n, first, stop)
-
-
-cdef void _scale_chunks(real_t *values, real_t scale, int64_t n, int chunks) noexcept nogil:
-    cdef int64_t total = fd_words_for(n)
-    cdef int64_t per_chunk = (total + chunks - 1) // chunks
-    cdef int chunk
-    for chunk in prange(chunks, num_threads=chunks, schedule="static"):
-        _scale_range(values, scale, n, chunk * per_chunk, min((chunk + 1) * per_chunk, total))
-
-
 def scale_in_place(values, double scale, int threads):
     """values *= scale on ``threads`` threads: the memory-bandwidth floor benchmarks compare with.
 
@@ -361,17 +329,22 @@ def scale_in_place(values, double scale, int threads):
     fastest any in-place dropout can be. Threads own ranges of whole 64-element words,
     as in the dropout kernels, and each runs the fused kernel's vector path and
     prefetch (``fd_scale_range`` in dropout.h), so the floor is not slowed by a weaker
-    loop than the kernels it measures. 1-D C-contiguous float32 or float64 only.
+    loop than the kernels it measures. 1-D C-contiguous float32, float64 or bfloat16
+    (uint16 bits: s rounded to bfloat16, each product rounded as dropout's).
     """
     cdef int64_t n = values.size
-    cdef void *data = _data(values)
     if n == 0:
         return
-    if values.dtype == np.float64:
-        with nogil:
-            _scale_chunks[double](<double *>data, scale, n, max(threads, 1))
-    elif values.dtype == np.float32:
-        with nogil:
-            _scale_chunks[float](<float *>data, <float>scale, n, max(threads, 1))
-    else:
-        raise TypeError(f"scale_in_place takes float32 or float64, got {values.dtype}")
+    if values.dtype not in (np.float64, np.float32, np.uint16):
+        raise TypeError(f"scale_in_place takes float32, float64 or bfloat16 bits (uint16), "
+                        f"got {values.dtype}")
+    cdef Kind kind = _kind(values)
+    cdef double element_scale = _element_scale(values, kind, scale)
+    cdef void *data = _data(values)
+    cdef int chunks = max(threads, 1)
+    cdef int64_t total = fd_words_for(n)
+    cdef int chunk
+    with nogil:
+        for chunk in prange(chunks, num_threads=chunks, schedule="static"):
+            _scale_range(kind, data, element_scale, n, _chunk_start(total, chunks, chunk),
+                         _chunk_start(total, chunks, chunk + 1))

@@ -14,13 +14,27 @@ import numba
 import numpy as np
 
 from ..._config import SERIAL_ELEMENTS
-from ..common import chunk_count, kernel_mask_op, kernel_scale, kernel_view
+from ..common import chunk_count, kernel_mask_op, kernel_scale
 from .dropout import (mask_parallel, mask_range, plain_range, stream_parallel, stream_range,
                       words_parallel, words_range)
 from .variants import broadcast_parallel, broadcast_range, gaussian_parallel, gaussian_range
 
 
 _NO_WORDS = np.empty(0, dtype=np.uint64)
+
+
+def kernel_view(array):
+    """An array as the Numba loops see it: float16 as uint16 and bfloat16 as int16 bit patterns.
+
+    The API passes bfloat16 as uint16 bits; Numba's element types then tell the two
+    16-bit formats apart.
+    """
+    char = array.dtype.char
+    if char == "e":
+        return array.view(np.uint16)
+    if char == "H":
+        return array.view(np.int16)
+    return array
 
 
 def _run(serial, parallel, args, n, threads, units=None):
@@ -110,6 +124,8 @@ def apply_broadcast(source, target, words, sizes, mask_strides, scale, affine, t
     is_affine, element_scale, shift, dropped = kernel_mask_op(source.dtype, scale, affine)
     if source.dtype == np.float16:
         dropped = np.uint16(np.float16(dropped).view(np.uint16))
+    elif source.dtype == np.uint16:  # bfloat16 bits: the exact value's top half
+        dropped = np.int16(np.uint16(np.float32(dropped).view(np.uint32) >> 16))
     source, target = kernel_view(source), kernel_view(target)
     args = (source, target, words, sizes, mask_strides, is_affine, element_scale,
             type(element_scale)(shift), dropped)

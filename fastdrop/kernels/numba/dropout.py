@@ -202,10 +202,29 @@ def mask_range(source, target, words, scale, n, first, stop):
     dropout.h's fd_apply_mask_range.
     """
     line = 64 // source.itemsize
+    if _half_words(source):  # 16-bit elements: whole words as vector code, then the rest
+        whole = first + _whole_words_of(n, first, stop - first)
+        scale_whole_words(source, target, words, scale, 0, first, whole, stop)
+        first = whole
     if same_memory(source, target):  # a literal flag in each call: two straight loops
         _scale_by_words(target, target, words, 0, scale, n, first, stop, line, True)
     else:
         _scale_by_words(source, target, words, 0, scale, n, first, stop, line, False)
+
+
+def _half_words(array):
+    """Whether scaling by stored words takes `scale_whole_words` for whole words.
+
+    For bfloat16, and float16 where the CPU has F16C: Numba's loop converts those
+    element by element, and 2-byte elements leave the loop compute-bound.
+    """
+    raise NotImplementedError("only callable from Numba code")
+
+
+@overload(_half_words)
+def _half_words_overload(array):
+    vectors = array.dtype == types.int16 or (array.dtype == types.uint16 and _HALF_VECTORS)
+    return lambda array: vectors
 
 
 @njit(inline="always", cache=NUMBA_CACHE)
@@ -299,8 +318,8 @@ def _pipelined(source, target, words, scale, seed, stream, threshold, drop_all, 
                first, stop):
     """`stream_range` by `_pipelined_loop` where that applies; returns whether it did.
 
-    It applies to float32/float64 elements, float16 where the CPU has F16C, and
-    thresholds 0 < T, without drop_all.
+    It applies to float32, float64 and bfloat16 elements, float16 where the CPU has
+    F16C, and thresholds 0 < T, without drop_all.
     """
     raise NotImplementedError("only callable from Numba code")
 
@@ -308,7 +327,7 @@ def _pipelined(source, target, words, scale, seed, stream, threshold, drop_all, 
 @overload(_pipelined)
 def _pipelined_overload(source, target, words, scale, seed, stream, threshold, drop_all, offset,
                         n, first, stop):
-    if not (isinstance(source.dtype, types.Float) or _HALF_VECTORS):  # chosen per compiled loop
+    if source.dtype == types.uint16 and not _HALF_VECTORS:  # chosen per compiled loop
         return lambda source, target, words, scale, seed, stream, threshold, drop_all, offset, \
             n, first, stop: False
 

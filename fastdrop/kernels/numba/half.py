@@ -1,9 +1,11 @@
-"""float16 arithmetic for Numba kernels, which see float16 arrays as uint16 bit patterns.
+"""float16 and bfloat16 arithmetic for Numba kernels, which see both as 16-bit integers.
 
-Numba has no CPU float16 type. The spec's float16 rule is: widen x to float32
-(exact), multiply by the float32 value of s rounded to float16 (exact: 11 x 11
-significand bits fit in 24), round the product once to float16, to nearest even.
-The conversions below follow IEEE 754 exactly and match NumPy's ``astype``.
+Numba has no CPU float16 or bfloat16 type: float16 arrays reach the loops as uint16
+bit patterns and bfloat16 arrays as int16 bit patterns, so the element's Numba type
+tells the two apart. The spec's rule for both: widen x to float32 (exact), multiply by
+the float32 value of s rounded to the element type (exact), round the product once,
+to nearest even. The conversions below match NumPy's (float16) and ml_dtypes'
+(bfloat16) ``astype``.
 """
 import numpy as np
 from numba import njit, types
@@ -66,6 +68,21 @@ def float32_to_half_bits(value):
     return np.uint16(sign | half)
 
 
+@njit(inline="always", cache=NUMBA_CACHE)
+def bfloat16_bits_to_float32(bits):
+    """Exact bfloat16 (int16 bit pattern) -> float32: the bits shifted up by 16."""
+    return float32_from_bits(np.uint32(np.uint16(bits)) << np.uint32(16))
+
+
+@njit(inline="always", cache=NUMBA_CACHE)
+def float32_to_bfloat16_bits(value):
+    """float32 -> bfloat16 int16 bit pattern, to nearest even; NaN -> 0x7FC0 with its sign."""
+    f = float32_bits(value)
+    rounded = (f + np.uint32(0x7FFF) + ((f >> np.uint32(16)) & np.uint32(1))) >> np.uint32(16)
+    quiet_nan = ((f >> np.uint32(16)) & np.uint32(0x8000)) | np.uint32(0x7FC0)
+    return np.int16(np.uint16(quiet_nan if value != value else rounded))
+
+
 def kept(value, scale, lane):
     """value * scale rounded to value's type, with its bits ANDed with ``lane`` (all ones or 0).
 
@@ -77,11 +94,16 @@ def kept(value, scale, lane):
 
 @overload(kept)
 def _kept_overload(value, scale, lane):
-    if isinstance(value, types.Integer):  # float16 bits; scale is float32
+    if value == types.uint16:  # float16 bits; scale is float32
         def kept_half(value, scale, lane):
             product = float32_to_half_bits(half_bits_to_float32(value) * scale)
             return np.uint16(product & np.uint16(lane & np.uint64(0xFFFF)))
         return kept_half
+    if value == types.int16:  # bfloat16 bits; scale is float32
+        def kept_bfloat16(value, scale, lane):
+            product = float32_to_bfloat16_bits(bfloat16_bits_to_float32(value) * scale)
+            return np.int16(product & np.int16(np.uint16(lane & np.uint64(0xFFFF))))
+        return kept_bfloat16
     if value == types.float32:
         def kept_float32(value, scale, lane):
             bits = float32_bits(value * scale) & np.uint32(lane & np.uint64(0xFFFFFFFF))
@@ -100,8 +122,10 @@ def load(value):
 
 @overload(load)
 def _load_overload(value):
-    if isinstance(value, types.Integer):
+    if value == types.uint16:
         return lambda value: half_bits_to_float32(value)
+    if value == types.int16:
+        return lambda value: bfloat16_bits_to_float32(value)
     return lambda value: value
 
 
@@ -112,8 +136,10 @@ def store(result, like):
 
 @overload(store)
 def _store_overload(result, like):
-    if isinstance(like, types.Integer):
+    if like == types.uint16:
         return lambda result, like: float32_to_half_bits(result)
+    if like == types.int16:
+        return lambda result, like: float32_to_bfloat16_bits(result)
     return lambda result, like: result
 
 
@@ -124,9 +150,12 @@ def scale_by_noise(value, noise):
 
 @overload(scale_by_noise)
 def _scale_by_noise_overload(value, noise):
-    if isinstance(value, types.Integer):
+    if value == types.uint16:
         return lambda value, noise: float32_to_half_bits(half_bits_to_float32(value)
                                                          * np.float32(noise))
+    if value == types.int16:
+        return lambda value, noise: float32_to_bfloat16_bits(bfloat16_bits_to_float32(value)
+                                                             * np.float32(noise))
     if value == types.float32:
         return lambda value, noise: value * np.float32(noise)
     return lambda value, noise: value * noise

@@ -57,7 +57,8 @@ def _emit_scale_words(context, builder, array_type, arrays, keep, scale, group, 
     i64 = ir.IntType(64)
     element = context.get_value_type(array_type.dtype)
     words_of = ir.VectorType(element, 64)
-    half = isinstance(array_type.dtype, types.Integer)  # float16 bit patterns
+    half = array_type.dtype == types.uint16  # float16 bit patterns
+    brain = array_type.dtype == types.int16  # bfloat16 bit patterns
     source, target = (context.make_array(array_type)(context, builder, array).data
                       for array in arrays)
     keep = context.make_array(types.Array(types.uint64, 1, "C"))(context, builder, keep).data
@@ -100,6 +101,8 @@ def _emit_scale_words(context, builder, array_type, arrays, keep, scale, group, 
         product = builder.fmul(widened, splat(builder, scale, 64))
         scaled = builder.bitcast(builder.fptrunc(product, ir.VectorType(ir.HalfType(), 64)),
                                  words_of)
+    elif brain:  # the same, with bfloat16's widening (a shift) and rounding on the bits
+        scaled = _emit_bfloat16_product(builder, values, scale)
     else:
         scaled = builder.fmul(values, splat(builder, scale, 64))
     lanes = builder.bitcast(builder.load(builder.gep(keep, [index])),
@@ -111,6 +114,29 @@ def _emit_scale_words(context, builder, array_type, arrays, keep, scale, group, 
     index.add_incoming(following, builder.basic_block)
     builder.branch(condition)
     builder.position_at_end(end)
+
+
+def _emit_bfloat16_product(builder, values, scale):
+    """LLVM: 64 bfloat16 bit patterns (i16) times the float32 ``scale``, rounded as half.py does.
+
+    Widen: zero-extend and shift up by 16 (exact). Round the float32 product to nearest
+    even on its bits (add 0x7FFF plus the lowest kept bit, shift down by 16); NaN
+    becomes 0x7FC0 with its sign. All of it vector integer and float code.
+    """
+    i32s, floats = ir.VectorType(ir.IntType(32), 64), ir.VectorType(ir.FloatType(), 64)
+
+    def constant(value):
+        return ir.Constant(i32s, [value] * 64)
+
+    widened = builder.bitcast(builder.shl(builder.zext(values, i32s), constant(16)), floats)
+    product = builder.fmul(widened, splat(builder, scale, 64))
+    bits = builder.bitcast(product, i32s)
+    high = builder.lshr(bits, constant(16))
+    rounded = builder.lshr(builder.add(builder.add(bits, constant(0x7FFF)),
+                                       builder.and_(high, constant(1))), constant(16))
+    quiet_nan = builder.or_(builder.and_(high, constant(0x8000)), constant(0x7FC0))
+    is_nan = builder.fcmp_unordered("uno", product, product)
+    return builder.trunc(builder.select(is_nan, quiet_nan, rounded), values.type)
 
 
 @intrinsic
