@@ -11,7 +11,7 @@ import pytest
 
 import fastdrop
 from fastdrop import reference
-from tests.conftest import FLOAT_DTYPES, bits
+from tests.util import FLOAT_DTYPES, bits
 
 SIZES = [0, 1, 63, 64, 65, 1000, 2**20 + 3]
 PS = [0.0, 1e-9, 0.1, 1 / 3, 0.5, 0.9, 1 - 1e-9, 1.0]

@@ -6,7 +6,7 @@ from hypothesis import strategies as st
 
 import fastdrop
 from fastdrop import reference
-from tests.conftest import COMPILED_BACKENDS, FLOAT_DTYPES, bits
+from tests.util import COMPILED_BACKENDS, FLOAT_DTYPES, bits
 
 SEED, STREAM = 2024, 11
 

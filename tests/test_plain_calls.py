@@ -15,7 +15,7 @@ import pytest
 import fastdrop
 from fastdrop import reference
 from fastdrop._backends import backend_available
-from tests.conftest import FLOAT_DTYPES, bits
+from tests.util import FLOAT_DTYPES, bits, sample
 
 PLAIN_BACKENDS = [pytest.param("cython", marks=pytest.mark.skipif(
                       not backend_available("cython"), reason="the Cython extension is not built")),
@@ -30,13 +30,6 @@ def plain(backend):
 def takes(backend, x, inplace):
     """Whether ``backend``'s one step takes a plain call on x (Numba's declines some)."""
     return backend == "cython" or (x.dtype != np.float16 and x.flags.writeable)
-
-
-def sample(shape, dtype):
-    x = np.random.default_rng(7).standard_normal(shape).astype(dtype)
-    if x.size > 3:
-        x.flat[:3] = [np.inf, np.nan, -0.0]
-    return x
 
 
 PLAIN_CASES = [

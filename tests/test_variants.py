@@ -20,7 +20,7 @@ from fastdrop import reference
 from fastdrop._config import MIN_ELEMENTS_PER_THREAD, SERIAL_ELEMENTS
 from fastdrop.kernels.common import chunk_count
 from fastdrop.maskstream.spec import alpha_dropout_constants
-from tests.conftest import FLOAT_DTYPES, bits
+from tests.util import FLOAT_DTYPES, bits
 
 SEED, STREAM = 0x5EED_F00D_0123_4567, 41
 OFFSETS = [0, 5, 253]  # offsets count mask elements; 253 is not a multiple of 64
