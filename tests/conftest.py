@@ -1,4 +1,4 @@
-"""Shared fixtures: the backend registry drives every cross-backend test (tests/util.py has the rest)."""
+"""Shared fixtures: the backend registry drives every cross-backend test (the rest: util.py)."""
 import pytest
 
 import fastdrop

@@ -6,7 +6,6 @@ inputs of `AWKWARD`, so a new public function, dtype or backend is one entry her
 every property then covers it. `tests/test_registry.py` checks that every public
 function that takes arrays or draws masks has an entry.
 """
-import contextlib
 import dataclasses
 import functools
 import math
@@ -36,6 +35,18 @@ def assert_bits_equal(actual, expected, context=""):
     assert actual.shape == expected.shape and actual.dtype == expected.dtype, \
         (context, actual.shape, actual.dtype, expected.shape, expected.dtype)
     assert np.array_equal(bits(actual), bits(expected)), context
+
+
+def assert_same_record(record, expected):
+    """Two results' records (DropoutMask, GaussianNoise or None) are equal: words and fields."""
+    assert type(record) is type(expected), (type(record), type(expected))
+    if expected is None:
+        return
+    fields = ("shape", "n", "p", "seed", "stream", "offset")
+    assert [getattr(record, f) for f in fields] == [getattr(expected, f) for f in fields]
+    if isinstance(expected, fastdrop.DropoutMask):
+        assert record.words.dtype == np.uint64
+        assert np.array_equal(record.words, expected.words)
 
 
 # ---------------------------------------------------------------- samples
@@ -117,6 +128,8 @@ AWKWARD = (
     Awkward("size-2**20+3", (2**20 + 3,), large=True),
 )
 AWKWARD_BY_NAME = {kind.name: kind for kind in AWKWARD}
+LAYOUTS = tuple(kind for kind in AWKWARD if not kind.name.startswith("size-"))
+SIZES = tuple(kind for kind in AWKWARD if kind.name.startswith("size-"))
 
 
 def awkward(*names):
