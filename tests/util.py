@@ -3,7 +3,7 @@
 The property files (test_against_reference, test_bad_input, test_input_not_modified,
 test_offsets_and_layouts, test_statistics) are parametrised over `REGISTRY`, with the
 inputs of `AWKWARD`, so a new public function, dtype or backend is one entry here and
-every property then covers it. `tests/test_registry.py` checks that every public
+every property then covers it. `tests/test_toolkit.py` checks that every public
 function that takes arrays or draws masks has an entry.
 """
 import dataclasses

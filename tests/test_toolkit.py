@@ -1,6 +1,10 @@
-"""The test registry (tests/util.py) covers every public function that takes arrays or draws
-masks, each with a `fastdrop.reference` twin of the same signature, so a new function
-cannot be left out of the property tests."""
+"""The test toolkit (tests/util.py) does what the property tests rely on.
+
+Its registry covers every public function that takes arrays or draws masks, each with a
+`fastdrop.reference` twin of the same signature, so a new function cannot be left out of
+the property tests; its awkward arrays are as awkward as they say; its snapshot notices
+a write.
+"""
 import inspect
 
 import numpy as np
@@ -8,7 +12,7 @@ import pytest
 
 import fastdrop
 from fastdrop import reference
-from tests.util import AWKWARD, FLOAT_DTYPES, REGISTRY
+from tests.util import AWKWARD, AWKWARD_BY_NAME, FLOAT_DTYPES, REGISTRY, sample, unchanged
 
 # Names of fastdrop.__all__ that are not registry functions, and why.
 NOT_IN_REGISTRY = {
@@ -93,3 +97,64 @@ def test_every_float_dtype_is_taken():
     for dtype in FLOAT_DTYPES:
         y, _ = fastdrop.dropout(np.ones(3, dtype), 0.5, seed=1)
         assert y.dtype == dtype
+
+
+def test_the_awkward_arrays_are_what_their_names_say():
+    made = {kind.name: kind.make(np.float32) for kind in AWKWARD}
+    assert made["C"][0].flags.c_contiguous
+    assert made["F"][0].flags.f_contiguous and not made["F"][0].flags.c_contiguous
+    for name in ("transposed", "strided", "negative-step-3", "column", "4-d-view"):
+        x, owner = made[name]
+        assert not x.flags.c_contiguous and not x.flags.f_contiguous, name
+        assert np.shares_memory(x, owner), name
+    assert {-4, -12} & {s for s in made["strided"][0].strides}  # a negative step
+    assert made["negative-step-3"][0].strides == (-12,)
+    assert made["4-d-view"][0].ndim == 4
+    assert made["0-d"][0].ndim == 0 and np.shares_memory(*made["0-d"])
+    assert made["empty"][0].size == 0
+    assert not made["read-only"][0].flags.writeable
+    for n in (0, 1, 63, 64, 65):
+        assert made[f"size-{n}"][0].shape == (n,)
+    assert made["size-2**20+3"][0].shape == (2**20 + 3,)
+    for kind in AWKWARD:
+        assert kind.shape == made[kind.name][0].shape
+        assert kind.written().sum() == made[kind.name][0].size
+    assert AWKWARD_BY_NAME["size-2**20+3"].large
+
+
+def test_every_dtype_is_made():
+    for dtype in FLOAT_DTYPES:
+        for kind in AWKWARD:
+            assert kind.make(dtype)[0].dtype == dtype
+
+
+def test_samples_hold_the_special_values_and_repeat():
+    x = sample(1000, np.float64)
+    assert np.isposinf(x[2]) and np.isneginf(x[3]) and np.isnan(x[4])
+    assert x[0] == 0 and not np.signbit(x[0]) and x[1] == 0 and np.signbit(x[1])
+    assert np.array_equal(x, sample(1000, np.float64), equal_nan=True)
+    assert not np.array_equal(x, sample(1000, np.float64, salt=1), equal_nan=True)
+    x[5] = 7.0  # a fresh copy: the next sample is not changed
+    assert sample(1000, np.float64)[5] != 7.0
+
+
+def test_the_snapshot_notices_a_write_and_a_drawn_stream():
+    x, owner = AWKWARD_BY_NAME["strided"].make(np.float64)
+    mask = fastdrop.dropout(np.ones(100), 0.5, seed=1)[1]
+    generator = fastdrop.Generator(3)
+    snapshot = unchanged(x, mask, generator)
+    assert not snapshot.changed()
+    x[0, 0, 0] = 5.0
+    mask.words[1] ^= np.uint64(1)
+    generator.reserve_stream()
+    assert len(snapshot.changed()) == 3
+    with pytest.raises(AssertionError):
+        snapshot.check()
+    # where= checks only some elements
+    written = AWKWARD_BY_NAME["strided"].written()
+    snapshot = unchanged()
+    snapshot.keep(owner, where=~written)
+    x[...] = 1.0
+    snapshot.check()
+    owner.reshape(-1)[np.flatnonzero(~written.reshape(-1))[0]] = 9.0
+    assert snapshot.changed()
