@@ -26,9 +26,9 @@ from fastdrop import reference
 from fastdrop._config import MIN_ELEMENTS_PER_THREAD, SERIAL_ELEMENTS
 from fastdrop.kernels.common import chunk_count
 from fastdrop.maskstream.spec import alpha_dropout_constants, dropout_scale, gaussian_sigma
-from tests.util import (FLOAT_DTYPES, OFFSET, REGISTRY, SEED, STREAM, assert_bits_equal,
-                        assert_same_record, bits, broadcast_dims_of, reference_keep, registry,
-                        sample)
+from tests.util import (FLOAT_DTYPES, OFFSET, REGISTRY, SEED, STREAM, Awkward,
+                        assert_bits_equal, assert_same_record, awkward, bits, broadcast_dims_of,
+                        reference_keep, registry, sample)
 
 SIZES = [0, 1, 63, 64, 65, 1000, 2**20 + 3]
 PS = [0.0, 1e-9, 0.1, 1 / 3, 0.5, 0.9, 1 - 1e-9, 1.0]
@@ -38,19 +38,26 @@ OFFSETS = [0, 5, 64 * 3 + 61]
 # ---------------------------------------------------------------- the registry against its twins
 
 
+TWIN_INPUTS = (Awkward("C", (10, 5, 100)),
+               *awkward("0-d", "empty", "size-0", "size-1", "size-63", "size-64", "size-65"))
+
+
 @pytest.mark.parametrize("p", [0.1, 0.5, 0.77])
 @pytest.mark.parametrize("entry", REGISTRY, ids=str)
 def test_every_function_matches_its_reference_twin(compiled_backend, entry, p):
-    """Each public function against the reference function of the same name and arguments:
-    the output's bits, and the mask words and fields of the record it returns."""
-    for dtype in FLOAT_DTYPES:
-        x = sample((10, 5, 100), dtype)
-        result = entry.call(x, compiled_backend, p=p, offset=17)
-        expected = entry.reference(x, p=p, offset=17)
-        assert_bits_equal(entry.output(result), entry.output(expected), (entry, dtype))
-        assert_same_record(entry.record(result), entry.record(expected))
-        if not entry.takes_array:
-            break  # counts: no dtype
+    """Each public function against the reference function of the same name and arguments,
+    on C-contiguous, 0-d and empty arrays and the sizes 0, 1, 63, 64, 65 (other layouts:
+    test_offsets_and_layouts): the output's bits, and the words and fields of its record."""
+    for dtype in FLOAT_DTYPES if entry.takes_array else FLOAT_DTYPES[:1]:  # counts: no dtype
+        for kind in TWIN_INPUTS:
+            if entry.takes_array and not entry.accepts(kind.shape):
+                continue
+            x, _ = kind.make(dtype)
+            result = entry.call(x, compiled_backend, p=p, offset=17)
+            expected = entry.reference(x, p=p, offset=17)
+            context = (entry, kind, np.dtype(dtype).name)
+            assert_bits_equal(entry.output(result), entry.output(expected), context)
+            assert_same_record(entry.record(result), entry.record(expected))
 
 
 @pytest.mark.parametrize("backend", ["numpy", "auto"])
