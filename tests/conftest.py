@@ -1,14 +1,8 @@
-"""Shared fixtures: the backend registry drives every cross-backend test."""
-import numpy as np
+"""Shared fixtures: the backend registry drives every cross-backend test (the rest: util.py)."""
 import pytest
 
 import fastdrop
-from fastdrop._backends import available_backends
-
-# Compiled backends are compared with the reference; "numpy" *is* the reference.
-COMPILED_BACKENDS = [name for name in available_backends() if name != "numpy"]
-ALL_BACKENDS = available_backends()
-FLOAT_DTYPES = [np.float16, np.float32, np.float64]
+from tests.util import ALL_BACKENDS, COMPILED_BACKENDS
 
 
 @pytest.fixture(params=COMPILED_BACKENDS)
@@ -27,8 +21,3 @@ def threads():
     before = fastdrop.get_num_threads()
     yield
     fastdrop.set_num_threads(before)
-
-
-def bits(array):
-    """An array's raw bytes, so comparisons are bit for bit (NaN, -0.0 included)."""
-    return np.ascontiguousarray(array).view(np.uint8)

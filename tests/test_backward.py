@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 
 import fastdrop
-from tests.conftest import FLOAT_DTYPES, bits
+from tests.util import FLOAT_DTYPES, bits
 
 
 @pytest.mark.parametrize("dtype", FLOAT_DTYPES)

@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 
 import fastdrop
-from tests.conftest import bits
+from tests.util import bits
 
 numba = pytest.importorskip("numba")
 from fastdrop.kernels.numba.half import float32_to_half_bits, half_bits_to_float32  # noqa: E402

@@ -7,7 +7,7 @@ import fastdrop
 from fastdrop import nn
 from fastdrop.maskstream.spec import alpha_dropout_constants
 from fastdrop.nn import Tensor, gradcheck
-from tests.conftest import ALL_BACKENDS, bits
+from tests.util import ALL_BACKENDS, bits
 
 backends = pytest.mark.parametrize("backend", ALL_BACKENDS)
 

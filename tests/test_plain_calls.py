@@ -15,7 +15,7 @@ import fastdrop
 from fastdrop import _backends, reference
 from fastdrop._backends import backend_available
 from fastdrop.maskstream.spec import dropout_constants
-from tests.conftest import FLOAT_DTYPES, bits
+from tests.util import FLOAT_DTYPES, bits, sample
 
 usual_call = pytest.importorskip("fastdrop._fastpath").usual_call
 
@@ -23,13 +23,6 @@ PLAIN_BACKENDS = [pytest.param("cython", marks=pytest.mark.skipif(
                       not backend_available("cython"), reason="the Cython extension is not built")),
                   pytest.param("numba", marks=pytest.mark.skipif(
                       not backend_available("numba"), reason="numba is not installed"))]
-
-
-def sample(shape, dtype):
-    x = np.random.default_rng(7).standard_normal(shape).astype(dtype)
-    if x.size > 3:
-        x.flat[:3] = [np.inf, np.nan, -0.0]
-    return x
 
 
 PLAIN_CASES = [

@@ -12,9 +12,9 @@ import pytest
 
 import fastdrop
 from fastdrop._config import SERIAL_ELEMENTS
+from tests.util import COMPILED_BACKENDS, FLOAT_DTYPES
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parent.parent
-COMPILED_BACKENDS = [name for name in fastdrop.available_backends() if name != "numpy"]
 
 
 @pytest.fixture
@@ -140,7 +140,7 @@ def large_input(dtype):
 
 @pytest.mark.skipif(not COMPILED_BACKENDS, reason="no compiled backend installed")
 @pytest.mark.parametrize("backend", COMPILED_BACKENDS)
-@pytest.mark.parametrize("dtype", [np.float16, np.float32, np.float64])
+@pytest.mark.parametrize("dtype", FLOAT_DTYPES)
 def test_results_do_not_depend_on_thread_count(backend, dtype, restore_threads):
     if backend == "numba":
         import numba

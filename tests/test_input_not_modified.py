@@ -1,0 +1,50 @@
+"""No function writes what it only reads: inputs, mask words and gradients stay byte-identical.
+
+One property: every function of the registry (tests/util.py), on every array of the
+awkward-array generator, every float dtype and every backend, out of place (a new
+array or ``out=``) leaves x -- and the whole array x is a view of -- and the mask
+words it is given exactly as they were, and returns memory of its own; in place it
+writes x's elements and nothing else (not the rest of the array x is a view of, not
+the mask words). The large size runs on the compiled backends only (the reference has
+no size-dependent path).
+"""
+import numpy as np
+import pytest
+
+from tests.util import ALL_BACKENDS, ARRAY_FUNCTIONS, AWKWARD, FLOAT_DTYPES, unchanged
+
+
+def params(kinds, entries=ARRAY_FUNCTIONS):
+    return [pytest.param(backend, entry, kind, id=f"{backend}-{entry}-{kind}")
+            for backend in ALL_BACKENDS for entry in entries for kind in kinds
+            if entry.accepts(kind.shape) and not (kind.large and backend == "numpy")]
+
+
+@pytest.mark.parametrize("backend, entry, kind", params(AWKWARD))
+def test_out_of_place_writes_no_input(backend, entry, kind):
+    for dtype in FLOAT_DTYPES:
+        x, owner = kind.make(dtype)
+        positional, keywords = entry.bind(x)
+        with unchanged(owner, *positional, *keywords.values()):
+            y = entry.output(entry.run(backend, positional, keywords))
+        assert not np.shares_memory(y, owner), "the result is a view of the input"
+        if not entry.out:
+            continue
+        out = np.full(x.shape, -7.0, dtype)
+        with unchanged(owner, *positional, *keywords.values()):
+            assert entry.output(entry.run(backend, positional, {**keywords, "out": out})) is out
+
+
+@pytest.mark.parametrize("backend, entry, kind",
+                         params([kind for kind in AWKWARD if kind.writeable],
+                                [entry for entry in ARRAY_FUNCTIONS if entry.inplace]))
+def test_in_place_writes_only_x(backend, entry, kind):
+    outside = ~kind.written()
+    for dtype in FLOAT_DTYPES:
+        x, owner = kind.make(dtype)
+        positional, keywords = entry.bind(x)
+        snapshot = unchanged(*positional[1:], *keywords.values())
+        snapshot.keep(owner, where=outside)
+        with snapshot:
+            assert entry.output(entry.run(backend, positional, {**keywords, "inplace": True})) \
+                is x
