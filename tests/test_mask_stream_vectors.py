@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 import fastdrop
-from tests.conftest import ALL_BACKENDS, FLOAT_DTYPES
+from tests.util import ALL_BACKENDS, FLOAT_DTYPES
 
 VECTORS = json.loads(
     (pathlib.Path(__file__).parent / "data" / "mask_stream_vectors.json").read_text())
