@@ -12,13 +12,13 @@ from ._config import _state as _threads
 from ._config import get_num_threads
 from ._mask import DropoutMask, words_for
 from ._validate import channel_noise_shape, check_mask_object, check_weight
-from .maskstream.spec import (MAX_SEED, alpha_dropout_constants, dropout_constants,
-                              dropout_scale, gaussian_sigma, stream_parameters)
+from .maskstream.spec import (alpha_dropout_constants, dropout_constants, dropout_scale,
+                              gaussian_sigma, stream_parameters)
 
 try:  # compiled at install time, with the Cython backend
-    from ._fastpath import usual_call as _usual_call
+    from ._fastpath import usual_call
 except ImportError:  # not built: every call takes the general path
-    _usual_call = None
+    usual_call = None
 
 
 def dropout(x, p=0.5, *, seed=None, stream=None, offset=0, training=True, inplace=False,
@@ -118,17 +118,11 @@ def dropout(x, p=0.5, *, seed=None, stream=None, offset=0, training=True, inplac
                                  training=training, inplace=inplace, out=out,
                                  noise_shape=noise_shape, broadcast_dims=broadcast_dims,
                                  dtype=dtype)
-    if (training is True and out is None and noise_shape is None and broadcast_dims is None
-            and dtype is None and _usual_call is not None and _usual_call(x, p, offset, inplace)):
-        # the usual call: with its seed resolved, one kernel call allocates and runs
-        if type(seed) is int and stream is None and 0 <= seed <= MAX_SEED:
-            stream = 0
-        else:
-            seed, stream = streams.resolve(seed, stream)
-        threshold, drop_all, scale = dropout_constants(p)
-        y, words = kernels.dropout_plain(x, inplace, threshold, drop_all, scale, seed, stream,
-                                         offset, _threads.threads)
-        return y, DropoutMask._of_checked_call(words, x.shape, p, seed, stream, offset)
+    usual = (usual_call(x, p, seed, stream, offset, inplace)
+             if training is True and out is None and noise_shape is None
+             and broadcast_dims is None and dtype is None and usual_call is not None else None)
+    if usual is not None:
+        return usual_dropout(kernels, x, p, seed, offset, inplace, usual)
     call = _calls.masked(x, p, seed, stream, offset, inplace, out, noise_shape, broadcast_dims,
                          training, dtype)
     if not training:
@@ -140,6 +134,20 @@ def dropout(x, p=0.5, *, seed=None, stream=None, offset=0, training=True, inplac
         words = np.empty(words_for(call.m), dtype=np.uint64)
         y = _scale_by_stream(kernels, call, words)
     return y, call.mask(words)
+
+
+def usual_dropout(kernels, x, p, seed, offset, inplace, usual):
+    """The usual call in one kernel step, once `fastdrop._fastpath.usual_call` said yes.
+
+    ``usual`` is what it returned; a stream is taken from the source (seed None or a
+    Generator) only now. Generator.dropout calls this directly for its usual calls.
+    """
+    threshold, drop_all, scale, stream = usual
+    if stream is None:
+        seed, stream = streams.resolve(seed, None)
+    y, words = kernels.dropout_plain(x, inplace, threshold, drop_all, scale, seed, stream, offset,
+                                     _threads.threads)
+    return y, DropoutMask._of_checked_call(words, x.shape, p, seed, stream, offset)
 
 
 def _scale_by_stream(kernels, call, words):

@@ -1,44 +1,73 @@
 # cython: language_level=3, boundscheck=False, wraparound=False
 """The public API's check of the usual dropout call, compiled: the first step of the one-step path.
 
-`fastdrop.dropout` calls `usual_call` before anything else; where it says yes the call
-needs only its seed resolved (`fastdrop.streams`) before one kernel call allocates and
-runs. It accepts a subset of what the general path's checks (`fastdrop._calls`)
-accept and says no to anything else, which then takes the general path and gets its
-error messages, so it cannot change what a call does, only how fast a usual one
-starts. Compiled because its half-dozen tests cost more in Python than a small
-array's dropout itself.
+`fastdrop.dropout` calls `usual_call` before anything else. Where it says yes the
+call needs at most its stream taken from a source (`fastdrop.streams.resolve`)
+before one kernel call allocates and runs. It accepts a subset of what the general
+path's checks (`fastdrop._calls`, `fastdrop.streams.parse`) accept -- its key test
+mirrors parse's first branch -- and says no to anything else, which then takes the
+general path and gets its error messages; so it cannot change what a call does, only
+how fast a usual one starts. Compiled because its tests cost more in Python than a
+small array's dropout itself.
 """
 import numpy as np
 
 cimport numpy as cnp
 
-from fastdrop.maskstream.spec import MAX_ELEMENTS
+from fastdrop.maskstream.spec import MAX_ELEMENTS, MAX_SEED, MAX_STREAM, dropout_constants
+from fastdrop.streams import StreamSource
 
 cnp.import_array()
 
 cdef object _MAX_ELEMENTS = MAX_ELEMENTS
+cdef object _MAX_SEED = MAX_SEED
+cdef object _MAX_STREAM = MAX_STREAM
 cdef int _NPY_HALF = np.dtype(np.float16).num  # not in Cython's numpy declarations
+# the last p's (T, drop_all, s) from the spec: calls repeat p (held with the GIL)
+cdef double _last_p = -1.0
+cdef object _last_constants = None
 
 
-def usual_call(x, p, offset, bint inplace):
-    """Whether ``dropout(x, p, offset=offset, inplace=inplace)`` is the usual call.
+def usual_call(x, p, seed, stream, offset, bint inplace):
+    """Whether ``dropout(x, p, seed=seed, stream=stream, offset=offset, inplace=inplace)`` is usual.
 
-    x an ndarray (exact type), C-contiguous, aligned, float16/32/64 in native byte
-    order (and writeable in place); p a float in [0, 1]; offset an int with
-    0 <= offset <= 2**63 - x.size.
+    Usual: x an ndarray (exact type), C-contiguous, aligned, float16/32/64 in native
+    byte order (writeable in place); p a float in [0, 1]; offset an int with
+    0 <= offset <= 2**63 - x.size; seed an int in [0, 2**64) with stream None (0) or
+    such an int, or seed None or a StreamSource with stream None.
+
+    Returns
+    -------
+    tuple or None
+        ``(T, drop_all, s, stream)`` -- T, drop_all and s from
+        `fastdrop.maskstream.spec.dropout_constants`, and the stream of an int seed
+        (None where a stream must be taken from a source) -- or None if the call is
+        not usual.
     """
+    global _last_p, _last_constants
     if type(x) is not cnp.ndarray or type(p) is not float or type(offset) is not int:
-        return False
+        return None
     cdef cnp.ndarray array = <cnp.ndarray>x
     cdef int kind = cnp.PyArray_TYPE(array)
     if kind != cnp.NPY_FLOAT and kind != cnp.NPY_DOUBLE and kind != _NPY_HALF:
-        return False
+        return None
     if not cnp.PyArray_ISCARRAY_RO(array) or not cnp.PyArray_ISNOTSWAPPED(array):
-        return False
+        return None
     if inplace and not cnp.PyArray_ISWRITEABLE(array):
-        return False
+        return None
     cdef double drop = p
-    if not 0.0 <= drop <= 1.0:
-        return False
-    return 0 <= offset <= _MAX_ELEMENTS - cnp.PyArray_SIZE(array)
+    if not 0.0 <= drop <= 1.0 or not 0 <= offset <= _MAX_ELEMENTS - cnp.PyArray_SIZE(array):
+        return None
+    if type(seed) is int:
+        if not 0 <= seed <= _MAX_SEED:
+            return None
+        if stream is None:
+            stream = 0
+        elif type(stream) is not int or not 0 <= stream <= _MAX_STREAM:
+            return None
+    elif stream is not None or not (seed is None or isinstance(seed, StreamSource)):
+        return None
+    if drop != _last_p:
+        _last_constants, _last_p = dropout_constants(p), drop
+    threshold, drop_all, scale = _last_constants
+    return threshold, drop_all, scale, stream

@@ -1,9 +1,10 @@
 """The usual dropout call runs in one step; it must change nothing.
 
 `fastdrop._fastpath.usual_call` says which calls are usual -- an ndarray that is
-C-contiguous, aligned and native-endian, a float p, an int offset -- and the API
-then resolves the seed (an int, a Generator, or None for the default source) and
-makes one kernel call, the backend's ``dropout_plain``, with checked machine values.
+C-contiguous, aligned and native-endian, a float p, an int offset, and an int seed
+(with an int or no stream), a Generator or None -- and the API then takes a stream
+from the source, if any, and makes one kernel call, the backend's ``dropout_plain``,
+with checked machine values.
 Usual calls give the bits of `fastdrop.reference` through every seed form; every
 other call is declined by the check without touching anything, so that the general
 path checks it and raises its own messages.
@@ -46,8 +47,9 @@ def test_plain_calls_take_the_one_step_and_match_the_reference(shape, p, seed, s
                                                                inplace, dtype, backend):
     x = sample(shape, dtype)
     expected, expected_mask = reference.dropout(x, p, seed=seed, stream=stream, offset=offset)
-    assert usual_call(x, p, offset, inplace)
-    threshold, drop_all, scale = dropout_constants(p)
+    usual = usual_call(x, p, seed, stream, offset, inplace)
+    assert usual == dropout_constants(p) + (0 if stream is None else stream,)
+    threshold, drop_all, scale, _ = usual
     y, words = _backends.kernels(backend).dropout_plain(
         x.copy() if inplace else x, inplace, threshold, drop_all, scale, seed,
         0 if stream is None else stream, offset, 2)
@@ -125,7 +127,7 @@ def test_bad_seeds_on_usual_arrays_raise_and_take_no_stream(monkeypatch, backend
 
 
 def not_usual():
-    """Calls the check must decline: (description, x, p, offset, inplace)."""
+    """Calls the check must decline: (description, x, p, seed, stream, offset, inplace)."""
     x = sample((40, 30), np.float32)
     readonly = x.copy()
     readonly.flags.writeable = False
@@ -135,37 +137,50 @@ def not_usual():
         pass
 
     return [
-        ("list", x.tolist(), 0.5, 0, False),
-        ("Fortran order", np.asfortranarray(x), 0.5, 0, False),
-        ("strided view", x[:, ::2], 0.5, 0, True),
-        ("byte-swapped", swapped, 0.5, 0, False),
-        ("subclass", x.copy().view(Subclass), 0.5, 0, False),
-        ("integer array", np.arange(10), 0.5, 0, False),
-        ("complex array", x.astype(np.complex64), 0.5, 0, False),
-        ("read-only in place", readonly, 0.5, 0, True),
-        ("p a NumPy float", x, np.float64(0.5), 0, False),
-        ("p an int", x, 1, 0, False),
-        ("p NaN", x, float("nan"), 0, False),
-        ("p above 1", x, 1.5, 0, False),
-        ("p below 0", x, -1e-300, 0, False),
-        ("offset negative", x, 0.5, -1, False),
-        ("offset past 2**63", x, 0.5, 2**63 - x.size + 1, False),
-        ("offset a NumPy int", x, 0.5, np.int64(3), False),
-        ("offset bool", x, 0.5, False, False),
+        ("list", x.tolist(), 0.5, 1, None, 0, False),
+        ("Fortran order", np.asfortranarray(x), 0.5, 1, None, 0, False),
+        ("strided view", x[:, ::2], 0.5, 1, None, 0, True),
+        ("byte-swapped", swapped, 0.5, 1, None, 0, False),
+        ("subclass", x.copy().view(Subclass), 0.5, 1, None, 0, False),
+        ("integer array", np.arange(10), 0.5, 1, None, 0, False),
+        ("complex array", x.astype(np.complex64), 0.5, 1, None, 0, False),
+        ("read-only in place", readonly, 0.5, 1, None, 0, True),
+        ("p a NumPy float", x, np.float64(0.5), 1, None, 0, False),
+        ("p an int", x, 1, 1, None, 0, False),
+        ("p NaN", x, float("nan"), 1, None, 0, False),
+        ("p above 1", x, 1.5, 1, None, 0, False),
+        ("p below 0", x, -1e-300, 1, None, 0, False),
+        ("offset negative", x, 0.5, 1, None, -1, False),
+        ("offset past 2**63", x, 0.5, 1, None, 2**63 - x.size + 1, False),
+        ("offset a NumPy int", x, 0.5, 1, None, np.int64(3), False),
+        ("offset bool", x, 0.5, 1, None, False, False),
+        ("seed a NumPy int", x, 0.5, np.uint64(1), None, 0, False),
+        ("seed bool", x, 0.5, True, None, 0, False),
+        ("seed negative", x, 0.5, -1, None, 0, False),
+        ("seed 2**64", x, 0.5, 2**64, None, 0, False),
+        ("seed a float", x, 0.5, 1.0, None, 0, False),
+        ("stream 2**64", x, 0.5, 1, 2**64, 0, False),
+        ("stream negative", x, 0.5, 1, -1, 0, False),
+        ("stream a float", x, 0.5, 1, 1.0, 0, False),
+        ("stream with seed None", x, 0.5, None, 3, 0, False),
+        ("stream with a Generator", x, 0.5, fastdrop.Generator(1), 3, 0, False),
     ]
 
 
 @pytest.mark.parametrize("case", not_usual(), ids=lambda case: case[0])
 def test_anything_else_is_declined_untouched(case):
-    _, x, p, offset, inplace = case
+    _, x, p, seed, stream, offset, inplace = case
     before = np.array(x, copy=True)
-    assert usual_call(x, p, offset, inplace) is False
+    assert usual_call(x, p, seed, stream, offset, inplace) is None
     assert np.array_equal(bits(np.asarray(x)), bits(before))
 
 
 def test_the_limits_themselves_are_usual():
     x = np.ones(10, np.float32)
-    assert usual_call(x, 0.0, 0, True) and usual_call(x, 1.0, 2**63 - 10, True)
+    assert usual_call(x, 0.0, 2**64 - 1, 2**64 - 1, 0, True)[3] == 2**64 - 1
+    assert usual_call(x, 1.0, 0, None, 2**63 - 10, True)[3] == 0
+    assert usual_call(x, 0.5, None, None, 0, True)[3] is None
+    assert usual_call(x, 0.5, fastdrop.Generator(1), None, 0, True)[3] is None
     readonly = x.copy()
     readonly.flags.writeable = False
-    assert usual_call(readonly, 0.5, 0, False)
+    assert usual_call(readonly, 0.5, 0, None, 0, False) is not None
