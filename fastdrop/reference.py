@@ -12,7 +12,7 @@ import numpy as np
 
 from . import _calls
 from ._mask import pack_mask, unpack_mask
-from ._validate import channel_noise_shape, check_mask_object, check_weight
+from ._validate import channel_noise_shape, check_mask_object, check_weight, is_bfloat16
 from .maskstream import normal
 from .maskstream.spec import (WORD_BITS, alpha_dropout_constants, block_counter, dropout_scale,
                               gaussian_sigma, keep_threshold, normal_counter, round_to_bfloat16,
@@ -130,8 +130,11 @@ def scale_kept(x, keep, p, scale=None):
     """The spec's output arithmetic: x * s where kept (s = 1/(1-p) rounded to x's dtype), +0.0 where dropped.
 
     ``scale`` replaces 1/(1-p) when given (alpha dropout's backward multiplies by a).
-    float16 and bfloat16 (uint16 bit patterns) multiply in float32 and round once.
+    float16 and bfloat16 (uint16 bit patterns, or ml_dtypes' bfloat16) multiply in
+    float32 and round once.
     """
+    if is_bfloat16(x.dtype):
+        return scale_kept(x.view(np.uint16), keep, p, scale).view(x.dtype)
     scale = dropout_scale(p) if scale is None else scale
     with np.errstate(all="ignore"):  # s or x*s may overflow; that is the specified result
         if x.dtype == np.float16:
@@ -207,8 +210,10 @@ def alpha_affine(x, keep, p):
 
     float64 computes in float64; float32 in float32 with a, b rounded to float32;
     float16 widens x to float32, computes a*x + b in float32 and rounds once. The
-    dropped value is c rounded once from float64 to x's dtype.
+    dropped value is c rounded once from float64 to x's dtype. bfloat16 follows float16.
     """
+    if is_bfloat16(x.dtype):
+        return alpha_affine(x.view(np.uint16), keep, p).view(x.dtype)
     a, b, c = alpha_dropout_constants(p)
     with np.errstate(all="ignore"):
         if x.dtype == np.float16:
@@ -316,6 +321,8 @@ def gaussian_multipliers(n, p, seed, stream, offset):
 
 def multiply_noise(x, noise):
     """Section 9's output arithmetic: the noise rounded to x's dtype (float32 for float16), times x."""
+    if is_bfloat16(x.dtype):
+        return multiply_noise(x.view(np.uint16), noise).view(x.dtype)
     with np.errstate(all="ignore"):
         if x.dtype == np.float16:
             return (x.astype(np.float32) * noise.astype(np.float32)).astype(np.float16)

@@ -119,7 +119,7 @@ def spec_value(arithmetic, dtype, x, keep, p, multiplier=None):
     """What docs/mask-stream.md says element x becomes (finite, nonzero x), one dtype.
 
     inverted (section 6): s = 1/(1-p) rounded once to the dtype; a kept x is x*s rounded
-    to the dtype (float16: the exact float32 product, rounded once); dropped +0.0.
+    to the dtype (float16, bfloat16: the exact float32 product, rounded once); dropped +0.0.
     alpha (section 8): kept a*x rounded, then + b rounded, never fused; float32 rounds a
     and b to float32 first; float16 does the float32 operations and rounds once to
     float16; dropped c rounded once from float64. alpha backward: a in place of s.
@@ -127,7 +127,7 @@ def spec_value(arithmetic, dtype, x, keep, p, multiplier=None):
     float16), times x rounded (float16: in float32, then rounded once to float16).
     """
     dtype = np.dtype(dtype)
-    compute = np.float32 if dtype == np.float16 else dtype
+    compute = np.float32 if dtype.itemsize == 2 else dtype  # float16 and bfloat16
     if arithmetic == "gaussian":
         m = rounded(exact(multiplier), compute)
         return rounded(exact(rounded(exact(x) * exact(m), compute)), dtype)

@@ -18,8 +18,14 @@ import fastdrop
 from fastdrop import reference
 from fastdrop._backends import available_backends
 
-# Every float dtype the API takes; a new one (bfloat16) is one more entry.
-FLOAT_DTYPES = (np.float16, np.float32, np.float64)
+try:  # bfloat16 comes from ml_dtypes, an optional dependency (the bf16 extra)
+    import ml_dtypes
+
+    BFLOAT16 = ml_dtypes.bfloat16
+except ImportError:
+    BFLOAT16 = None
+# Every float dtype the API takes; a new one is one more entry.
+FLOAT_DTYPES = (np.float16, np.float32, np.float64) + ((BFLOAT16,) if BFLOAT16 else ())
 ALL_BACKENDS = tuple(available_backends())
 # Compiled backends are compared with the reference; "numpy" *is* the reference.
 COMPILED_BACKENDS = tuple(name for name in ALL_BACKENDS if name != "numpy")
