@@ -1,8 +1,8 @@
 """The pytest-benchmark suite's settings, and the targets report printed after it.
 
 Run ``pytest benchmarks/ --benchmark-only``. Sizes 2^16, 2^20, 2^24 at p = 0.5,
-float32 by default; ``FASTDROP_BENCH_FULL=1`` runs 2^10 .. 2^26, p in {0.1, 0.5},
-float32 and float64. Threads: fastdrop's setting (``FASTDROP_NUM_THREADS``, else
+float32 (and bfloat16 where ml_dtypes is installed) by default; ``FASTDROP_BENCH_FULL=1``
+runs 2^10 .. 2^26, p in {0.1, 0.5}, float32, float64 and bfloat16. Threads: fastdrop's setting (``FASTDROP_NUM_THREADS``, else
 all CPUs). Each group is one (operation, n, p, dtype): pytest-benchmark's table
 shows every implementation in it next to the floor.
 
@@ -10,6 +10,7 @@ Times are never asserted. After the run, the issue's targets are printed with th
 ratios this run measured (memory properties are asserted: they do not depend on
 the machine's load).
 """
+import importlib.util
 import os
 
 import pytest
@@ -21,7 +22,8 @@ from fastdrop.bench.implementations import IMPLEMENTATIONS, OPERATIONS
 FULL = os.environ.get("FASTDROP_BENCH_FULL", "") not in ("", "0")
 SIZES = runner.FULL_SIZES if FULL else (1 << 16, 1 << 20, 1 << 24)
 PS = runner.FULL_PS if FULL else runner.QUICK_PS
-DTYPES = runner.FULL_DTYPES if FULL else runner.QUICK_DTYPES
+BFLOAT16 = ("bfloat16",) if importlib.util.find_spec("ml_dtypes") else ()
+DTYPES = (runner.FULL_DTYPES if FULL else runner.QUICK_DTYPES) + BFLOAT16
 THREADS = fastdrop.get_num_threads()
 
 

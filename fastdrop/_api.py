@@ -32,7 +32,7 @@ def dropout(x, p=0.5, *, seed=None, stream=None, offset=0, training=True, inplac
 
     Parameters
     ----------
-    x : array_like of float16, float32 or float64
+    x : array_like of float16, float32, float64 or bfloat16
         Input, any shape (0-d and empty included), any memory layout.
     p : float, default 0.5
         Drop probability in [0, 1]; exact to 2**-64. ``p = 0`` keeps every
@@ -65,6 +65,11 @@ def dropout(x, p=0.5, *, seed=None, stream=None, offset=0, training=True, inplac
     broadcast_dims : int or tuple of int, optional
         The axes that share one mask element (Flax's name for the same thing):
         ``broadcast_dims=(2, 3)`` is ``noise_shape=(N, C, 1, 1)`` for 4-d x.
+    dtype : {None, "bfloat16"}, optional
+        ``"bfloat16"`` (or ``ml_dtypes.bfloat16``) reads a uint16 x as bfloat16 bit
+        patterns; the result and ``out`` are uint16 bit patterns too. The form for
+        callers without ml_dtypes, such as a PyTorch adapter; ``ml_dtypes.bfloat16``
+        arrays need no ``dtype`` (docs/api.md, Dtypes).
     backend : {"auto", "cython", "numba", "numpy"}, default "auto"
         "numpy" runs `fastdrop.reference`; "auto" picks Cython when it was built
         (no JIT warm-up), else Numba.
@@ -90,16 +95,19 @@ def dropout(x, p=0.5, *, seed=None, stream=None, offset=0, training=True, inplac
         does not broadcast to x; both ``noise_shape`` and ``broadcast_dims``;
         unknown backend.
     TypeError
-        x is not float16/32/64 (integer, bool, complex, object); p, seed, stream
-        or offset of the wrong type; ``out`` of the wrong dtype.
+        x is not float16/32/64 or bfloat16 (integer -- uint16 without
+        ``dtype="bfloat16"`` --, bool, complex, object) or is a masked array; p,
+        seed, stream or offset of the wrong type; ``out`` of the wrong dtype; a
+        ``dtype`` other than "bfloat16".
 
     Notes
     -----
     Output arithmetic (identical on every backend): a kept element is ``x * s``
     with ``s = 1/(1-p)`` computed in float64 and rounded once to x's dtype, the
     product rounded to x's dtype; a dropped element is +0.0, whatever x holds
-    (inf and NaN included). For float16, s rounds to float16 and may overflow to
-    inf when p > 1 - 2**-16. On error nothing is written. With a noise shape,
+    (inf and NaN included). float16 and bfloat16 multiply in float32 (exactly) and
+    round once, to nearest even. For float16, s rounds to float16 and may overflow
+    to inf when p > 1 - 2**-16. On error nothing is written. With a noise shape,
     mask element j has global index ``offset + j`` (``offset`` counts mask
     elements, not elements of x).
 
@@ -193,7 +201,7 @@ def channel_dropout(x, p=0.5, *, channel_axis=1, batch_axis=0, seed=None, stream
 
     Parameters
     ----------
-    x : array_like of float16, float32 or float64
+    x : array_like of float16, float32, float64 or bfloat16
         Input such as ``(N, C, L)``, ``(N, C, H, W)`` or ``(N, C, D, H, W)``
         (channels first), or ``(N, H, W, C)`` with ``channel_axis=-1``.
     p : float, default 0.5
@@ -203,7 +211,7 @@ def channel_dropout(x, p=0.5, *, channel_axis=1, batch_axis=0, seed=None, stream
     batch_axis : int or None, default 0
         The batch axis (a separate mask per sample); None for unbatched input
         such as ``(C, H, W)``, where one mask covers the channels.
-    seed, stream, offset, training, inplace, out, backend
+    seed, stream, offset, training, inplace, out, dtype, backend
         As in `dropout`; ``offset`` counts (sample, channel) mask elements.
 
     Returns
@@ -248,7 +256,7 @@ def apply_mask(x, mask, *, p=None, scale=None, inplace=False, out=None, dtype=No
 
     Parameters
     ----------
-    x : array_like of float16, float32 or float64
+    x : array_like of float16, float32, float64 or bfloat16
         Array to mask.
     mask : DropoutMask or ndarray of uint64
         A DropoutMask (from `dropout`, `channel_dropout`, ...) whose element count
@@ -261,7 +269,7 @@ def apply_mask(x, mask, *, p=None, scale=None, inplace=False, out=None, dtype=No
     scale : float, optional
         Multiplier of kept elements instead of 1/(1-p) (rounded once to x's
         dtype, like s).
-    inplace, out, backend
+    inplace, out, dtype, backend
         As in `dropout`.
 
     Returns
@@ -310,7 +318,7 @@ def dropout_backward(grad, mask, *, p=None, inplace=False, out=None, dtype=None,
 
     Parameters
     ----------
-    grad : array_like of float16, float32 or float64
+    grad : array_like of float16, float32, float64 or bfloat16
         Gradient with respect to dropout's output. A mask from a call with a
         noise shape is stretched over it; otherwise ``grad.size`` must equal the
         mask's number of elements (C order lines them up).
@@ -319,7 +327,7 @@ def dropout_backward(grad, mask, *, p=None, inplace=False, out=None, dtype=None,
     p : float, optional
         Drop probability. Required with raw words; with a DropoutMask it must
         equal ``mask.p`` if given.
-    inplace, out, backend
+    inplace, out, dtype, backend
         As in `dropout`.
 
     Returns
@@ -349,7 +357,7 @@ def dropout_backward_recompute(grad, p, *, seed, stream, offset=0, noise_shape=N
 
     Parameters
     ----------
-    grad : array_like of float16, float32 or float64
+    grad : array_like of float16, float32, float64 or bfloat16
         Gradient with respect to dropout's output.
     p : float
         Drop probability of the forward pass.
@@ -359,7 +367,7 @@ def dropout_backward_recompute(grad, p, *, seed, stream, offset=0, noise_shape=N
         The forward pass's offset.
     noise_shape : tuple of int, optional
         The forward pass's noise shape (``mask.shape``), if it had one.
-    inplace, out, backend
+    inplace, out, dtype, backend
         As in `dropout`.
 
     Returns
@@ -440,12 +448,12 @@ def alpha_dropout(x, p=0.5, *, seed=None, stream=None, offset=0, training=True, 
 
     Parameters
     ----------
-    x : array_like of float16, float32 or float64
+    x : array_like of float16, float32, float64 or bfloat16
         Input, typically SELU activations.
     p : float, default 0.5
         Drop probability in [0, 1]. ``p = 0`` returns x unchanged (as PyTorch
         does); ``p = 1`` gives all zeros.
-    seed, stream, offset, training, inplace, out, noise_shape, broadcast_dims, backend
+    seed, stream, offset, training, inplace, out, noise_shape, broadcast_dims, dtype, backend
         As in `dropout`.
 
     Returns
@@ -503,13 +511,13 @@ def feature_alpha_dropout(x, p=0.5, *, channel_axis=1, batch_axis=0, seed=None, 
 
     Parameters
     ----------
-    x : array_like of float16, float32 or float64
+    x : array_like of float16, float32, float64 or bfloat16
         Input with a channel axis, e.g. ``(N, C, H, W)``.
     p : float, default 0.5
         Probability of dropping a channel.
     channel_axis, batch_axis
         As in `channel_dropout`.
-    seed, stream, offset, training, inplace, out, backend
+    seed, stream, offset, training, inplace, out, dtype, backend
         As in `dropout`.
 
     Returns
@@ -535,11 +543,11 @@ def alpha_dropout_backward(grad, mask, *, inplace=False, out=None, dtype=None,
 
     Parameters
     ----------
-    grad : array_like of float16, float32 or float64
+    grad : array_like of float16, float32, float64 or bfloat16
         Gradient with respect to alpha dropout's output.
     mask : DropoutMask
         The mask `alpha_dropout` or `feature_alpha_dropout` returned.
-    inplace, out, backend
+    inplace, out, dtype, backend
         As in `dropout`.
 
     Returns
@@ -573,11 +581,11 @@ def gaussian_dropout(x, p=0.5, *, seed=None, stream=None, offset=0, training=Tru
 
     Parameters
     ----------
-    x : array_like of float16, float32 or float64
+    x : array_like of float16, float32, float64 or bfloat16
         Input.
     p : float, default 0.5
         Rate in [0, 1): the noise variance is p / (1 - p).
-    seed, stream, offset, training, inplace, out, backend
+    seed, stream, offset, training, inplace, out, dtype, backend
         As in `dropout`.
 
     Returns
@@ -636,12 +644,12 @@ def gaussian_dropout_backward(grad, noise, *, inplace=False, out=None, dtype=Non
 
     Parameters
     ----------
-    grad : array_like of float16, float32 or float64
+    grad : array_like of float16, float32, float64 or bfloat16
         Gradient with respect to the output; ``grad.size`` must equal the
         forward input's.
     noise : GaussianNoise
         What `gaussian_dropout` returned.
-    inplace, out, backend
+    inplace, out, dtype, backend
         As in `dropout`.
 
     Returns
@@ -714,11 +722,11 @@ def dropconnect(weight, p=0.5, *, seed=None, stream=None, offset=0, training=Tru
 
     Parameters
     ----------
-    weight : array_like of float16, float32 or float64
+    weight : array_like of float16, float32, float64 or bfloat16
         Weight array, e.g. ``(out_features, in_features)``; at least 1-d.
     p : float, default 0.5
         Probability of dropping each weight.
-    seed, stream, offset, training, out, backend
+    seed, stream, offset, training, out, dtype, backend
         As in `dropout`.
 
     Returns

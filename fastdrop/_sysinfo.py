@@ -53,6 +53,7 @@ def collect():
         "numba": package_version("numba"),
         "cython (build)": package_version("Cython"),
         "torch": package_version("torch"),
+        "ml_dtypes (bfloat16 arrays)": package_version("ml_dtypes"),
         "backends": {name: backend_available(name) for name in BACKENDS},
         "openmp": None,
         "openmp max threads": None,

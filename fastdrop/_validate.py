@@ -121,8 +121,6 @@ def _dtype_error(name, dtype, request):
     if dtype == np.uint16:
         return TypeError(f"{name} must be a float16, float32, float64 or bfloat16 array, got "
                          f"dtype uint16 (pass dtype='bfloat16' to read uint16 as bfloat16 bits)")
-    if dtype.kind == "f" and not dtype.isnative:
-        return TypeError(f"{name} has dtype {dtype.str}, float data in non-native byte order")
     return TypeError(f"{name} must be a float16, float32, float64 or bfloat16 array, got dtype "
                      f"{dtype}")
 

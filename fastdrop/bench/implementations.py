@@ -29,6 +29,7 @@ import numpy as np
 
 from .._backends import backend_available
 from .._config import SERIAL_ELEMENTS
+from .._validate import bfloat16_dtype
 from ..maskstream.spec import gaussian_sigma
 
 SEED = 1234
@@ -85,11 +86,27 @@ class Implementation:
 
     def setup(self, operation, n, p, dtype, threads):
         """The timed zero-argument callable for ``operation`` on n elements."""
-        return self.setups[operation](int(n), float(p), np.dtype(dtype), int(threads))
+        return self.setups[operation](int(n), float(p), bench_dtype(dtype), int(threads))
 
 
 def _values(n, dtype):
     return np.full(n, 1.5, dtype=dtype)
+
+
+def bench_dtype(dtype):
+    """A row's dtype from its name (bfloat16 is ml_dtypes', imported only for it)."""
+    if isinstance(dtype, str) and dtype == "bfloat16":
+        return bfloat16_dtype()
+    return np.dtype(dtype)
+
+
+def _is_bfloat16(dtype):
+    return bench_dtype(dtype).name == "bfloat16"
+
+
+def _uniform_dtype(dtype):
+    """The dtype NumPy's generator draws uniforms in for x's dtype (bfloat16: float32)."""
+    return np.float32 if _is_bfloat16(dtype) else dtype
 
 
 def _scale(p):
@@ -153,7 +170,8 @@ def floor_kernel():
 
 FLOOR_DESCRIPTIONS = {
     "cython": "x *= s in place, OpenMP parallel, with the fused kernels' vector path and "
-              "prefetch (fastdrop.kernels.cython.kernels.scale_in_place)",
+              "prefetch (fastdrop.kernels.cython.kernels.scale_in_place; bfloat16: the same on "
+              "its 2-byte bit patterns, s and each product rounded as dropout's, at every size)",
     "numba": "x *= s in place, Numba prange (the Cython extension is not built)",
     "numpy": "np.multiply(x, s, out=x), one thread (neither Cython nor Numba is available)",
 }
@@ -189,7 +207,13 @@ def _floor_setup(n, p, dtype, threads):
     x = _values(n, dtype)
     scale = _scale(p)
     threads = chunk_count(n, threads)  # same serial cutoff as fastdrop's kernels
-    kernel = floor_kernel() if threads > 1 else "numpy"
+    if _is_bfloat16(dtype) and floor_kernel() == "cython":
+        # NumPy's bfloat16 loops (ml_dtypes) are no floor: always the kernels' own scaling
+        from ..kernels.cython.kernels import scale_in_place
+
+        bits = x.view(np.uint16)
+        return lambda: scale_in_place(bits, scale, threads)
+    kernel = floor_kernel() if threads > 1 and not _is_bfloat16(dtype) else "numpy"
     if kernel == "cython":
         from ..kernels.cython.kernels import scale_in_place
 
@@ -261,7 +285,7 @@ def _numpy_gaussian_inplace(n, p, dtype, threads):
 # ------------------------- NumPy, careful: uniforms in x's dtype, no temporaries, out= everywhere
 
 def _careful_buffers(n, dtype):
-    return np.empty(n, dtype=dtype), np.empty(n, dtype=bool)
+    return np.empty(n, dtype=_uniform_dtype(dtype)), np.empty(n, dtype=bool)
 
 
 def _careful_forward_inplace(n, p, dtype, threads):
@@ -269,7 +293,7 @@ def _careful_forward_inplace(n, p, dtype, threads):
     rng, scale = np.random.default_rng(SEED), dtype.type(_scale(p))
 
     def call():
-        rng.random(dtype=dtype, out=uniforms)
+        rng.random(dtype=uniforms.dtype, out=uniforms)
         np.greater_equal(uniforms, p, out=keep)
         np.multiply(x, keep, out=x)
         np.multiply(x, scale, out=x)
@@ -281,7 +305,7 @@ def _careful_forward(n, p, dtype, threads):
     rng, scale = np.random.default_rng(SEED), dtype.type(_scale(p))
 
     def call():
-        rng.random(dtype=dtype, out=uniforms)
+        rng.random(dtype=uniforms.dtype, out=uniforms)
         np.greater_equal(uniforms, p, out=keep)
         np.multiply(x, keep, out=y)
         np.multiply(y, scale, out=y)
@@ -314,7 +338,7 @@ def _careful_backward_recompute(n, p, dtype, threads):
     scale = dtype.type(_scale(p))
 
     def call():
-        np.random.default_rng(SEED).random(dtype=dtype, out=uniforms)
+        np.random.default_rng(SEED).random(dtype=uniforms.dtype, out=uniforms)
         np.greater_equal(uniforms, p, out=keep)
         np.multiply(grad, keep, out=grad)
         np.multiply(grad, scale, out=grad)
@@ -324,12 +348,12 @@ def _careful_backward_recompute(n, p, dtype, threads):
 def _careful_channel_inplace(n, p, dtype, threads):
     x = _channel_values(n, dtype)
     mask_shape = x.shape[:2] + (1, 1)
-    uniforms, keep = np.empty(mask_shape, dtype), np.empty(mask_shape, bool)
+    uniforms, keep = np.empty(mask_shape, _uniform_dtype(dtype)), np.empty(mask_shape, bool)
     factors = np.empty(mask_shape, dtype)
     rng, scale = np.random.default_rng(SEED), dtype.type(_scale(p))
 
     def call():  # the (N, C, 1, 1) factors in x's dtype, then one broadcast multiply
-        rng.random(dtype=dtype, out=uniforms)
+        rng.random(dtype=uniforms.dtype, out=uniforms)
         np.greater_equal(uniforms, p, out=keep)
         np.multiply(keep, scale, out=factors)
         np.multiply(x, factors, out=x)
@@ -337,11 +361,11 @@ def _careful_channel_inplace(n, p, dtype, threads):
 
 
 def _careful_gaussian_inplace(n, p, dtype, threads):
-    x, noise = _gaussian_values(n, dtype), np.empty(n, dtype)
-    rng, sigma = np.random.default_rng(SEED), dtype.type(gaussian_sigma(p))
+    x, noise = _gaussian_values(n, dtype), np.empty(n, _uniform_dtype(dtype))
+    rng, sigma = np.random.default_rng(SEED), noise.dtype.type(gaussian_sigma(p))
 
     def call():  # normals drawn in x's dtype (ziggurat) into a preallocated buffer
-        rng.standard_normal(dtype=dtype, out=noise)
+        rng.standard_normal(dtype=noise.dtype, out=noise)
         np.multiply(noise, sigma, out=noise)
         np.add(noise, 1, out=noise)
         np.multiply(x, noise, out=x)
@@ -357,15 +381,22 @@ def _torch(threads):
     return torch
 
 
+def _tensor(torch, array):
+    """A tensor sharing ``array``'s memory (bfloat16 through its 16-bit pattern)."""
+    if _is_bfloat16(array.dtype):
+        return torch.from_numpy(array.view(np.int16)).view(torch.bfloat16)
+    return torch.from_numpy(array)
+
+
 def _torch_forward_inplace(n, p, dtype, threads):
     torch = _torch(threads)
-    x = torch.from_numpy(_values(n, dtype))
+    x = _tensor(torch, _values(n, dtype))
     return lambda: torch.nn.functional.dropout(x, p, training=True, inplace=True)
 
 
 def _torch_forward(n, p, dtype, threads):
     torch = _torch(threads)
-    x = torch.from_numpy(_values(n, dtype))
+    x = _tensor(torch, _values(n, dtype))
     return lambda: torch.nn.functional.dropout(x, p, training=True)
 
 
@@ -377,7 +408,7 @@ def _torch_mask(n, p, dtype, threads):
 
 def _torch_backward_mask(n, p, dtype, threads):  # aten native_dropout_backward's arithmetic
     torch = _torch(threads)
-    grad = torch.from_numpy(_values(n, dtype))
+    grad = _tensor(torch, _values(n, dtype))
     keep = torch.empty(n, dtype=torch.bool).bernoulli_(1 - p)
     scale = _scale(p)
     return lambda: grad.mul_(keep).mul_(scale)
@@ -385,7 +416,7 @@ def _torch_backward_mask(n, p, dtype, threads):  # aten native_dropout_backward'
 
 def _torch_backward_recompute(n, p, dtype, threads):
     torch = _torch(threads)
-    grad = torch.from_numpy(_values(n, dtype))
+    grad = _tensor(torch, _values(n, dtype))
     keep, generator = torch.empty(n, dtype=torch.bool), torch.Generator()
     scale = _scale(p)
 
@@ -397,13 +428,13 @@ def _torch_backward_recompute(n, p, dtype, threads):
 
 def _torch_channel_inplace(n, p, dtype, threads):
     torch = _torch(threads)
-    x = torch.from_numpy(_channel_values(n, dtype))
+    x = _tensor(torch, _channel_values(n, dtype))
     return lambda: torch.nn.functional.dropout2d(x, p, training=True, inplace=True)
 
 
 def _torch_gaussian_inplace(n, p, dtype, threads):  # torch has no Gaussian dropout: the idiom
     torch = _torch(threads)
-    x, sigma = torch.from_numpy(_gaussian_values(n, dtype)), gaussian_sigma(p)
+    x, sigma = _tensor(torch, _gaussian_values(n, dtype)), gaussian_sigma(p)
     return lambda: x.mul_(torch.empty_like(x).normal_(1.0, sigma))
 
 

@@ -24,9 +24,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from .._validate import bfloat16_dtype
 from .implementations import (
     BASELINE, FLOOR, FLOOR_DESCRIPTIONS, FLOOR_SERIAL, IMPLEMENTATIONS, OPERATIONS,
-    available_implementations, floor_kernel, unavailable_implementations)
+    available_implementations, bench_dtype, floor_kernel, unavailable_implementations)
 
 QUICK_SIZES = (1 << 16, 1 << 22)
 FULL_SIZES = tuple(1 << k for k in range(10, 27))
@@ -116,7 +117,7 @@ def plan(operations, sizes, ps, dtypes, threads):
             for dtype in row_dtypes:
                 for p in ps:
                     for n in sizes:
-                        rows.append((operation, int(n), float(p), np.dtype(dtype).name,
+                        rows.append((operation, int(n), float(p), bench_dtype(dtype).name,
                                      int(thread_count)))
     return rows
 
@@ -249,7 +250,7 @@ def interleaving_fits(n, dtype, implementations):
     output or stored mask, scratch) and the textbook formula adds float64 temporaries.
     """
     available = _available_memory()
-    needed = (3 * len(implementations) + 4) * n * max(np.dtype(dtype).itemsize, 8)
+    needed = (3 * len(implementations) + 4) * n * max(bench_dtype(dtype).itemsize, 8)
     return available is None or needed <= available // 2
 
 
@@ -346,8 +347,10 @@ def run_benchmarks(operations=None, sizes=QUICK_SIZES, ps=QUICK_PS, dtypes=QUICK
         if not 0.0 <= float(p) < 1.0:
             raise ValueError(f"p must be in [0, 1) for a benchmark, got {p!r}")
     for dtype in dtypes:
-        if np.dtype(dtype) not in (np.float32, np.float64):
-            raise ValueError(f"benchmarks run float32 and float64, got {dtype!r}")
+        if str(dtype) not in ("float32", "float64", "bfloat16"):
+            raise ValueError(f"benchmarks run float32, float64 and bfloat16, got {dtype!r}")
+        if str(dtype) == "bfloat16":
+            bfloat16_dtype()  # ml_dtypes, which names the dtype (ImportError saying the extra)
     if threads is None:
         threads = [fastdrop.get_num_threads()]
     elif isinstance(threads, int):

@@ -21,12 +21,15 @@ from .implementations import OPERATIONS, mask_bytes
 from .runner import size_label, time_callables
 
 TARGET_N = 1 << 26
-# (operation, p or None for every p, limit on the ratio to the floor)
+# (operation, p or None for every p, dtypes, limit on the ratio to the floor)
 FLOOR_RATIO_TARGETS = (
-    ("forward_inplace", 0.5, 1.3),
-    ("forward_inplace", 0.1, 1.6),
-    ("backward_mask", None, 1.15),
-    ("backward_recompute", None, 1.6),
+    ("forward_inplace", 0.5, ("float32", "float64"), 1.3),
+    ("forward_inplace", 0.1, ("float32", "float64"), 1.6),
+    ("backward_mask", None, ("float32", "float64"), 1.15),
+    ("backward_recompute", None, ("float32", "float64"), 1.6),
+    ("forward_inplace", 0.5, ("bfloat16",), 1.3),
+    ("forward_inplace", 0.1, ("bfloat16",), 1.8),
+    ("backward_mask", None, ("bfloat16",), 1.2),
 )
 SMALL_N = 1024
 SMALL_LIMIT = 3.0
@@ -59,9 +62,10 @@ def _where(row):
 def floor_ratio_targets(run):
     """Ratio to the floor of fastdrop's forward in place and backward, at the largest size."""
     records = []
-    for operation, target_p, limit in FLOOR_RATIO_TARGETS:
+    for operation, target_p, dtypes, limit in FLOOR_RATIO_TARGETS:
         for row in _large_rows(run):
-            if row["operation"] != operation or (target_p is not None and row["p"] != target_p):
+            if (row["operation"] != operation or row["dtype"] not in dtypes
+                    or (target_p is not None and row["p"] != target_p)):
                 continue
             for backend in FASTDROP_BACKENDS:
                 ratio = row["results"].get(backend, {}).get("ratio_to_floor")

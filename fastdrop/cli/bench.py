@@ -22,8 +22,8 @@ def add_arguments(parser):
                         help="element counts >= 1, e.g. 1024 2^20 1<<24 (default 2^16 2^22)")
     parser.add_argument("--p", nargs="+", type=arguments.number(0, 1, high_open=True),
                         dest="ps", metavar="P", help="drop probabilities in [0, 1) (default 0.5)")
-    parser.add_argument("--dtypes", nargs="+", choices=("float32", "float64"),
-                        help="default float32")
+    parser.add_argument("--dtypes", nargs="+", choices=("float32", "float64", "bfloat16"),
+                        help="default float32; bfloat16 needs ml_dtypes (the bf16 extra)")
     parser.add_argument("--ops", nargs="+", choices=list(OPERATIONS), metavar="OP",
                         help=f"operations (default all): {', '.join(OPERATIONS)}")
     parser.add_argument("--impls", nargs="+", choices=list(IMPLEMENTATIONS), metavar="NAME",
@@ -83,6 +83,13 @@ def check_arguments(args):
                            ("--threads", args.threads)):
         arguments.check_no_repeats(option, values)
     sizes, _, dtypes, _ = settings(args)
+    if "bfloat16" in dtypes:
+        from .._validate import bfloat16_dtype
+
+        try:
+            bfloat16_dtype()  # registers np.dtype("bfloat16")
+        except ImportError as error:
+            raise arguments.UsageError(f"--dtypes bfloat16: {error}") from None
     itemsize = max(np.dtype(dtype).itemsize for dtype in dtypes)
     for n in sizes:
         arguments.check_fits_in_memory("--sizes", size_label(n), ARRAYS_PER_ROW * itemsize * n)
