@@ -11,7 +11,8 @@ from ._backends import kernels as _kernels
 from ._config import _state as _threads
 from ._config import get_num_threads
 from ._mask import DropoutMask, words_for
-from ._validate import channel_noise_shape, check_mask_object, check_weight
+from ._calls import check_mask_object
+from ._validate import channel_noise_shape, check_weight
 from .maskstream.spec import (alpha_dropout_constants, dropout_constants, dropout_scale,
                               gaussian_sigma, stream_parameters)
 
@@ -259,10 +260,10 @@ def apply_mask(x, mask, *, p=None, scale=None, inplace=False, out=None, dtype=No
     x : array_like of float16, float32, float64 or bfloat16
         Array to mask.
     mask : DropoutMask or ndarray of uint64
-        A DropoutMask (from `dropout`, `channel_dropout`, ...) whose element count
-        equals x.size (C order lines them up) or whose shape broadcasts to x's
-        shape; or packed words with one bit per element of x (then ``p`` is
-        required).
+        A DropoutMask (from `dropout`, `channel_dropout`, ...) of x's shape, or
+        whose shape broadcasts to x's (a noise shape, stretched over x); or packed
+        words with one bit per element of x in C order (then ``p`` is required):
+        raw words carry no shape, so they apply by element count.
     p : float, optional
         Drop probability; required with raw words, checked against ``mask.p``
         otherwise.
@@ -280,7 +281,8 @@ def apply_mask(x, mask, *, p=None, scale=None, inplace=False, out=None, dtype=No
     Raises
     ------
     ValueError
-        The mask neither has x's element count nor broadcasts to x's shape; its
+        The mask's shape neither is x's nor broadcasts to it; raw words'
+        count does not match x.size; its
         word count is wrong; ``p`` does not match; scale not finite; bad
         ``inplace``/``out``.
     TypeError
@@ -319,9 +321,9 @@ def dropout_backward(grad, mask, *, p=None, inplace=False, out=None, dtype=None,
     Parameters
     ----------
     grad : array_like of float16, float32, float64 or bfloat16
-        Gradient with respect to dropout's output. A mask from a call with a
-        noise shape is stretched over it; otherwise ``grad.size`` must equal the
-        mask's number of elements (C order lines them up).
+        Gradient with respect to dropout's output, of the forward input's shape
+        (``mask.shape``, or a shape a noise-shaped mask broadcasts to). Raw words
+        apply by element count, in C order.
     mask : DropoutMask or ndarray of uint64
         The mask returned by `dropout`, or its packed words (then ``p`` is required).
     p : float, optional
@@ -339,8 +341,8 @@ def dropout_backward(grad, mask, *, p=None, inplace=False, out=None, dtype=None,
     Raises
     ------
     ValueError
-        The mask is for a different number of elements (and does not broadcast),
-        has the wrong number of words, or its p does not match ``p``; bad
+        The mask's shape is not grad's and does not broadcast to it, raw words
+        have the wrong count, or the mask's p does not match ``p``; bad
         ``inplace``/``out`` as in `dropout`.
     TypeError
         grad is not float16/32/64, or the words are not a 1-D uint64 array.

@@ -8,11 +8,10 @@ reference's plain NumPy -- takes the record's checked values.
 import numpy as np
 
 from . import _layout, streams
-from ._mask import DropoutMask, GaussianNoise
-from ._validate import (check_count, check_dtype_request, check_gaussian_p, check_mask,
-                        check_noise, check_noise_shape, check_offset, check_out, check_p,
-                        check_scale, check_seed, check_stream, element_array, is_bfloat16,
-                        shape_size)
+from ._mask import DropoutMask, GaussianNoise, words_for
+from ._validate import (check_count, check_dtype_request, check_gaussian_p, check_noise_shape,
+                        check_offset, check_out, check_p, check_scale, check_seed, check_stream,
+                        element_array, is_bfloat16, shape_size)
 
 
 class Call:
@@ -92,6 +91,59 @@ class Call:
         """The GaussianNoise record that regenerates this call's noise."""
         return GaussianNoise(shape=self.x.shape, p=self.p, seed=self.seed, stream=self.stream,
                              offset=self.offset)
+
+
+def check_mask_object(mask):
+    """A DropoutMask (the variants' backward passes need its p and shape)."""
+    if not isinstance(mask, DropoutMask):
+        raise TypeError(f"mask must be a DropoutMask, got {type(mask).__name__}")
+
+
+def check_mask(mask, shape, p):
+    """(words, p, mask_shape) of a mask applied to an array of ``shape``.
+
+    A DropoutMask records its shape: it applies to an array of that shape, or is
+    stretched over one its shape broadcasts to (a noise shape). Raw uint64 words
+    carry no shape: they need ``p`` and one bit per element, in C order.
+    """
+    n = shape_size(shape)
+    if isinstance(mask, DropoutMask):
+        words, mask_p = mask.words, mask.p
+        if p is not None and check_p(p) != mask_p:
+            raise ValueError(f"p={p!r} does not match the mask's p={mask_p!r}")
+        p = mask_p
+        try:
+            mask_shape = check_noise_shape(shape, mask.shape, None)
+        except ValueError:
+            raise ValueError(f"mask of shape {mask.shape} does not match the array's shape "
+                             f"{tuple(shape)!r} and does not broadcast to it (pass the mask's "
+                             f"words with p= to apply it by element count)") from None
+    else:
+        if not isinstance(mask, np.ndarray):
+            raise TypeError(f"mask must be a DropoutMask or a 1-D uint64 array of words, "
+                            f"got {type(mask).__name__}")
+        words = mask
+        if p is None:
+            raise ValueError("p is required when mask is an array of words, not a DropoutMask")
+        mask_shape = tuple(shape)
+    p = check_p(p)
+    if not isinstance(words, np.ndarray) or words.dtype != np.uint64 or words.ndim != 1:
+        raise TypeError(f"mask words must be a 1-D uint64 array, got "
+                        f"{getattr(words, 'dtype', type(words).__name__)} "
+                        f"with shape {getattr(words, 'shape', None)}")
+    m = shape_size(mask_shape)
+    if words.size != words_for(m):
+        raise ValueError(f"mask has {words.size} words but {m} elements need {words_for(m)}")
+    return words, p, mask_shape
+
+
+def check_noise(noise, n):
+    """The GaussianNoise record of a forward pass over n elements."""
+    if not isinstance(noise, GaussianNoise):
+        raise TypeError(f"noise must be the GaussianNoise returned by gaussian_dropout, "
+                        f"got {type(noise).__name__}")
+    if noise.n != n:
+        raise ValueError(f"noise is for {noise.n} elements but the gradient has {n}")
 
 
 def arrays(x, name, inplace, out, dtype):

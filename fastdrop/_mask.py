@@ -3,6 +3,7 @@ import math
 
 import numpy as np
 
+from ._validate import check_count
 from .maskstream.spec import WORD_BITS
 
 
@@ -56,17 +57,18 @@ def unpack_mask(words, n):
     Raises
     ------
     TypeError
-        If ``words`` is not uint64.
+        If ``words`` is not uint64, or ``n`` is not an integer (as for every count
+        in fastdrop: bool, float and str are refused).
     ValueError
         If ``n`` is negative or does not match the number of words.
     """
+    n = check_count(n)
     words = np.asarray(words)
     if words.dtype != np.uint64:
         raise TypeError(f"mask words must be uint64, got dtype {words.dtype}")
     if words.ndim != 1:
         raise ValueError(f"mask words must be one-dimensional, got shape {words.shape}")
-    n = int(n)
-    if n < 0 or words.size != words_for(n):
+    if words.size != words_for(n):
         raise ValueError(f"{words.size} mask words cannot hold n={n} elements "
                          f"(need {words_for(max(n, 0))})")
     as_bytes = np.ascontiguousarray(words).astype("<u8").view(np.uint8)

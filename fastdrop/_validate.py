@@ -12,7 +12,6 @@ import sys
 
 import numpy as np
 
-from ._mask import DropoutMask, GaussianNoise, words_for
 from .maskstream.spec import MAX_ELEMENTS, MAX_SEED, MAX_STREAM, dropout_scale
 
 FLOAT_DTYPES = (np.dtype(np.float16), np.dtype(np.float32), np.dtype(np.float64))
@@ -237,53 +236,6 @@ def channel_noise_shape(shape, channel_axis, batch_axis):
     return tuple(length if axis in kept_axes else 1 for axis, length in enumerate(shape))
 
 
-def check_mask_object(mask):
-    """A DropoutMask (the variants' backward passes need its p and shape)."""
-    if not isinstance(mask, DropoutMask):
-        raise TypeError(f"mask must be a DropoutMask, got {type(mask).__name__}")
-
-
-def check_mask(mask, shape, p):
-    """(words, p, mask_shape) of a mask applied to an array of ``shape``.
-
-    A DropoutMask applies to an array of its own number of elements (C order lines
-    them up) or, if its shape broadcasts to ``shape``, is stretched over it; raw
-    uint64 words need ``p`` and one bit per element.
-    """
-    n = shape_size(shape)
-    if isinstance(mask, DropoutMask):
-        words, mask_p = mask.words, mask.p
-        if p is not None and check_p(p) != mask_p:
-            raise ValueError(f"p={p!r} does not match the mask's p={mask_p!r}")
-        p = mask_p
-        if mask.n == n:
-            mask_shape = tuple(shape)
-        else:
-            try:
-                mask_shape = check_noise_shape(shape, mask.shape, None)
-            except ValueError:
-                raise ValueError(f"mask of shape {mask.shape} ({mask.n} elements) neither has the "
-                                 f"array's {n} elements nor broadcasts to its shape "
-                                 f"{tuple(shape)!r}") from None
-    else:
-        if not isinstance(mask, np.ndarray):
-            raise TypeError(f"mask must be a DropoutMask or a 1-D uint64 array of words, "
-                            f"got {type(mask).__name__}")
-        words = mask
-        if p is None:
-            raise ValueError("p is required when mask is an array of words, not a DropoutMask")
-        mask_shape = tuple(shape)
-    p = check_p(p)
-    if not isinstance(words, np.ndarray) or words.dtype != np.uint64 or words.ndim != 1:
-        raise TypeError(f"mask words must be a 1-D uint64 array, got "
-                        f"{getattr(words, 'dtype', type(words).__name__)} "
-                        f"with shape {getattr(words, 'shape', None)}")
-    m = shape_size(mask_shape)
-    if words.size != words_for(m):
-        raise ValueError(f"mask has {words.size} words but {m} elements need {words_for(m)}")
-    return words, p, mask_shape
-
-
 def check_scale(scale, p):
     """The multiplier of kept elements: 1/(1-p) by default, else a finite real number."""
     if scale is None:
@@ -304,15 +256,6 @@ def check_gaussian_p(p):
         raise ValueError("gaussian_dropout needs p < 1: the noise variance p/(1-p) is infinite "
                          "at p=1.0")
     return p
-
-
-def check_noise(noise, n):
-    """The GaussianNoise record of a forward pass over n elements."""
-    if not isinstance(noise, GaussianNoise):
-        raise TypeError(f"noise must be the GaussianNoise returned by gaussian_dropout, "
-                        f"got {type(noise).__name__}")
-    if noise.n != n:
-        raise ValueError(f"noise is for {noise.n} elements but the gradient has {n}")
 
 
 def check_weight(weight, dtype=None):

@@ -12,7 +12,8 @@ import numpy as np
 
 from . import _calls
 from ._mask import pack_mask, unpack_mask
-from ._validate import channel_noise_shape, check_mask_object, check_weight, is_bfloat16
+from ._calls import check_mask_object
+from ._validate import channel_noise_shape, check_weight, is_bfloat16
 from .maskstream import normal
 from .maskstream.spec import (WORD_BITS, alpha_dropout_constants, block_counter, dropout_scale,
                               gaussian_sigma, keep_threshold, normal_counter, round_to_bfloat16,

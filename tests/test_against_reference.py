@@ -405,8 +405,9 @@ def test_backward_from_a_broadcast_mask_is_bit_identical(any_backend, case, p):
 
 @pytest.mark.parametrize("p", [0.0, 0.3, 1.0])
 def test_apply_mask_with_raw_words_and_p(any_backend, p):
-    """Raw words (one bit per element) with p, and a mask of another shape but x's element
-    count (lined up in C order), give the same bits as the reference."""
+    """Raw words (one bit per element, in C order) with p give the same bits as the
+    reference; a DropoutMask of another shape but x's element count is refused (a mask
+    records its shape: tests/test_edges.py)."""
     shape = (9, 37)
     for offset in (0, 253):
         keep = keep_flags(math.prod(shape), p, offset)
@@ -417,7 +418,10 @@ def test_apply_mask_with_raw_words_and_p(any_backend, p):
             x = sample(shape, dtype)
             expected = scaled(x, keep, p)
             assert_bits_equal(fastdrop.apply_mask(x, words, p=p, backend=any_backend), expected)
-            assert_bits_equal(fastdrop.apply_mask(x, flat_mask, backend=any_backend), expected)
+            with pytest.raises(ValueError, match="does not match"):
+                fastdrop.apply_mask(x, flat_mask, backend=any_backend)
+            assert_bits_equal(fastdrop.apply_mask(x.reshape(-1), flat_mask, backend=any_backend),
+                              expected.reshape(-1))
             assert_bits_equal(fastdrop.apply_mask(x, words, p=p, scale=3, backend=any_backend),
                               scaled(x, keep, p, 3.0))
 

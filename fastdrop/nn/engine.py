@@ -546,7 +546,7 @@ def dropout(x, p, *, seed, stream, offset=0, training=True, recompute=False, inp
     offset : int, default 0
         Global index of x's first element.
     training : bool, default True
-        If False, return ``(x, None)``: dropout is the identity.
+        If False, return ``(x, None)`` with x as a Tensor: dropout is the identity.
     recompute : bool, default False
         Keep no mask: backward regenerates the bits from (seed, stream, offset)
         with `fastdrop.dropout_backward_recompute`. Same gradients, bit for bit,
@@ -579,9 +579,9 @@ def dropout(x, p, *, seed, stream, offset=0, training=True, recompute=False, inp
     >>> bool(np.array_equal(x.grad, y.data))
     True
     """
-    if not training:
-        return x, None
     x = as_tensor(x)
+    if not training:  # the identity, on a Tensor like the other ops' results
+        return x, None
     overwrite = inplace and _free_to_overwrite(x)
     data, mask = fastdrop.dropout(x.data, p, seed=seed, stream=stream, offset=offset,
                                   inplace=overwrite, noise_shape=noise_shape, backend=backend)

@@ -69,7 +69,7 @@ def dropout_plain(x, inplace, threshold, drop_all, scale, seed, stream, offset, 
     target = x if inplace else np.empty(x.shape, dtype=x.dtype)
     source = x if x.ndim == 1 else x.reshape(-1)
     result = source if inplace else target.reshape(-1)
-    if n and x.dtype is not _FLOAT16 and (n < SERIAL_ELEMENTS or threads == 1):
+    if n and x.dtype.char != "e" and (n < SERIAL_ELEMENTS or threads == 1):
         # keys and T >= 2**63 as the int64 of their bits: one compiled signature
         plain_range(source, result, words, scale, _as_int64(seed), _as_int64(stream),
                     _as_int64(threshold), drop_all, offset)
@@ -77,9 +77,6 @@ def dropout_plain(x, inplace, threshold, drop_all, scale, seed, stream, offset, 
         scale_by_stream(source, result, words, n, scale, threshold, drop_all, seed, stream,
                         offset, threads)
     return target, words
-
-
-_FLOAT16 = np.dtype(np.float16)
 
 
 def _as_int64(key):

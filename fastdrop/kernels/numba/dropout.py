@@ -74,7 +74,7 @@ def same_memory(source, target):
     return source.size > 0 and source.ctypes.data == target.ctypes.data
 
 
-@njit(cache=NUMBA_CACHE)  # its own function: inlined, it slows the aligned loop
+@njit(cache=NUMBA_CACHE, nogil=True)  # its own function: inlined, it slows the aligned loop
 def _shifted_batch(keep, buffer, carried, seed, stream, threshold, drop_all, base, shift, n,
                    group, count):
     """keep[:count] = local words group .. group+count-1 for an offset with shift bits; returns ``carried``.
@@ -112,7 +112,7 @@ def _clear_past_end(words, n, stop):
         words[stop - 1] &= (_ONE << np.uint64(last)) - _ONE
 
 
-@njit(cache=NUMBA_CACHE)
+@njit(cache=NUMBA_CACHE, nogil=True)
 def words_range(words, seed, stream, threshold, drop_all, offset, n, first, stop):
     """Local mask words first..stop-1 from the stream, stored (the mask-only kernel)."""
     shift = np.uint64(offset) & _LANE_MASK
@@ -136,7 +136,7 @@ def words_range(words, seed, stream, threshold, drop_all, offset, n, first, stop
     _clear_past_end(words, n, stop)
 
 
-@njit(cache=NUMBA_CACHE)
+@njit(cache=NUMBA_CACHE, nogil=True)
 def stream_range(source, target, words, scale, seed, stream, threshold, drop_all,
                   offset, n, first, stop):
     """Elements of local mask words first..stop-1 scaled by keep bits from the stream.
@@ -194,7 +194,7 @@ def stream_range(source, target, words, scale, seed, stream, threshold, drop_all
         _clear_past_end(words, n, stop)
 
 
-@njit(cache=NUMBA_CACHE)
+@njit(cache=NUMBA_CACHE, nogil=True)
 def mask_range(source, target, words, scale, n, first, stop):
     """target = source * scale where the stored mask words keep, +0 elsewhere.
 
@@ -355,7 +355,7 @@ def _word_chunk(n, chunks, chunk):
     return first, min(first + per_chunk, total)
 
 
-@njit(parallel=True, cache=NUMBA_CACHE)
+@njit(parallel=True, nogil=True, cache=NUMBA_CACHE)
 def stream_parallel(source, target, words, scale, seed, stream, threshold, drop_all,
                      offset, n, chunks):
     for chunk in prange(chunks):
@@ -365,7 +365,7 @@ def stream_parallel(source, target, words, scale, seed, stream, threshold, drop_
                           drop_all, offset, n, first, stop)
 
 
-@njit(parallel=True, cache=NUMBA_CACHE)
+@njit(parallel=True, nogil=True, cache=NUMBA_CACHE)
 def words_parallel(words, seed, stream, threshold, drop_all, offset, n, chunks):
     for chunk in prange(chunks):
         first, stop = _word_chunk(n, chunks, chunk)
@@ -373,7 +373,7 @@ def words_parallel(words, seed, stream, threshold, drop_all, offset, n, chunks):
             words_range(words, seed, stream, threshold, drop_all, offset, n, first, stop)
 
 
-@njit(parallel=True, cache=NUMBA_CACHE)
+@njit(parallel=True, nogil=True, cache=NUMBA_CACHE)
 def mask_parallel(source, target, words, scale, n, chunks):
     for chunk in prange(chunks):
         first, stop = _word_chunk(n, chunks, chunk)
@@ -381,7 +381,7 @@ def mask_parallel(source, target, words, scale, n, chunks):
             mask_range(source, target, words, scale, n, first, stop)
 
 
-@njit(cache=NUMBA_CACHE)
+@njit(cache=NUMBA_CACHE, nogil=True)
 def plain_range(source, target, words, scale, seed, stream, threshold, drop_all, offset):
     """`stream_range` over the whole of a plain call's float32/float64 array (n > 0).
 

@@ -51,7 +51,7 @@ def _one_bit_run(source, target, start, count, scale, shift, dropped, affine, bi
                          else kept(inputs[j], scale, lane))
 
 
-@njit(cache=NUMBA_CACHE)
+@njit(cache=NUMBA_CACHE, nogil=True)
 def broadcast_range(source, target, words, sizes, mask_strides, affine, scale, shift,
                      dropped, first, stop):
     """Elements first..stop-1 with keep bits of a mask stretched over the array (see cython)."""
@@ -95,7 +95,7 @@ def _read_bits(words, bit, count):
     return bits
 
 
-@njit(parallel=True, cache=NUMBA_CACHE)
+@njit(parallel=True, nogil=True, cache=NUMBA_CACHE)
 def broadcast_parallel(source, target, words, sizes, mask_strides, affine, scale, shift,
                         dropped, chunks):
     n = source.size
@@ -105,7 +105,7 @@ def broadcast_parallel(source, target, words, sizes, mask_strides, affine, scale
                          dropped, chunk * per_chunk, min((chunk + 1) * per_chunk, n))
 
 
-@njit(cache=NUMBA_CACHE, error_model="numpy")  # IEEE division (no zero check): the loops vectorise
+@njit(cache=NUMBA_CACHE, nogil=True, error_model="numpy")  # IEEE division: loops vectorise
 def gaussian_range(source, target, sigma, seed, stream, offset, first, stop):
     """Elements first..stop-1: one by one up to a Philox block's start, then whole batches."""
     i = first
@@ -133,7 +133,7 @@ def gaussian_range(source, target, sigma, seed, stream, offset, first, stop):
         i += 1
 
 
-@njit(parallel=True, cache=NUMBA_CACHE, error_model="numpy")
+@njit(parallel=True, nogil=True, cache=NUMBA_CACHE, error_model="numpy")
 def gaussian_parallel(source, target, sigma, seed, stream, offset, chunks):
     n = source.size
     per_chunk = (n + chunks - 1) // chunks
