@@ -23,7 +23,8 @@ except ImportError:  # not built: every call takes the general path
 
 
 def dropout(x, p=0.5, *, seed=None, stream=None, offset=0, training=True, inplace=False,
-            out=None, noise_shape=None, broadcast_dims=None, dtype=None, backend="auto"):
+            out=None, noise_shape=None, broadcast_dims=None, dtype=None, origin=None,
+            global_shape=None, backend="auto"):
     """Inverted dropout with an exact, reproducible, bit-packed mask.
 
     Each element is dropped (set to +0.0) with probability ``p`` and otherwise
@@ -66,6 +67,12 @@ def dropout(x, p=0.5, *, seed=None, stream=None, offset=0, training=True, inplac
     broadcast_dims : int or tuple of int, optional
         The axes that share one mask element (Flax's name for the same thing):
         ``broadcast_dims=(2, 3)`` is ``noise_shape=(N, C, 1, 1)`` for 4-d x.
+    origin, global_shape : tuple of int, optional
+        x is the block of a larger C-order array of ``global_shape`` that starts at
+        ``origin``: its element at local index j takes the global index ``offset +
+        ravel(origin + j, global_shape)``, so every block of an array, cut along any
+        axes, gets the mask it has inside the whole (docs/mask-stream.md, section 10).
+        A noise shape is then the global array's; the mask returned is the block's.
     dtype : {None, "bfloat16"}, optional
         ``"bfloat16"`` (or ``ml_dtypes.bfloat16``) reads a uint16 x as bfloat16 bit
         patterns; the result and ``out`` are uint16 bit patterns too. The form for
@@ -126,14 +133,15 @@ def dropout(x, p=0.5, *, seed=None, stream=None, offset=0, training=True, inplac
         return reference.dropout(x, p, seed=seed, stream=stream, offset=offset,
                                  training=training, inplace=inplace, out=out,
                                  noise_shape=noise_shape, broadcast_dims=broadcast_dims,
-                                 dtype=dtype)
+                                 dtype=dtype, origin=origin, global_shape=global_shape)
     usual = (usual_call(x, p, seed, stream, offset, inplace)
              if training is True and out is None and noise_shape is None
-             and broadcast_dims is None and dtype is None and usual_call is not None else None)
+             and broadcast_dims is None and dtype is None and origin is None
+             and global_shape is None and usual_call is not None else None)
     if usual is not None:
         return usual_dropout(kernels, x, p, seed, offset, inplace, usual)
     call = _calls.masked(x, p, seed, stream, offset, inplace, out, noise_shape, broadcast_dims,
-                         training, dtype)
+                         training, dtype, origin, global_shape)
     if not training:
         return call.untouched(), None
     if call.stretched:  # the small mask first, then one pass over x reading it
@@ -162,17 +170,25 @@ def usual_dropout(kernels, x, p, seed, offset, inplace, usual):
 def _scale_by_stream(kernels, call, words):
     """x's elements scaled by keep bits drawn from the stream; the bits stored unless words is None."""
     threshold, drop_all, scale = dropout_constants(call.p)
+    if call.runs is None:
+        return call.finish(_layout.elementwise(
+            call.x, call.target, kernels.scale_by_stream, words, call.m, scale, threshold,
+            drop_all, call.seed, call.stream, call.offset, get_num_threads()))
     return call.finish(_layout.elementwise(
-        call.x, call.target, kernels.scale_by_stream, words, call.m, scale, threshold, drop_all,
-        call.seed, call.stream, call.offset, get_num_threads()))
+        call.x, call.target, kernels.scale_by_runs, words, call.m, scale, threshold, drop_all,
+        call.seed, call.stream, call.runs, get_num_threads()))
 
 
 def _draw_words(kernels, call):
     """The packed keep bits of the call's m mask elements."""
     words = np.empty(words_for(call.m), dtype=np.uint64)
     threshold, drop_all = stream_parameters(call.p)
-    kernels.scale_by_stream(None, None, words, call.m, 0.0, threshold, drop_all, call.seed,
-                            call.stream, call.offset, get_num_threads())
+    if call.runs is None:
+        kernels.scale_by_stream(None, None, words, call.m, 0.0, threshold, drop_all, call.seed,
+                                call.stream, call.offset, get_num_threads())
+    else:
+        kernels.scale_by_runs(None, None, words, call.m, 0.0, threshold, drop_all, call.seed,
+                              call.stream, call.runs, get_num_threads())
     return words
 
 
@@ -193,7 +209,8 @@ def _apply_words(kernels, call, words, scale, affine):
 
 
 def channel_dropout(x, p=0.5, *, channel_axis=1, batch_axis=0, seed=None, stream=None, offset=0,
-                    training=True, inplace=False, out=None, dtype=None, backend="auto"):
+                    training=True, inplace=False, out=None, dtype=None, origin=None,
+                    global_shape=None, backend="auto"):
     """Channel (spatial) dropout: each channel of each sample is kept or dropped whole.
 
     The equivalent of PyTorch's ``Dropout1d``/``Dropout2d``/``Dropout3d`` and
@@ -212,7 +229,7 @@ def channel_dropout(x, p=0.5, *, channel_axis=1, batch_axis=0, seed=None, stream
     batch_axis : int or None, default 0
         The batch axis (a separate mask per sample); None for unbatched input
         such as ``(C, H, W)``, where one mask covers the channels.
-    seed, stream, offset, training, inplace, out, dtype, backend
+    seed, stream, offset, training, inplace, out, dtype, backend, origin, global_shape
         As in `dropout`; ``offset`` counts (sample, channel) mask elements.
 
     Returns
@@ -240,10 +257,11 @@ def channel_dropout(x, p=0.5, *, channel_axis=1, batch_axis=0, seed=None, stream
     >>> bool(all(len(set(y[n, c].ravel().tolist())) == 1 for n in range(2) for c in range(3)))
     True
     """
-    noise_shape = channel_noise_shape(np.shape(x), channel_axis, batch_axis)
+    noise_shape = channel_noise_shape(np.shape(x) if global_shape is None else global_shape,
+                                      channel_axis, batch_axis)
     return dropout(x, p, seed=seed, stream=stream, offset=offset, training=training,
                    inplace=inplace, out=out, noise_shape=noise_shape, dtype=dtype,
-                   backend=backend)
+                   origin=origin, global_shape=global_shape, backend=backend)
 
 
 def apply_mask(x, mask, *, p=None, scale=None, inplace=False, out=None, dtype=None,
@@ -351,7 +369,8 @@ def dropout_backward(grad, mask, *, p=None, inplace=False, out=None, dtype=None,
 
 
 def dropout_backward_recompute(grad, p, *, seed, stream, offset=0, noise_shape=None,
-                               inplace=False, out=None, dtype=None, backend="auto"):
+                               inplace=False, out=None, dtype=None, origin=None,
+                               global_shape=None, backend="auto"):
     """Gradient of dropout with the mask regenerated from (seed, stream, offset): no mask stored.
 
     Bit for bit equal to `dropout_backward` with the mask of
@@ -368,7 +387,11 @@ def dropout_backward_recompute(grad, p, *, seed, stream, offset=0, noise_shape=N
     offset : int, default 0
         The forward pass's offset.
     noise_shape : tuple of int, optional
-        The forward pass's noise shape (``mask.shape``), if it had one.
+        The forward pass's noise shape (``mask.shape``, or the global one for a
+        block), if it had one.
+    origin, global_shape : tuple of int, optional
+        The forward pass's block, if grad is the gradient of a block of a larger
+        array (as in `dropout`).
     inplace, out, dtype, backend
         As in `dropout`.
 
@@ -386,15 +409,18 @@ def dropout_backward_recompute(grad, p, *, seed, stream, offset=0, noise_shape=N
     if kernels is None:
         return reference.dropout_backward_recompute(grad, p, seed=seed, stream=stream,
                                                     offset=offset, noise_shape=noise_shape,
-                                                    inplace=inplace, out=out, dtype=dtype)
-    call = _calls.recompute(grad, p, seed, stream, offset, noise_shape, inplace, out, dtype)
+                                                    inplace=inplace, out=out, dtype=dtype,
+                                                    origin=origin, global_shape=global_shape)
+    call = _calls.recompute(grad, p, seed, stream, offset, noise_shape, inplace, out, dtype,
+                            origin, global_shape)
     if call.stretched:  # regenerate the (small) mask, then stretch it
         return _apply_words(kernels, call, _draw_words(kernels, call), dropout_scale(call.p),
                             None)
     return _scale_by_stream(kernels, call, None)
 
 
-def bernoulli_mask(n, p, *, seed, stream=None, offset=0, backend="auto"):
+def bernoulli_mask(n, p, *, seed, stream=None, offset=0, origin=None, global_shape=None,
+                   backend="auto"):
     """Packed keep bits of ``n`` elements with global indices ``offset .. offset + n - 1``.
 
     Parameters
@@ -408,7 +434,10 @@ def bernoulli_mask(n, p, *, seed, stream=None, offset=0, backend="auto"):
     stream : int, optional
         64-bit call id; 0 when omitted with an integer seed.
     offset : int, default 0
-        Global index of the first element.
+        Global index of the first element (of the global array, with a block).
+    origin, global_shape : tuple of int, optional
+        The mask of a block of a larger array (as in `dropout`): then ``n`` is the
+        block's shape, and the words hold its elements in C order.
     backend : {"auto", "cython", "numba", "numpy"}, default "auto"
 
     Returns
@@ -433,12 +462,15 @@ def bernoulli_mask(n, p, *, seed, stream=None, offset=0, backend="auto"):
     """
     kernels = _kernels(backend)
     if kernels is None:
-        return reference.bernoulli_mask(n, p, seed=seed, stream=stream, offset=offset)
-    return _draw_words(kernels, _calls.count(n, p, seed, stream, offset))
+        return reference.bernoulli_mask(n, p, seed=seed, stream=stream, offset=offset,
+                                        origin=origin, global_shape=global_shape)
+    return _draw_words(kernels, _calls.count(n, p, seed, stream, offset, origin=origin,
+                                             global_shape=global_shape))
 
 
 def alpha_dropout(x, p=0.5, *, seed=None, stream=None, offset=0, training=True, inplace=False,
-                  out=None, noise_shape=None, broadcast_dims=None, dtype=None, backend="auto"):
+                  out=None, noise_shape=None, broadcast_dims=None, dtype=None, origin=None,
+                  global_shape=None, backend="auto"):
     """Alpha dropout for self-normalising (SELU) networks: keeps zero mean and unit variance.
 
     A dropped element is set to SELU's negative saturation value
@@ -456,7 +488,7 @@ def alpha_dropout(x, p=0.5, *, seed=None, stream=None, offset=0, training=True, 
         Drop probability in [0, 1]. ``p = 0`` returns x unchanged (as PyTorch
         does); ``p = 1`` gives all zeros.
     seed, stream, offset, training, inplace, out, noise_shape, broadcast_dims, dtype, backend
-        As in `dropout`.
+        As in `dropout`, ``origin`` and ``global_shape`` too.
 
     Returns
     -------
@@ -491,9 +523,9 @@ def alpha_dropout(x, p=0.5, *, seed=None, stream=None, offset=0, training=True, 
         return reference.alpha_dropout(x, p, seed=seed, stream=stream, offset=offset,
                                        training=training, inplace=inplace, out=out,
                                        noise_shape=noise_shape, broadcast_dims=broadcast_dims,
-                                       dtype=dtype)
+                                       dtype=dtype, origin=origin, global_shape=global_shape)
     call = _calls.masked(x, p, seed, stream, offset, inplace, out, noise_shape, broadcast_dims,
-                         training, dtype)
+                         training, dtype, origin, global_shape)
     if not training:
         return call.untouched(), None
     words = _draw_words(kernels, call)
@@ -505,7 +537,7 @@ def alpha_dropout(x, p=0.5, *, seed=None, stream=None, offset=0, training=True, 
 
 def feature_alpha_dropout(x, p=0.5, *, channel_axis=1, batch_axis=0, seed=None, stream=None,
                           offset=0, training=True, inplace=False, out=None, dtype=None,
-                          backend="auto"):
+                          origin=None, global_shape=None, backend="auto"):
     """Alpha dropout of whole channels (PyTorch's ``FeatureAlphaDropout``).
 
     `alpha_dropout` with the noise shape of `channel_dropout`: each channel of
@@ -533,10 +565,11 @@ def feature_alpha_dropout(x, p=0.5, *, channel_axis=1, batch_axis=0, seed=None, 
     ValueError, TypeError
         As in `channel_dropout`.
     """
-    noise_shape = channel_noise_shape(np.shape(x), channel_axis, batch_axis)
+    noise_shape = channel_noise_shape(np.shape(x) if global_shape is None else global_shape,
+                                      channel_axis, batch_axis)
     return alpha_dropout(x, p, seed=seed, stream=stream, offset=offset, training=training,
                          inplace=inplace, out=out, noise_shape=noise_shape, dtype=dtype,
-                         backend=backend)
+                         origin=origin, global_shape=global_shape, backend=backend)
 
 
 def alpha_dropout_backward(grad, mask, *, inplace=False, out=None, dtype=None,
@@ -571,7 +604,7 @@ def alpha_dropout_backward(grad, mask, *, inplace=False, out=None, dtype=None,
 
 
 def gaussian_dropout(x, p=0.5, *, seed=None, stream=None, offset=0, training=True, inplace=False,
-                     out=None, dtype=None, backend="auto"):
+                     out=None, dtype=None, origin=None, global_shape=None, backend="auto"):
     """Gaussian dropout: multiply every element by noise drawn from N(1, p / (1 - p)).
 
     The multiplicative Gaussian noise of Srivastava et al. (2014, section 10)
@@ -626,8 +659,9 @@ def gaussian_dropout(x, p=0.5, *, seed=None, stream=None, offset=0, training=Tru
     if kernels is None:
         return reference.gaussian_dropout(x, p, seed=seed, stream=stream, offset=offset,
                                           training=training, inplace=inplace, out=out,
-                                          dtype=dtype)
-    call = _calls.gaussian(x, p, seed, stream, offset, inplace, out, training, dtype)
+                                          dtype=dtype, origin=origin, global_shape=global_shape)
+    call = _calls.gaussian(x, p, seed, stream, offset, inplace, out, training, dtype, origin,
+                           global_shape)
     if not training:
         return call.untouched(), None
     return _multiply_noise(kernels, call), call.noise()
@@ -635,9 +669,10 @@ def gaussian_dropout(x, p=0.5, *, seed=None, stream=None, offset=0, training=Tru
 
 def _multiply_noise(kernels, call):
     """x's elements times the call's Gaussian multipliers, regenerated from its stream."""
-    return call.finish(_layout.elementwise(call.x, call.target, kernels.gaussian,
-                                           gaussian_sigma(call.p), call.seed, call.stream,
-                                           call.offset, get_num_threads()))
+    kernel, where = ((kernels.gaussian, call.offset) if call.runs is None
+                     else (kernels.gaussian_runs, call.runs))
+    return call.finish(_layout.elementwise(call.x, call.target, kernel, gaussian_sigma(call.p),
+                                           call.seed, call.stream, where, get_num_threads()))
 
 
 def gaussian_dropout_backward(grad, noise, *, inplace=False, out=None, dtype=None,
@@ -674,7 +709,8 @@ def gaussian_dropout_backward(grad, noise, *, inplace=False, out=None, dtype=Non
     return _multiply_noise(kernels, _calls.stored_noise(grad, noise, inplace, out, dtype))
 
 
-def gaussian_noise(n, p, *, seed, stream=None, offset=0, backend="auto"):
+def gaussian_noise(n, p, *, seed, stream=None, offset=0, origin=None, global_shape=None,
+                   backend="auto"):
     """The float64 multipliers ``1 + sigma * z_i`` `gaussian_dropout` uses for n elements.
 
     Parameters
@@ -688,12 +724,15 @@ def gaussian_noise(n, p, *, seed, stream=None, offset=0, backend="auto"):
     stream : int, optional
         64-bit call id; 0 when omitted with an integer seed.
     offset : int, default 0
-        Global index of the first element.
+        Global index of the first element (of the global array, with a block).
+    origin, global_shape : tuple of int, optional
+        The noise of a block of a larger array (as in `dropout`): then ``n`` is the
+        block's shape, and the result holds its elements in C order.
     backend : {"auto", "cython", "numba", "numpy"}, default "auto"
 
     Returns
     -------
-    numpy.ndarray of float64, shape (n,)
+    numpy.ndarray of float64, shape (n,) or (prod(n),) for a block
 
     Raises
     ------
@@ -702,11 +741,15 @@ def gaussian_noise(n, p, *, seed, stream=None, offset=0, backend="auto"):
     """
     kernels = _kernels(backend)
     if kernels is None:
-        return reference.gaussian_noise(n, p, seed=seed, stream=stream, offset=offset)
-    call = _calls.count(n, p, seed, stream, offset, gaussian=True)
+        return reference.gaussian_noise(n, p, seed=seed, stream=stream, offset=offset,
+                                        origin=origin, global_shape=global_shape)
+    call = _calls.count(n, p, seed, stream, offset, gaussian=True, origin=origin,
+                        global_shape=global_shape)
     noise = np.ones(call.m, dtype=np.float64)
-    kernels.gaussian(noise, noise, gaussian_sigma(call.p), call.seed, call.stream, call.offset,
-                     get_num_threads())
+    kernel, where = ((kernels.gaussian, call.offset) if call.runs is None
+                     else (kernels.gaussian_runs, call.runs))
+    kernel(noise, noise, gaussian_sigma(call.p), call.seed, call.stream, where,
+           get_num_threads())
     return noise
 
 

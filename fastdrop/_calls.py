@@ -9,9 +9,9 @@ import numpy as np
 
 from . import _layout, streams
 from ._mask import DropoutMask, GaussianNoise, words_for
-from ._validate import (check_count, check_dtype_request, check_gaussian_p, check_noise_shape,
-                        check_offset, check_out, check_p, check_scale, check_seed, check_stream,
-                        element_array, is_bfloat16, shape_size)
+from ._validate import (check_block, check_count, check_dtype_request, check_gaussian_p,
+                        check_noise_shape, check_offset, check_out, check_p, check_scale,
+                        check_seed, check_stream, element_array, is_bfloat16, shape_size)
 
 
 class Call:
@@ -47,16 +47,24 @@ class Call:
         Stored keep bits, for calls that apply a mask.
     scale : float or None
         The multiplier of kept elements, for calls that apply a mask.
+    runs : tuple or None
+        For a block of a larger array: the runs of global indices its mask (or noise)
+        elements take (`fastdrop._layout.block_runs`); None for a whole array, whose
+        element i has global index ``offset + i``.
+    block : tuple or None
+        The (origin, global_shape) the call's record keeps: the mask's block in the
+        global mask, or (Gaussian) the data's block in the global array.
     """
 
     __slots__ = ("x", "target", "source", "returned", "copy_back", "view", "p", "mask_shape",
-                 "m", "offset", "seed", "stream", "words", "scale")
+                 "m", "offset", "seed", "stream", "words", "scale", "runs", "block")
 
     def __init__(self, arrays, p, mask_shape, m, offset, seed=None, stream=None, words=None,
-                 scale=None):
+                 scale=None, runs=None, block=None):
         self.x, self.target, self.source, self.returned, self.copy_back, self.view = arrays
         self.p, self.mask_shape, self.m, self.offset = p, mask_shape, m, offset
         self.seed, self.stream, self.words, self.scale = seed, stream, words, scale
+        self.runs, self.block = runs, block
 
     @property
     def stretched(self):
@@ -85,12 +93,12 @@ class Call:
     def mask(self, words):
         """The DropoutMask of this call's keep bits ``words``."""
         return DropoutMask(words, shape=self.mask_shape, p=self.p, seed=self.seed,
-                           stream=self.stream, offset=self.offset)
+                           stream=self.stream, offset=self.offset, block=self.block)
 
     def noise(self):
         """The GaussianNoise record that regenerates this call's noise."""
         return GaussianNoise(shape=self.x.shape, p=self.p, seed=self.seed, stream=self.stream,
-                             offset=self.offset)
+                             offset=self.offset, block=self.block)
 
 
 def check_mask_object(mask):
@@ -171,42 +179,69 @@ def arrays(x, name, inplace, out, dtype):
     return kernel, None, array, None, False, view
 
 
+def _mask_geometry(shape, noise_shape, broadcast_dims, offset, origin, global_shape):
+    """(mask_shape, m, offset, runs, block) of a call's mask, checked.
+
+    Without a block: the mask has x's shape or the noise shape, its element j global
+    index ``offset + j``. With one, the noise shape is the global array's, and the
+    mask is the block of the global mask that the data block reads.
+    """
+    block = check_block(shape, origin, global_shape, offset)
+    if block is None:
+        mask_shape = (shape if noise_shape is None and broadcast_dims is None
+                      else check_noise_shape(shape, noise_shape, broadcast_dims))
+        m = shape_size(mask_shape)
+        return mask_shape, m, check_offset(offset, m), None, None
+    origin, global_shape = block
+    global_mask = (global_shape if noise_shape is None and broadcast_dims is None
+                   else check_noise_shape(global_shape, noise_shape, broadcast_dims))
+    mask_shape, mask_origin = _layout.block_of_mask(shape, origin, global_shape, global_mask)
+    runs = _layout.block_runs(mask_shape, mask_origin, global_mask, offset)
+    return mask_shape, shape_size(mask_shape), offset, runs, (mask_origin, global_mask)
+
+
 def masked(x, p, seed, stream, offset, inplace, out, noise_shape, broadcast_dims, training,
-           dtype=None):
+           dtype=None, origin=None, global_shape=None):
     """A call that draws a keep mask (dropout and its variants); a stream taken if training."""
     p = check_p(p)
     sides = arrays(x, "x", inplace, out, dtype)
-    shape = sides[0].shape
-    if noise_shape is None and broadcast_dims is None:
-        mask_shape, m = shape, sides[0].size
-    else:
-        mask_shape = check_noise_shape(shape, noise_shape, broadcast_dims)
-        m = shape_size(mask_shape)
+    mask_shape, m, offset, runs, block = _mask_geometry(sides[0].shape, noise_shape,
+                                                        broadcast_dims, offset, origin,
+                                                        global_shape)
     parsed = streams.parse(seed, stream)
-    offset = check_offset(offset, m)
     seed, stream = streams.take(parsed) if training else (None, None)
-    return Call(sides, p, mask_shape, m, offset, seed, stream)
+    return Call(sides, p, mask_shape, m, offset, seed, stream, runs=runs, block=block)
 
 
-def gaussian(x, p, seed, stream, offset, inplace, out, training, dtype=None):
+def _data_geometry(shape, offset, origin, global_shape):
+    """(offset, runs, block) of a call whose elements themselves take global indices."""
+    block = check_block(shape, origin, global_shape, offset)
+    if block is None:
+        return check_offset(offset, shape_size(shape)), None, None
+    return offset, _layout.block_runs(shape, *block, offset), block
+
+
+def gaussian(x, p, seed, stream, offset, inplace, out, training, dtype=None, origin=None,
+             global_shape=None):
     """A Gaussian dropout call (p in [0, 1)); a stream taken if training."""
     p = check_gaussian_p(p)
     sides = arrays(x, "x", inplace, out, dtype)
     parsed = streams.parse(seed, stream)
-    size = sides[0].size
-    offset = check_offset(offset, size)
+    offset, runs, block = _data_geometry(sides[0].shape, offset, origin, global_shape)
     seed, stream = streams.take(parsed) if training else (None, None)
-    return Call(sides, p, sides[0].shape, size, offset, seed, stream)
+    return Call(sides, p, sides[0].shape, sides[0].size, offset, seed, stream, runs=runs,
+                block=block)
 
 
-def recompute(grad, p, seed, stream, offset, noise_shape, inplace, out, dtype=None):
+def recompute(grad, p, seed, stream, offset, noise_shape, inplace, out, dtype=None, origin=None,
+              global_shape=None):
     """A backward call that regenerates its mask from an explicit (seed, stream, offset)."""
     p = check_p(p)
     sides = arrays(grad, "grad", inplace, out, dtype)
-    mask_shape = check_noise_shape(sides[0].shape, noise_shape, None)
+    mask_shape, m, offset, runs, block = _mask_geometry(sides[0].shape, noise_shape, None,
+                                                        offset, origin, global_shape)
     seed, stream = check_seed(seed), check_stream(stream)
-    m = shape_size(mask_shape)
-    return Call(sides, p, mask_shape, m, check_offset(offset, m), seed, stream)
+    return Call(sides, p, mask_shape, m, offset, seed, stream, runs=runs, block=block)
 
 
 def stored_mask(x, name, mask, p, scale, inplace, out, dtype=None):
@@ -224,14 +259,30 @@ def stored_noise(grad, noise, inplace, out, dtype=None):
     """A backward call that regenerates the noise of a GaussianNoise record."""
     sides = arrays(grad, "grad", inplace, out, dtype)
     check_noise(noise, sides[0].size)
+    runs = (None if noise.origin is None
+            else _layout.block_runs(noise.shape, noise.origin, noise.global_shape, noise.offset))
     return Call(sides, noise.p, sides[0].shape, sides[0].size, noise.offset, noise.seed,
-                noise.stream)
+                noise.stream, runs=runs)
 
 
-def count(n, p, seed, stream, offset, gaussian=False):
-    """A call for n mask elements or noise values (no array); a stream taken."""
-    n = check_count(n)
+def count(n, p, seed, stream, offset, gaussian=False, origin=None, global_shape=None):
+    """A call for n mask elements or noise values (no array); a stream taken.
+
+    With a block, ``n`` is the block's shape and its elements take the block's global
+    indices.
+    """
+    if origin is None and global_shape is None:
+        n = check_count(n)
+        shape = (n,)
+    else:
+        try:
+            shape = tuple(check_count(extent) for extent in n)
+        except TypeError:
+            raise TypeError(f"with origin= and global_shape=, n must be the block's shape, "
+                            f"got n={n!r}") from None
+        n = shape_size(shape)
     p = check_gaussian_p(p) if gaussian else check_p(p)
-    offset = check_offset(offset, n)
+    offset, runs, block = _data_geometry(shape, offset, origin, global_shape)
     seed, stream = streams.resolve(seed, stream)
-    return Call((None, None, None, None, False, None), p, (n,), n, offset, seed, stream)
+    return Call((None, None, None, None, False, None), p, shape, n, offset, seed, stream,
+                runs=runs, block=block)

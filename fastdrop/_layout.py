@@ -38,6 +38,50 @@ def elementwise(x, target, kernel, *arguments):
     return deliver(result, x, target)
 
 
+def block_runs(shape, origin, global_shape, offset):
+    """The runs of global indices a block's elements take: ``(base, outer_shape, outer_strides, run)``.
+
+    A block of ``shape`` at ``origin`` in a C-order array of ``global_shape`` gives its
+    element at local index j the global index ``offset + ravel(origin + j,
+    global_shape)``. In C order its elements form runs of ``run`` consecutive global
+    indices: the last axis, merged with the axes before it for as long as the block
+    spans them whole. Run r (C order over the other, outer axes) starts at ``base +
+    sum(i_d * outer_strides[d])``, i the run's index in ``outer_shape``. Everything
+    as int64 arrays for the kernels (``outer_*`` may be empty: one run).
+    """
+    strides = [1] * len(global_shape)
+    for axis in range(len(global_shape) - 2, -1, -1):
+        strides[axis] = strides[axis + 1] * global_shape[axis + 1]
+    axis = len(shape) - 1
+    while axis > 0 and shape[axis] == global_shape[axis]:
+        axis -= 1  # a full axis: the runs go on through the one before it
+    run = int(np.prod(shape[max(axis, 0):], dtype=np.int64)) if shape else 1
+    base = offset + sum(start * stride for start, stride in zip(origin, strides))
+    outer = max(axis, 0)
+    return (base, np.array(shape[:outer], dtype=np.int64),
+            np.array(strides[:outer], dtype=np.int64), run)
+
+
+def block_indices(runs):
+    """The global index of each element of a block, in C order (a flat uint64 array)."""
+    base, outer_shape, outer_strides, run = runs
+    starts = np.zeros(1, dtype=np.uint64) + np.uint64(base)
+    for extent, stride in zip(outer_shape, outer_strides):
+        starts = (starts[:, None] + np.arange(extent, dtype=np.uint64) * np.uint64(stride)).ravel()
+    return (starts[:, None] + np.arange(run, dtype=np.uint64)).ravel()
+
+
+def block_of_mask(shape, origin, global_shape, mask_global_shape):
+    """The mask's own block for a data block: ``(mask block shape, mask origin)``.
+
+    Where the global mask shares its element along an axis (its extent 1 and the
+    data's more), the mask block has extent 1 there, at 0.
+    """
+    shared = [m == 1 and g != 1 for m, g in zip(mask_global_shape, global_shape)]
+    return (tuple(1 if s else extent for s, extent in zip(shared, shape)),
+            tuple(0 if s else start for s, start in zip(shared, origin)))
+
+
 def broadcast_layout(shape, mask_shape):
     """The kernels' view of a mask stretched over an array: (sizes, mask_strides) as int64.
 

@@ -78,10 +78,13 @@ def unpack_mask(words, n):
 class _CallRecord:
     """What one call drew from the stream: its input's shape, p, and (seed, stream, offset)."""
 
-    __slots__ = ("shape", "p", "seed", "stream", "offset")
+    # _block is set only for a block of a larger array: (origin, global_shape)
+    __slots__ = ("shape", "p", "seed", "stream", "offset", "_block")
 
-    def __init__(self, *, shape, p, seed, stream, offset):
+    def __init__(self, *, shape, p, seed, stream, offset, block=None):
         self._record(shape, p, seed, stream, offset)
+        if block is not None:
+            self._block = (tuple(block[0]), tuple(block[1]))
 
     def _record(self, shape, p, seed, stream, offset):
         # positional and without super(): a small dropout call pays for every step here
@@ -96,9 +99,23 @@ class _CallRecord:
         """Number of elements."""
         return math.prod(self.shape)
 
+    @property
+    def origin(self):
+        """Where the block starts in the global array, or None for a whole array."""
+        block = getattr(self, "_block", None)
+        return None if block is None else block[0]
+
+    @property
+    def global_shape(self):
+        """The shape of the global array the block lies in, or None for a whole array."""
+        block = getattr(self, "_block", None)
+        return None if block is None else block[1]
+
     def _fields(self):
+        block = ("" if self.origin is None
+                 else f", origin={self.origin}, global_shape={self.global_shape}")
         return (f"shape={self.shape}, p={self.p!r}, seed={self.seed}, stream={self.stream}, "
-                f"offset={self.offset}")
+                f"offset={self.offset}{block}")
 
 
 class DropoutMask(_CallRecord):
@@ -119,12 +136,18 @@ class DropoutMask(_CallRecord):
         The mask-stream coordinates: element i has global index ``offset + i``.
         Passing these to ``dropout_backward_recompute`` or ``bernoulli_mask``
         reproduces the mask without storing it.
+    origin, global_shape : tuple of int or None
+        For the mask of a block of a larger array (``dropout(..., origin=,
+        global_shape=)``): the mask block's place in the global mask, whose element
+        at index k has global index ``offset + ravel(k, global_shape)``; None for a
+        whole array.
     """
 
     __slots__ = ("words",)
 
-    def __init__(self, words, *, shape, p, seed, stream, offset):
-        self._record(shape, p, seed, stream, offset)
+    def __init__(self, words, *, shape, p, seed, stream, offset, block=None):
+        _CallRecord.__init__(self, shape=shape, p=p, seed=seed, stream=stream, offset=offset,
+                             block=block)
         self.words = words
 
     @classmethod
@@ -166,6 +189,9 @@ class GaussianNoise(_CallRecord):
     seed, stream, offset : int
         Coordinates in the Gaussian noise stream: element i uses global index
         ``offset + i``.
+    origin, global_shape : tuple of int or None
+        For a block of a larger array: the block's place in it (element j uses global
+        index ``offset + ravel(origin + j, global_shape)``); None for a whole array.
     """
 
     __slots__ = ()

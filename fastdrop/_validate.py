@@ -218,6 +218,37 @@ def check_noise_shape(shape, noise_shape, broadcast_dims):
     return padded
 
 
+def check_block(shape, origin, global_shape, offset):
+    """A block of a larger C-order array: ``(origin, global_shape)`` as int tuples, or None.
+
+    ``origin`` (where the block's first element sits) and ``global_shape`` come
+    together or not at all; both have the block's number of dimensions, and the block
+    lies inside the global array: ``0 <= origin[d]`` and ``origin[d] + shape[d] <=
+    global_shape[d]``. The global array must fit the index limit from ``offset``.
+    """
+    if origin is None and global_shape is None:
+        return None
+    if origin is None or global_shape is None:
+        raise ValueError("pass origin and global_shape together (the block's place in the "
+                         f"global array), got origin={origin!r}, global_shape={global_shape!r}")
+    try:
+        origin = tuple(check_integer(value, "origin entry", 0, MAX_ELEMENTS) for value in origin)
+        global_shape = tuple(check_integer(value, "global_shape entry", 0, MAX_ELEMENTS)
+                             for value in global_shape)
+    except TypeError:
+        raise TypeError(f"origin and global_shape must be sequences of integers, got "
+                        f"origin={origin!r}, global_shape={global_shape!r}") from None
+    shape = tuple(shape)
+    if not len(origin) == len(global_shape) == len(shape):
+        raise ValueError(f"origin={origin!r} and global_shape={global_shape!r} need one entry "
+                         f"per dimension of the block, of shape {shape!r}")
+    if any(start + extent > total for start, extent, total in zip(origin, shape, global_shape)):
+        raise ValueError(f"a block of shape {shape!r} at origin={origin!r} does not fit in "
+                         f"global_shape={global_shape!r}")
+    check_offset(offset, shape_size(global_shape))
+    return origin, global_shape
+
+
 def channel_noise_shape(shape, channel_axis, batch_axis):
     """Mask shape for channel dropout: one mask element per (batch item, channel)."""
     ndim = len(shape)

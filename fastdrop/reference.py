@@ -11,6 +11,7 @@ Specification: docs/mask-stream.md.
 import numpy as np
 
 from . import _calls
+from ._layout import block_indices
 from ._mask import pack_mask, unpack_mask
 from ._calls import check_mask_object
 from ._validate import channel_noise_shape, check_weight, is_bfloat16
@@ -35,10 +36,12 @@ __all__ = [
     "gaussian_dropout_backward",
     "gaussian_noise",
     "keep_bits",
+    "keep_bits_at",
     "lane_uniforms",
     "pack_mask",
     "random_words",
     "standard_normals",
+    "standard_normals_at",
     "unpack_mask",
 ]
 
@@ -102,6 +105,28 @@ def keep_bits(n, p, seed, stream, offset):
     return keep
 
 
+def keep_bits_at(indices, p, seed, stream):
+    """Keep flags of elements with any global indices (uint64), each as `keep_bits` gives it.
+
+    The elements of a block of a larger array (`fastdrop._layout.block_indices`).
+    """
+    indices = np.asarray(indices, dtype=np.uint64)
+    if indices.size == 0 or p == 0.0 or p == 1.0:
+        return np.full(indices.shape, p != 1.0, dtype=np.bool_)
+    words, which = np.unique(indices >> np.uint64(6), return_inverse=True)
+    threshold = np.uint64(keep_threshold(p))
+    kept = np.concatenate([lane_uniforms(seed, stream, words[start:start + _WORDS_PER_BATCH])
+                           >= threshold for start in range(0, words.size, _WORDS_PER_BATCH)])
+    return kept[which.reshape(indices.shape), (indices & np.uint64(63)).astype(np.intp)]
+
+
+def call_keep(call):
+    """The keep flags of a call's mask elements: a range from ``offset``, or a block's runs."""
+    if call.runs is None:
+        return keep_bits(call.m, call.p, call.seed, call.stream, call.offset)
+    return keep_bits_at(block_indices(call.runs), call.p, call.seed, call.stream)
+
+
 def bfloat16_to_float32(bits):
     """bfloat16 bit patterns (uint16) widened exactly to float32: the bits shifted up by 16."""
     return (bits.astype(np.uint32) << np.uint32(16)).view(np.float32)
@@ -148,10 +173,10 @@ def scale_kept(x, keep, p, scale=None):
     return np.where(keep, kept, x.dtype.type(0))
 
 
-def bernoulli_mask(n, p, *, seed, stream=None, offset=0):
+def bernoulli_mask(n, p, *, seed, stream=None, offset=0, origin=None, global_shape=None):
     """Packed keep bits of ``n`` elements starting at global index ``offset``; see `fastdrop.bernoulli_mask`."""
-    call = _calls.count(n, p, seed, stream, offset)
-    return pack_mask(keep_bits(call.m, call.p, call.seed, call.stream, call.offset))
+    call = _calls.count(n, p, seed, stream, offset, origin=origin, global_shape=global_shape)
+    return pack_mask(call_keep(call))
 
 
 def broadcast_keep(keep, mask_shape, shape):
@@ -160,23 +185,26 @@ def broadcast_keep(keep, mask_shape, shape):
 
 
 def dropout(x, p=0.5, *, seed=None, stream=None, offset=0, training=True, inplace=False, out=None,
-            noise_shape=None, broadcast_dims=None, dtype=None):
+            noise_shape=None, broadcast_dims=None, dtype=None, origin=None, global_shape=None):
     """Inverted dropout; see `fastdrop.dropout`."""
     call = _calls.masked(x, p, seed, stream, offset, inplace, out, noise_shape, broadcast_dims,
-                         training, dtype)
+                         training, dtype, origin, global_shape)
     if not training:
         return call.untouched(), None
-    keep = keep_bits(call.m, call.p, call.seed, call.stream, call.offset)
+    keep = call_keep(call)
     y = scale_kept(call.x.reshape(-1), broadcast_keep(keep, call.mask_shape, call.x.shape), call.p)
     return call.deliver(y), call.mask(pack_mask(keep))
 
 
 def channel_dropout(x, p=0.5, *, channel_axis=1, batch_axis=0, seed=None, stream=None, offset=0,
-                    training=True, inplace=False, out=None, dtype=None):
+                    training=True, inplace=False, out=None, dtype=None, origin=None,
+                    global_shape=None):
     """Whole channels dropped together; see `fastdrop.channel_dropout`."""
-    noise_shape = channel_noise_shape(np.shape(x), channel_axis, batch_axis)
+    noise_shape = channel_noise_shape(np.shape(x) if global_shape is None else global_shape,
+                                      channel_axis, batch_axis)
     return dropout(x, p, seed=seed, stream=stream, offset=offset, training=training,
-                   inplace=inplace, out=out, noise_shape=noise_shape, dtype=dtype)
+                   inplace=inplace, out=out, noise_shape=noise_shape, dtype=dtype, origin=origin,
+                   global_shape=global_shape)
 
 
 def apply_mask(x, mask, *, p=None, scale=None, inplace=False, out=None, dtype=None, name="x"):
@@ -195,10 +223,12 @@ def dropout_backward(grad, mask, *, p=None, inplace=False, out=None, dtype=None)
 
 
 def dropout_backward_recompute(grad, p, *, seed, stream, offset=0, noise_shape=None,
-                               inplace=False, out=None, dtype=None):
+                               inplace=False, out=None, dtype=None, origin=None,
+                               global_shape=None):
     """grad * keep / (1 - p) with keep regenerated from (seed, stream, offset); see `fastdrop.dropout_backward_recompute`."""
-    call = _calls.recompute(grad, p, seed, stream, offset, noise_shape, inplace, out, dtype)
-    keep = keep_bits(call.m, call.p, call.seed, call.stream, call.offset)
+    call = _calls.recompute(grad, p, seed, stream, offset, noise_shape, inplace, out, dtype,
+                            origin, global_shape)
+    keep = call_keep(call)
     keep = broadcast_keep(keep, call.mask_shape, call.x.shape)
     return call.deliver(scale_kept(call.x.reshape(-1), keep, call.p))
 
@@ -228,13 +258,14 @@ def alpha_affine(x, keep, p):
 
 
 def alpha_dropout(x, p=0.5, *, seed=None, stream=None, offset=0, training=True, inplace=False,
-                  out=None, noise_shape=None, broadcast_dims=None, dtype=None):
+                  out=None, noise_shape=None, broadcast_dims=None, dtype=None, origin=None,
+                  global_shape=None):
     """Alpha dropout for SELU networks; see `fastdrop.alpha_dropout`."""
     call = _calls.masked(x, p, seed, stream, offset, inplace, out, noise_shape, broadcast_dims,
-                         training, dtype)
+                         training, dtype, origin, global_shape)
     if not training:
         return call.untouched(), None
-    keep = keep_bits(call.m, call.p, call.seed, call.stream, call.offset)
+    keep = call_keep(call)
     mask = call.mask(pack_mask(keep))
     if call.p == 0.0:  # the identity, as in PyTorch
         return call.deliver(call.x.reshape(-1).copy()), mask
@@ -244,11 +275,14 @@ def alpha_dropout(x, p=0.5, *, seed=None, stream=None, offset=0, training=True, 
 
 
 def feature_alpha_dropout(x, p=0.5, *, channel_axis=1, batch_axis=0, seed=None, stream=None,
-                          offset=0, training=True, inplace=False, out=None, dtype=None):
+                          offset=0, training=True, inplace=False, out=None, dtype=None,
+                          origin=None, global_shape=None):
     """Alpha dropout of whole channels; see `fastdrop.feature_alpha_dropout`."""
-    noise_shape = channel_noise_shape(np.shape(x), channel_axis, batch_axis)
+    noise_shape = channel_noise_shape(np.shape(x) if global_shape is None else global_shape,
+                                      channel_axis, batch_axis)
     return alpha_dropout(x, p, seed=seed, stream=stream, offset=offset, training=training,
-                         inplace=inplace, out=out, noise_shape=noise_shape, dtype=dtype)
+                         inplace=inplace, out=out, noise_shape=noise_shape, dtype=dtype,
+                         origin=origin, global_shape=global_shape)
 
 
 def alpha_dropout_backward(grad, mask, *, inplace=False, out=None, dtype=None):
@@ -297,13 +331,18 @@ def inverse_normal_cdf(u):
 
 
 def standard_normals(n, seed, stream, offset):
-    """z_i for global indices offset .. offset + n - 1 of the Gaussian noise stream (section 9).
+    """z_i for global indices offset .. offset + n - 1 of the Gaussian noise stream (section 9)."""
+    return standard_normals_at(np.arange(offset, offset + n, dtype=np.uint64), seed, stream)
+
+
+def standard_normals_at(indices, seed, stream):
+    """z of elements with any global indices (uint64) of the Gaussian noise stream (section 9).
 
     Element i takes 64-bit word r = x0 + 2**32 x1 (i even) or x2 + 2**32 x3 (i odd)
     of Philox block i // 2 with counter ``normal_counter(i // 2, stream)``, then
     u = (r >> 12) + 1/2) * 2**-52 and z = Phi^-1(u).
     """
-    indices = np.arange(offset, offset + n, dtype=np.uint64)
+    indices = np.asarray(indices, dtype=np.uint64)
     blocks = indices >> np.uint64(1)
     key = tuple(np.uint64(half) for half in split64(seed))
     counter = tuple(np.broadcast_to(np.uint64(c) if np.isscalar(c) else c, blocks.shape)
@@ -320,6 +359,14 @@ def gaussian_multipliers(n, p, seed, stream, offset):
     return 1.0 + gaussian_sigma(p) * standard_normals(n, seed, stream, offset)
 
 
+def call_multipliers(call):
+    """A call's noise: a range from ``offset``, or a block's runs."""
+    if call.runs is None:
+        return gaussian_multipliers(call.m, call.p, call.seed, call.stream, call.offset)
+    indices = block_indices(call.runs)
+    return 1.0 + gaussian_sigma(call.p) * standard_normals_at(indices, call.seed, call.stream)
+
+
 def multiply_noise(x, noise):
     """Section 9's output arithmetic: the noise rounded to x's dtype (float32 for float16), times x."""
     if is_bfloat16(x.dtype):
@@ -332,26 +379,28 @@ def multiply_noise(x, noise):
         return x * noise.astype(x.dtype)
 
 
-def gaussian_noise(n, p, *, seed, stream=None, offset=0):
+def gaussian_noise(n, p, *, seed, stream=None, offset=0, origin=None, global_shape=None):
     """The multipliers of `gaussian_dropout` in float64; see `fastdrop.gaussian_noise`."""
-    call = _calls.count(n, p, seed, stream, offset, gaussian=True)
-    return gaussian_multipliers(call.m, call.p, call.seed, call.stream, call.offset)
+    call = _calls.count(n, p, seed, stream, offset, gaussian=True, origin=origin,
+                        global_shape=global_shape)
+    return call_multipliers(call).reshape(-1)
 
 
 def gaussian_dropout(x, p=0.5, *, seed=None, stream=None, offset=0, training=True, inplace=False,
-                     out=None, dtype=None):
+                     out=None, dtype=None, origin=None, global_shape=None):
     """Multiplicative N(1, p/(1-p)) noise; see `fastdrop.gaussian_dropout`."""
-    call = _calls.gaussian(x, p, seed, stream, offset, inplace, out, training, dtype)
+    call = _calls.gaussian(x, p, seed, stream, offset, inplace, out, training, dtype, origin,
+                           global_shape)
     if not training:
         return call.untouched(), None
-    noise = gaussian_multipliers(call.m, call.p, call.seed, call.stream, call.offset)
+    noise = call_multipliers(call)
     return call.deliver(multiply_noise(call.x.reshape(-1), noise)), call.noise()
 
 
 def gaussian_dropout_backward(grad, noise, *, inplace=False, out=None, dtype=None):
     """grad times the same noise; see `fastdrop.gaussian_dropout_backward`."""
     call = _calls.stored_noise(grad, noise, inplace, out, dtype)
-    multipliers = gaussian_multipliers(call.m, call.p, call.seed, call.stream, call.offset)
+    multipliers = call_multipliers(call)
     return call.deliver(multiply_noise(call.x.reshape(-1), multipliers))
 
 
