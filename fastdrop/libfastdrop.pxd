@@ -64,6 +64,26 @@ cdef extern from "fastdrop/dropout.h" nogil:
     void fd_apply_mask_range_bf16(const fd_bfloat16 *source, fd_bfloat16 *target,
                                   const uint64_t *words, float scale, int64_t n,
                                   int64_t first, int64_t stop)
+    # blocks of a larger array, as runs of consecutive global indices
+    ctypedef struct fd_runs:
+        uint64_t base
+        int ndim
+        const int64_t *shape
+        const int64_t *strides
+        int64_t run
+    uint64_t fd_run_start(const fd_runs *runs, int64_t r)
+    void fd_dropout_runs_f64(const double *source, double *target, uint64_t *words,
+                             double scale, const fd_mask_params *params, const fd_runs *runs,
+                             int64_t first, int64_t stop)
+    void fd_dropout_runs_f32(const float *source, float *target, uint64_t *words, float scale,
+                             const fd_mask_params *params, const fd_runs *runs, int64_t first,
+                             int64_t stop)
+    void fd_dropout_runs_f16(const uint16_t *source, uint16_t *target, uint64_t *words,
+                             float scale, const fd_mask_params *params, const fd_runs *runs,
+                             int64_t first, int64_t stop)
+    void fd_dropout_runs_bf16(const fd_bfloat16 *source, fd_bfloat16 *target, uint64_t *words,
+                              float scale, const fd_mask_params *params, const fd_runs *runs,
+                              int64_t first, int64_t stop)
     void fd_scale_range_f64(double *values, double scale, int64_t n, int64_t first,
                             int64_t stop)
     void fd_scale_range_f32(float *values, float scale, int64_t n, int64_t first, int64_t stop)
@@ -121,3 +141,15 @@ cdef extern from "fastdrop/variants.h" nogil:
     void fd_gaussian_range_bf16(const fd_bfloat16 *source, fd_bfloat16 *target, double sigma,
                                 uint64_t seed, uint64_t stream, uint64_t offset,
                                 int64_t first, int64_t stop)
+    void fd_gaussian_runs_f64(const double *source, double *target, double sigma,
+                              uint64_t seed, uint64_t stream, const fd_runs *runs,
+                              int64_t first, int64_t stop)
+    void fd_gaussian_runs_f32(const float *source, float *target, double sigma,
+                              uint64_t seed, uint64_t stream, const fd_runs *runs,
+                              int64_t first, int64_t stop)
+    void fd_gaussian_runs_f16(const uint16_t *source, uint16_t *target, double sigma,
+                              uint64_t seed, uint64_t stream, const fd_runs *runs,
+                              int64_t first, int64_t stop)
+    void fd_gaussian_runs_bf16(const fd_bfloat16 *source, fd_bfloat16 *target, double sigma,
+                               uint64_t seed, uint64_t stream, const fd_runs *runs,
+                               int64_t first, int64_t stop)

@@ -25,6 +25,10 @@
  *   fd_scale_range_<T>(values, scale, n, first, stop)
  *       values *= scale with the same vector path and prefetch, no mask: the memory
  *       floor the benchmarks divide by.
+ *   fd_dropout_runs_<T>(source, target, words, scale, params, runs, first, stop)
+ *       fd_dropout_range for a block of a larger array (docs/mask-stream.md, section
+ *       10): local element i of the block takes the global index its run gives it
+ *       (fd_runs), not params->offset + i; params->n is the block's element count.
  *
  * scale is s = 1 / (1 - p) rounded to the element type (docs/mask-stream.md, section 6).
  */
@@ -493,16 +497,138 @@ FD_DEFINE_KERNELS(bf16, fd_bfloat16, float, _avx512, FD_TARGET_BF16_512, FD_WORD
 #endif
 FD_DEFINE_PUBLIC_KERNELS(bf16, fd_bfloat16, float)
 
+/* Number of mask words for n elements. */
+static inline int64_t fd_words_for(int64_t n)
+{
+    return (n + 63) / 64;
+}
+
 static inline void fd_mask_words_range(uint64_t *words, const fd_mask_params *params,
                                        int64_t first, int64_t stop)
 {
     fd_dropout_range_f32(NULL, NULL, words, 0.0f, params, first, stop);
 }
 
-/* Number of mask words for n elements. */
-static inline int64_t fd_words_for(int64_t n)
+/* A block of a larger C-order array, as runs of consecutive global indices: the block's
+ * elements in C order come in runs of `run`; run r starts at global index base +
+ * sum_d i_d * strides[d], i the index of r over the `ndim` outer axes of `shape`. */
+typedef struct {
+    uint64_t base;
+    int ndim;
+    const int64_t *shape;
+    const int64_t *strides;
+    int64_t run;
+} fd_runs;
+
+static inline uint64_t fd_run_start(const fd_runs *runs, int64_t r)
 {
-    return (n + 63) / 64;
+    uint64_t start = runs->base;
+    for (int axis = runs->ndim - 1; axis >= 0; --axis) {
+        const int64_t extent = runs->shape[axis];
+        start += (uint64_t)((r % extent) * runs->strides[axis]);
+        r /= extent;
+    }
+    return start;
 }
+
+/* The start of one run after another without a division per run: the run's index over
+ * the outer axes, counted up like an odometer. */
+#define FD_MAX_DIMS 64
+typedef struct {
+    uint64_t start;
+    int64_t index[FD_MAX_DIMS];
+} fd_run_cursor;
+
+static inline fd_run_cursor fd_run_cursor_at(const fd_runs *runs, int64_t r)
+{
+    fd_run_cursor cursor;
+    cursor.start = fd_run_start(runs, r);
+    for (int axis = runs->ndim - 1; axis >= 0; --axis) {
+        cursor.index[axis] = r % runs->shape[axis];
+        r /= runs->shape[axis];
+    }
+    return cursor;
+}
+
+static inline void fd_run_cursor_next(fd_run_cursor *cursor, const fd_runs *runs)
+{
+    for (int axis = runs->ndim - 1; axis >= 0; --axis) {
+        cursor->start += (uint64_t)runs->strides[axis];
+        if (++cursor->index[axis] < runs->shape[axis])
+            return;
+        cursor->start -= (uint64_t)(runs->shape[axis] * runs->strides[axis]);
+        cursor->index[axis] = 0;
+    }
+}
+
+/* words |= the `count` bits of `bits` (bit 0 of bits[0] first), placed from bit `at` on;
+ * only bits below at + count are touched. */
+static inline void fd_or_bits(uint64_t *words, int64_t at, const uint64_t *bits, int64_t count)
+{
+    const unsigned shift = (unsigned)(at & 63);
+    uint64_t *word = words + (at >> 6);
+    for (int64_t i = 0; i * 64 < count; ++i) {
+        word[i] |= bits[i] << shift;
+        if (shift != 0 && count - i * 64 > 64 - (int64_t)shift)
+            word[i + 1] |= bits[i] >> (64 - shift);
+    }
+}
+
+/* Mask words per chunk of a block: 8 KiB of bits, on the stack. */
+#define FD_RUN_CHUNK_WORDS 1024
+
+/* Local words [first, stop) of a block, as keep bits, into out[0 .. stop - first): each
+ * run's part in them is drawn as global words (shifted where the run starts mid-word)
+ * and placed into the block's words. */
+static inline void fd_runs_mask_words(uint64_t *out, const fd_mask_params *params,
+                                      const fd_runs *runs, int64_t first, int64_t stop)
+{
+    const int64_t run = runs->run;
+    const int64_t begin = first * 64, end = stop * 64 < params->n ? stop * 64 : params->n;
+    uint64_t bits[FD_RUN_CHUNK_WORDS];
+    memset(out, 0, (size_t)(stop - first) * sizeof out[0]);
+    if (begin >= end || run <= 0)
+        return;
+    fd_run_cursor cursor = fd_run_cursor_at(runs, begin / run);
+    for (int64_t r = begin / run; r * run < end; ++r, fd_run_cursor_next(&cursor, runs)) {
+        const int64_t low = r * run > begin ? r * run : begin;
+        const int64_t high = (r + 1) * run < end ? (r + 1) * run : end;
+        const uint64_t global = cursor.start + (uint64_t)(low - r * run);
+        for (int64_t at = low; at < high; at += 64 * FD_RUN_CHUNK_WORDS) {
+            fd_mask_params piece = *params;
+            piece.offset = global + (uint64_t)(at - low);
+            piece.n = high - at < 64 * FD_RUN_CHUNK_WORDS ? high - at : 64 * FD_RUN_CHUNK_WORDS;
+            fd_mask_words_range(bits, &piece, 0, fd_words_for(piece.n));
+            fd_or_bits(out, at - begin, bits, piece.n);
+        }
+    }
+}
+
+/* fd_dropout_range for local words [first, stop) of a block, a chunk of words at a
+ * time: the chunk's keep bits from the runs (fd_runs_mask_words), then one pass over its
+ * elements (fd_apply_mask_range, prefetching across runs). The range's words are its own,
+ * so threads given whole word ranges never write one word together. */
+#define FD_DEFINE_RUN_KERNELS(SUFFIX, T, SCALE_T)                                           \
+    static inline void fd_dropout_runs_##SUFFIX(                                            \
+        const T *source, T *target, uint64_t *words, SCALE_T scale,                         \
+        const fd_mask_params *params, const fd_runs *runs, int64_t first, int64_t stop)     \
+    {                                                                                       \
+        uint64_t chunk[FD_RUN_CHUNK_WORDS];                                                 \
+        for (int64_t at = first; at < stop; at += FD_RUN_CHUNK_WORDS) {                     \
+            const int64_t count = stop - at < FD_RUN_CHUNK_WORDS ? stop - at                \
+                                                                 : FD_RUN_CHUNK_WORDS;     \
+            uint64_t *keep = words ? words + at : chunk;                                    \
+            fd_runs_mask_words(keep, params, runs, at, at + count);                         \
+            if (target)                                                                     \
+                fd_apply_mask_range_##SUFFIX(source + at * 64, target + at * 64, keep,      \
+                                             scale, params->n - at * 64, 0, count);         \
+        }                                                                                   \
+    }
+
+FD_DEFINE_RUN_KERNELS(f64, double, double)
+FD_DEFINE_RUN_KERNELS(f32, float, float)
+FD_DEFINE_RUN_KERNELS(f16, uint16_t, float)
+FD_DEFINE_RUN_KERNELS(bf16, fd_bfloat16, float)
+
 
 #endif /* FASTDROP_DROPOUT_H */

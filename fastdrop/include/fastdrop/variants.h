@@ -14,6 +14,9 @@
  *   fd_gaussian_range_<T>(source, target, sigma, seed, stream, offset, first, stop)
  *       target[i] = source[i] * (1 + sigma * z_{offset+i}), the multiplier rounded to
  *       T (float for f16) first (docs/mask-stream.md, section 9).
+ *   fd_gaussian_runs_<T>(source, target, sigma, seed, stream, runs, first, stop)
+ *       the same for a block of a larger array: element i takes the global index its
+ *       run gives it (fd_runs in dropout.h).
  */
 #ifndef FASTDROP_VARIANTS_H
 #define FASTDROP_VARIANTS_H
@@ -169,6 +172,22 @@ static inline uint64_t fd_read_bits(const uint64_t *words, int64_t bit, int64_t 
             }                                                                               \
         }                                                                                   \
         fd_gaussian_elements_##SUFFIX(source, target, sigma, seed, stream, offset, i, stop); \
+    }                                                                                       \
+    static inline void fd_gaussian_runs_##SUFFIX(const T *source, T *target, double sigma,  \
+                                                 uint64_t seed, uint64_t stream,            \
+                                                 const fd_runs *runs, int64_t first,        \
+                                                 int64_t stop)                              \
+    {                                                                                       \
+        const int64_t run = runs->run;                                                      \
+        if (run <= 0)                                                                       \
+            return;                                                                         \
+        for (int64_t r = first / run; r * run < stop; ++r) {                                \
+            const int64_t low = r * run > first ? r * run : first;                          \
+            const int64_t high = (r + 1) * run < stop ? (r + 1) * run : stop;               \
+            fd_gaussian_range_##SUFFIX(source + low, target + low, sigma, seed, stream,     \
+                                       fd_run_start(runs, r) + (uint64_t)(low - r * run),   \
+                                       0, high - low);                                      \
+        }                                                                                   \
     }
 
 FD_DEFINE_VARIANT_KERNELS(f64, double, double, FD_IDENTITY, FD_IDENTITY)

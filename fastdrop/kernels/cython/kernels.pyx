@@ -19,8 +19,11 @@ from fastdrop.libfastdrop cimport (
     fd_apply_broadcast_range_f64, fd_apply_mask_range_bf16, fd_apply_mask_range_f16,
     fd_apply_mask_range_f32, fd_apply_mask_range_f64, fd_bfloat16, fd_broadcast_layout,
     fd_dropout_range_bf16, fd_dropout_range_f16, fd_dropout_range_f32, fd_dropout_range_f64,
+    fd_dropout_runs_bf16, fd_dropout_runs_f16, fd_dropout_runs_f32, fd_dropout_runs_f64,
     fd_gaussian_range_bf16, fd_gaussian_range_f16, fd_gaussian_range_f32, fd_gaussian_range_f64,
-    fd_mask_op_f32, fd_mask_op_f64, fd_mask_params, fd_scale_range_bf16, fd_scale_range_f32,
+    fd_gaussian_runs_bf16, fd_gaussian_runs_f16, fd_gaussian_runs_f32, fd_gaussian_runs_f64,
+    fd_mask_op_f32, fd_mask_op_f64, fd_mask_params, fd_runs, fd_scale_range_bf16,
+    fd_scale_range_f32,
     fd_scale_range_f64, fd_set_simd, fd_simd_enabled, fd_standard_normal, fd_words_for,
 )
 
@@ -112,6 +115,40 @@ cdef void _stream_range(Kind kind, const void *source, void *target, uint64_t *w
                               <float>scale, params, first, stop)
 
 
+cdef void _runs_range(Kind kind, const void *source, void *target, uint64_t *words,
+                      double scale, const fd_mask_params *params, const fd_runs *runs,
+                      int64_t first, int64_t stop) noexcept nogil:
+    if kind == F64:
+        fd_dropout_runs_f64(<const double *>source, <double *>target, words, scale, params,
+                            runs, first, stop)
+    elif kind == F32:
+        fd_dropout_runs_f32(<const float *>source, <float *>target, words, <float>scale, params,
+                            runs, first, stop)
+    elif kind == F16:
+        fd_dropout_runs_f16(<const uint16_t *>source, <uint16_t *>target, words, <float>scale,
+                            params, runs, first, stop)
+    else:
+        fd_dropout_runs_bf16(<const fd_bfloat16 *>source, <fd_bfloat16 *>target, words,
+                             <float>scale, params, runs, first, stop)
+
+
+cdef void _gaussian_runs_range(Kind kind, const void *source, void *target, double sigma,
+                               uint64_t seed, uint64_t stream, const fd_runs *runs,
+                               int64_t first, int64_t stop) noexcept nogil:
+    if kind == F64:
+        fd_gaussian_runs_f64(<const double *>source, <double *>target, sigma, seed, stream,
+                             runs, first, stop)
+    elif kind == F32:
+        fd_gaussian_runs_f32(<const float *>source, <float *>target, sigma, seed, stream, runs,
+                             first, stop)
+    elif kind == F16:
+        fd_gaussian_runs_f16(<const uint16_t *>source, <uint16_t *>target, sigma, seed, stream,
+                             runs, first, stop)
+    else:
+        fd_gaussian_runs_bf16(<const fd_bfloat16 *>source, <fd_bfloat16 *>target, sigma, seed,
+                              stream, runs, first, stop)
+
+
 cdef void _mask_range(Kind kind, const void *source, void *target, const uint64_t *words,
                       double scale, int64_t n, int64_t first, int64_t stop) noexcept nogil:
     if kind == F64:
@@ -179,8 +216,12 @@ cdef inline int64_t _chunk_start(int64_t total, int chunks, int chunk) noexcept 
 
 
 cdef int _stream_into(source, target, uint64_t *word_data, double scale,
-                      const fd_mask_params *params, int threads) except -1:
-    """Mask words and/or the scaled elements of source into target (None for mask only)."""
+                      const fd_mask_params *params, int threads,
+                      const fd_runs *runs=NULL) except -1:
+    """Mask words and/or the scaled elements of source into target (None for mask only).
+
+    Element i has global index params.offset + i, or (a block) the one ``runs`` gives.
+    """
     if params.n == 0:
         return 0
     cdef int chunks = _chunk_count(params.n, threads)
@@ -191,15 +232,70 @@ cdef int _stream_into(source, target, uint64_t *word_data, double scale,
     cdef int64_t total = fd_words_for(params.n)
     cdef int chunk
     with nogil:
-        if chunks == 1:
+        if chunks == 1 and runs == NULL:
             _stream_range(kind, source_data, target_data, word_data, element_scale, params, 0,
                           total)
-        else:
+        elif runs == NULL:
             for chunk in prange(chunks, num_threads=chunks, schedule="static"):
                 _stream_range(kind, source_data, target_data, word_data, element_scale, params,
                               _chunk_start(total, chunks, chunk),
                               _chunk_start(total, chunks, chunk + 1))
+        elif chunks == 1:
+            _runs_range(kind, source_data, target_data, word_data, element_scale, params, runs,
+                        0, total)
+        else:
+            for chunk in prange(chunks, num_threads=chunks, schedule="static"):
+                _runs_range(kind, source_data, target_data, word_data, element_scale, params,
+                            runs, _chunk_start(total, chunks, chunk),
+                            _chunk_start(total, chunks, chunk + 1))
     return 0
+
+
+cdef fd_runs _runs_of(runs):
+    """The C view of `fastdrop._layout.block_runs`'s (base, outer_shape, outer_strides, run).
+
+    The two arrays must outlive the view (the caller holds the tuple).
+    """
+    cdef fd_runs view
+    base, outer_shape, outer_strides, run = runs
+    view.base = <uint64_t>base
+    view.ndim = outer_shape.size
+    view.shape = <const int64_t *>_data(outer_shape)
+    view.strides = <const int64_t *>_data(outer_strides)
+    view.run = run
+    return view
+
+
+def scale_by_runs(source, target, words, int64_t n, double scale, uint64_t threshold,
+                  bint drop_all, uint64_t seed, uint64_t stream, runs, int threads):
+    """`scale_by_stream` for a block of a larger array: global indices from ``runs``.
+
+    ``runs`` is `fastdrop._layout.block_runs`'s tuple (int64 arrays, C-contiguous).
+    """
+    cdef fd_mask_params params
+    cdef fd_runs view = _runs_of(runs)
+    params.seed, params.stream, params.threshold = seed, stream, threshold
+    params.drop_all, params.offset, params.n = drop_all, 0, n
+    _stream_into(source, target, <uint64_t *>_data(words), scale, &params, threads, &view)
+
+
+def gaussian_runs(source, target, double sigma, uint64_t seed, uint64_t stream, runs,
+                  int threads):
+    """`gaussian` for a block of a larger array: global indices from ``runs``."""
+    cdef int64_t n = cnp.PyArray_SIZE(<cnp.ndarray>source)
+    if n == 0:
+        return
+    cdef fd_runs view = _runs_of(runs)
+    cdef int chunks = _chunk_count(n, threads)
+    cdef Kind kind = _kind(source)
+    cdef const void *source_data = _data(source)
+    cdef void *target_data = _data(target)
+    cdef int chunk
+    with nogil:
+        for chunk in prange(chunks, num_threads=chunks, schedule="static"):
+            _gaussian_runs_range(kind, source_data, target_data, sigma, seed, stream, &view,
+                                 _chunk_start(n, chunks, chunk),
+                                 _chunk_start(n, chunks, chunk + 1))
 
 
 def scale_by_stream(source, target, words, int64_t n, double scale, uint64_t threshold,

@@ -15,12 +15,14 @@ import numpy as np
 
 from ..._config import SERIAL_ELEMENTS
 from ..common import chunk_count, kernel_mask_op, kernel_scale
-from .dropout import (mask_parallel, mask_range, plain_range, stream_parallel, stream_range,
-                      words_parallel, words_range)
-from .variants import broadcast_parallel, broadcast_range, gaussian_parallel, gaussian_range
+from .dropout import (mask_parallel, mask_range, plain_range, runs_parallel, runs_range,
+                      stream_parallel, stream_range, words_parallel, words_range)
+from .variants import (broadcast_parallel, broadcast_range, gaussian_parallel, gaussian_range,
+                       gaussian_runs_parallel, gaussian_runs_range)
 
 
 _NO_WORDS = np.empty(0, dtype=np.uint64)
+_NO_ELEMENTS = np.empty(0, dtype=np.float32)
 
 
 def kernel_view(array):
@@ -101,6 +103,25 @@ def scale_by_stream(source, target, words, n, scale, threshold, drop_all, seed, 
     _run(stream_range, stream_parallel, args, n, threads)
 
 
+def scale_by_runs(source, target, words, n, scale, threshold, drop_all, seed, stream, runs,
+                  threads):
+    """`scale_by_stream` for a block of a larger array: global indices from ``runs``.
+
+    ``runs`` is `fastdrop._layout.block_runs`'s (base, outer_shape, outer_strides, run).
+    """
+    base, shape, strides, run = runs
+    if source is None:  # mask words alone: the loops take empty element arrays
+        source = target = _NO_ELEMENTS
+        element_scale = np.float32(0.0)
+    else:
+        element_scale = kernel_scale(source.dtype, scale)
+        source, target = kernel_view(source), kernel_view(target)
+    args = (source, target, _NO_WORDS if words is None else words, element_scale,
+            np.uint64(seed), np.uint64(stream), np.uint64(threshold), bool(drop_all),
+            np.uint64(base), shape, strides, np.int64(run), np.int64(n))
+    _run(runs_range, runs_parallel, args, n, threads)
+
+
 def scale_by_mask(source, target, words, scale, threads):
     """target = source * keep * scale with keep read from packed words (1-D contiguous arrays)."""
     n = source.size
@@ -138,3 +159,15 @@ def gaussian(source, target, sigma, seed, stream, offset, threads):
     args = (source, target, np.float64(sigma), np.uint64(seed), np.uint64(stream),
             np.uint64(offset))
     _run(gaussian_range, gaussian_parallel, args, n, threads, units=n)
+
+
+def gaussian_runs(source, target, sigma, seed, stream, runs, threads):
+    """`gaussian` for a block of a larger array: global indices from ``runs``."""
+    n = source.size
+    if n == 0:
+        return
+    base, shape, strides, run = runs
+    source, target = kernel_view(source), kernel_view(target)
+    args = (source, target, np.float64(sigma), np.uint64(seed), np.uint64(stream),
+            np.uint64(base), shape, strides, np.int64(run))
+    _run(gaussian_runs_range, gaussian_runs_parallel, args, n, threads, units=n)

@@ -391,3 +391,104 @@ def plain_range(source, target, words, scale, seed, stream, threshold, drop_all,
     n = source.size
     stream_range(source, target, words, source.dtype.type(scale), np.uint64(seed),
                  np.uint64(stream), np.uint64(threshold), drop_all, offset, n, 0, (n + 63) // 64)
+
+
+# ---------------------------------------------------------------- blocks of a larger array
+
+# Mask words per chunk of a block (dropout.h's FD_RUN_CHUNK_WORDS).
+RUN_CHUNK_WORDS = 1024
+
+
+@njit(inline="always", cache=NUMBA_CACHE)
+def run_start(base, shape, strides, r):
+    """Global index of run r's first element (dropout.h's fd_run_start)."""
+    start = np.uint64(base)
+    for axis in range(shape.size - 1, -1, -1):
+        extent = shape[axis]
+        start += np.uint64((r % extent) * strides[axis])
+        r //= extent
+    return start
+
+
+@njit(inline="always", cache=NUMBA_CACHE)
+def _or_bits(words, at, bits, count):
+    """words |= the count bits of bits, placed from bit ``at`` on (only bits below at + count)."""
+    shift = np.uint64(at & 63)
+    first = at >> 6
+    for i in range((count + 63) // 64):
+        words[first + i] |= bits[i] << shift
+        if shift != _ZERO and count - i * 64 > 64 - np.int64(shift):
+            words[first + i + 1] |= bits[i] >> (_WORD - shift)
+
+
+@njit(cache=NUMBA_CACHE, nogil=True)
+def runs_mask_words(out, seed, stream, threshold, drop_all, base, shape, strides, run, n, first,
+                    stop, bits):
+    """Local words first..stop-1 of a block, as keep bits, into out[:stop - first].
+
+    As dropout.h's fd_runs_mask_words: each run's part is drawn as global words and
+    placed into the block's words (``bits``: RUN_CHUNK_WORDS words of scratch).
+    """
+    begin = first * 64
+    end = min(stop * 64, n)
+    out[:stop - first] = _ZERO
+    if begin >= end or run <= 0:
+        return
+    index = np.empty(shape.size, dtype=np.int64)  # the run's index over the outer axes
+    rest = begin // run
+    for axis in range(shape.size - 1, -1, -1):
+        index[axis] = rest % shape[axis]
+        rest //= shape[axis]
+    start = run_start(base, shape, strides, begin // run)
+    r = begin // run
+    while r * run < end:
+        low = max(r * run, begin)
+        high = min((r + 1) * run, end)
+        at = low
+        while at < high:
+            count = min(high - at, 64 * RUN_CHUNK_WORDS)
+            words_range(bits, seed, stream, threshold, drop_all,
+                        start + np.uint64(low - r * run) + np.uint64(at - low), count, 0,
+                        (count + 63) // 64)
+            _or_bits(out, at - begin, bits, count)
+            at += count
+        r += 1
+        for axis in range(shape.size - 1, -1, -1):  # the next run's start: an odometer
+            start += np.uint64(strides[axis])
+            index[axis] += 1
+            if index[axis] < shape[axis]:
+                break
+            start -= np.uint64(shape[axis] * strides[axis])
+            index[axis] = 0
+
+
+@njit(cache=NUMBA_CACHE, nogil=True)
+def runs_range(source, target, words, scale, seed, stream, threshold, drop_all, base, shape,
+               strides, run, n, first, stop):
+    """`stream_range` over local words first..stop-1 of a block of a larger array.
+
+    As dropout.h's fd_dropout_runs: a chunk of words at a time, its keep bits from the
+    runs, then one `mask_range` pass over its elements (mask words alone: empty source).
+    """
+    bits = np.empty(RUN_CHUNK_WORDS, dtype=np.uint64)
+    chunk = np.empty(RUN_CHUNK_WORDS, dtype=np.uint64)
+    store = words.size > 0
+    for at in range(first, stop, RUN_CHUNK_WORDS):
+        count = min(stop - at, RUN_CHUNK_WORDS)
+        keep = words[at:at + count] if store else chunk[:count]
+        runs_mask_words(keep, seed, stream, threshold, drop_all, base, shape, strides, run, n,
+                        at, at + count, bits)
+        if source.size > 0:
+            elements = min(n, (at + count) * 64) - at * 64
+            mask_range(source[at * 64:at * 64 + elements], target[at * 64:at * 64 + elements],
+                       keep, scale, elements, 0, count)
+
+
+@njit(parallel=True, nogil=True, cache=NUMBA_CACHE)
+def runs_parallel(source, target, words, scale, seed, stream, threshold, drop_all, base, shape,
+                  strides, run, n, chunks):
+    for chunk in prange(chunks):
+        first, stop = _word_chunk(n, chunks, chunk)
+        if first < stop:
+            runs_range(source, target, words, scale, seed, stream, threshold, drop_all, base,
+                       shape, strides, run, n, first, stop)

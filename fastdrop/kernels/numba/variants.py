@@ -8,7 +8,7 @@ import numpy as np
 from numba import njit, prange
 
 from ..._config import NUMBA_CACHE
-from .dropout import apply_word, same_memory
+from .dropout import apply_word, run_start, same_memory
 from .half import kept, load, scale_by_noise, store
 from .normal import BATCH as NORMAL_BATCH
 from .normal import normal_block, standard_normal, standard_normals_batch
@@ -140,3 +140,29 @@ def gaussian_parallel(source, target, sigma, seed, stream, offset, chunks):
     for chunk in prange(chunks):
         gaussian_range(source, target, sigma, seed, stream, offset, chunk * per_chunk,
                         min((chunk + 1) * per_chunk, n))
+
+
+@njit(cache=NUMBA_CACHE, nogil=True, error_model="numpy")
+def gaussian_runs_range(source, target, sigma, seed, stream, base, shape, strides, run, first,
+                        stop):
+    """`gaussian_range` over elements first..stop-1 of a block of a larger array."""
+    if run <= 0:
+        return
+    r = first // run
+    while r * run < stop:
+        low = max(r * run, first)
+        high = min((r + 1) * run, stop)
+        start = run_start(base, shape, strides, r) + np.uint64(low - r * run)
+        gaussian_range(source[low:high], target[low:high], sigma, seed, stream, start, 0,
+                       high - low)
+        r += 1
+
+
+@njit(parallel=True, nogil=True, cache=NUMBA_CACHE, error_model="numpy")
+def gaussian_runs_parallel(source, target, sigma, seed, stream, base, shape, strides, run,
+                           chunks):
+    n = source.size
+    per_chunk = (n + chunks - 1) // chunks
+    for chunk in prange(chunks):
+        gaussian_runs_range(source, target, sigma, seed, stream, base, shape, strides, run,
+                            chunk * per_chunk, min((chunk + 1) * per_chunk, n))
