@@ -282,20 +282,8 @@ def scale_by_runs(source, target, words, int64_t n, double scale, uint64_t thres
 def gaussian_runs(source, target, double sigma, uint64_t seed, uint64_t stream, runs,
                   int threads):
     """`gaussian` for a block of a larger array: global indices from ``runs``."""
-    cdef int64_t n = cnp.PyArray_SIZE(<cnp.ndarray>source)
-    if n == 0:
-        return
     cdef fd_runs view = _runs_of(runs)
-    cdef int chunks = _chunk_count(n, threads)
-    cdef Kind kind = _kind(source)
-    cdef const void *source_data = _data(source)
-    cdef void *target_data = _data(target)
-    cdef int chunk
-    with nogil:
-        for chunk in prange(chunks, num_threads=chunks, schedule="static"):
-            _gaussian_runs_range(kind, source_data, target_data, sigma, seed, stream, &view,
-                                 _chunk_start(n, chunks, chunk),
-                                 _chunk_start(n, chunks, chunk + 1))
+    _gaussian_into(source, target, sigma, seed, stream, 0, &view, threads)
 
 
 def scale_by_stream(source, target, words, int64_t n, double scale, uint64_t threshold,
@@ -387,12 +375,13 @@ def apply_broadcast(source, target, words, sizes, mask_strides, double scale, af
                              _chunk_start(n, chunks, chunk), _chunk_start(n, chunks, chunk + 1))
 
 
-def gaussian(source, target, double sigma, uint64_t seed, uint64_t stream, uint64_t offset,
-             int threads):
-    """target = source * (1 + sigma * z) with z from the Gaussian noise stream (1-D arrays)."""
+cdef int _gaussian_into(source, target, double sigma, uint64_t seed, uint64_t stream,
+                        uint64_t offset, const fd_runs *runs, int threads) except -1:
+    """target = source * (1 + sigma * z): element i takes global index offset + i, or
+    (a block) the one ``runs`` gives it."""
     cdef int64_t n = cnp.PyArray_SIZE(<cnp.ndarray>source)
     if n == 0:
-        return
+        return 0
     cdef int chunks = _chunk_count(n, threads)
     cdef Kind kind = _kind(source)
     cdef const void *source_data = _data(source)
@@ -400,8 +389,20 @@ def gaussian(source, target, double sigma, uint64_t seed, uint64_t stream, uint6
     cdef int chunk
     with nogil:
         for chunk in prange(chunks, num_threads=chunks, schedule="static"):
-            _gaussian_range(kind, source_data, target_data, sigma, seed, stream, offset,
-                            _chunk_start(n, chunks, chunk), _chunk_start(n, chunks, chunk + 1))
+            if runs == NULL:
+                _gaussian_range(kind, source_data, target_data, sigma, seed, stream, offset,
+                                _chunk_start(n, chunks, chunk), _chunk_start(n, chunks, chunk + 1))
+            else:
+                _gaussian_runs_range(kind, source_data, target_data, sigma, seed, stream, runs,
+                                     _chunk_start(n, chunks, chunk),
+                                     _chunk_start(n, chunks, chunk + 1))
+    return 0
+
+
+def gaussian(source, target, double sigma, uint64_t seed, uint64_t stream, uint64_t offset,
+             int threads):
+    """target = source * (1 + sigma * z) with z from the Gaussian noise stream (1-D arrays)."""
+    _gaussian_into(source, target, sigma, seed, stream, offset, NULL, threads)
 
 
 def standard_normals_of_words(random_words):
