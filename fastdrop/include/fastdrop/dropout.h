@@ -424,19 +424,63 @@ FD_TARGET_BF16_512 static inline void fd_bf16_word_512(const fd_bfloat16 *source
         fd_bf16_word_512(values, values, keep, scale);                                      \
     }
 
-/* Whether the bfloat16 kernels take their AVX-512BW variant: a SIMD level of 2 (which
- * fd_set_simd caps) on a CPU with AVX-512BW. */
-static inline int fd_bf16_512_enabled(void)
+/* With AVX-512 BF16 one instruction rounds 32 float32 products to bfloat16, to nearest
+ * even; but it flushes subnormal results to zero and keeps NaN payloads, so a vector
+ * holding a NaN or subnormal product goes the integer way above (the same bits). */
+#define FD_TARGET_BF16_NE __attribute__((target("avx2,avx512f,avx512bw,avx512dq,avx512bf16")))
+
+FD_TARGET_BF16_NE static inline void fd_bf16_word_ne(const fd_bfloat16 *source, fd_bfloat16 *target,
+                                                 uint64_t keep, float scale)
 {
-    static int cpu = -1;
-    if (cpu < 0)
-        cpu = __builtin_cpu_supports("avx512bw") ? 1 : 0;
-    return cpu && fd_simd_enabled() >= 2;
+    const __m512 s = _mm512_set1_ps(scale);
+    for (int half = 0; half < 2; ++half) {
+        const __m512i elements = _mm512_loadu_si512((const void *)(source + 32 * half));
+        const __m512 low = _mm512_mul_ps(_mm512_castsi512_ps(_mm512_slli_epi32(
+            _mm512_cvtepu16_epi32(_mm512_castsi512_si256(elements)), 16)), s);
+        const __m512 high = _mm512_mul_ps(_mm512_castsi512_ps(_mm512_slli_epi32(
+            _mm512_cvtepu16_epi32(_mm512_extracti64x4_epi64(elements, 1)), 16)), s);
+        const __mmask32 kept = (__mmask32)(keep >> (32 * half));
+        __m512i rounded;
+        if ((_mm512_fpclass_ps_mask(low, 0xA1) | _mm512_fpclass_ps_mask(high, 0xA1)) == 0)
+            rounded = (__m512i)_mm512_cvtne2ps_pbh(high, low); /* no NaN, no subnormal */
+        else
+            rounded = fd_bf16_products_512(elements, s);
+        _mm512_storeu_si512((void *)(target + 32 * half), _mm512_maskz_mov_epi16(kept, rounded));
+    }
+}
+
+#define FD_WORDS_BF16_NE(SUFFIX, T, SCALE_T, VARIANT, ATTRIBUTES)                           \
+    ATTRIBUTES static inline void fd_scale_word_copy_##SUFFIX##VARIANT(                     \
+        const T *FD_RESTRICT source, T *FD_RESTRICT target, uint64_t keep, SCALE_T scale)   \
+    {                                                                                       \
+        fd_bf16_word_ne(source, target, keep, scale);                                       \
+    }                                                                                       \
+    ATTRIBUTES static inline void fd_scale_word_inplace_##SUFFIX##VARIANT(                  \
+        T *values, uint64_t keep, SCALE_T scale)                                            \
+    {                                                                                       \
+        fd_bf16_word_ne(values, values, keep, scale);                                       \
+    }
+
+/* Which wide variant the bfloat16 kernels take: BF16 conversions at SIMD level 3,
+ * AVX-512BW at level 2 on a CPU with BW (fd_set_simd caps the level). */
+static inline int fd_bf16_wide_level(void)
+{
+    static int bw = -1;
+    if (bw < 0)
+        bw = __builtin_cpu_supports("avx512bw") ? 1 : 0;
+    return bw ? (fd_simd_enabled() >= 3 ? 3 : fd_simd_enabled() >= 2 ? 2 : 0) : 0;
 }
 #define FD_WIDE_bf16(NAME, ARGS)                                                            \
-    if (fd_bf16_512_enabled()) {                                                            \
-        NAME##_bf16_avx512 ARGS;                                                            \
-        return;                                                                             \
+    {                                                                                       \
+        const int wide = fd_bf16_wide_level();                                              \
+        if (wide == 3) {                                                                    \
+            NAME##_bf16_avx512ne ARGS;                                                      \
+            return;                                                                         \
+        }                                                                                   \
+        if (wide == 2) {                                                                    \
+            NAME##_bf16_avx512 ARGS;                                                        \
+            return;                                                                         \
+        }                                                                                   \
     }
 #endif
 #define FD_WIDE_f64(NAME, ARGS)
@@ -493,6 +537,8 @@ FD_DEFINE_PUBLIC_KERNELS(f32, float, float)
 FD_DEFINE_PUBLIC_KERNELS(f16, uint16_t, float)
 #if FD_HAVE_AVX2_PATH
 FD_DEFINE_KERNELS(bf16, fd_bfloat16, float, _avx512, FD_TARGET_BF16_512, FD_WORDS_BF16_512,
+                  FD_PIPELINE)
+FD_DEFINE_KERNELS(bf16, fd_bfloat16, float, _avx512ne, FD_TARGET_BF16_NE, FD_WORDS_BF16_NE,
                   FD_PIPELINE)
 #endif
 FD_DEFINE_PUBLIC_KERNELS(bf16, fd_bfloat16, float)

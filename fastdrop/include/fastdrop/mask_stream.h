@@ -95,18 +95,22 @@ static inline uint64_t fd_global_mask_word(const fd_mask_params *params, uint64_
 #define FD_HAVE_AVX2_PATH 1
 #include <immintrin.h>
 
-/* The instruction set the mask words use: 0 portable, 1 AVX2, 2 AVX-512F.
- * -1: not yet detected. fd_set_simd caps it (0 forces the portable path). */
+/* The instruction set the kernels use: 0 portable, 1 AVX2, 2 AVX-512F, 3 AVX-512F with
+ * BW, DQ and BF16 (which only the bfloat16 kernels use beyond 2). -1: not yet detected.
+ * fd_set_simd caps it (0 forces the portable path). */
 static int fd_simd_state = -1;
 
 static inline int fd_cpu_simd_level(void)
 {
     if (__builtin_cpu_supports("avx512f"))
-        return 2;
+        return __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512dq") &&
+                       __builtin_cpu_supports("avx512bf16")
+                   ? 3
+                   : 2;
     return __builtin_cpu_supports("avx2") ? 1 : 0;
 }
 
-/* The level in use: 0 portable, 1 AVX2, 2 AVX-512F (nonzero: a SIMD path is on). */
+/* The level in use: 0 portable, 1 AVX2, 2 AVX-512F, 3 with BF16 (nonzero: SIMD is on). */
 static inline int fd_simd_enabled(void)
 {
     if (fd_simd_state < 0)
@@ -114,7 +118,7 @@ static inline int fd_simd_enabled(void)
     return fd_simd_state;
 }
 
-/* Use at most `level` (0 portable, 1 AVX2, 2 AVX-512F), as far as the CPU has it;
+/* Use at most `level` (0 portable, 1 AVX2, 2 AVX-512F, 3 BF16), as far as the CPU has it;
  * returns the level now in use. Results are the same bits on every level. */
 static inline int fd_set_simd(int level)
 {

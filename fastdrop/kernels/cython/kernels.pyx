@@ -78,18 +78,21 @@ def openmp_enabled():
 
 
 def simd_enabled():
-    """The vector path mask words use: 0 portable, 1 AVX2, 2 AVX-512F (as far as the CPU has it)."""
+    """The vector path in use: 0 portable, 1 AVX2, 2 AVX-512F, 3 AVX-512 with BF16 conversions.
+
+    Level 3 changes only the bfloat16 kernels; each level is as far as the CPU has it.
+    """
     return fd_simd_enabled()
 
 
 def set_simd(level):
-    """Cap the vector path: False or 0 portable, 1 AVX2, True or 2 the best the CPU has.
+    """Cap the vector path: False or 0 portable, 1 AVX2, 2 AVX-512F, True or 3 the best the CPU has.
 
     Results are identical on every path; tests use this to check each of them.
     Returns the level now in use.
     """
     if level is True or level is False:
-        level = 2 if level else 0
+        level = 3 if level else 0
     return fd_set_simd(int(level))
 
 
