@@ -138,8 +138,13 @@ def dropout(x, p=0.5, *, seed=None, stream=None, offset=0, training=True, inplac
              if training is True and out is None and noise_shape is None
              and broadcast_dims is None and dtype is None and origin is None
              and global_shape is None and usual_call is not None else None)
-    if usual is not None:
-        return usual_dropout(kernels, x, p, seed, offset, inplace, usual)
+    if usual is not None:  # usual_dropout's steps, inline: a call's cost matters here
+        threshold, drop_all, scale, stream = usual
+        if stream is None:
+            seed, stream = streams.resolve(seed, None)
+        y, words = kernels.dropout_plain(x, inplace, threshold, drop_all, scale, seed, stream,
+                                         offset, _threads.threads)
+        return y, DropoutMask._of_checked_call(words, x.shape, p, seed, stream, offset)
     call = _calls.masked(x, p, seed, stream, offset, inplace, out, noise_shape, broadcast_dims,
                          training, dtype, origin, global_shape)
     if not training:

@@ -73,17 +73,16 @@ def dropout_plain(x, inplace, threshold, drop_all, scale, seed, stream, offset, 
     result = source if inplace else target.reshape(-1)
     if n and x.dtype.char != "e" and (n < SERIAL_ELEMENTS or threads == 1):
         # keys and T >= 2**63 as the int64 of their bits: one compiled signature
-        plain_range(source, result, words, scale, _as_int64(seed), _as_int64(stream),
-                    _as_int64(threshold), drop_all, offset)
+        plain_range(source, result, words, scale, seed if seed < _TOP else seed - _KEYS,
+                    stream if stream < _TOP else stream - _KEYS,
+                    threshold if threshold < _TOP else threshold - _KEYS, drop_all, offset)
     else:
         scale_by_stream(source, result, words, n, scale, threshold, drop_all, seed, stream,
                         offset, threads)
     return target, words
 
 
-def _as_int64(key):
-    """A 64-bit unsigned value as the int64 with its bits."""
-    return key if key < 2**63 else key - 2**64
+_TOP, _KEYS = 2**63, 2**64  # a 64-bit unsigned value v >= 2**63 is the int64 v - 2**64
 
 
 def scale_by_stream(source, target, words, n, scale, threshold, drop_all, seed, stream, offset,
