@@ -412,17 +412,21 @@ FD_TARGET_BF16_512 static inline void fd_bf16_word_512(const fd_bfloat16 *source
                                                fd_bf16_products_512(second, s)));
 }
 
-#define FD_WORDS_BF16_512(SUFFIX, T, SCALE_T, VARIANT, ATTRIBUTES)                          \
+/* The two full-word scalings of a variant whose words go through one function of
+ * (source, target, keep, scale), in place and out of place alike. */
+#define FD_WORDS_BY(SUFFIX, T, SCALE_T, VARIANT, ATTRIBUTES, WORD)                          \
     ATTRIBUTES static inline void fd_scale_word_copy_##SUFFIX##VARIANT(                     \
         const T *FD_RESTRICT source, T *FD_RESTRICT target, uint64_t keep, SCALE_T scale)   \
     {                                                                                       \
-        fd_bf16_word_512(source, target, keep, scale);                                      \
+        WORD(source, target, keep, scale);                                                  \
     }                                                                                       \
     ATTRIBUTES static inline void fd_scale_word_inplace_##SUFFIX##VARIANT(                  \
         T *values, uint64_t keep, SCALE_T scale)                                            \
     {                                                                                       \
-        fd_bf16_word_512(values, values, keep, scale);                                      \
+        WORD(values, values, keep, scale);                                                  \
     }
+#define FD_WORDS_BF16_512(SUFFIX, T, SCALE_T, VARIANT, ATTRIBUTES)                          \
+    FD_WORDS_BY(SUFFIX, T, SCALE_T, VARIANT, ATTRIBUTES, fd_bf16_word_512)
 
 /* With AVX-512 BF16 one instruction rounds 32 float32 products to bfloat16, to nearest
  * even; but it flushes subnormal results to zero and keeps NaN payloads, so a vector
@@ -450,16 +454,7 @@ FD_TARGET_BF16_NE static inline void fd_bf16_word_ne(const fd_bfloat16 *source, 
 }
 
 #define FD_WORDS_BF16_NE(SUFFIX, T, SCALE_T, VARIANT, ATTRIBUTES)                           \
-    ATTRIBUTES static inline void fd_scale_word_copy_##SUFFIX##VARIANT(                     \
-        const T *FD_RESTRICT source, T *FD_RESTRICT target, uint64_t keep, SCALE_T scale)   \
-    {                                                                                       \
-        fd_bf16_word_ne(source, target, keep, scale);                                       \
-    }                                                                                       \
-    ATTRIBUTES static inline void fd_scale_word_inplace_##SUFFIX##VARIANT(                  \
-        T *values, uint64_t keep, SCALE_T scale)                                            \
-    {                                                                                       \
-        fd_bf16_word_ne(values, values, keep, scale);                                       \
-    }
+    FD_WORDS_BY(SUFFIX, T, SCALE_T, VARIANT, ATTRIBUTES, fd_bf16_word_ne)
 
 /* Which wide variant the bfloat16 kernels take: BF16 conversions at SIMD level 3,
  * AVX-512BW at level 2 on a CPU with BW (fd_set_simd caps the level). */
