@@ -19,7 +19,7 @@ from ._api import (alpha_dropout, alpha_dropout_backward, apply_mask, bernoulli_
                    dropout_backward_recompute, feature_alpha_dropout, gaussian_dropout,
                    gaussian_dropout_backward, gaussian_noise)
 from ._backends import available_backends
-from ._config import get_num_threads, set_num_threads
+from ._config import get_num_threads, num_threads, set_num_threads
 from ._mask import DropoutMask, GaussianNoise, pack_mask, unpack_mask
 from .generator import Generator, default_generator
 from .streams import StreamSource
@@ -49,6 +49,7 @@ __all__ = [
     "gaussian_noise",
     "get_include",
     "get_num_threads",
+    "num_threads",
     "pack_mask",
     "philox4x32_10",
     "reference",

@@ -13,6 +13,8 @@ Defaults:
   ``FASTDROP_NUMBA_CACHE=0`` turns it off (read once, when the Numba backend is
   first imported), e.g. for a read-only install or to rule out a stale cache.
 """
+import contextlib
+import operator
 import os
 import threading
 import warnings
@@ -80,8 +82,11 @@ def set_num_threads(n):
     ``FASTDROP_NUM_THREADS`` or, without it, all available CPUs. Masks and outputs
     do not depend on the thread count.
     """
-    import operator
+    _state.threads = _check_threads(n)
 
+
+def _check_threads(n):
+    """n as a thread count (an int >= 1), or a TypeError/ValueError naming it."""
     try:
         if isinstance(n, bool):
             raise TypeError
@@ -90,7 +95,7 @@ def set_num_threads(n):
         raise TypeError(f"number of threads must be an integer, got {n!r}") from None
     if n < 1:
         raise ValueError(f"number of threads must be >= 1, got {n!r}")
-    _state.threads = n
+    return n
 
 
 def get_num_threads():
@@ -103,3 +108,51 @@ def get_num_threads():
         from ``FASTDROP_NUM_THREADS`` or the number of available CPUs.
     """
     return _state.threads
+
+
+@contextlib.contextmanager
+def num_threads(n):
+    """Run fastdrop's kernels on ``n`` threads inside a ``with`` block, in this Python thread.
+
+    The setting before the block is restored when it ends, also on an exception.
+    The integrations use it to follow the host's pool: one thread per task under
+    Dask's schedulers, ``torch.get_num_threads()`` under PyTorch.
+
+    Parameters
+    ----------
+    n : int
+        Number of threads, at least 1.
+
+    Raises
+    ------
+    TypeError
+        If ``n`` is not an integer.
+    ValueError
+        If ``n`` < 1.
+
+    Examples
+    --------
+    >>> import fastdrop
+    >>> with fastdrop.num_threads(1):
+    ...     fastdrop.get_num_threads()
+    1
+    """
+    n = _check_threads(n)
+    had_own = "threads" in _state.__dict__
+    before = _state.threads
+    _state.threads = n
+    try:
+        yield n
+    finally:
+        if had_own:
+            _state.threads = before
+        else:
+            del _state.threads
+
+
+def threads_were_set():
+    """Whether this Python thread's count was chosen: `set_num_threads` or ``FASTDROP_NUM_THREADS``.
+
+    An integration follows its host's thread pool unless the user chose fastdrop's own.
+    """
+    return "threads" in _state.__dict__ or bool(os.environ.get(ENV_THREADS, "").strip())

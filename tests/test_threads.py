@@ -54,6 +54,42 @@ def test_set_num_threads_round_trips(n, restore_threads):
     assert type(fastdrop.get_num_threads()) is int
 
 
+def test_num_threads_block_sets_then_restores(restore_threads):
+    fastdrop.set_num_threads(3)
+    with fastdrop.num_threads(1) as n:
+        assert n == 1 and fastdrop.get_num_threads() == 1
+    assert fastdrop.get_num_threads() == 3
+    with pytest.raises(KeyError), fastdrop.num_threads(2):
+        raise KeyError  # the setting comes back on an exception too
+    assert fastdrop.get_num_threads() == 3
+
+
+@pytest.mark.parametrize("n, error", [(0, ValueError), (1.5, TypeError), (True, TypeError)])
+def test_num_threads_block_rejects_bad_values_before_changing_anything(n, error,
+                                                                      restore_threads):
+    fastdrop.set_num_threads(3)
+    with pytest.raises(error, match=re.escape(repr(n))), fastdrop.num_threads(n):
+        pass
+    assert fastdrop.get_num_threads() == 3
+
+
+def test_num_threads_block_in_a_thread_that_never_chose_leaves_it_unchosen():
+    def in_new_thread():
+        before = (fastdrop.get_num_threads(), fastdrop._config.threads_were_set())
+        with fastdrop.num_threads(1):
+            inside = (fastdrop.get_num_threads(), fastdrop._config.threads_were_set())
+        after = (fastdrop.get_num_threads(), fastdrop._config.threads_were_set())
+        seen.extend([before, inside, after])
+
+    seen = []
+    worker = threading.Thread(target=in_new_thread)
+    worker.start()
+    worker.join()
+    before, inside, after = seen
+    assert inside == (1, True)
+    assert after == before and before[1] is (os.environ.get("FASTDROP_NUM_THREADS") is not None)
+
+
 def test_setting_is_per_python_thread(restore_threads):
     def in_new_thread(action):
         seen = []
