@@ -123,20 +123,27 @@ def test_seed_argument_is_reseed_and_no_stream_is_taken():
                               given.probabilities)
 
 
+def row_spread(sample_probabilities):
+    """The largest difference of any row's samples from row 0's."""
+    return np.abs(sample_probabilities - sample_probabilities[:1]).max()
+
+
 def test_consistent_masks_are_shared_by_every_row():
+    # equal rows get equal results up to BLAS rounding, which depends on a row's place in
+    # its block (fixed_matmul_rows); masks of their own make them differ by far more
     X = np.tile(data(1), (10, 1))  # ten equal rows
     for name, model in models().items():
         shared = predict_mc(model, X, samples=4, seed=0, consistent=True, return_samples=True)
-        assert np.all(shared.sample_probabilities == shared.sample_probabilities[:1]), name
-        moved = predict_mc(model, X, samples=4, seed=0, consistent=True, first_row=500)
+        assert row_spread(shared.sample_probabilities) < 1e-5, name
+        moved = predict_mc(model, X, samples=4, seed=0, consistent=True, first_row=640)
         assert np.array_equal(moved.probabilities, shared.probabilities), name
         own = predict_mc(model, X, samples=4, seed=0, return_samples=True).sample_probabilities
-        assert not np.all(own == own[:1]), name  # without it, rows get masks of their own
+        assert row_spread(own) > 1e-2, name  # without it, rows get masks of their own
     # DropConnect draws one weight mask per sample, for all its rows, consistent or not
     dropconnect = nn.Sequential(nn.DropConnectLinear(12, 16, 0.5, rng=0), nn.ReLU(),
                                 nn.Linear(16, 3, rng=1))
     own = predict_mc(dropconnect, X, samples=4, seed=0, return_samples=True).sample_probabilities
-    assert np.all(own == own[:1]) and not np.all(own == own[:, :, :1])
+    assert row_spread(own) < 1e-5 and np.abs(own - own[:, :, :1]).max() > 1e-2
 
 
 def test_variational_steps_get_the_whole_sequence_mask():

@@ -23,8 +23,9 @@ overwritten. Afterwards the input tensor is marked, and an op that tries to
 read it raises a RuntimeError rather than computing with dropped values.
 
 **Fixed row blocks.** Inside `fixed_matmul_rows`, ``a @ b`` multiplies 64 rows
-of ``a`` at a time, so a row's result does not depend on how many rows are
-multiplied with it (BLAS rounds by matrix size); `predict_mc` relies on it.
+of ``a`` at a time, each row at the place its label gives it, so a row's result
+does not depend on which rows are multiplied with it (BLAS rounds by matrix size
+and by a row's place in its tile); `predict_mc` relies on it.
 """
 import contextlib
 import math
@@ -73,22 +74,26 @@ _matmul_mode = threading.local()
 
 
 @contextlib.contextmanager
-def fixed_matmul_rows(rows=64):
-    """Context manager in which ``a @ b`` multiplies ``rows`` rows of ``a`` at a time.
+def fixed_matmul_rows(rows=64, labels=None):
+    """Context manager in which a row of ``a @ b`` has the same bits however ``a`` is cut.
 
-    BLAS picks its kernel, and with it the rounding, by matrix size: a one-row
-    product is a matrix-vector product, and small matrices get kernels of
-    their own, so a row of ``a @ b`` can differ in its last bits with the
-    number of rows of ``a``. Inside this context every product runs on blocks
-    of exactly ``rows`` rows (the last one padded with zeros), so each row of
-    the result is the same whatever the height of ``a``: `predict_mc` uses it
-    to give the same bits however the work is cut into passes. The setting is
-    per thread; the gradients are unchanged.
+    BLAS picks its kernel, and with it the rounding, by matrix size, and within a
+    product by a row's place in the kernel's tile: a one-row product is a
+    matrix-vector product, and OpenBLAS rounds row 6 of a 64-row block differently
+    from the same numbers in row 0. Inside this context every product runs on
+    zero-padded blocks of exactly ``rows`` rows, and the row labelled r always sits
+    at place ``r % rows`` of its block, so each row of the result depends only on
+    its own values and label: `predict_mc` labels rows with their index in the data
+    and gets the same bits however the work is cut into passes. The setting is per
+    thread; the gradients are unchanged.
 
     Parameters
     ----------
     rows : int, default 64
         Rows per block, >= 1.
+    labels : array_like of int, optional
+        One label per row of the products inside the context (their row count);
+        ``None``, or a product with another row count, labels rows 0, 1, 2, ...
 
     Examples
     --------
@@ -96,33 +101,50 @@ def fixed_matmul_rows(rows=64):
     >>> from fastdrop.nn.engine import Tensor, fixed_matmul_rows
     >>> a, b = np.random.default_rng(0).standard_normal((2, 200, 200))
     >>> with fixed_matmul_rows():
-    ...     whole, one_row = (Tensor(a) @ b).data, (Tensor(a[:1]) @ b).data
-    >>> bool(np.array_equal(whole[:1], one_row))
+    ...     whole = (Tensor(a) @ b).data
+    >>> with fixed_matmul_rows(labels=[7]):
+    ...     row_7 = (Tensor(a[7:8]) @ b).data
+    >>> bool(np.array_equal(whole[7:8], row_7))
     True
     """
     rows = int(rows)
     if rows < 1:
         raise ValueError(f"rows must be >= 1, got {rows}")
-    previous = getattr(_matmul_mode, "rows", None)
-    _matmul_mode.rows = rows
+    labels = None if labels is None else np.asarray(labels, dtype=np.int64).reshape(-1)
+    previous = getattr(_matmul_mode, "setting", None)
+    _matmul_mode.setting = (rows, labels)
     try:
         yield
     finally:
-        _matmul_mode.rows = previous
+        _matmul_mode.setting = previous
 
 
-def _matmul(a, b):
-    """``a @ b`` for 2-D arrays, in fixed row blocks inside `fixed_matmul_rows`."""
-    rows = getattr(_matmul_mode, "rows", None)
-    if rows is None or len(a) == rows:
+def _matmul(a, b, labels=None):
+    """``a @ b`` for 2-D arrays; inside `fixed_matmul_rows`, each row at its label's place.
+
+    ``labels`` (one per row of a) overrides the context's, for a product over some of
+    a pass's rows.
+    """
+    setting = getattr(_matmul_mode, "setting", None)
+    if setting is None:
         return a @ b
+    rows, context_labels = setting
+    if labels is None:
+        labels = (context_labels if context_labels is not None
+                  and len(context_labels) == len(a) else np.arange(len(a)))
+    places = np.asarray(labels, dtype=np.int64) % rows
     out = np.empty((len(a), b.shape[1]), dtype=np.result_type(a, b))
-    for start in range(0, len(a), rows):
-        block = a[start:start + rows]
-        count = len(block)
-        if count < rows:  # pad: the product of a block of `rows` rows, whatever a's height
-            block = np.concatenate([block, np.zeros((rows - count, a.shape[1]), a.dtype)])
-        out[start:start + count] = (block @ b)[:count]
+    # runs of rows at consecutive places of one block: each run is one padded product
+    breaks = np.flatnonzero(places[1:] != places[:-1] + 1) + 1
+    for start, stop in zip(np.r_[0, breaks], np.r_[breaks, len(a)]):
+        first = int(places[start]) if len(a) else 0
+        count = stop - start
+        if count == rows:
+            out[start:stop] = a[start:stop] @ b
+            continue
+        block = np.zeros((rows, a.shape[1]), dtype=a.dtype)
+        block[first:first + count] = a[start:stop]
+        out[start:stop] = (block @ b)[first:first + count]
     return out
 
 

@@ -373,11 +373,12 @@ class DropConnectLinear(Linear):
         out = np.empty((x.shape[0], self.weight.shape[1]),
                        dtype=np.result_type(x.dtype, self.weight.dtype))
         dropped = {}  # stream -> this sample's weights (a sample's rows may come in several blocks)
-        for rows, stream, _, _ in keys.row_blocks():
+        for rows, stream, first_row, count in keys.row_blocks():
             if stream not in dropped:
                 dropped[stream] = fastdrop.dropconnect(self.weight.data, self.p, seed=keys.seed,
                                                        stream=stream, backend=self.backend)[0]
-            out[rows] = _matmul(x.data[rows], dropped[stream])
+            out[rows] = _matmul(x.data[rows], dropped[stream],
+                                labels=np.arange(first_row, first_row + count))
         if self.bias is not None:
             out += self.bias.data
         return _result(out, (x, self.weight), "dropconnect_linear")

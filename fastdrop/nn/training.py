@@ -330,8 +330,9 @@ def predict_mc(model, X, samples=50, *, seed=None, consistent=False, first_row=0
 
     Bit-identical results need more than identical masks: BLAS rounds a row
     of ``x @ W`` differently with the number of rows (a one-row product is a
-    matrix-vector product), so inside `predict_mc` the engine multiplies in
-    blocks of 64 rows (`fastdrop.nn.engine.fixed_matmul_rows`). A custom
+    matrix-vector product, and a row's place in a block matters too), so inside
+    `predict_mc` the engine multiplies in blocks of 64 rows, data row r at place
+    r % 64 (`fastdrop.nn.engine.fixed_matmul_rows`). A custom
     module that multiplies NumPy arrays itself, or mixes rows (batch
     statistics), loses the guarantee.
 
@@ -372,7 +373,7 @@ def predict_mc(model, X, samples=50, *, seed=None, consistent=False, first_row=0
             module.training = False
         for layer in layers:
             layer.training = True
-        with no_grad(), fixed_matmul_rows(MC_MATMUL_ROWS):
+        with no_grad():
             for blocks in _passes(len(X), samples, rows_per_pass) if len(X) else [()]:
                 global_blocks = tuple((sample, first_row + first, rows)
                                       for sample, first, rows in blocks)
@@ -380,7 +381,9 @@ def predict_mc(model, X, samples=50, *, seed=None, consistent=False, first_row=0
                     layer.mask_keys = RowKeys(key, global_blocks, bool(consistent))
                 inputs = np.concatenate([X[first:first + rows] for _, first, rows in blocks]
                                         or [X[:0]])
-                logits = model(Tensor(inputs)).data
+                labels = [np.arange(first, first + rows) for _, first, rows in global_blocks]
+                with fixed_matmul_rows(MC_MATMUL_ROWS, np.concatenate(labels or [[]])):
+                    logits = model(Tensor(inputs)).data
                 if logits.ndim != 2 or len(logits) != len(inputs):
                     raise ValueError(f"predict_mc needs (rows, classes) outputs, got shape "
                                      f"{logits.shape} for {len(inputs)} rows")
