@@ -24,6 +24,7 @@ NOT_IN_REGISTRY = {
     "available_backends": "lists backends, takes no arrays",
     "get_include": "a path",
     "get_num_threads": "a setting",
+    "num_threads": "a setting, for a with-block",
     "set_num_threads": "a setting",
     "pack_mask": "one NumPy implementation, no backend (tests/test_mask_stream.py)",
     "unpack_mask": "one NumPy implementation, no backend (tests/test_mask_stream.py)",
