@@ -1,0 +1,181 @@
+"""The ``fastdrop`` operators of torch.library, and their eager twins.
+
+Operators (CPU only), each with a fake implementation for tracing and, where it has a
+gradient, one registered with ``register_autograd``:
+
+- ``fastdrop::draw_key(Tensor like) -> Tensor``: a call's (seed, stream) drawn from
+  torch's default CPU generator, tagged ``nondeterministic_seeded`` so compiled graphs
+  keep it, in program order, rather than fold or repeat it;
+- ``fastdrop::dropout(x, p, key, shared_dims, alpha) -> (y, words)``: dropout (or alpha
+  dropout) and its packed mask (int64 words, 1 bit per mask element);
+- ``fastdrop::dropout_backward(grad, words, p, shared_dims, alpha)``: the gradient from
+  those words;
+- ``fastdrop::dropout_recompute(x, p, key, shared_dims, alpha) -> y`` and
+  ``fastdrop::dropout_backward_recompute(grad, p, key, shared_dims, alpha)``: the pair
+  that keeps only the key for backward.
+
+The backward operators are linear in ``grad``, so each is its own gradient: double
+backward works. ``torch.compile`` and ``torch.export`` trace these operators. Eager
+calls take the twins below instead, autograd Functions over the same
+computations (`fastdrop.torch._tensors`): a custom operator's dispatch costs more than
+a small dropout itself.
+"""
+import torch
+
+from . import _tensors
+
+_NONDETERMINISTIC = (torch.Tag.nondeterministic_seeded,)
+
+
+@torch.library.custom_op("fastdrop::draw_key", mutates_args=(), device_types="cpu",
+                         tags=_NONDETERMINISTIC)
+def draw_key(like: torch.Tensor) -> torch.Tensor:
+    """The next (seed, stream) from torch's default CPU generator; ``like`` orders the draw."""
+    return _tensors.new_key()
+
+
+@draw_key.register_fake
+def _(like):
+    return like.new_empty(2, dtype=torch.int64)
+
+
+@torch.library.custom_op("fastdrop::dropout", mutates_args=(), device_types="cpu")
+def dropout(x: torch.Tensor, p: float, key: torch.Tensor, shared_dims: list[int],
+            alpha: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """Dropout of x with the key's mask: (y, packed mask words)."""
+    return _tensors.forward(x, p, *_tensors.key_values(key), tuple(shared_dims), alpha)
+
+
+@dropout.register_fake
+def _(x, p, key, shared_dims, alpha):
+    return torch.empty_like(x), x.new_empty(_tensors.word_count(x.shape, shared_dims),
+                                            dtype=torch.int64)
+
+
+@torch.library.custom_op("fastdrop::dropout_backward", mutates_args=(), device_types="cpu")
+def dropout_backward(grad: torch.Tensor, words: torch.Tensor, p: float, shared_dims: list[int],
+                     alpha: bool) -> torch.Tensor:
+    """Gradient of `dropout` from its mask words."""
+    return _tensors.backward_from_words(grad, words, p, tuple(shared_dims), alpha)
+
+
+@dropout_backward.register_fake
+def _(grad, words, p, shared_dims, alpha):
+    return torch.empty_like(grad)
+
+
+@torch.library.custom_op("fastdrop::dropout_recompute", mutates_args=(), device_types="cpu")
+def dropout_recompute(x: torch.Tensor, p: float, key: torch.Tensor, shared_dims: list[int],
+                      alpha: bool) -> torch.Tensor:
+    """Dropout of x whose backward regenerates the mask from the key."""
+    return _tensors.forward(x, p, *_tensors.key_values(key), tuple(shared_dims), alpha)[0]
+
+
+@dropout_recompute.register_fake
+def _(x, p, key, shared_dims, alpha):
+    return torch.empty_like(x)
+
+
+@torch.library.custom_op("fastdrop::dropout_backward_recompute", mutates_args=(),
+                         device_types="cpu")
+def dropout_backward_recompute(grad: torch.Tensor, p: float, key: torch.Tensor,
+                               shared_dims: list[int], alpha: bool) -> torch.Tensor:
+    """Gradient of `dropout_recompute`, its mask regenerated from the key."""
+    return _tensors.backward_recompute(grad, p, *_tensors.key_values(key), tuple(shared_dims),
+                                       alpha)
+
+
+@dropout_backward_recompute.register_fake
+def _(grad, p, key, shared_dims, alpha):
+    return torch.empty_like(grad)
+
+
+def _save_words(ctx, inputs, output):
+    _, ctx.p, _, ctx.shared_dims, ctx.alpha = inputs
+    ctx.save_for_backward(output[1])
+
+
+def _save_words_of_backward(ctx, inputs, output):
+    _, words, ctx.p, ctx.shared_dims, ctx.alpha = inputs
+    ctx.save_for_backward(words)
+
+
+def _from_words(ctx, grad, *_unused):
+    (words,) = ctx.saved_tensors
+    return dropout_backward(grad, words, ctx.p, ctx.shared_dims, ctx.alpha), None, None, None, None
+
+
+def _save_key(ctx, inputs, output):  # the same arguments in both operators of the pair
+    _, ctx.p, key, ctx.shared_dims, ctx.alpha = inputs
+    ctx.save_for_backward(key)
+
+
+def _recompute(ctx, grad):
+    (key,) = ctx.saved_tensors
+    return (dropout_backward_recompute(grad, ctx.p, key, ctx.shared_dims, ctx.alpha),
+            None, None, None, None)
+
+
+dropout.register_autograd(_from_words, setup_context=_save_words)
+dropout_backward.register_autograd(_from_words, setup_context=_save_words_of_backward)
+dropout_recompute.register_autograd(_recompute, setup_context=_save_key)
+dropout_backward_recompute.register_autograd(_recompute, setup_context=_save_key)
+
+
+class EagerDropout(torch.autograd.Function):
+    """Eager dropout: the ``fastdrop::dropout`` or ``dropout_recompute`` op without dispatch.
+
+    ``apply(x, p, seed, stream, shared_dims, alpha, recompute, inplace)``; in place, x is
+    overwritten and marked dirty, as torch's in-place ops are.
+    """
+
+    @staticmethod
+    def forward(ctx, x, p, seed, stream, shared_dims, alpha, recompute, inplace):
+        y, words = _tensors.forward(x, p, seed, stream, shared_dims, alpha, inplace)
+        if inplace:
+            ctx.mark_dirty(x)
+        ctx.p, ctx.shared_dims, ctx.alpha = p, shared_dims, alpha
+        if recompute:  # three integers, nothing of size n
+            ctx.key = (seed, stream)
+        else:
+            ctx.save_for_backward(words)
+        return y
+
+    @staticmethod
+    def backward(ctx, grad):
+        if hasattr(ctx, "key"):
+            result = EagerBackwardRecompute.apply(grad, ctx.p, *ctx.key, ctx.shared_dims, ctx.alpha)
+        else:
+            (words,) = ctx.saved_tensors
+            result = EagerBackwardFromWords.apply(grad, words, ctx.p, ctx.shared_dims, ctx.alpha)
+        return result, None, None, None, None, None, None, None
+
+
+class EagerBackwardFromWords(torch.autograd.Function):
+    """Eager ``fastdrop::dropout_backward``: linear in grad, so its own gradient."""
+
+    @staticmethod
+    def forward(ctx, grad, words, p, shared_dims, alpha):
+        ctx.p, ctx.shared_dims, ctx.alpha = p, shared_dims, alpha
+        ctx.save_for_backward(words)
+        return _tensors.backward_from_words(grad, words, p, shared_dims, alpha)
+
+    @staticmethod
+    def backward(ctx, grad):
+        (words,) = ctx.saved_tensors
+        return (EagerBackwardFromWords.apply(grad, words, ctx.p, ctx.shared_dims, ctx.alpha),
+                None, None, None, None)
+
+
+class EagerBackwardRecompute(torch.autograd.Function):
+    """Eager ``fastdrop::dropout_backward_recompute``: linear in grad, so its own gradient."""
+
+    @staticmethod
+    def forward(ctx, grad, p, seed, stream, shared_dims, alpha):
+        ctx.p, ctx.key, ctx.shared_dims, ctx.alpha = p, (seed, stream), shared_dims, alpha
+        return _tensors.backward_recompute(grad, p, seed, stream, shared_dims, alpha)
+
+    @staticmethod
+    def backward(ctx, grad):
+        return (EagerBackwardRecompute.apply(grad, ctx.p, *ctx.key, ctx.shared_dims, ctx.alpha),
+                None, None, None, None, None)

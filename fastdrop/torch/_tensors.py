@@ -1,0 +1,153 @@
+"""Dropout of CPU tensors through fastdrop's NumPy API: the work behind every op.
+
+A tensor reaches fastdrop as a NumPy view of its memory, no copy: float16/32/64 as
+they are, bfloat16 as its uint16 bit patterns with ``dtype="bfloat16"`` (no ml_dtypes
+needed). A result is a new tensor over the array fastdrop allocated (C order, as
+``torch.empty_like`` gives for a C-contiguous input), or is written into
+``torch.empty_like(input)`` when the input is not C-contiguous or is bfloat16, so a
+result always has the layout torch would give it.
+
+Keys: a call's ``(seed, stream)`` are two int64 draws from a torch generator, read as
+the unsigned 64-bit integers fastdrop takes (`key_values`).
+"""
+import math
+
+import numpy as np
+import torch
+
+import fastdrop
+
+from .._config import SERIAL_ELEMENTS, num_threads, threads_were_set
+from ..maskstream.spec import MAX_SEED, WORD_BITS
+
+FLOAT_DTYPES = (torch.float16, torch.float32, torch.float64, torch.bfloat16)
+_INT64_MIN = -(1 << 63)
+_INT64_MAX = (1 << 63) - 1
+
+
+def check_p(p):
+    """Torch's check of a dropout probability, with its ValueError and message."""
+    if p < 0.0 or p > 1.0:
+        raise ValueError(f"dropout probability has to be between 0 and 1, but got {p}")
+
+
+def check_tensor(input, where):
+    """A TypeError unless input is a tensor (``where`` names the function in messages)."""
+    if not isinstance(input, torch.Tensor):
+        raise TypeError(f"{where}: input must be a torch.Tensor, got {type(input).__name__}")
+
+
+def check_input(input, where):
+    """What fastdrop takes: a dense CPU tensor of float16, float32, float64 or bfloat16."""
+    if input.device.type != "cpu":
+        raise RuntimeError(f"{where}: fastdrop runs on the CPU, but input is on {input.device}; "
+                           "use torch.nn.functional's dropout for tensors on other devices")
+    if input.dtype not in FLOAT_DTYPES or input.layout is not torch.strided:
+        raise TypeError(f"{where}: input must be a dense float16, float32, float64 or bfloat16 "
+                        f"tensor, got {input.dtype} ({input.layout})")
+
+
+def new_key(generator=None):
+    """A call's ``(seed, stream)``: two 64-bit draws from torch's generator, an int64 tensor."""
+    return torch.empty(2, dtype=torch.int64).random_(_INT64_MIN, _INT64_MAX, generator=generator)
+
+
+def key_values(key):
+    """``(seed, stream)`` of a key tensor as fastdrop's unsigned 64-bit integers."""
+    seed, stream = key.tolist()
+    return seed & MAX_SEED, stream & MAX_SEED
+
+
+def mask_shape(shape, shared):
+    """The mask's shape: ``shape`` with extent 1 along the ``shared`` axes."""
+    return tuple(1 if axis in shared else extent for axis, extent in enumerate(shape))
+
+
+def word_count(shape, shared):
+    """Number of int64 words holding the mask of an input of ``shape`` (SymInts welcome)."""
+    return (math.prod(mask_shape(shape, shared)) + WORD_BITS - 1) // WORD_BITS
+
+
+def _array(tensor):
+    """(NumPy view of tensor's memory, fastdrop's dtype request)."""
+    tensor = tensor.detach()
+    if tensor.dtype is torch.bfloat16:
+        return tensor.view(torch.int16).numpy().view(np.uint16), "bfloat16"
+    return tensor.numpy(), None
+
+
+def _threads(tensor):
+    """fastdrop's own thread setting if the user chose one, else torch's intra-op threads."""
+    if tensor.numel() < SERIAL_ELEMENTS:  # runs on one thread whatever the setting
+        return None
+    return fastdrop.get_num_threads() if threads_were_set() else torch.get_num_threads()
+
+
+def _run(function, tensor, *arguments, inplace=False, **options):
+    """``function(array of tensor, *arguments, **options)`` with the result in a tensor.
+
+    Returns ``(result tensor, the rest of function's result or None)``.
+    """
+    array, request = _array(tensor)
+    if request is not None:
+        options["dtype"] = request
+    if inplace:
+        result, target = function(array, *arguments, inplace=True, **options), tensor
+    elif request is None and tensor.is_contiguous():  # fastdrop allocates: one step for usual calls
+        result = function(array, *arguments, **options)
+        target = None
+    else:
+        target = torch.empty_like(tensor)
+        result = function(array, *arguments, out=_array(target)[0], **options)
+    rest = None
+    if isinstance(result, tuple):
+        result, rest = result
+    return (torch.from_numpy(result) if target is None else target), rest
+
+
+def _threaded(tensor, function, *arguments, **options):
+    """`_run` on the thread count `_threads` chooses."""
+    threads = _threads(tensor)
+    if threads is None:
+        return _run(function, tensor, *arguments, **options)
+    with num_threads(threads):
+        return _run(function, tensor, *arguments, **options)
+
+
+def forward(x, p, seed, stream, shared, alpha, inplace=False):
+    """Dropout (alpha dropout) of x: ``(y, mask words as an int64 tensor)``.
+
+    ``shared`` are the axes along which one keep bit is shared (channel dropout).
+    """
+    options = {"broadcast_dims": shared} if shared else {}
+    function = fastdrop.alpha_dropout if alpha else fastdrop.dropout
+    y, mask = _threaded(x, function, p, seed=seed, stream=stream, inplace=inplace, **options)
+    return y, torch.from_numpy(mask.words.view(np.int64))
+
+
+def _stored_mask(shape, words, p, shared, seed=0, stream=0):
+    """The DropoutMask of stored words: the backward reads its words, shape and p."""
+    return fastdrop.DropoutMask(words, shape=mask_shape(shape, shared), p=p, seed=seed,
+                                stream=stream, offset=0)
+
+
+def backward_from_words(grad, words, p, shared, alpha):
+    """Gradient of `forward` from its mask words: ``grad * scale`` where kept, +0.0 elsewhere."""
+    words = words.numpy().view(np.uint64)
+    if not shared and not alpha:  # raw words apply by element count
+        return _threaded(grad, fastdrop.dropout_backward, words, p=p)[0]
+    mask = _stored_mask(grad.shape, words, p, shared)
+    backward = fastdrop.alpha_dropout_backward if alpha else fastdrop.dropout_backward
+    return _threaded(grad, backward, mask)[0]
+
+
+def backward_recompute(grad, p, seed, stream, shared, alpha):
+    """Gradient of `forward` with its mask regenerated from ``(seed, stream)``."""
+    if not alpha:
+        noise_shape = mask_shape(grad.shape, shared) if shared else None
+        return _threaded(grad, fastdrop.dropout_backward_recompute, p, seed=seed, stream=stream,
+                         noise_shape=noise_shape)[0]
+    shape = mask_shape(grad.shape, shared)
+    words = fastdrop.bernoulli_mask(math.prod(shape), p, seed=seed, stream=stream)
+    mask = _stored_mask(grad.shape, words, p, shared, seed, stream)
+    return _threaded(grad, fastdrop.alpha_dropout_backward, mask)[0]

@@ -1,0 +1,169 @@
+"""Dropout modules: twins of ``torch.nn``'s, and `replace_dropout` to swap them into a model.
+
+Each module subclasses ``torch.nn.modules.dropout._DropoutNd`` (so tools that look
+for dropout layers, such as MC-dropout ones, find them), takes torch's constructor
+arguments and fastdrop's ``recompute`` and ``generator``, is the identity in
+evaluation mode and holds no parameters or buffers, so a model's ``state_dict`` is
+the same with either kind.
+"""
+import torch
+from torch.nn.modules.dropout import _DropoutNd
+
+from . import functional
+
+__all__ = ["AlphaDropout", "Dropout", "Dropout1d", "Dropout2d", "Dropout3d",
+           "FeatureAlphaDropout", "replace_dropout"]
+
+
+class _FastdropDropout(_DropoutNd):
+    """A torch dropout module whose forward is fastdrop's; ``_function`` is the functional form.
+
+    Parameters
+    ----------
+    p : float, default 0.5
+        Probability of an element (or channel) to be zeroed.
+    inplace : bool, default False
+        Overwrite the input in place.
+    recompute : bool, default False
+        Keep only the (seed, stream) for backward and regenerate the mask there,
+        instead of its packed bits.
+    generator : torch.Generator, optional
+        Where each call's (seed, stream) come from (eager calls); torch's default
+        CPU generator if None.
+    """
+
+    _function = None
+
+    def __init__(self, p=0.5, inplace=False, *, recompute=False, generator=None):
+        super().__init__(p, inplace)
+        self.recompute = bool(recompute)
+        self.generator = generator
+
+    def forward(self, input):
+        """Dropout in training mode, the identity (``input`` itself) in evaluation mode."""
+        return type(self)._function(input, self.p, self.training, self.inplace,
+                                    generator=self.generator, recompute=self.recompute)
+
+    def extra_repr(self):
+        return super().extra_repr() + (", recompute=True" if self.recompute else "")
+
+
+class Dropout(_FastdropDropout):
+    """fastdrop's ``torch.nn.Dropout``: zeroes elements with probability p, scales the rest.
+
+    See `fastdrop.torch.functional.dropout`; the parameters are those of
+    `_FastdropDropout` (torch's ``p`` and ``inplace``, fastdrop's ``recompute`` and
+    ``generator``).
+
+    Examples
+    --------
+    >>> import torch, fastdrop.torch
+    >>> layer = fastdrop.torch.Dropout(0.2)
+    >>> layer
+    Dropout(p=0.2, inplace=False)
+    >>> x = torch.ones(4)
+    >>> layer.eval()(x) is x
+    True
+    """
+
+    _function = staticmethod(functional.dropout)
+
+
+class Dropout1d(_FastdropDropout):
+    """fastdrop's ``torch.nn.Dropout1d``: zeroes whole channels of (N, C, L) or (C, L) input."""
+
+    _function = staticmethod(functional.dropout1d)
+
+
+class Dropout2d(_FastdropDropout):
+    """fastdrop's ``torch.nn.Dropout2d``: zeroes whole channels of (N, C, H, W) input."""
+
+    _function = staticmethod(functional.dropout2d)
+
+
+class Dropout3d(_FastdropDropout):
+    """fastdrop's ``torch.nn.Dropout3d``: zeroes whole channels of (N, C, D, H, W) input."""
+
+    _function = staticmethod(functional.dropout3d)
+
+
+class AlphaDropout(_FastdropDropout):
+    """fastdrop's ``torch.nn.AlphaDropout``: dropout that keeps SELU's mean 0 and variance 1."""
+
+    _function = staticmethod(functional.alpha_dropout)
+
+
+class FeatureAlphaDropout(_FastdropDropout):
+    """fastdrop's ``torch.nn.FeatureAlphaDropout``: alpha dropout of whole channels."""
+
+    _function = staticmethod(functional.feature_alpha_dropout)
+
+
+TWINS = {
+    torch.nn.Dropout: Dropout,
+    torch.nn.Dropout1d: Dropout1d,
+    torch.nn.Dropout2d: Dropout2d,
+    torch.nn.Dropout3d: Dropout3d,
+    torch.nn.AlphaDropout: AlphaDropout,
+    torch.nn.FeatureAlphaDropout: FeatureAlphaDropout,
+}
+
+
+def replace_dropout(model, *, recompute=False):
+    """Swap every torch dropout module of ``model`` for its fastdrop twin, in place.
+
+    Modules of exactly ``torch.nn.Dropout``, ``Dropout1d/2d/3d``, ``AlphaDropout`` and
+    ``FeatureAlphaDropout`` (not subclasses, whose forward may differ) are replaced,
+    at any depth (Sequential, ModuleList, ModuleDict, attributes). A twin keeps the
+    module's attributes (``p``, ``inplace``, training mode, hooks); a module used in
+    several places is replaced by one twin. Nothing else changes: no parameter,
+    buffer or ``state_dict`` key. Dropout that a module runs inside its own forward
+    through ``torch.nn.functional`` (such as ``MultiheadAttention``'s attention
+    dropout) stays torch's.
+
+    Parameters
+    ----------
+    model : torch.nn.Module
+        The model; changed in place.
+    recompute : bool, default False
+        The twins' ``recompute`` setting.
+
+    Returns
+    -------
+    int
+        How many modules were replaced.
+
+    Raises
+    ------
+    TypeError
+        ``model`` is not a ``torch.nn.Module``.
+    ValueError
+        ``model`` is itself a torch dropout module (it cannot be replaced in place:
+        construct its twin instead).
+
+    Examples
+    --------
+    >>> import torch, fastdrop.torch
+    >>> model = torch.nn.Sequential(torch.nn.Linear(4, 4), torch.nn.Dropout(0.1))
+    >>> fastdrop.torch.replace_dropout(model)
+    1
+    >>> type(model[1]).__module__
+    'fastdrop.torch.modules'
+    """
+    if not isinstance(model, torch.nn.Module):
+        raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    if type(model) in TWINS:
+        raise ValueError(f"model is itself a {type(model).__name__}: use "
+                         f"fastdrop.torch.{TWINS[type(model)].__name__}(p={model.p}) instead")
+    twins = {}  # id of a replaced module -> its twin
+    for module in list(model.modules()):
+        for name, child in list(module._modules.items()):
+            if child is None or type(child) not in TWINS:
+                continue
+            if id(child) not in twins:
+                twin = TWINS[type(child)].__new__(TWINS[type(child)])
+                twin.__dict__.update(child.__dict__)  # p, inplace, training, hooks
+                twin.recompute, twin.generator = bool(recompute), None
+                twins[id(child)] = twin
+            module._modules[name] = twins[id(child)]
+    return len(twins)
