@@ -17,9 +17,9 @@ from .maskstream.spec import (alpha_dropout_constants, dropout_constants, dropou
                               gaussian_sigma, stream_parameters)
 
 try:  # compiled at install time, with the Cython backend
-    from ._fastpath import usual_call
+    from ._fastpath import usual_backward, usual_call
 except ImportError:  # not built: every call takes the general path
-    usual_call = None
+    usual_backward = usual_call = None
 
 
 def dropout(x, p=0.5, *, seed=None, stream=None, offset=0, training=True, inplace=False,
@@ -370,6 +370,16 @@ def dropout_backward(grad, mask, *, p=None, inplace=False, out=None, dtype=None,
     TypeError
         grad is not float16/32/64, or the words are not a 1-D uint64 array.
     """
+    kernels = _kernels(backend)
+    usual = (usual_backward(grad, mask, p, inplace)
+             if kernels is not None and out is None and dtype is None
+             and usual_backward is not None else None)
+    if usual is not None:  # one kernel call: the usual backward of a small call is cheap too
+        words, scale = usual
+        flat = grad.reshape(-1)
+        result = flat if inplace else np.empty_like(flat)
+        kernels.scale_by_mask(flat, result, words, scale, _threads.threads)
+        return grad if inplace else result.reshape(grad.shape)
     return _apply_stored_mask(grad, "grad", mask, p, None, inplace, out, dtype, backend)
 
 

@@ -68,7 +68,7 @@ def word_count(shape, shared):
     return (math.prod(mask_shape(shape, shared)) + WORD_BITS - 1) // WORD_BITS
 
 
-def _array(tensor):
+def as_array(tensor):
     """(NumPy view of tensor's memory, fastdrop's dtype request)."""
     tensor = tensor.detach()
     if tensor.dtype is torch.bfloat16:
@@ -88,7 +88,7 @@ def _run(function, tensor, *arguments, inplace=False, **options):
 
     Returns ``(result tensor, the rest of function's result or None)``.
     """
-    array, request = _array(tensor)
+    array, request = as_array(tensor)
     if request is not None:
         options["dtype"] = request
     if inplace:
@@ -98,7 +98,7 @@ def _run(function, tensor, *arguments, inplace=False, **options):
         target = None
     else:
         target = torch.empty_like(tensor)
-        result = function(array, *arguments, out=_array(target)[0], **options)
+        result = function(array, *arguments, out=as_array(target)[0], **options)
     rest = None
     if isinstance(result, tuple):
         result, rest = result
