@@ -39,7 +39,7 @@ def check_tensor(input, where):
 
 def check_input(input, where):
     """What fastdrop takes: a dense CPU tensor of float16, float32, float64 or bfloat16."""
-    if input.device.type != "cpu":
+    if not input.is_cpu:
         raise RuntimeError(f"{where}: fastdrop runs on the CPU, but input is on {input.device}; "
                            "use torch.nn.functional's dropout for tensors on other devices")
     if input.dtype not in FLOAT_DTYPES or input.layout is not torch.strided:
