@@ -9,9 +9,22 @@ import numpy as np
 
 from . import _layout, streams
 from ._mask import DropoutMask, GaussianNoise, words_for
-from ._validate import (check_block, check_count, check_dtype_request, check_gaussian_p,
-                        check_noise_shape, check_offset, check_out, check_p, check_scale,
-                        check_seed, check_stream, element_array, is_bfloat16, shape_size)
+from ._validate import (
+    check_block,
+    check_count,
+    check_dtype_request,
+    check_gaussian_p,
+    check_noise_shape,
+    check_offset,
+    check_out,
+    check_p,
+    check_scale,
+    check_seed,
+    check_stream,
+    element_array,
+    is_bfloat16,
+    shape_size,
+)
 
 
 class Call:

@@ -6,6 +6,7 @@ C-ordered copy, so every layout gives the values of its C-contiguous copy.
 """
 import numpy as np
 
+
 def deliver(result, x, target):
     """Put a C-ordered result where the caller asked: ``target``, or a new array of x's shape."""
     if target is None:

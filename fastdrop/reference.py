@@ -11,14 +11,22 @@ Specification: docs/mask-stream.md.
 import numpy as np
 
 from . import _calls
+from ._calls import check_mask_object
 from ._layout import block_indices
 from ._mask import pack_mask, unpack_mask
-from ._calls import check_mask_object
 from ._validate import channel_noise_shape, check_weight, is_bfloat16
 from .maskstream import normal
-from .maskstream.spec import (WORD_BITS, alpha_dropout_constants, block_counter, dropout_scale,
-                              gaussian_sigma, keep_threshold, normal_counter, round_to_bfloat16,
-                              split64)
+from .maskstream.spec import (
+    WORD_BITS,
+    alpha_dropout_constants,
+    block_counter,
+    dropout_scale,
+    gaussian_sigma,
+    keep_threshold,
+    normal_counter,
+    round_to_bfloat16,
+    split64,
+)
 from .rng.philox import philox_rounds
 
 __all__ = [

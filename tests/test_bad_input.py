@@ -91,7 +91,8 @@ SOME_BAD_SEEDS = [(-1, ValueError), (2**64, ValueError), (1.5, TypeError), (True
 
 def targets(entry):
     """Where a grid case sends the result: in place (else a new array), and out= where the
-    function takes it."""
+    function takes it.
+    """
     return ["inplace" if entry.inplace else None] + (["out"] if entry.out else [])
 
 
@@ -101,7 +102,8 @@ THE_CASES_BACKEND = object()
 def grid_call(entry, target, x=None, backend=THE_CASES_BACKEND, **changes):
     """``call(arrays, backend)`` of entry with the standard arguments, changed by ``changes``
     (p, seed, stream, offset or options); x is ``a.x`` unless ``x(a)`` gives another; the
-    record a function reads is made from the standard arguments and kept."""
+    record a function reads is made from the standard arguments and kept.
+    """
     def call(a, b):
         key = dict(seed=a.seed, stream=None) if entry.draws_stream else {}
         key.update(changes)
@@ -537,7 +539,8 @@ def test_bad_input_raises_writes_nothing_and_takes_no_stream(backend, seed_kind,
 @pytest.mark.parametrize("entry", [e for e in REGISTRY if e.draws_stream], ids=str)
 def test_the_stream_check_can_fail_a_valid_call_takes_one_stream(backend, entry):
     """The checks above have power: the same calls with valid arguments take exactly one
-    stream from the Generator, or from the default Generator with seed=None."""
+    stream from the Generator, or from the default Generator with seed=None.
+    """
     arrays = Arrays(BATCH, "generator")
     grid_call(entry, None)(arrays, backend)
     assert arrays.generator.state["stream"] == 1

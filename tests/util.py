@@ -74,7 +74,8 @@ def _sample(shape, dtype, salt):
 def sample(shape, dtype, salt=0):
     """A fresh, writeable, C-ordered array: normals times 3 with +0.0 (every 97th), -0.0
     (every 101st) and inf, -inf, NaN at flat indices 2, 3, 4; the same values every run
-    (``salt`` gives another set, e.g. for a gradient)."""
+    (``salt`` gives another set, e.g. for a gradient).
+    """
     shape = (shape,) if isinstance(shape, int) else tuple(shape)
     return _sample(shape, np.dtype(dtype), salt).copy()
 
@@ -87,7 +88,8 @@ BOX = (37, 29, 5)  # 5365 elements: no axis or size a multiple of 64
 @dataclasses.dataclass(frozen=True)
 class Awkward:
     """One kind of awkward input: ``make(dtype)`` gives ``(x, owner)``, x a view of owner
-    (or owner itself); `written` marks the elements of owner that x covers."""
+    (or owner itself); `written` marks the elements of owner that x covers.
+    """
 
     name: str
     owner_shape: tuple
@@ -245,7 +247,8 @@ def reference_words(n, p, seed=SEED, stream=STREAM, offset=OFFSET):
 
 def stored_mask(mask_shape, p=P, seed=SEED, stream=STREAM, offset=OFFSET):
     """The DropoutMask dropout(..., noise_shape=mask_shape) stores, from the reference
-    (fresh writeable words)."""
+    (fresh writeable words).
+    """
     mask_shape = tuple(mask_shape)
     words = reference_words(math.prod(mask_shape), p, seed, stream, offset)
     return fastdrop.DropoutMask(words, shape=mask_shape, p=p, seed=seed, stream=stream,

@@ -87,7 +87,8 @@ def _speedup_names(run):
 
 def _text_table(columns):
     """Aligned text lines for [(group title, subtitle, values)]: the first column left, the rest
-    right; a group title starts over its first column."""
+    right; a group title starts over its first column.
+    """
     widths = [max(len(subtitle), *(len(value) for value in values)) if values else len(subtitle)
               for _, subtitle, values in columns]
     # a group title may be wider than its first column: let it run over the next ones

@@ -26,8 +26,17 @@ import numpy as np
 
 from .._validate import bfloat16_dtype
 from .implementations import (
-    BASELINE, FLOOR, FLOOR_DESCRIPTIONS, FLOOR_SERIAL, IMPLEMENTATIONS, OPERATIONS,
-    available_implementations, bench_dtype, floor_kernel, unavailable_implementations)
+    BASELINE,
+    FLOOR,
+    FLOOR_DESCRIPTIONS,
+    FLOOR_SERIAL,
+    IMPLEMENTATIONS,
+    OPERATIONS,
+    available_implementations,
+    bench_dtype,
+    floor_kernel,
+    unavailable_implementations,
+)
 
 QUICK_SIZES = (1 << 16, 1 << 22)
 FULL_SIZES = tuple(1 << k for k in range(10, 27))

@@ -20,8 +20,18 @@ import numpy as np
 import fastdrop
 from fastdrop._validate import channel_noise_shape, check_gaussian_p, check_noise_shape, check_p
 
-from .engine import (Tensor, _free_to_overwrite, _matmul, _result, alpha_dropout, as_tensor,
-                     dropconnect_linear, dropout, gaussian_dropout, is_grad_enabled)
+from .engine import (
+    Tensor,
+    _free_to_overwrite,
+    _matmul,
+    _result,
+    alpha_dropout,
+    as_tensor,
+    dropconnect_linear,
+    dropout,
+    gaussian_dropout,
+    is_grad_enabled,
+)
 
 MC_STREAM_BASE = 2**63  # Monte Carlo sample k uses stream 2**63 + k; training counts up from 0
 

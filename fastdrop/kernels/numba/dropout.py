@@ -18,7 +18,6 @@ from .half import kept
 from .llvm import PREFETCH_WORDS, draw_scaling, prefetch_for_write, scale_whole_words
 from .words import BATCH_WORDS, mask_words_into
 
-
 _ZERO = np.uint64(0)
 _ONE = np.uint64(1)
 _SIX = np.uint64(6)

@@ -13,7 +13,6 @@ from .half import kept, load, scale_by_noise, store
 from .normal import BATCH as NORMAL_BATCH
 from .normal import normal_block, standard_normal, standard_normals_batch
 
-
 _ZERO = np.uint64(0)
 _ONE = np.uint64(1)
 _WORD = np.uint64(64)

@@ -15,7 +15,6 @@ from ...maskstream.spec import BLOCK_SHIFT
 from ...rng.philox import PHILOX_M0, PHILOX_M1, PHILOX_W0, PHILOX_W1
 from .philox import philox4x32_10_block
 
-
 _ZERO = np.uint64(0)
 _ONE = np.uint64(1)
 _ALL = np.uint64(0xFFFFFFFFFFFFFFFF)
