@@ -1,5 +1,6 @@
-"""What a benchmark run looks like: text and Markdown tables, thread scaling, the targets,
-JSON, the plot.
+"""What a benchmark run looks like: tables, thread scaling, the targets, JSON, the plot.
+
+The tables come as text and as Markdown.
 
 Cells are printed as measured: a ratio to the floor below 1x (the floor runs
 parallel and fastdrop serial below its cutoff, or noise) or far above a target
@@ -86,8 +87,10 @@ def _speedup_names(run):
 
 
 def _text_table(columns):
-    """Aligned text lines for [(group title, subtitle, values)]: the first column left, the rest
-    right; a group title starts over its first column.
+    """Aligned text lines for [(group title, subtitle, values)].
+
+    The first column is left-aligned, the rest right-aligned; a group title starts over its
+    first column.
     """
     widths = [max(len(subtitle), *(len(value) for value in values)) if values else len(subtitle)
               for _, subtitle, values in columns]
@@ -191,8 +194,9 @@ def _thread_counts(run):
 
 
 def scaling_columns(run):
-    """The cells of the thread-scaling table, which `format_scaling` and
-    `format_scaling_markdown` render.
+    """The cells of the thread-scaling table.
+
+    `format_scaling` and `format_scaling_markdown` render them.
 
     Parameters
     ----------

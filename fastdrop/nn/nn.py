@@ -140,7 +140,7 @@ class Module:
         return [child for _, child in self.named_children()]
 
     def modules(self):
-        """This module and every module inside it, depth first."""
+        """The module itself and every module inside it, depth first."""
         yield self
         for child in self.children():
             yield from child.modules()

@@ -435,7 +435,7 @@ class DescentReport:
 
 
 def check_descent(model, X, y, *, optimizer=None, steps=20, rtol=1e-4):
-    """Debugging aid: with dropout off, does the full-batch loss fall at every step?
+    """Debugging aid: report whether, with dropout off, the full-batch loss falls at every step.
 
     With dropout on, the training loss jitters from batch to batch, which hides
     a learning rate that is too large. This takes ``steps`` optimiser steps on
