@@ -178,7 +178,10 @@ def usual_dropout(kernels, x, p, seed, offset, inplace, usual):
 
 
 def _scale_by_stream(kernels, call, words):
-    """x's elements scaled by keep bits drawn from the stream; the bits stored unless words is None."""
+    """x's elements scaled by keep bits drawn from the stream.
+
+    The bits are stored unless words is None.
+    """
     threshold, drop_all, scale = dropout_constants(call.p)
     if call.runs is None:
         return call.finish(_layout.elementwise(

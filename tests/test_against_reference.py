@@ -610,7 +610,10 @@ def test_normal_transform_of_chosen_words_is_bit_identical(compiled_backend):
 @pytest.mark.parametrize("simd", [2, 1, 0])
 @pytest.mark.parametrize("p", PS)
 def test_cython_simd_and_portable_paths_agree_with_reference(p, simd):
-    """The AVX-512 and AVX2 paths (where the CPU has them) and the portable paths give the same bits."""
+    """The AVX-512, AVX2 and portable paths give the same bits.
+
+    The AVX-512 and AVX2 paths run where the CPU has them.
+    """
     from fastdrop.kernels.cython import kernels as cython_kernels
 
     before = cython_kernels.simd_enabled()

@@ -570,7 +570,10 @@ def test_a_valid_call_writes_its_target(backend, entry):
 
 @pytest.mark.parametrize("backend", fastdrop.available_backends())
 def test_bad_input_through_strided_views_writes_nothing(backend):
-    """Strided and transposed arrays go through private copies; a late error still writes nothing."""
+    """Strided and transposed arrays go through private copies.
+
+    A late error still writes nothing.
+    """
     base = np.random.default_rng(1).uniform(1.0, 2.0, (10, 26)).astype(np.float64)
     out_base = np.full((26, 10), -7.0)
     before = (base.tobytes(), out_base.tobytes())

@@ -44,8 +44,8 @@ def run(args):
     kept = fastdrop.unpack_mask(mask.words, mask.n)
     print(f"  first call {first * 1e3:.1f} ms (includes compilation or cache load), "
           f"second call {second * 1e3:.2f} ms")
-    print(f"  kept fraction {kept.mean():.5f} (expected {1 - args.p:.5f}); mask {mask.nbytes:,} bytes "
-          f"for {mask.n:,} elements (1 bit each)")
+    print(f"  kept fraction {kept.mean():.5f} (expected {1 - args.p:.5f}); "
+          f"mask {mask.nbytes:,} bytes for {mask.n:,} elements (1 bit each)")
     print(f"  mean of x {x.mean():+.5f}, mean of y {y.mean():+.5f} (E[y] = x)")
 
     grad = np.ones_like(x)

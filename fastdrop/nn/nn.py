@@ -75,11 +75,12 @@ class RowKeys:
             start += rows
 
     def mask_blocks(self, mask_shape, shares_rows=False):
-        """``(row slice, stream, offset, block mask shape)`` for a mask of ``mask_shape`` over the pass.
+        """``(row slice, stream, offset, block mask shape)`` of each block, for a pass's mask.
 
-        ``mask_shape[0]`` is the pass's rows, or 1 with ``shares_rows``: a
-        layer that shares its mask along the rows already (``broadcast_dims``
-        with axis 0), whose rows then share it in every sample.
+        The mask has ``mask_shape`` over the pass. ``mask_shape[0]`` is the pass's
+        rows, or 1 with ``shares_rows``: a layer that shares its mask along the rows
+        already (``broadcast_dims`` with axis 0), whose rows then share it in every
+        sample.
         """
         shared = self.consistent or shares_rows
         width = math.prod(mask_shape[1:])

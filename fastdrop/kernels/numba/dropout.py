@@ -76,7 +76,9 @@ def same_memory(source, target):
 @njit(cache=NUMBA_CACHE, nogil=True)  # its own function: inlined, it slows the aligned loop
 def _shifted_batch(keep, buffer, carried, seed, stream, threshold, drop_all, base, shift, n,
                    group, count):
-    """keep[:count] = local words group .. group+count-1 for an offset with shift bits; returns ``carried``.
+    """keep[:count] = local words group .. group+count-1 for an offset with shift bits.
+
+    Returns ``carried``.
 
     Local word k takes the top of global word k and the bottom of word k + 1. The
     global words go through ``buffer``; when the group's last word needs the next
@@ -243,7 +245,10 @@ def _scale_by_words(source, target, keep, keep_first, scale, n, first, stop, lin
 
 @njit(inline="always", cache=NUMBA_CACHE)
 def _whole_words_of(n, group, count):
-    """How many of words group .. group + count - 1 hold 64 elements (only the array's last may not)."""
+    """How many of words group .. group + count - 1 hold 64 elements.
+
+    Only the array's last word may not.
+    """
     return min(count, (n - group * 64) // 64)
 
 
