@@ -127,7 +127,6 @@ def check_mask(mask, shape, p):
     stretched over one its shape broadcasts to (a noise shape). Raw uint64 words
     carry no shape: they need ``p`` and one bit per element, in C order.
     """
-    n = shape_size(shape)
     if isinstance(mask, DropoutMask):
         words, mask_p = mask.words, mask.p
         if p is not None and check_p(p) != mask_p:

@@ -213,9 +213,9 @@ def time_row(implementations, row, repeat, min_time, interleave):
                         except Exception as error:
                             results[name] = _error(error)
                             del prepared[name]
-            for name, (call, number, samples) in prepared.items():
+            for name, (_call, number, samples) in prepared.items():
                 results[name] = _cell(n, number, samples)
-            prepared = call = None
+            prepared = call = _call = None
         else:
             for implementation in implementations + [IMPLEMENTATIONS[FLOOR]]:
                 try:
@@ -271,7 +271,7 @@ def _derive(results, floor=None):
     """
     floor = floor or results.get(FLOOR, {}).get("best_s")
     baseline = results.get(BASELINE, {}).get("best_s")
-    for name, cell in results.items():
+    for _name, cell in results.items():
         if "best_s" not in cell:
             continue
         cell["ratio_to_floor"] = cell["best_s"] / floor if floor else None
