@@ -49,6 +49,20 @@ MAX_NUMBER = 1_000_000
 
 @dataclass(frozen=True)
 class Timing:
+    """The timing of one callable, in seconds per call.
+
+    Attributes
+    ----------
+    best : float
+        Seconds per call of the best sample.
+    median : float
+        Seconds per call of the median sample.
+    number : int
+        Calls per sample.
+    repeat : int
+        Number of samples.
+    """
+
     best: float  # seconds per call, best sample
     median: float  # seconds per call, median sample
     number: int  # calls per sample

@@ -70,6 +70,7 @@ def _prefetch_words(source, first_word, count, n, line):
 
 @njit(inline="always", cache=NUMBA_CACHE)
 def same_memory(source, target):
+    """Whether ``source`` is not empty and ``target`` starts at its address (in place)."""
     return source.size > 0 and source.ctypes.data == target.ctypes.data
 
 
@@ -362,6 +363,7 @@ def _word_chunk(n, chunks, chunk):
 @njit(parallel=True, nogil=True, cache=NUMBA_CACHE)
 def stream_parallel(source, target, words, scale, seed, stream, threshold, drop_all,
                      offset, n, chunks):
+    """`stream_range` over all local mask words, in ``chunks`` parallel ranges."""
     for chunk in prange(chunks):
         first, stop = _word_chunk(n, chunks, chunk)
         if first < stop:
@@ -371,6 +373,7 @@ def stream_parallel(source, target, words, scale, seed, stream, threshold, drop_
 
 @njit(parallel=True, nogil=True, cache=NUMBA_CACHE)
 def words_parallel(words, seed, stream, threshold, drop_all, offset, n, chunks):
+    """`words_range` over all local mask words, in ``chunks`` parallel ranges."""
     for chunk in prange(chunks):
         first, stop = _word_chunk(n, chunks, chunk)
         if first < stop:
@@ -379,6 +382,7 @@ def words_parallel(words, seed, stream, threshold, drop_all, offset, n, chunks):
 
 @njit(parallel=True, nogil=True, cache=NUMBA_CACHE)
 def mask_parallel(source, target, words, scale, n, chunks):
+    """`mask_range` over all mask words, in ``chunks`` parallel ranges."""
     for chunk in prange(chunks):
         first, stop = _word_chunk(n, chunks, chunk)
         if first < stop:
@@ -491,6 +495,7 @@ def runs_range(source, target, words, scale, seed, stream, threshold, drop_all, 
 @njit(parallel=True, nogil=True, cache=NUMBA_CACHE)
 def runs_parallel(source, target, words, scale, seed, stream, threshold, drop_all, base, shape,
                   strides, run, n, chunks):
+    """`runs_range` over all local words of a block, in ``chunks`` parallel ranges."""
     for chunk in prange(chunks):
         first, stop = _word_chunk(n, chunks, chunk)
         if first < stop:
