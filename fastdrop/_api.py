@@ -8,13 +8,18 @@ import numpy as np
 
 from . import _calls, _layout, reference, streams
 from ._backends import kernels as _kernels
+from ._calls import check_mask_object
 from ._config import _state as _threads
 from ._config import get_num_threads
 from ._mask import DropoutMask, words_for
-from ._calls import check_mask_object
 from ._validate import channel_noise_shape, check_weight
-from .maskstream.spec import (alpha_dropout_constants, dropout_constants, dropout_scale,
-                              gaussian_sigma, stream_parameters)
+from .maskstream.spec import (
+    alpha_dropout_constants,
+    dropout_constants,
+    dropout_scale,
+    gaussian_sigma,
+    stream_parameters,
+)
 
 try:  # compiled at install time, with the Cython backend
     from ._fastpath import usual_backward, usual_call
@@ -173,7 +178,10 @@ def usual_dropout(kernels, x, p, seed, offset, inplace, usual):
 
 
 def _scale_by_stream(kernels, call, words):
-    """x's elements scaled by keep bits drawn from the stream; the bits stored unless words is None."""
+    """x's elements scaled by keep bits drawn from the stream.
+
+    The bits are stored unless words is None.
+    """
     threshold, drop_all, scale = dropout_constants(call.p)
     if call.runs is None:
         return call.finish(_layout.elementwise(

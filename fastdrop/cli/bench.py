@@ -12,6 +12,7 @@ ARRAYS_PER_ROW = 3
 
 
 def add_arguments(parser):
+    """Add the ``fastdrop bench`` options to ``parser`` (benchmarks/make_docs.py too)."""
     # the registry imports only NumPy, which `import fastdrop` has already loaded
     from ..bench.implementations import IMPLEMENTATIONS, OPERATIONS
 
@@ -58,6 +59,7 @@ def add_arguments(parser):
 
 
 def register(subparsers):
+    """Add the ``bench`` subcommand to ``subparsers``, with `run` as its handler."""
     parser = subparsers.add_parser(
         "bench", help="benchmark against the memory floor, NumPy and PyTorch",
         description=__doc__.split("\n\n", 1)[1] if "\n\n" in __doc__ else None)
@@ -159,6 +161,7 @@ def run_torch(args):
 
 
 def run(args):
+    """Run ``fastdrop bench``: check, measure, print the tables, save what was asked; return 0."""
     from ..bench import report
 
     if args.torch:
