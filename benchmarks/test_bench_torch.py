@@ -1,4 +1,4 @@
-"""fastdrop.torch against torch's dropout under pytest-benchmark (the registry is fastdrop.bench.pytorch).
+"""fastdrop.torch against torch's dropout under pytest-benchmark (fastdrop.bench.pytorch).
 
     python -m pytest benchmarks/test_bench_torch.py --benchmark-only
 
