@@ -15,8 +15,8 @@ import numpy as np
 cimport numpy as cnp
 
 from fastdrop._mask import DropoutMask
-from fastdrop.maskstream.spec import (MAX_ELEMENTS, MAX_SEED, MAX_STREAM, dropout_constants,
-                                      dropout_scale)
+from fastdrop.maskstream.spec import MAX_ELEMENTS, MAX_SEED, MAX_STREAM
+from fastdrop.maskstream.spec import dropout_constants, dropout_scale
 from fastdrop.streams import StreamSource
 
 cnp.import_array()
