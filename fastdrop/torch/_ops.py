@@ -7,7 +7,7 @@ gradient, one registered with ``register_autograd``:
   torch's default CPU generator, tagged ``nondeterministic_seeded`` so compiled graphs
   keep it, in program order, rather than fold or repeat it;
 - ``fastdrop::dropout(x, p, key, shared_dims, alpha) -> (y, words)``: dropout (or alpha
-  dropout) and its packed mask (int64 words, 1 bit per mask element);
+  dropout) and its packed mask (int64 words, 1 bit per mask element, at least 2 words);
 - ``fastdrop::dropout_backward(grad, words, p, shared_dims, alpha)``: the gradient from
   those words;
 - ``fastdrop::dropout_recompute(x, p, key, shared_dims, alpha) -> y`` and
@@ -25,6 +25,9 @@ import torch
 from . import _tensors
 
 _NONDETERMINISTIC = (torch.Tag.nondeterministic_seeded,)
+# the words output has at least 2 entries, so its length is never 1 whatever a dynamic
+# dimension is: a length that could be 1 makes torch.export guard on the dimension
+_MIN_WORDS = 2
 
 
 @torch.library.custom_op("fastdrop::draw_key", mutates_args=(), device_types="cpu",
@@ -42,14 +45,17 @@ def _(like):
 @torch.library.custom_op("fastdrop::dropout", mutates_args=(), device_types="cpu")
 def dropout(x: torch.Tensor, p: float, key: torch.Tensor, shared_dims: list[int],
             alpha: bool) -> tuple[torch.Tensor, torch.Tensor]:
-    """Dropout of x with the key's mask: (y, packed mask words)."""
-    return _tensors.forward(x, p, *_tensors.key_values(key), tuple(shared_dims), alpha)
+    """Dropout of x with the key's mask: (y, packed mask words, at least two of them)."""
+    y, words = _tensors.forward(x, p, *_tensors.key_values(key), tuple(shared_dims), alpha)
+    if len(words) < _MIN_WORDS:
+        words = torch.cat([words, words.new_zeros(_MIN_WORDS - len(words))])
+    return y, words
 
 
 @dropout.register_fake
 def _(x, p, key, shared_dims, alpha):
-    return torch.empty_like(x), x.new_empty(_tensors.word_count(x.shape, shared_dims),
-                                            dtype=torch.int64)
+    count = torch.sym_max(_MIN_WORDS, _tensors.word_count(x.shape, shared_dims))
+    return torch.empty_like(x), x.new_empty(count, dtype=torch.int64)
 
 
 @torch.library.custom_op("fastdrop::dropout_backward", mutates_args=(), device_types="cpu")

@@ -10,6 +10,7 @@ result always has the layout torch would give it.
 Keys: a call's ``(seed, stream)`` are two int64 draws from a torch generator, read as
 the unsigned 64-bit integers fastdrop takes (`key_values`).
 """
+import contextlib
 import math
 
 import numpy as np
@@ -26,9 +27,16 @@ _INT64_MAX = (1 << 63) - 1
 
 
 def check_p(p):
-    """Torch's check of a dropout probability, with its ValueError and message."""
+    """Torch's checks of a dropout probability, with its exceptions and message.
+
+    Its Python check raises a ValueError for p outside [0, 1]; NaN passes that and is
+    refused by ATen's, with a RuntimeError, whatever the other arguments.
+    """
+    message = f"dropout probability has to be between 0 and 1, but got {p}"
     if p < 0.0 or p > 1.0:
-        raise ValueError(f"dropout probability has to be between 0 and 1, but got {p}")
+        raise ValueError(message)
+    if p != p:
+        raise RuntimeError(message)
 
 
 def check_tensor(input, where):
@@ -132,8 +140,11 @@ def _stored_mask(shape, words, p, shared, seed=0, stream=0):
 
 
 def backward_from_words(grad, words, p, shared, alpha):
-    """Gradient of `forward` from its mask words: ``grad * scale`` where kept, +0.0 elsewhere."""
-    words = words.numpy().view(np.uint64)
+    """Gradient of `forward` from its mask words: ``grad * scale`` where kept, +0.0 elsewhere.
+
+    Words past the mask's (an operator's padding) are ignored.
+    """
+    words = words.numpy().view(np.uint64)[:word_count(grad.shape, shared)]
     if not shared and not alpha:  # raw words apply by element count
         return _threaded(grad, fastdrop.dropout_backward, words, p=p)[0]
     mask = _stored_mask(grad.shape, words, p, shared)
@@ -147,7 +158,9 @@ def backward_recompute(grad, p, seed, stream, shared, alpha):
         noise_shape = mask_shape(grad.shape, shared) if shared else None
         return _threaded(grad, fastdrop.dropout_backward_recompute, p, seed=seed, stream=stream,
                          noise_shape=noise_shape)[0]
-    shape = mask_shape(grad.shape, shared)
-    words = fastdrop.bernoulli_mask(math.prod(shape), p, seed=seed, stream=stream)
-    mask = _stored_mask(grad.shape, words, p, shared, seed, stream)
-    return _threaded(grad, fastdrop.alpha_dropout_backward, mask)[0]
+    threads = _threads(grad)
+    with contextlib.nullcontext() if threads is None else num_threads(threads):
+        words = fastdrop.bernoulli_mask(math.prod(mask_shape(grad.shape, shared)), p, seed=seed,
+                                        stream=stream)
+        mask = _stored_mask(grad.shape, words, p, shared, seed, stream)
+        return _run(fastdrop.alpha_dropout_backward, grad, mask)[0]

@@ -79,7 +79,8 @@ def _check_inplace(input):
     if input.is_inference() and not torch.is_inference_mode_enabled():
         raise RuntimeError("Inplace update to inference tensor outside InferenceMode is not "
                            "allowed.You can make a clone to get a normal tensor before doing "
-                           "inplace update.")
+                           "inplace update.See https://github.com/pytorch/rfcs/pull/17 for more "
+                           "details.")
     if torch.is_grad_enabled() and input.requires_grad:
         if input.is_leaf:
             raise RuntimeError("a leaf Variable that requires grad is being used in an in-place "
@@ -90,8 +91,12 @@ def _check_inplace(input):
                                "in-place operation.")
 
 
-def _dropout(input, p, training, inplace, shared_dims, alpha, generator, recompute, where):
-    """Every function's body: dropout (alpha dropout) sharing a keep bit along shared_dims."""
+def _dropout(input, p, training, inplace, feature, alpha, generator, recompute, where):
+    """Every function's body: dropout (alpha dropout), elementwise or of whole channels.
+
+    ``feature`` is None (one bit per element) or the first axis a channel's bit is
+    shared along: 2 for (N, C, ...) input, 1 for unbatched (C, ...) input.
+    """
     if not training or p == 0:
         return input
     _tensors.check_tensor(input, where)
@@ -99,6 +104,7 @@ def _dropout(input, p, training, inplace, shared_dims, alpha, generator, recompu
     if input.numel() == 0:
         return input
     p = float(p)
+    shared_dims = () if feature is None else _feature_dims(input, feature, p)
     if _traced(input):
         if generator is not None:
             raise RuntimeError(f"{where}: generator= is for eager calls; under torch.compile, "
@@ -122,10 +128,15 @@ def _dropout(input, p, training, inplace, shared_dims, alpha, generator, recompu
     return y
 
 
-def _feature_dims(input, batched=True):
-    """The axes torch's feature dropout shares a bit along: all after (N, C), or after C."""
-    first = 2 if batched else 1
+def _feature_dims(input, first, p):
+    """The axes torch's feature dropout shares a bit along: from ``first`` on.
+
+    As in ATen, too few dimensions are an error only where a mask is drawn: at p = 1
+    everything is dropped, elementwise.
+    """
     if input.dim() < first:
+        if p == 1.0:
+            return ()
         raise RuntimeError(_FEATURE_DIMS_ERROR)
     return tuple(range(first, input.dim()))
 
@@ -168,7 +179,7 @@ def dropout(input, p=0.5, training=True, inplace=False, *, generator=None, recom
     TypeError
         ``input`` is not a tensor, or not a dense float16/32/64 or bfloat16 one.
     RuntimeError
-        ``input`` is not on the CPU; an in-place call on a leaf tensor that
+        ``p`` is NaN (torch's message); ``input`` is not on the CPU; an in-place call on a leaf tensor that
         requires grad (or a view of one), or on an inference tensor outside
         inference mode; ``generator=`` under torch.compile.
 
@@ -182,7 +193,7 @@ def dropout(input, p=0.5, training=True, inplace=False, *, generator=None, recom
     True
     """
     _tensors.check_p(p)
-    return _dropout(input, p, training, inplace, (), False, generator, recompute, "dropout")
+    return _dropout(input, p, training, inplace, None, False, generator, recompute, "dropout")
 
 
 def dropout1d(input, p=0.5, training=True, inplace=False, *, generator=None, recompute=False):
@@ -218,8 +229,8 @@ def dropout1d(input, p=0.5, training=True, inplace=False, *, generator=None, rec
             "Note that dropout1d exists to provide channel-wise dropout on inputs with 1 "
             "spatial dimension, a channel dimension, and an optional batch dimension "
             "(i.e. 2D or 3D inputs).")
-    return _dropout(input, p, training, inplace, _feature_dims(input, dims == 3), False,
-                    generator, recompute, "dropout1d")
+    return _dropout(input, p, training, inplace, 2 if dims == 3 else 1, False, generator,
+                    recompute, "dropout1d")
 
 
 def dropout2d(input, p=0.5, training=True, inplace=False, *, generator=None, recompute=False):
@@ -266,10 +277,7 @@ def dropout2d(input, p=0.5, training=True, inplace=False, *, generator=None, rec
             "input as one without a batch dimension, i.e. shape (C, H, W). To maintain the 1D "
             "channel-wise dropout behavior, please switch to using dropout1d instead.",
             stacklevel=2)
-    if not training or p == 0:
-        return input
-    return _dropout(input, p, training, inplace, _feature_dims(input), False, generator,
-                    recompute, "dropout2d")
+    return _dropout(input, p, training, inplace, 2, False, generator, recompute, "dropout2d")
 
 
 def dropout3d(input, p=0.5, training=True, inplace=False, *, generator=None, recompute=False):
@@ -306,10 +314,8 @@ def dropout3d(input, p=0.5, training=True, inplace=False, *, generator=None, rec
             "exists to provide channel-wise dropout on inputs with 3 spatial dimensions, "
             "a channel dimension, and an optional batch dimension (i.e. 4D or 5D inputs).",
             stacklevel=2)
-    if not training or p == 0:
-        return input
-    return _dropout(input, p, training, inplace, _feature_dims(input, dims == 5), False,
-                    generator, recompute, "dropout3d")
+    return _dropout(input, p, training, inplace, 2 if dims == 5 else 1, False, generator,
+                    recompute, "dropout3d")
 
 
 def alpha_dropout(input, p=0.5, training=False, inplace=False, *, generator=None,
@@ -341,7 +347,8 @@ def alpha_dropout(input, p=0.5, training=False, inplace=False, *, generator=None
         As in `dropout`.
     """
     _tensors.check_p(p)
-    return _dropout(input, p, training, inplace, (), True, generator, recompute, "alpha_dropout")
+    return _dropout(input, p, training, inplace, None, True, generator, recompute,
+                    "alpha_dropout")
 
 
 def feature_alpha_dropout(input, p=0.5, training=False, inplace=False, *, generator=None,
@@ -372,8 +379,5 @@ def feature_alpha_dropout(input, p=0.5, training=False, inplace=False, *, genera
         As in `dropout`.
     """
     _tensors.check_p(p)
-    _tensors.check_tensor(input, "feature_alpha_dropout")
-    if not training or p == 0:
-        return input
-    return _dropout(input, p, training, inplace, _feature_dims(input), True, generator,
-                    recompute, "feature_alpha_dropout")
+    return _dropout(input, p, training, inplace, 2, True, generator, recompute,
+                    "feature_alpha_dropout")
