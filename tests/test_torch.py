@@ -21,6 +21,7 @@ from tests.util import bits, sample
 
 torch = pytest.importorskip("torch")
 
+from torch.nn.modules.dropout import _DropoutNd  # noqa: E402
 from torch.utils._python_dispatch import TorchDispatchMode  # noqa: E402
 
 import fastdrop.torch as ft  # noqa: E402  (needs torch)
@@ -356,3 +357,366 @@ def test_gradcheck_and_gradgradcheck(variant, recompute):
         assert (slope == 0).any() and (slope != 0).any()  # both kept and dropped elements
         assert torch.autograd.gradcheck(function, (x,))
         assert torch.autograd.gradgradcheck(function, (x,))
+
+
+# ---------------------------------------------------------------- 4. compile and export
+
+
+def mlp(recompute):
+    torch.manual_seed(0)
+    return torch.nn.Sequential(
+        torch.nn.Linear(8, 32), torch.nn.ReLU(), ft.Dropout(0.2, recompute=recompute),
+        torch.nn.Linear(32, 32), torch.nn.SELU(), ft.AlphaDropout(0.1, recompute=recompute),
+        torch.nn.Linear(32, 1))
+
+
+def regression_data():
+    generator = torch.Generator().manual_seed(3)
+    inputs = torch.randn(64, 8, generator=generator)
+    return inputs, inputs[:, :4].sum(1, keepdim=True) - inputs[:, 4:].sum(1, keepdim=True)
+
+
+def train(model, steps, forward=None):
+    """Per-step losses, the first step's gradients and the eval-mode losses before and after."""
+    forward = forward or model
+    inputs, targets = regression_data()
+    optimiser = torch.optim.Adam(model.parameters(), lr=0.01)
+
+    def eval_loss():
+        model.eval()
+        with torch.no_grad():
+            loss = F.mse_loss(model(inputs), targets).item()
+        model.train()
+        return loss
+
+    start = eval_loss()
+    torch.manual_seed(SEED)
+    losses, first_grads = [], None
+    for _ in range(steps):
+        optimiser.zero_grad()
+        loss = F.mse_loss(forward(inputs), targets)
+        loss.backward()
+        if first_grads is None:
+            first_grads = [p.grad.clone() for p in model.parameters()]
+        optimiser.step()
+        losses.append(loss.item())
+    return losses, first_grads, (start, eval_loss())
+
+
+@pytest.mark.parametrize("recompute", [False, True], ids=["mask", "recompute"])
+def test_compiled_model_trains_exactly_like_eager(recompute):
+    """With aot_eager, every loss and weight equals eager's bit for bit.
+
+    aot_eager runs the traced graph of our operators without Inductor's own rounding of
+    the Linear layers.
+    """
+    eager_model, compiled_model = mlp(recompute), mlp(recompute)
+    eager = train(eager_model, 25)
+    compiled = train(compiled_model, 25,
+                     torch.compile(compiled_model, fullgraph=True, backend="aot_eager"))
+    assert compiled[0] == eager[0]
+    assert all(torch.equal(a, b) for a, b in zip(compiled[1], eager[1]))
+    assert all(torch.equal(a, b) for a, b in zip(compiled_model.parameters(),
+                                                  eager_model.parameters()))
+    start, end = compiled[2]
+    assert end < 0.5 * start
+
+
+@pytest.mark.parametrize("recompute", [False, True], ids=["mask", "recompute"])
+def test_inductor_compiled_model_trains_like_eager(recompute):
+    """With Inductor, losses agree with eager's to float32 rounding.
+
+    Inductor rounds the Linear layers its own way; a different mask would change the
+    losses by percents.
+    """
+    eager_model, compiled_model = mlp(recompute), mlp(recompute)
+    eager = train(eager_model, 10)
+    compiled = train(compiled_model, 10, torch.compile(compiled_model, fullgraph=True))
+    assert compiled[0] == pytest.approx(eager[0], rel=1e-4)
+    for a, b in zip(compiled[1], eager[1]):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
+    assert compiled[0][-1] < compiled[0][0]
+
+
+def check_exported(program, model, recompute, batches):
+    targets = {node.target for node in program.graph.nodes if node.op == "call_function"}
+    op = OPS.dropout_recompute.default if recompute else OPS.dropout.default
+    assert OPS.draw_key.default in targets and op in targets
+    for batch in batches:
+        inputs = torch.randn(batch, 8)
+        torch.manual_seed(SEED)
+        exported = program.module()(inputs)
+        torch.manual_seed(SEED)
+        assert torch.equal(exported, model(inputs)), batch
+
+
+@pytest.mark.parametrize("recompute", [False, True], ids=["mask", "recompute"])
+def test_export_traces_the_operators_and_runs(recompute):
+    model = mlp(recompute)
+    program = torch.export.export(model, (torch.randn(16, 8),))
+    check_exported(program, model, recompute, [16])
+
+
+@pytest.mark.parametrize("recompute", [False, True], ids=["mask", "recompute"])
+def test_export_with_a_dynamic_batch(recompute):
+    """torch.export.Dim's default range starts at 2, as torch's own dropout allows."""
+    model = mlp(recompute)
+    program = torch.export.export(model, (torch.randn(16, 8),),
+                                  dynamic_shapes={"input": {0: torch.export.Dim("batch")}})
+    check_exported(program, model, recompute, [2, 3, 16])
+
+
+# ---------------------------------------------------------------- 5. semantics against torch
+
+
+@pytest.mark.parametrize("variant", VARIANTS, ids=str)
+def test_signatures_are_torchs_plus_generator_and_recompute(variant):
+    import inspect
+
+    theirs = inspect.signature(variant.theirs).parameters
+    ours = inspect.signature(variant.ours).parameters
+    assert [(n, p.default) for n, p in theirs.items()] == \
+        [(n, p.default) for n, p in list(ours.items())[:len(theirs)]]
+    extra = {n: (p.kind, p.default) for n, p in list(ours.items())[len(theirs):]}
+    assert extra == {"generator": (inspect.Parameter.KEYWORD_ONLY, None),
+                     "recompute": (inspect.Parameter.KEYWORD_ONLY, False)}
+
+
+@pytest.mark.parametrize("variant", VARIANTS, ids=str)
+def test_identity_when_off_and_empty_input(variant):
+    shape, _ = variant.cases[0]
+    x = values(shape, torch.float32)
+    empty = torch.empty((0,) + tuple(shape[1:]))
+    state = torch.get_rng_state()
+    for call in (lambda: variant.ours(x, P, False), lambda: variant.ours(x, 0.0, True),
+                 lambda: variant.ours(x, 0, True, inplace=True),
+                 lambda: variant.ours(x, P, False, recompute=True)):
+        assert call() is x
+    assert variant.ours(empty, P, True) is empty
+    assert torch.equal(torch.get_rng_state(), state)  # no key drawn
+    if variant.alpha:  # torch's default training=False
+        assert variant.ours(x) is x and variant.theirs(x) is x
+    else:
+        assert variant.ours(x) is not x
+
+
+@pytest.mark.parametrize("recompute", [False, True], ids=["mask", "recompute"])
+@pytest.mark.parametrize("variant", VARIANTS, ids=str)
+def test_p_one_gives_zeros_and_zero_gradients(variant, recompute):
+    shape, _ = variant.cases[0]
+    x = values(shape, torch.float32).requires_grad_()
+    y = variant.ours(x, 1.0, True, recompute=recompute)
+    assert torch.equal(y, torch.zeros(shape))
+    y.backward(torch.ones(shape))
+    assert torch.equal(x.grad, torch.zeros(shape))
+
+
+@pytest.mark.parametrize("p", [0.2, 0.5, 0.8])
+@pytest.mark.parametrize("variant", PLAIN_VARIANTS, ids=str)
+def test_mean_is_preserved_like_torchs_test(variant, p):
+    """torch's test/nn/test_dropout.py: input filled with 1 - p; output and gradient means."""
+    shape = variant.stats_shape
+    assert variant.mask_elements(shape, variant.cases[0][1]) >= 1000
+    torch.manual_seed(SEED)
+    x = torch.full(shape, 1 - p, requires_grad=True)
+    y = variant.ours(x, p, True)
+    assert abs(y.mean().item() - (1 - p)) < 0.05
+    y.backward(x.detach())
+    assert abs(x.grad.mean().item() - (1 - p)) < 0.05
+
+
+@pytest.mark.parametrize("variant", CHANNEL_VARIANTS, ids=str)
+def test_channel_variants_drop_whole_maps(variant):
+    for shape, shared in variant.cases:
+        if math.prod(shape) == 1:
+            continue
+        torch.manual_seed(SEED)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            y = variant.ours(torch.ones(shape), 0.5, True)
+        maps = y.amax(dim=shared) if shared else y
+        low = y.amin(dim=shared)
+        assert torch.equal(maps, low), shape  # one value per (sample, channel)
+        assert len(torch.unique(maps)) == 2, shape  # both kinds occur
+
+
+@pytest.mark.parametrize("p", [0.2, 0.5, 0.8])
+@pytest.mark.parametrize("variant", ALPHA_VARIANTS, ids=str)
+def test_alpha_variants_keep_mean_zero_and_std_one(variant, p):
+    torch.manual_seed(SEED)
+    x = torch.randn((125,) + variant.stats_shape)  # about 150 000 elements
+    y = variant.ours(x, p, True)
+    assert abs(y.mean().item()) < 0.1 and abs(y.std().item() - 1) < 0.1
+    theirs = variant.theirs(x, p, True)  # torch's, as a yardstick
+    assert abs(theirs.mean().item()) < 0.1 and abs(theirs.std().item() - 1) < 0.1
+
+
+SHAPES_OF_EVERY_RANK = ((), (0,), (3,), (0, 3), (2, 3), (2, 3, 4), (2, 3, 4, 5),
+                        (1, 2, 3, 4, 5), (1, 1, 2, 3, 4, 2))
+
+
+def outcome(function, x, p, training):
+    """What a call did: ('returned', shape) or (error type, message), with its warnings."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        try:
+            result = ("returned", tuple(function(x, p, training).shape))
+        except Exception as error:  # noqa: BLE001 - the error is what is compared
+            result = (type(error).__name__, str(error))
+    return result, [(w.category, str(w.message)) for w in caught]
+
+
+@pytest.mark.parametrize("training", [True, False], ids=["train", "eval"])
+@pytest.mark.parametrize("p", [-0.1, 0.5, 1.0, 1.5, float("nan")])
+@pytest.mark.parametrize("variant", VARIANTS, ids=str)
+def test_errors_and_warnings_equal_torchs_for_every_rank(variant, p, training):
+    mismatches = []
+    for shape in SHAPES_OF_EVERY_RANK:
+        x = values(shape, torch.float32)
+        before, state = tensor_bits(x), torch.get_rng_state()
+        ours = outcome(variant.ours, x, p, training)
+        theirs = outcome(variant.theirs, values(shape, torch.float32), p, training)
+        if ours != theirs:
+            mismatches.append((shape, "ours", ours, "torch", theirs))
+        if ours[0][0] != "returned":  # an error writes nothing and draws no key
+            if not np.array_equal(tensor_bits(x), before):
+                mismatches.append((shape, "input written before", ours[0]))
+            if not torch.equal(torch.get_rng_state(), state):
+                mismatches.append((shape, "key drawn before", ours[0]))
+    assert not mismatches, "\n".join(map(str, mismatches))
+
+
+@pytest.mark.parametrize("name, shape", [("dropout2d", (2, 3, 4)), ("dropout2d", (2, 3)),
+                                         ("dropout2d", (1, 2, 3, 4, 5)), ("dropout3d", (2, 3, 4)),
+                                         ("dropout3d", (1, 1, 2, 3, 4, 2))])
+def test_odd_rank_warnings_point_at_the_caller_as_torchs_do(name, shape):
+    variant = next(v for v in VARIANTS if v.name == name)
+    found = {}
+    for side, function in (("ours", variant.ours), ("torch", variant.theirs)):
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            function(torch.ones(shape), P, True)
+        found[side] = [(w.category, str(w.message), w.filename) for w in caught]
+    assert found["ours"] and found["ours"] == found["torch"]
+    assert all(filename == __file__ for _, _, filename in found["ours"])
+
+
+# ---------------------------------------------------------------- modules
+
+
+@pytest.mark.parametrize("variant", VARIANTS, ids=str)
+def test_modules_are_torchs_twins(variant):
+    ours, theirs = variant.our_module(0.3, True), variant.their_module(0.3, True)
+    assert isinstance(ours, _DropoutNd)
+    assert repr(ours) == repr(theirs)
+    assert repr(variant.our_module(0.3, recompute=True)) == \
+        repr(variant.their_module(0.3))[:-1] + ", recompute=True)"
+    assert list(ours.parameters()) == [] and list(ours.buffers()) == [] and not ours.state_dict()
+    default = variant.our_module()
+    assert (default.p, default.inplace, default.recompute, default.generator) == \
+        (0.5, False, False, None)
+    for p in (-0.5, 1.5):
+        with pytest.raises(ValueError) as mine:
+            variant.our_module(p)
+        with pytest.raises(ValueError) as torchs:
+            variant.their_module(p)
+        assert str(mine.value) == str(torchs.value)
+
+
+@pytest.mark.parametrize("recompute", [False, True], ids=["mask", "recompute"])
+@pytest.mark.parametrize("variant", VARIANTS, ids=str)
+def test_module_forward_is_the_function_in_training_and_identity_in_eval(variant, recompute):
+    shape, _ = variant.cases[0]
+    module = variant.our_module(P, recompute=recompute)
+    x = values(shape, torch.float32)
+    torch.manual_seed(SEED)
+    y = module(x)
+    torch.manual_seed(SEED)
+    assert torch.equal(tensor_bits_tensor(y), tensor_bits_tensor(variant.ours(x, P, True)))
+    assert module.eval()(x) is x
+    in_place = variant.our_module(P, True, recompute=recompute)
+    target = x.clone()
+    torch.manual_seed(SEED)
+    assert in_place(target) is target
+    assert torch.equal(tensor_bits_tensor(target), tensor_bits_tensor(y))
+    generator_module = variant.our_module(P, generator=torch.Generator().manual_seed(2))
+    first = generator_module(x)
+    assert torch.equal(tensor_bits_tensor(first),
+                       tensor_bits_tensor(variant.ours(x, P, True,
+                                                       generator=torch.Generator().manual_seed(2))))
+
+
+def tensor_bits_tensor(tensor):
+    """A tensor's bytes as a uint8 tensor, for torch.equal (NaN equal to itself)."""
+    return torch.from_numpy(tensor_bits(tensor).copy())
+
+
+# ---------------------------------------------------------------- 6. replace_dropout
+
+
+class SubclassedDropout(torch.nn.Dropout):
+    """A user's dropout subclass: its forward may differ, so it is not replaced."""
+
+
+def nested_model():
+    shared = torch.nn.Dropout(0.25)
+    return torch.nn.Sequential(
+        torch.nn.Linear(8, 8), shared,
+        torch.nn.ModuleList([torch.nn.Dropout2d(0.1, inplace=True), SubclassedDropout(0.3),
+                             torch.nn.Sequential(shared, torch.nn.AlphaDropout(0.2))]),
+        torch.nn.ModuleDict({"a": torch.nn.Dropout3d(0.4), "b": torch.nn.FeatureAlphaDropout(0.5),
+                             "c": torch.nn.Dropout1d(0.6)}),
+        torch.nn.TransformerEncoderLayer(8, 2, 16, dropout=0.15, batch_first=True),
+    )
+
+
+TWIN_OF = {v.their_module: v.our_module for v in VARIANTS}
+
+
+@pytest.mark.parametrize("recompute", [False, True], ids=["mask", "recompute"])
+def test_replace_dropout_swaps_torchs_modules_and_nothing_else(recompute):
+    model = nested_model()
+    model[2][0].eval()
+    calls = []
+    model[1].register_forward_hook(lambda module, inputs, output: calls.append(module))
+    before = dict(model.named_modules(remove_duplicate=False))
+    parameters = dict(model.named_parameters())
+    state = {name: tensor.clone() for name, tensor in model.state_dict().items()}
+    assert ft.replace_dropout(model, recompute=recompute) == 9  # the shared one counts once
+    after = dict(model.named_modules(remove_duplicate=False))
+    assert after.keys() == before.keys()
+    for name, old in before.items():
+        new = after[name]
+        if type(old) in TWIN_OF:
+            assert type(new) is TWIN_OF[type(old)], name
+            assert (new.p, new.inplace, new.training, new.recompute, new.generator) == \
+                (old.p, old.inplace, old.training, recompute, None), name
+        else:
+            assert new is old, name
+    assert type(after["2.1"]) is SubclassedDropout
+    assert after["1"] is after["2.2.0"]  # one twin for the module used twice
+    assert not after["2.0"].training and after["1"].training
+    assert model.named_parameters() and all(
+        p is parameters[name] for name, p in model.named_parameters())
+    assert model.state_dict().keys() == state.keys()
+    assert all(torch.equal(model.state_dict()[name], t) for name, t in state.items())
+    model[1](torch.ones(3))  # the hook came along
+    assert calls == [model[1]]
+    layer = model[4]  # TransformerEncoderLayer still runs, with our dropouts, in training
+    torch.manual_seed(SEED)
+    first = layer(torch.ones(2, 5, 8))
+    torch.manual_seed(SEED)
+    assert torch.equal(layer(torch.ones(2, 5, 8)), first)
+    assert ft.replace_dropout(model) == 0
+
+
+def test_replace_dropout_refuses_what_it_cannot_replace():
+    with pytest.raises(TypeError):
+        ft.replace_dropout([torch.nn.Dropout()])
+    for variant in VARIANTS:
+        with pytest.raises(ValueError):
+            ft.replace_dropout(variant.their_module(0.1))
+    layer = torch.nn.TransformerEncoderLayer(8, 2, 16)
+    assert ft.replace_dropout(layer) == 3
+    assert all(type(getattr(layer, name)) is ft.Dropout
+               for name in ("dropout", "dropout1", "dropout2"))
