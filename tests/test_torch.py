@@ -9,6 +9,10 @@ itself; nothing here recomputes a mask.
 import contextlib
 import dataclasses
 import math
+import os
+import subprocess
+import sys
+import threading
 import warnings
 from pathlib import Path
 from typing import Callable
@@ -720,3 +724,382 @@ def test_replace_dropout_refuses_what_it_cannot_replace():
     assert ft.replace_dropout(layer) == 3
     assert all(type(getattr(layer, name)) is ft.Dropout
                for name in ("dropout", "dropout1", "dropout2"))
+
+
+# ---------------------------------------------------------------- 7. reproducibility
+
+
+def train_weights(seed, steps=5, model_seed=0):
+    torch.manual_seed(model_seed)
+    model = torch.nn.Sequential(torch.nn.Linear(6, 16), ft.Dropout(0.5), torch.nn.Linear(16, 16),
+                                ft.AlphaDropout(0.2, recompute=True), torch.nn.Linear(16, 1))
+    inputs, targets = torch.randn(32, 6), torch.randn(32, 1)
+    optimiser = torch.optim.SGD(model.parameters(), lr=0.1)
+    torch.manual_seed(seed)
+    for _ in range(steps):
+        optimiser.zero_grad()
+        F.mse_loss(model(inputs), targets).backward()
+        optimiser.step()
+    return [p.detach().clone() for p in model.parameters()]
+
+
+def test_same_seed_same_weights_other_seed_other_weights():
+    first, second, other = train_weights(1), train_weights(1), train_weights(2)
+    assert all(torch.equal(a, b) for a, b in zip(first, second))
+    assert not all(torch.equal(a, b) for a, b in zip(first, other))
+
+
+def test_generator_decides_the_masks_whatever_the_default_generator_does():
+    x = torch.ones(1000)
+    torch.manual_seed(1)
+    first = ft.dropout(x, 0.5, generator=torch.Generator().manual_seed(7))
+    torch.manual_seed(2)
+    torch.rand(10)
+    state = torch.get_rng_state()
+    generator = torch.Generator().manual_seed(7)
+    assert ft.next_key(generator) != ft.next_key()
+    key = ft.next_key(generator)
+    second = ft.dropout(x, 0.5, generator=generator)
+    assert torch.equal(first, second)
+    assert torch.equal(torch.get_rng_state(), state)  # the default generator was not used
+    assert np.array_equal(tensor_bits(second), bits(fastdrop.dropout(x.numpy(), 0.5, seed=key[0],
+                                                                     stream=key[1])[0]))
+    assert not torch.equal(ft.dropout(x, 0.5, generator=generator), second)
+
+
+@pytest.mark.parametrize("recompute", [False, True], ids=["mask", "recompute"])
+def test_checkpoint_gives_the_same_gradients(recompute):
+    torch.manual_seed(0)
+    block = torch.nn.Sequential(torch.nn.Linear(6, 16), ft.Dropout(0.3, recompute=recompute),
+                                torch.nn.Linear(16, 4, bias=False),
+                                ft.FeatureAlphaDropout(0.3, recompute=recompute))
+    inputs = torch.randn(8, 6)
+    results = []
+    for checkpointed in (False, True):
+        block.zero_grad()
+        x = inputs.clone().requires_grad_()
+        torch.manual_seed(SEED)
+        if checkpointed:
+            out = torch.utils.checkpoint.checkpoint(block, x, use_reentrant=False)
+        else:
+            out = block(x)
+        out.pow(2).sum().backward()
+        results.append([out.detach(), x.grad] + [p.grad.clone() for p in block.parameters()])
+    plain, checkpointed = results
+    assert all(torch.equal(a, b) for a, b in zip(plain, checkpointed))
+
+
+# ---------------------------------------------------------------- 8. memory
+
+
+@pytest.mark.parametrize("path", ["eager", "operators"])
+@pytest.mark.parametrize("n", [1, 63, 64, 65, 1000, 4099])
+def test_autograd_keeps_one_bit_per_element_or_only_the_key(n, path):
+    x = torch.randn(n, requires_grad=True)
+    for variant in (VARIANTS[0], VARIANTS[4]):  # dropout, alpha_dropout
+        with path_context(path), kept_for_backward() as kept:
+            variant.ours(x, P, True)
+        assert nbytes(kept) == math.ceil(n / 64) * 8
+        with path_context(path), kept_for_backward() as kept:
+            variant.ours(x, P, True, recompute=True)
+        assert nbytes(kept) <= 16
+
+
+@pytest.mark.parametrize("variant, shape, pairs", [
+    (VARIANTS[1], (5, 13, 9), 65), (VARIANTS[2], (3, 70, 5, 5), 210),
+    (VARIANTS[3], (2, 33, 2, 2, 2), 66), (VARIANTS[5], (4, 16, 3), 64)], ids=str)
+def test_channel_variants_keep_one_bit_per_sample_and_channel(variant, shape, pairs):
+    x = torch.randn(shape, requires_grad=True)
+    with kept_for_backward() as kept:
+        variant.ours(x, P, True)
+    assert nbytes(kept) == math.ceil(pairs / 64) * 8
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
+@pytest.mark.parametrize("n", [1000, 4099])
+def test_we_keep_less_than_torch(n, dtype):
+    """Ours keeps ceil(n/64) int64 words, less than torch's F.dropout.
+
+    Measured on torch 2.13 CPU: F.dropout keeps its noise tensor, n elements of the
+    input's dtype (4n bytes for float32, 2n for bfloat16).
+    """
+    x = torch.randn(n, dtype=dtype, requires_grad=True)
+    with kept_for_backward() as theirs:
+        F.dropout(x, P)
+    with kept_for_backward() as ours:
+        ft.dropout(x, P)
+    assert nbytes(ours) == math.ceil(n / 64) * 8 < nbytes(theirs)
+
+
+# ---------------------------------------------------------------- threads and copies
+
+
+@pytest.fixture
+def fastdrop_calls(monkeypatch):
+    """Every fastdrop API call fastdrop.torch makes.
+
+    Each is (name, threads it runs on, pointer of its first argument, pointer of the
+    array it returns).
+    """
+    calls = []
+
+    def recording(name, function):
+        def wrapper(*args, **kwargs):
+            result = function(*args, **kwargs)
+            array = result[0] if isinstance(result, tuple) else result
+            first = args[0]
+            calls.append((name, fastdrop.get_num_threads(),
+                          first.ctypes.data if isinstance(first, np.ndarray) else None,
+                          array.ctypes.data))
+            return result
+        return wrapper
+
+    for name in ("dropout", "alpha_dropout", "dropout_backward", "alpha_dropout_backward",
+                 "dropout_backward_recompute", "bernoulli_mask"):
+        monkeypatch.setattr(fastdrop, name, recording(name, getattr(fastdrop, name)))
+    monkeypatch.delenv("FASTDROP_NUM_THREADS", raising=False)
+    return calls
+
+
+def in_fresh_thread(function):
+    """function() in a new Python thread, where fastdrop's thread setting is not chosen yet."""
+    outcome = {}
+
+    def target():
+        before = torch.get_num_threads()
+        try:
+            outcome["value"] = function()
+        except BaseException as error:  # noqa: BLE001 - re-raised below
+            outcome["error"] = error
+        finally:
+            torch.set_num_threads(before)
+
+    thread = threading.Thread(target=target)
+    thread.start()
+    thread.join()
+    if "error" in outcome:
+        raise outcome["error"]
+    return outcome.get("value")
+
+
+def forward_and_backward(variant, n, recompute):
+    x = torch.randn(n, requires_grad=True)
+    variant.ours(x, P, True, recompute=recompute).backward(torch.ones(n))
+
+
+LARGE = 1 << 18  # fastdrop runs anything smaller on one thread
+
+
+@pytest.mark.parametrize("variant", [VARIANTS[0], VARIANTS[4]], ids=str)
+@pytest.mark.parametrize("recompute", [False, True], ids=["mask", "recompute"])
+def test_large_calls_run_on_torchs_threads(fastdrop_calls, variant, recompute):
+    def run():
+        torch_threads = 1 if fastdrop.get_num_threads() != 1 else 2
+        torch.set_num_threads(torch_threads)
+        forward_and_backward(variant, LARGE, recompute)
+        return torch_threads
+
+    torch_threads = in_fresh_thread(run)
+    assert len(fastdrop_calls) >= 2  # forward and backward
+    assert [c[:2] for c in fastdrop_calls] == [(c[0], torch_threads) for c in fastdrop_calls]
+
+
+@pytest.mark.parametrize("chosen_by", ["set_num_threads", "environment"])
+def test_fastdrops_own_thread_setting_wins_when_chosen(fastdrop_calls, monkeypatch, chosen_by):
+    if chosen_by == "environment":
+        monkeypatch.setenv("FASTDROP_NUM_THREADS", "3")
+
+    def run():
+        if chosen_by == "set_num_threads":
+            fastdrop.set_num_threads(3)
+        own = fastdrop.get_num_threads()
+        torch.set_num_threads(own + 1)
+        for recompute in (False, True):
+            forward_and_backward(VARIANTS[0], LARGE, recompute)
+        return own
+
+    own = in_fresh_thread(run)
+    assert len(fastdrop_calls) == 4
+    assert {threads for _, threads, _, _ in fastdrop_calls} == {own}
+
+
+def test_contiguous_input_is_not_copied_and_the_result_is_fastdrops_array(fastdrop_calls):
+    x = torch.randn(6, 7, requires_grad=True)
+    y = ft.dropout(x, P)
+    (name, _, given, returned), = fastdrop_calls
+    assert name == "dropout" and given == x.data_ptr() and returned == y.data_ptr()
+    grad = torch.randn(6, 7)
+    y.backward(grad)
+    assert fastdrop_calls[1][2] == grad.data_ptr()
+    assert fastdrop_calls[1][3] == x.grad.data_ptr()
+
+
+# ---------------------------------------------------------------- 9. in place, modes, autocast
+
+
+@pytest.mark.parametrize("layout", ["contiguous", "transposed", "strided"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
+@pytest.mark.parametrize("variant", VARIANTS, ids=str)
+def test_in_place_writes_the_same_bits_and_bumps_the_version(variant, dtype, layout):
+    shape, _ = variant.cases[0]
+    torch.manual_seed(SEED)
+    expected = variant.ours(make(shape, layout, dtype), P, True)
+    x = make(shape, layout, dtype)
+    version = x._version
+    torch.manual_seed(SEED)
+    assert variant.ours(x, P, True, inplace=True) is x
+    assert np.array_equal(tensor_bits(x), tensor_bits(expected))
+    assert x._version > version
+
+
+@pytest.mark.parametrize("path", ["eager", "operators"])
+@pytest.mark.parametrize("recompute", [False, True], ids=["mask", "recompute"])
+@pytest.mark.parametrize("variant", VARIANTS, ids=str)
+def test_in_place_on_a_non_leaf_has_the_right_gradient(variant, recompute, path):
+    shape, shared = variant.cases[0]
+    leaf = values(shape, torch.float32).requires_grad_()
+    grad = values(shape, torch.float32, salt=3)
+    torch.manual_seed(SEED)
+    key = ft.next_key()
+    with path_context(path):
+        hidden = leaf * 2
+        version = hidden._version
+        out = variant.ours(hidden, P, True, inplace=True, recompute=recompute)
+        out.backward(grad)
+    expected_y, _, expected_grad = reference(variant, leaf.detach() * 2, P, key, shared, grad)
+    assert out is hidden and hidden._version > version
+    assert np.array_equal(tensor_bits(hidden), bits(expected_y))
+    assert np.array_equal(tensor_bits(leaf.grad), bits(expected_grad * 2))
+
+
+def inplace_refusals():
+    leaf = torch.randn(4, 5, 6, requires_grad=True)
+    with torch.inference_mode():
+        inference = torch.randn(4, 5, 6)
+    return {"leaf": leaf, "view of a leaf": leaf[1:3], "reshaped leaf": leaf.view(20, 6),
+            "inference tensor": inference}
+
+
+@pytest.mark.filterwarnings("ignore:dropout")
+@pytest.mark.parametrize("kind", list(inplace_refusals()))
+@pytest.mark.parametrize("variant", VARIANTS, ids=str)
+def test_in_place_refusals_are_torchs_and_write_nothing(variant, kind):
+    x = inplace_refusals()[kind]
+    before, state = tensor_bits(x), torch.get_rng_state()
+    with pytest.raises(RuntimeError) as ours:
+        variant.ours(x, P, True, inplace=True)
+    assert np.array_equal(tensor_bits(x), before)
+    assert torch.equal(torch.get_rng_state(), state)
+    with pytest.raises(RuntimeError) as theirs:
+        variant.theirs(inplace_refusals()[kind], P, True, inplace=True)
+    assert str(ours.value) == str(theirs.value)
+
+
+def test_in_place_on_a_leaf_under_no_grad_is_allowed_as_in_torch():
+    leaf = torch.randn(50, requires_grad=True)
+    expected_key = ft.next_key()
+    expected = fastdrop.dropout(leaf.detach().numpy().copy(), P, seed=expected_key[0],
+                                stream=expected_key[1])[0]
+    with torch.no_grad():
+        version = leaf._version
+        assert ft.dropout(leaf, P, inplace=True) is leaf
+    assert leaf._version > version
+    assert np.array_equal(tensor_bits(leaf), bits(expected))
+
+
+@pytest.mark.parametrize("variant", VARIANTS, ids=str)
+def test_no_grad_and_inference_mode(variant):
+    shape, shared = variant.cases[0]
+    x = values(shape, torch.float32).requires_grad_()
+    with torch.no_grad():
+        y = variant.ours(x, P, True)
+    assert not y.requires_grad and y.grad_fn is None
+    with torch.inference_mode():
+        inference = values(shape, torch.float32)
+        key = ft.next_key()
+        y = variant.ours(inference, P, True)
+        assert y.is_inference() == variant.theirs(inference, P, True).is_inference()
+        assert np.array_equal(tensor_bits(y), bits(reference(variant, inference, P, key,
+                                                             shared)[0]))
+        assert variant.ours(inference, P, True, inplace=True) is inference
+    outside = variant.ours(inference, P, True)  # out of place is fine outside the mode
+    assert outside.shape == inference.shape
+
+
+def test_autocast_bfloat16_model_trains():
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(8, 64), ft.Dropout(0.2), torch.nn.Linear(64, 1))
+    received = []
+    model[1].register_forward_pre_hook(lambda module, args: received.append(args[0].dtype))
+    inputs, targets = regression_data()
+    optimiser = torch.optim.Adam(model.parameters(), lr=0.01)
+    losses = []
+    for _ in range(40):
+        optimiser.zero_grad()
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            out = model(inputs)
+        loss = F.mse_loss(out.float(), targets)
+        loss.backward()
+        optimiser.step()
+        losses.append(loss.item())
+    assert set(received) == {torch.bfloat16}
+    assert all(p.grad.dtype == torch.float32 for p in model.parameters())
+    assert np.mean(losses[-5:]) < 0.5 * np.mean(losses[:5])
+
+
+# ---------------------------------------------------------------- 10. bad input
+
+
+@pytest.mark.parametrize("variant", VARIANTS, ids=str)
+def test_bad_input_raises_and_changes_nothing(variant):
+    shape, _ = variant.cases[0]
+    state = torch.get_rng_state()
+    with pytest.raises(RuntimeError, match="meta"):
+        variant.ours(torch.empty(shape, device="meta"), P, True)
+    for dtype in (torch.int32, torch.int64, torch.uint8, torch.bool, torch.complex64):
+        x = torch.ones(shape, dtype=dtype)
+        before = x.clone()
+        with pytest.raises(TypeError, match=str(dtype)):
+            variant.ours(x, P, True)
+        assert torch.equal(x, before)
+    if len(shape) >= 2:
+        sparse = torch.ones(shape).to_sparse()
+        with pytest.raises(TypeError):
+            variant.ours(sparse, P, True)
+    for not_a_tensor in (np.ones(shape, np.float32), [[1.0, 2.0]], 1.5):
+        with pytest.raises(TypeError):
+            variant.ours(not_a_tensor, P, True)
+    assert torch.equal(torch.get_rng_state(), state)
+
+
+def test_generator_under_compile_is_a_clear_error():
+    x = torch.randn(16)
+    before = x.clone()
+    generator = torch.Generator().manual_seed(0)
+
+    def function(x):
+        return ft.dropout(x, 0.5, generator=generator)
+
+    for fullgraph in (True, False):
+        torch._dynamo.reset()
+        with pytest.raises(RuntimeError) as error:
+            torch.compile(function, fullgraph=fullgraph, backend="aot_eager")(x)
+        assert "generator= is for eager calls" in str(error.value)
+        assert torch.equal(x, before)
+
+
+# ---------------------------------------------------------------- 11. without torch
+
+
+def test_without_torch_the_error_names_the_extra_and_fastdrop_still_imports():
+    code = ("import sys; sys.modules['torch'] = None\n"
+            "import fastdrop\n"
+            "print(fastdrop.__file__)\n"
+            "try:\n    import fastdrop.torch\nexcept ImportError as error:\n"
+            "    print('ImportError:', error)\n")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                            timeout=120, env=dict(os.environ, PYTHONPATH=str(PACKAGE_ROOT)))
+    assert result.returncode == 0, result.stderr
+    file, message = result.stdout.splitlines()[:2]
+    assert Path(file).resolve().parent.parent == PACKAGE_ROOT
+    assert message.startswith("ImportError:") and "fastdrop[torch]" in message, message
