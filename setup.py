@@ -74,6 +74,11 @@ class BuildExtensions(build_ext):
     """build_ext that adds OpenMP when it works (or is required) and optimisation flags."""
 
     def build_extensions(self):
+        """Build the extensions with the optimisation flags, and OpenMP where it works.
+
+        Without OpenMP, the build stops if FASTDROP_REQUIRE_OPENMP is set and warns
+        otherwise (FASTDROP_DISABLE_OPENMP builds serial kernels without asking).
+        """
         if _flag("FASTDROP_DISABLE_OPENMP"):
             use_openmp = False
             print("fastdrop: FASTDROP_DISABLE_OPENMP set; building serial kernels")
@@ -96,6 +101,10 @@ class BuildExtensions(build_ext):
 
 
 def extensions():
+    """The Cython extension modules of `EXTENSIONS`, cythonized.
+
+    Each is rebuilt when one of the headers or .pxd files it may include changes.
+    """
     import numpy
     from Cython.Build import cythonize
     from setuptools import Extension

@@ -2,8 +2,9 @@
 
 Run ``pytest benchmarks/ --benchmark-only``. Sizes 2^16, 2^20, 2^24 at p = 0.5,
 float32 (and bfloat16 where ml_dtypes is installed) by default; ``FASTDROP_BENCH_FULL=1``
-runs 2^10 .. 2^26, p in {0.1, 0.5}, float32, float64 and bfloat16. Threads: fastdrop's setting (``FASTDROP_NUM_THREADS``, else
-all CPUs). Each group is one (operation, n, p, dtype): pytest-benchmark's table
+runs 2^10 .. 2^26, p in {0.1, 0.5}, float32, float64 and bfloat16. Threads: fastdrop's
+setting (``FASTDROP_NUM_THREADS``, else all CPUs). Each group is one (operation, n, p,
+dtype): pytest-benchmark's table
 shows every implementation in it next to the floor.
 
 Times are never asserted. After the run, the issue's targets are printed with the

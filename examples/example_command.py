@@ -11,7 +11,7 @@ import json
 
 
 def run(doc, demonstrate, report, plot, check, argv=None, extra_options=()):
-    """Parse ``--quick --seed --plot --json`` (and ``extra_options``), run, check; return the result.
+    """Parse ``--quick --seed --plot --json`` and ``extra_options``, run, check; return the result.
 
     Parameters
     ----------

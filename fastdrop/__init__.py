@@ -14,16 +14,27 @@ Layers, each using only the ones before it:
 ``import fastdrop`` imports NumPy only; a compiled backend loads on first use.
 """
 from . import reference
-from ._api import (alpha_dropout, alpha_dropout_backward, apply_mask, bernoulli_mask,
-                   channel_dropout, dropconnect, dropout, dropout_backward,
-                   dropout_backward_recompute, feature_alpha_dropout, gaussian_dropout,
-                   gaussian_dropout_backward, gaussian_noise)
+from ._api import (
+    alpha_dropout,
+    alpha_dropout_backward,
+    apply_mask,
+    bernoulli_mask,
+    channel_dropout,
+    dropconnect,
+    dropout,
+    dropout_backward,
+    dropout_backward_recompute,
+    feature_alpha_dropout,
+    gaussian_dropout,
+    gaussian_dropout_backward,
+    gaussian_noise,
+)
 from ._backends import available_backends
 from ._config import get_num_threads, num_threads, set_num_threads
 from ._mask import DropoutMask, GaussianNoise, pack_mask, unpack_mask
 from .generator import Generator, default_generator
-from .streams import StreamSource
 from .rng import philox4x32_10
+from .streams import StreamSource
 
 __version__ = "0.1.0"
 

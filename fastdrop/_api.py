@@ -8,18 +8,23 @@ import numpy as np
 
 from . import _calls, _layout, reference, streams
 from ._backends import kernels as _kernels
+from ._calls import check_mask_object
 from ._config import _state as _threads
 from ._config import get_num_threads
 from ._mask import DropoutMask, words_for
-from ._calls import check_mask_object
 from ._validate import channel_noise_shape, check_weight
-from .maskstream.spec import (alpha_dropout_constants, dropout_constants, dropout_scale,
-                              gaussian_sigma, stream_parameters)
+from .maskstream.spec import (
+    alpha_dropout_constants,
+    dropout_constants,
+    dropout_scale,
+    gaussian_sigma,
+    stream_parameters,
+)
 
 try:  # compiled at install time, with the Cython backend
-    from ._fastpath import usual_call
+    from ._fastpath import usual_backward, usual_call
 except ImportError:  # not built: every call takes the general path
-    usual_call = None
+    usual_backward = usual_call = None
 
 
 def dropout(x, p=0.5, *, seed=None, stream=None, offset=0, training=True, inplace=False,
@@ -173,7 +178,10 @@ def usual_dropout(kernels, x, p, seed, offset, inplace, usual):
 
 
 def _scale_by_stream(kernels, call, words):
-    """x's elements scaled by keep bits drawn from the stream; the bits stored unless words is None."""
+    """x's elements scaled by keep bits drawn from the stream.
+
+    The bits are stored unless words is None.
+    """
     threshold, drop_all, scale = dropout_constants(call.p)
     if call.runs is None:
         return call.finish(_layout.elementwise(
@@ -370,6 +378,16 @@ def dropout_backward(grad, mask, *, p=None, inplace=False, out=None, dtype=None,
     TypeError
         grad is not float16/32/64, or the words are not a 1-D uint64 array.
     """
+    kernels = _kernels(backend)
+    usual = (usual_backward(grad, mask, p, inplace)
+             if kernels is not None and out is None and dtype is None
+             and usual_backward is not None else None)
+    if usual is not None:  # one kernel call: the usual backward of a small call is cheap too
+        words, scale = usual
+        flat = grad.reshape(-1)
+        result = flat if inplace else np.empty_like(flat)
+        kernels.scale_by_mask(flat, result, words, scale, _threads.threads)
+        return grad if inplace else result.reshape(grad.shape)
     return _apply_stored_mask(grad, "grad", mask, p, None, inplace, out, dtype, backend)
 
 

@@ -9,9 +9,22 @@ import numpy as np
 
 from . import _layout, streams
 from ._mask import DropoutMask, GaussianNoise, words_for
-from ._validate import (check_block, check_count, check_dtype_request, check_gaussian_p,
-                        check_noise_shape, check_offset, check_out, check_p, check_scale,
-                        check_seed, check_stream, element_array, is_bfloat16, shape_size)
+from ._validate import (
+    check_block,
+    check_count,
+    check_dtype_request,
+    check_gaussian_p,
+    check_noise_shape,
+    check_offset,
+    check_out,
+    check_p,
+    check_scale,
+    check_seed,
+    check_stream,
+    element_array,
+    is_bfloat16,
+    shape_size,
+)
 
 
 class Call:
@@ -114,7 +127,6 @@ def check_mask(mask, shape, p):
     stretched over one its shape broadcasts to (a noise shape). Raw uint64 words
     carry no shape: they need ``p`` and one bit per element, in C order.
     """
-    n = shape_size(shape)
     if isinstance(mask, DropoutMask):
         words, mask_p = mask.words, mask.p
         if p is not None and check_p(p) != mask_p:

@@ -14,7 +14,9 @@ import numpy as np
 
 cimport numpy as cnp
 
-from fastdrop.maskstream.spec import MAX_ELEMENTS, MAX_SEED, MAX_STREAM, dropout_constants
+from fastdrop._mask import DropoutMask
+from fastdrop.maskstream.spec import MAX_ELEMENTS, MAX_SEED, MAX_STREAM
+from fastdrop.maskstream.spec import dropout_constants, dropout_scale
 from fastdrop.streams import StreamSource
 
 cnp.import_array()
@@ -26,6 +28,21 @@ cdef int _NPY_HALF = np.dtype(np.float16).num  # not in Cython's numpy declarati
 # the last p's (T, drop_all, s) from the spec: calls repeat p (held with the GIL)
 cdef double _last_p = -1.0
 cdef object _last_constants = None
+cdef double _last_backward_p = -1.0
+cdef double _last_scale = 0.0
+
+
+cdef bint _usual_array(x, bint inplace):
+    """x an exact ndarray, C-contiguous, aligned, native float16/32/64 (writeable in place)."""
+    if type(x) is not cnp.ndarray:
+        return False
+    cdef cnp.ndarray array = <cnp.ndarray>x
+    cdef int kind = cnp.PyArray_TYPE(array)
+    if kind != cnp.NPY_FLOAT and kind != cnp.NPY_DOUBLE and kind != _NPY_HALF:
+        return False
+    if not cnp.PyArray_ISCARRAY_RO(array) or not cnp.PyArray_ISNOTSWAPPED(array):
+        return False
+    return not inplace or cnp.PyArray_ISWRITEABLE(array)
 
 
 def usual_call(x, p, seed, stream, offset, bint inplace):
@@ -45,18 +62,10 @@ def usual_call(x, p, seed, stream, offset, bint inplace):
         not usual.
     """
     global _last_p, _last_constants
-    if type(x) is not cnp.ndarray or type(p) is not float or type(offset) is not int:
-        return None
-    cdef cnp.ndarray array = <cnp.ndarray>x
-    cdef int kind = cnp.PyArray_TYPE(array)
-    if kind != cnp.NPY_FLOAT and kind != cnp.NPY_DOUBLE and kind != _NPY_HALF:
-        return None
-    if not cnp.PyArray_ISCARRAY_RO(array) or not cnp.PyArray_ISNOTSWAPPED(array):
-        return None
-    if inplace and not cnp.PyArray_ISWRITEABLE(array):
+    if type(p) is not float or type(offset) is not int or not _usual_array(x, inplace):
         return None
     cdef double drop = p
-    if not 0.0 <= drop <= 1.0 or not 0 <= offset <= _MAX_ELEMENTS - cnp.PyArray_SIZE(array):
+    if not 0.0 <= drop <= 1.0 or not 0 <= offset <= _MAX_ELEMENTS - cnp.PyArray_SIZE(x):
         return None
     if type(seed) is int:
         if not 0 <= seed <= _MAX_SEED:
@@ -71,3 +80,44 @@ def usual_call(x, p, seed, stream, offset, bint inplace):
         _last_constants, _last_p = dropout_constants(p), drop
     threshold, drop_all, scale = _last_constants
     return threshold, drop_all, scale, stream
+
+
+def usual_backward(grad, mask, p, bint inplace):
+    """Whether ``dropout_backward(grad, mask, p=p, inplace=inplace)`` is usual.
+
+    Usual: grad as `usual_call` takes x; mask a DropoutMask of grad's exact shape with
+    p None, or raw words (an exact uint64 ndarray, 1-D, C-contiguous, ceil(n/64) of
+    them) with p a float in [0, 1].
+
+    Returns
+    -------
+    tuple or None
+        ``(words, s)`` -- the mask's words and s from
+        `fastdrop.maskstream.spec.dropout_scale` -- or None if the call is not usual.
+    """
+    global _last_backward_p, _last_scale
+    if not _usual_array(grad, inplace):
+        return None
+    if type(mask) is DropoutMask:
+        if p is not None or mask.shape != grad.shape:
+            return None
+        words, p = mask.words, mask.p
+    elif type(p) is float:
+        words = mask
+    else:
+        return None
+    if type(words) is not cnp.ndarray:
+        return None
+    cdef cnp.ndarray word_array = <cnp.ndarray>words
+    if (cnp.PyArray_TYPE(word_array) != cnp.NPY_UINT64 or cnp.PyArray_NDIM(word_array) != 1
+            or not cnp.PyArray_ISCARRAY_RO(word_array)
+            or not cnp.PyArray_ISNOTSWAPPED(word_array)):
+        return None
+    if cnp.PyArray_SIZE(word_array) != (cnp.PyArray_SIZE(grad) + 63) // 64:
+        return None
+    cdef double drop = p
+    if not 0.0 <= drop <= 1.0:
+        return None
+    if drop != _last_backward_p:
+        _last_scale, _last_backward_p = dropout_scale(p), drop
+    return words, _last_scale

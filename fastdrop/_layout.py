@@ -6,6 +6,7 @@ C-ordered copy, so every layout gives the values of its C-contiguous copy.
 """
 import numpy as np
 
+
 def deliver(result, x, target):
     """Put a C-ordered result where the caller asked: ``target``, or a new array of x's shape."""
     if target is None:
@@ -39,7 +40,9 @@ def elementwise(x, target, kernel, *arguments):
 
 
 def block_runs(shape, origin, global_shape, offset):
-    """The runs of global indices a block's elements take: ``(base, outer_shape, outer_strides, run)``.
+    """The runs of global indices a block's elements take.
+
+    Returned as ``(base, outer_shape, outer_strides, run)``.
 
     A block of ``shape`` at ``origin`` in a C-order array of ``global_shape`` gives its
     element at local index j the global index ``offset + ravel(origin + j,

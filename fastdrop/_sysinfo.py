@@ -3,7 +3,8 @@ import importlib.metadata
 import os
 import platform
 
-SIMD_FLAGS = ("sse2", "sse4_2", "avx", "avx2", "fma", "f16c", "avx512f", "avx512bw", "neon", "asimd")
+SIMD_FLAGS = ("sse2", "sse4_2", "avx", "avx2", "fma", "f16c", "avx512f", "avx512bw", "neon",
+              "asimd")
 
 
 def package_version(name):

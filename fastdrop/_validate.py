@@ -21,7 +21,8 @@ def check_p(p):
     """The drop probability as a float in [0, 1]."""
     if type(p) is float and 0.0 <= p <= 1.0:  # the common case, checked first for speed
         return p
-    if isinstance(p, (bool, np.bool_)) or not isinstance(p, (numbers.Real, np.floating, np.integer)):
+    if (isinstance(p, (bool, np.bool_))
+            or not isinstance(p, (numbers.Real, np.floating, np.integer))):
         raise TypeError(f"p must be a real number in [0, 1], got {p!r}")
     value = float(p)
     if math.isnan(value) or not 0.0 <= value <= 1.0:
@@ -87,7 +88,10 @@ def bfloat16_dtype():
 
 
 def is_bfloat16(dtype):
-    """Whether ``dtype`` is ml_dtypes' bfloat16 (without importing ml_dtypes: no array can be one before)."""
+    """Whether ``dtype`` is ml_dtypes' bfloat16.
+
+    Checked without importing ml_dtypes: no array can be one before.
+    """
     ml_dtypes = sys.modules.get("ml_dtypes")
     return ml_dtypes is not None and dtype == np.dtype(ml_dtypes.bfloat16)
 
@@ -140,7 +144,8 @@ def element_array(x, name, request=None):
                         f"pass {name}.data (masked entries are dropped out like the others) or "
                         f"{name}.filled(value)")
     array = x if isinstance(x, np.ndarray) else np.asarray(x)
-    plain = array if type(array) is np.ndarray else array.view(np.ndarray)  # kernels see no subclass
+    # kernels see no subclass
+    plain = array if type(array) is np.ndarray else array.view(np.ndarray)
     dtype = array.dtype
     if request == "bfloat16":
         if dtype == np.uint16 and dtype.isnative:
@@ -185,7 +190,9 @@ def _axis(axis, ndim, name):
 
 
 def check_noise_shape(shape, noise_shape, broadcast_dims):
-    """The mask's shape for an array of ``shape``: ``shape`` itself, or ``noise_shape``/``broadcast_dims``.
+    """The mask's shape for an array of ``shape``.
+
+    It is ``shape`` itself, or the shape ``noise_shape``/``broadcast_dims`` gives.
 
     ``noise_shape`` follows NumPy broadcasting (aligned on the right, each entry 1 or
     equal to x's; missing leading entries are 1); ``broadcast_dims`` lists the axes
@@ -195,7 +202,8 @@ def check_noise_shape(shape, noise_shape, broadcast_dims):
         raise ValueError("pass either noise_shape or broadcast_dims, not both")
     ndim = len(shape)
     if broadcast_dims is not None:
-        dims = (broadcast_dims,) if isinstance(broadcast_dims, (int, np.integer)) else broadcast_dims
+        dims = ((broadcast_dims,) if isinstance(broadcast_dims, (int, np.integer))
+                else broadcast_dims)
         try:
             axes = [_axis(axis, ndim, "broadcast_dims") for axis in dims]
         except TypeError:
@@ -210,11 +218,13 @@ def check_noise_shape(shape, noise_shape, broadcast_dims):
         entries = tuple(check_integer(length, "noise_shape entry", 0, 2**63 - 1)
                         for length in noise_shape)
     except TypeError:
-        raise TypeError(f"noise_shape must be a sequence of integers, got {noise_shape!r}") from None
+        raise TypeError(
+            f"noise_shape must be a sequence of integers, got {noise_shape!r}") from None
     padded = (1,) * (ndim - len(entries)) + entries
     if len(entries) > ndim or any(m != 1 and m != length for m, length in zip(padded, shape)):
         raise ValueError(f"noise_shape={tuple(noise_shape)!r} does not broadcast to x's shape "
-                         f"{tuple(shape)!r}: each entry must be 1 or equal x's, aligned on the right")
+                         f"{tuple(shape)!r}: each entry must be 1 or equal x's, aligned on the "
+                         "right")
     return padded
 
 
@@ -262,7 +272,8 @@ def channel_noise_shape(shape, channel_axis, batch_axis):
     channel = _axis(channel_axis, ndim, "channel_axis")
     batch = None if batch_axis is None else _axis(batch_axis, ndim, "batch_axis")
     if batch == channel:
-        raise ValueError(f"batch_axis={batch_axis} and channel_axis={channel_axis} are the same axis")
+        raise ValueError(
+            f"batch_axis={batch_axis} and channel_axis={channel_axis} are the same axis")
     kept_axes = {channel} if batch is None else {channel, batch}
     return tuple(length if axis in kept_axes else 1 for axis, length in enumerate(shape))
 
@@ -293,5 +304,6 @@ def check_weight(weight, dtype=None):
     """A weight array for DropConnect: float, at least 1-D."""
     array = element_array(weight, "weight", check_dtype_request(dtype))[0]
     if array.ndim == 0:
-        raise ValueError("dropconnect needs a weight array with at least one dimension, got a 0-d array")
+        raise ValueError("dropconnect needs a weight array with at least one dimension, "
+                         "got a 0-d array")
     return array

@@ -104,6 +104,9 @@ def dropout_backward_recompute_range(grad, target, p, seed, stream, offset, firs
 
 @njit(cache=NUMBA_CACHE)
 def apply_mask_range(source, target, words, p, first, stop):
-    """Backward over mask words [first, stop) from stored words: target = source * keep / (1 - p)."""
+    """Backward over mask words [first, stop) from stored words.
+
+    target = source * keep / (1 - p).
+    """
     scale = _element_scale(source, p)
     mask_range(source, target, words, scale, np.int64(source.size), first, stop)

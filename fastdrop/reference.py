@@ -11,14 +11,22 @@ Specification: docs/mask-stream.md.
 import numpy as np
 
 from . import _calls
+from ._calls import check_mask_object
 from ._layout import block_indices
 from ._mask import pack_mask, unpack_mask
-from ._calls import check_mask_object
 from ._validate import channel_noise_shape, check_weight, is_bfloat16
 from .maskstream import normal
-from .maskstream.spec import (WORD_BITS, alpha_dropout_constants, block_counter, dropout_scale,
-                              gaussian_sigma, keep_threshold, normal_counter, round_to_bfloat16,
-                              split64)
+from .maskstream.spec import (
+    WORD_BITS,
+    alpha_dropout_constants,
+    block_counter,
+    dropout_scale,
+    gaussian_sigma,
+    keep_threshold,
+    normal_counter,
+    round_to_bfloat16,
+    split64,
+)
 from .rng.philox import philox_rounds
 
 __all__ = [
@@ -83,7 +91,10 @@ def lane_uniforms(seed, stream, words):
 
 
 def keep_bits(n, p, seed, stream, offset):
-    """Booleans for elements with global indices offset, ..., offset + n - 1: kept iff U >= floor(p 2**64)."""
+    """Booleans for elements with global indices offset, ..., offset + n - 1.
+
+    An element is kept iff U >= floor(p 2**64).
+    """
     keep = np.empty(n, dtype=np.bool_)
     if n == 0 or p == 0.0:
         keep[:] = True
@@ -101,7 +112,8 @@ def keep_bits(n, p, seed, stream, offset):
         # global element indices covered by this batch, clipped to [offset, offset + n)
         lo = max(offset, batch_start * WORD_BITS)
         hi = min(offset + n, (batch_start + batch.size) * WORD_BITS)
-        keep[lo - offset:hi - offset] = kept[lo - batch_start * WORD_BITS:hi - batch_start * WORD_BITS]
+        keep[lo - offset:hi - offset] = kept[lo - batch_start * WORD_BITS:
+                                             hi - batch_start * WORD_BITS]
     return keep
 
 
@@ -143,7 +155,8 @@ def float32_to_bfloat16(values):
     with np.errstate(over="ignore"):  # NaN bit patterns may wrap; they are replaced below
         rounded = ((bits + np.uint32(0x7FFF) + ((bits >> np.uint32(16)) & np.uint32(1)))
                    >> np.uint32(16)).astype(np.uint16)
-    quiet_nan = (((bits >> np.uint32(16)) & np.uint32(0x8000)) | np.uint32(0x7FC0)).astype(np.uint16)
+    quiet_nan = (((bits >> np.uint32(16)) & np.uint32(0x8000))
+                 | np.uint32(0x7FC0)).astype(np.uint16)
     return np.where(np.isnan(values), quiet_nan, rounded)
 
 
@@ -153,11 +166,11 @@ def bfloat16_bits(value):
 
 
 def scale_kept(x, keep, p, scale=None):
-    """The spec's output arithmetic: x * s where kept (s = 1/(1-p) rounded to x's dtype), +0.0 where dropped.
+    """The spec's output arithmetic: x * s where kept, +0.0 where dropped.
 
-    ``scale`` replaces 1/(1-p) when given (alpha dropout's backward multiplies by a).
-    float16 and bfloat16 (uint16 bit patterns, or ml_dtypes' bfloat16) multiply in
-    float32 and round once.
+    s is 1/(1-p) rounded to x's dtype; ``scale`` replaces 1/(1-p) when given (alpha
+    dropout's backward multiplies by a). float16 and bfloat16 (uint16 bit patterns, or
+    ml_dtypes' bfloat16) multiply in float32 and round once.
     """
     if is_bfloat16(x.dtype):
         return scale_kept(x.view(np.uint16), keep, p, scale).view(x.dtype)
@@ -174,7 +187,10 @@ def scale_kept(x, keep, p, scale=None):
 
 
 def bernoulli_mask(n, p, *, seed, stream=None, offset=0, origin=None, global_shape=None):
-    """Packed keep bits of ``n`` elements starting at global index ``offset``; see `fastdrop.bernoulli_mask`."""
+    """Packed keep bits of ``n`` elements starting at global index ``offset``.
+
+    See `fastdrop.bernoulli_mask`.
+    """
     call = _calls.count(n, p, seed, stream, offset, origin=origin, global_shape=global_shape)
     return pack_mask(call_keep(call))
 
@@ -225,7 +241,10 @@ def dropout_backward(grad, mask, *, p=None, inplace=False, out=None, dtype=None)
 def dropout_backward_recompute(grad, p, *, seed, stream, offset=0, noise_shape=None,
                                inplace=False, out=None, dtype=None, origin=None,
                                global_shape=None):
-    """grad * keep / (1 - p) with keep regenerated from (seed, stream, offset); see `fastdrop.dropout_backward_recompute`."""
+    """grad * keep / (1 - p) with keep regenerated from (seed, stream, offset).
+
+    See `fastdrop.dropout_backward_recompute`.
+    """
     call = _calls.recompute(grad, p, seed, stream, offset, noise_shape, inplace, out, dtype,
                             origin, global_shape)
     keep = call_keep(call)
@@ -318,13 +337,15 @@ def inverse_normal_cdf(u):
     u = np.asarray(u, dtype=np.float64)
     q = u - 0.5
     r = normal.CENTRAL_OFFSET - q * q
-    central = q * _polynomial(normal.CENTRAL_NUMERATOR, r) / _polynomial(normal.CENTRAL_DENOMINATOR, r)
+    central = (q * _polynomial(normal.CENTRAL_NUMERATOR, r)
+               / _polynomial(normal.CENTRAL_DENOMINATOR, r))
     tail = np.sqrt(-spec_log(np.where(q < 0.0, u, 1.0 - u)))
     near = tail - normal.INTERMEDIATE_SHIFT
     far = tail - normal.TAIL_SPLIT
     magnitude = np.where(
         tail <= normal.TAIL_SPLIT,
-        _polynomial(normal.INTERMEDIATE_NUMERATOR, near) / _polynomial(normal.INTERMEDIATE_DENOMINATOR, near),
+        (_polynomial(normal.INTERMEDIATE_NUMERATOR, near)
+         / _polynomial(normal.INTERMEDIATE_DENOMINATOR, near)),
         _polynomial(normal.FAR_NUMERATOR, far) / _polynomial(normal.FAR_DENOMINATOR, far))
     return np.where(np.abs(q) <= normal.CENTRAL_LIMIT, central,
                     np.where(q < 0.0, -magnitude, magnitude))
@@ -368,7 +389,10 @@ def call_multipliers(call):
 
 
 def multiply_noise(x, noise):
-    """Section 9's output arithmetic: the noise rounded to x's dtype (float32 for float16), times x."""
+    """Section 9's output arithmetic: the noise rounded to x's dtype, times x.
+
+    The noise is rounded to float32 for float16.
+    """
     if is_bfloat16(x.dtype):
         return multiply_noise(x.view(np.uint16), noise).view(x.dtype)
     with np.errstate(all="ignore"):
@@ -407,7 +431,8 @@ def gaussian_dropout_backward(grad, noise, *, inplace=False, out=None, dtype=Non
 # ---------------------------------------------------------------- DropConnect
 
 
-def dropconnect(weight, p=0.5, *, seed=None, stream=None, offset=0, training=True, out=None, dtype=None):
+def dropconnect(weight, p=0.5, *, seed=None, stream=None, offset=0, training=True, out=None,
+                dtype=None):
     """Dropout over a weight matrix, never in place; see `fastdrop.dropconnect`."""
     return dropout(check_weight(weight, dtype), p, seed=seed, stream=stream, offset=offset,
                    training=training, out=out, dtype=dtype)

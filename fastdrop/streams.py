@@ -106,7 +106,8 @@ class StreamSource:
         try:
             seed, stream = value["seed"], value["stream"]
         except (TypeError, KeyError):
-            raise ValueError(f"state must be a dict with 'seed' and 'stream', got {value!r}") from None
+            raise ValueError(
+                f"state must be a dict with 'seed' and 'stream', got {value!r}") from None
         seed = check_seed(seed)
         stream = check_stream(stream)
         with self._lock:

@@ -26,9 +26,22 @@ from fastdrop import reference
 from fastdrop._config import MIN_ELEMENTS_PER_THREAD, SERIAL_ELEMENTS
 from fastdrop.kernels.common import chunk_count
 from fastdrop.maskstream.spec import alpha_dropout_constants, dropout_scale, gaussian_sigma
-from tests.util import (FLOAT_DTYPES, OFFSET, REGISTRY, SEED, STREAM, Awkward,
-                        assert_bits_equal, assert_same_record, awkward, bits, broadcast_dims_of,
-                        reference_keep, registry, sample)
+from tests.util import (
+    FLOAT_DTYPES,
+    OFFSET,
+    REGISTRY,
+    SEED,
+    STREAM,
+    Awkward,
+    assert_bits_equal,
+    assert_same_record,
+    awkward,
+    bits,
+    broadcast_dims_of,
+    reference_keep,
+    registry,
+    sample,
+)
 
 SIZES = [0, 1, 63, 64, 65, 1000, 2**20 + 3]
 PS = [0.0, 1e-9, 0.1, 1 / 3, 0.5, 0.9, 1 - 1e-9, 1.0]
@@ -45,9 +58,11 @@ TWIN_INPUTS = (Awkward("C", (10, 5, 100)),
 @pytest.mark.parametrize("p", [0.1, 0.5, 0.77])
 @pytest.mark.parametrize("entry", REGISTRY, ids=str)
 def test_every_function_matches_its_reference_twin(compiled_backend, entry, p):
-    """Each public function against the reference function of the same name and arguments,
-    on C-contiguous, 0-d and empty arrays and the sizes 0, 1, 63, 64, 65 (other layouts:
-    test_offsets_and_layouts): the output's bits, and the words and fields of its record."""
+    """Each public function against the reference function of the same name and arguments.
+
+    On C-contiguous, 0-d and empty arrays and the sizes 0, 1, 63, 64, 65 (other layouts:
+    test_offsets_and_layouts): the output's bits, and the words and fields of its record.
+    """
     for dtype in FLOAT_DTYPES if entry.takes_array else FLOAT_DTYPES[:1]:  # counts: no dtype
         for kind in TWIN_INPUTS:
             if entry.takes_array and not entry.accepts(kind.shape):
@@ -174,8 +189,11 @@ def test_output_arithmetic_is_the_specs(any_backend, entry, dtype):
 
 @pytest.mark.parametrize("dtype", FLOAT_DTYPES)
 def test_alpha_arithmetic_statement_tells_the_roundings_apart(dtype):
-    """The statement above has power: on these inputs one fused rounding (float64), a and b
-    left in float64 (float32) and float16 arithmetic (float16) each give other values."""
+    """The statement above has power: these inputs tell the three roundings apart.
+
+    On these inputs one fused rounding (float64), a and b left in float64 (float32) and
+    float16 arithmetic (float16) each give other values.
+    """
     p = 0.3
     a, b, _ = alpha_dropout_constants(p)
     x = finite_nonzero(ARITHMETIC_SHAPE, dtype).ravel()[:160]
@@ -193,9 +211,11 @@ def test_alpha_arithmetic_statement_tells_the_roundings_apart(dtype):
 
 
 def test_alpha_dropout_hand_computed_values(any_backend):
-    """Section 8 worked by hand for p = 1/2: a = 1 / sqrt(1/2 (1 + alpha'**2 / 2)) =
-    0.88640489..., b = a |alpha'| / 2 = 0.77919393... and c = a alpha' + b = -b; a kept
-    x becomes a x + b (0 -> b, 1 -> a + b), a dropped one c."""
+    """Section 8 worked by hand for p = 1/2.
+
+    a = 1 / sqrt(1/2 (1 + alpha'**2 / 2)) = 0.88640489..., b = a |alpha'| / 2 = 0.77919393...
+    and c = a alpha' + b = -b; a kept x becomes a x + b (0 -> b, 1 -> a + b), a dropped one c.
+    """
     a, b, c = alpha_dropout_constants(0.5)
     assert a == pytest.approx(0.8864048946659319, rel=1e-15)
     assert b == pytest.approx(0.7791939305180315, rel=1e-15)
@@ -282,8 +302,10 @@ def noise_of(n, p, offset):
 
 
 def offsets_for(backend, case):
-    """Every offset on the compiled backends; the reference (about 10 ms per mask, the oracle
-    of the other tests) runs one of them per case, in turn."""
+    """Every offset on the compiled backends; the reference runs one of them per case, in turn.
+
+    The reference takes about 10 ms per mask and is the oracle of the other tests.
+    """
     if backend != "numpy":
         return VARIANT_OFFSETS
     return (VARIANT_OFFSETS[zlib.crc32(case.encode()) % len(VARIANT_OFFSETS)],)
@@ -319,8 +341,11 @@ def test_dropout_with_noise_shape_is_bit_identical(any_backend, case, p):
 
 @pytest.mark.parametrize("case", [c for c in CASE_IDS if NOISE_CASES[c][1] is not None])
 def test_broadcast_dims_equals_the_noise_shape(any_backend, case):
-    """broadcast_dims (Flax's form: the axes sharing one mask element, negative or not, a
-    tuple, a list or one int) gives the result and mask of the equivalent noise shape."""
+    """broadcast_dims gives the result and mask of the equivalent noise shape.
+
+    broadcast_dims in Flax's form: the axes sharing one mask element, negative or not, a
+    tuple, a list or one int.
+    """
     shape, noise_shape = NOISE_CASES[case]
     mask_shape = mask_shape_of(shape, noise_shape)
     dims = broadcast_dims_of(shape, mask_shape)
@@ -345,8 +370,10 @@ def test_broadcast_dims_equals_the_noise_shape(any_backend, case):
 @pytest.mark.parametrize("p", VARIANT_PS)
 @pytest.mark.parametrize("case", CASE_IDS)
 def test_alpha_dropout_is_bit_identical(any_backend, case, p):
-    """Kept: a*x + b, dropped: c = a*alpha' + b, from the same keep bits dropout draws; p = 0
-    is the identity (a copy)."""
+    """Kept: a*x + b, dropped: c = a*alpha' + b, from the same keep bits dropout draws.
+
+    p = 0 is the identity (a copy).
+    """
     shape, noise_shape = NOISE_CASES[case]
     mask_shape = mask_shape_of(shape, noise_shape)
     m = math.prod(mask_shape)
@@ -374,8 +401,11 @@ def test_alpha_dropout_is_bit_identical(any_backend, case, p):
 @pytest.mark.parametrize("p", VARIANT_PS)
 @pytest.mark.parametrize("case", CASE_IDS)
 def test_backward_from_a_broadcast_mask_is_bit_identical(any_backend, case, p):
-    """dropout_backward, dropout_backward_recompute(noise_shape=), apply_mask and
-    alpha_dropout_backward stretch the stored mask over grad exactly as the forward did."""
+    """The backward functions stretch a broadcast mask exactly as the forward did.
+
+    dropout_backward, dropout_backward_recompute(noise_shape=), apply_mask and
+    alpha_dropout_backward stretch the stored mask over grad exactly as the forward did.
+    """
     shape, noise_shape = NOISE_CASES[case]
     mask_shape = mask_shape_of(shape, noise_shape)
     m = math.prod(mask_shape)
@@ -405,9 +435,11 @@ def test_backward_from_a_broadcast_mask_is_bit_identical(any_backend, case, p):
 
 @pytest.mark.parametrize("p", [0.0, 0.3, 1.0])
 def test_apply_mask_with_raw_words_and_p(any_backend, p):
-    """Raw words (one bit per element, in C order) with p give the same bits as the
-    reference; a DropoutMask of another shape but x's element count is refused (a mask
-    records its shape: tests/test_edges.py)."""
+    """Raw words (one bit per element, in C order) with p give the same bits as the reference.
+
+    A DropoutMask of another shape but x's element count is refused (a mask records its
+    shape: tests/test_edges.py).
+    """
     shape = (9, 37)
     for offset in (0, 253):
         keep = keep_flags(math.prod(shape), p, offset)
@@ -457,8 +489,10 @@ def test_channel_and_feature_alpha_dropout_are_their_noise_shapes(any_backend, c
 
 
 def test_dropconnect_mask_maps_the_gradient_back(any_backend):
-    """The gradient of dropped weights maps back through DropConnect's stored mask, or the
-    regenerated one (docs/variants.md)."""
+    """The gradient of dropped weights maps back through DropConnect's mask.
+
+    The mask is the stored one, or the regenerated one (docs/variants.md).
+    """
     p = 0.4
     for dtype in FLOAT_DTYPES:
         weight = sample((37, 67), dtype)
@@ -486,8 +520,11 @@ GAUSSIAN_SHAPES = [(0,), (), (1,), (2,), (63,), (64,), (65,), (1000,), (7, 67), 
 @pytest.mark.parametrize("p", GAUSSIAN_PS)
 @pytest.mark.parametrize("shape", GAUSSIAN_SHAPES, ids=str)
 def test_gaussian_dropout_is_bit_identical(any_backend, shape, p):
-    """y = x * (1 + sigma z) with the float64 noise rounded once to x's dtype (float32 for
-    float16); the noise itself is 1 + sqrt(p / (1 - p)) * z of the reference's normals."""
+    """y = x * (1 + sigma z) with the float64 noise rounded once to x's dtype.
+
+    The noise is rounded to float32 for float16; the noise itself is 1 + sqrt(p / (1 - p)) * z
+    of the reference's normals.
+    """
     n = math.prod(shape)
     sigma = math.sqrt(p / (1.0 - p))
     assert sigma == gaussian_sigma(p)
@@ -541,8 +578,11 @@ def kernel_standard_normals(backend, random_words):
 
 
 def test_normal_transform_of_chosen_words_is_bit_identical(compiled_backend):
-    """Both ends (r = 0 and r = 2**64 - 1: u = 2**-53 and 1 - 2**-53), the region boundaries
-    of AS 241 (|u - 1/2| = 0.425, u = exp(-25)) and random words give the reference's z."""
+    """Chosen and random words give the reference's z.
+
+    Both ends (r = 0 and r = 2**64 - 1: u = 2**-53 and 1 - 2**-53), the region boundaries
+    of AS 241 (|u - 1/2| = 0.425, u = exp(-25)) and random words give the reference's z.
+    """
     k_max = 2**52 - 1
     ks = [0, 1, 2, 3, k_max, k_max - 1, k_max - 2]
     for boundary in (0.075, 0.925, math.exp(-25.0), 1 - math.exp(-25.0), 0.5):
@@ -570,7 +610,10 @@ def test_normal_transform_of_chosen_words_is_bit_identical(compiled_backend):
 @pytest.mark.parametrize("simd", [2, 1, 0])
 @pytest.mark.parametrize("p", PS)
 def test_cython_simd_and_portable_paths_agree_with_reference(p, simd):
-    """The AVX-512 and AVX2 paths (where the CPU has them) and the portable paths give the same bits."""
+    """The AVX-512, AVX2 and portable paths give the same bits.
+
+    The AVX-512 and AVX2 paths run where the CPU has them.
+    """
     from fastdrop.kernels.cython import kernels as cython_kernels
 
     before = cython_kernels.simd_enabled()
@@ -596,8 +639,11 @@ def test_cython_simd_and_portable_paths_agree_with_reference(p, simd):
 @pytest.mark.skipif("cython" not in fastdrop.available_backends(), reason="extension not built")
 @pytest.mark.parametrize("simd", [2, 1, 0])
 def test_cython_simd_and_portable_variant_paths_agree(simd):
-    """The AVX2 paths (where the CPU has them) and the portable paths of the Gaussian words
-    and of the noise-shaped mask give the reference's bits."""
+    """The AVX2 and portable variant paths give the reference's bits.
+
+    The AVX2 paths (where the CPU has them) and the portable paths of the Gaussian words
+    and of the noise-shaped mask give the reference's bits.
+    """
     from fastdrop.kernels.cython import kernels as cython_kernels
 
     before = cython_kernels.simd_enabled()
@@ -650,10 +696,13 @@ def _check_fused_paths(backend, n, offset, ps):
 @pytest.mark.parametrize("n", [1023, 1024, 1025, 2047, 2049, 64 * 16 * 5 + 64, 64 * 16 * 5 + 65,
                                2**18 + 64 * 16 + 65])
 def test_numba_pipelined_groups_match_reference(threads, thread_count, offset, n):
-    """Numba's fused loop for float32/float64 scales a group of 16 mask words while
+    """Numba's pipelined groups of mask words give the reference's bits.
+
+    Numba's fused loop for float32/float64 scales a group of 16 mask words while
     drawing the next group's, for every 0 < p < 1 (float16 takes the plain loop): sizes
     at and around group ends, offsets whose last local word of a group needs the next
-    group's first global word, thread counts that split the groups unevenly."""
+    group's first global word, thread counts that split the groups unevenly.
+    """
     fastdrop.set_num_threads(thread_count)
     _check_fused_paths("numba", n, offset, (0.1, 1 / 3, 0.5, 0.25))
 
@@ -665,10 +714,13 @@ def test_numba_pipelined_groups_match_reference(threads, thread_count, offset, n
 @pytest.mark.parametrize("n", [1023, 1024, 1025, 2047, 2049, 64 * 16 * 5 + 64, 64 * 16 * 5 + 65,
                                2**18 + 64 * 16 + 65])
 def test_cython_pipelined_groups_match_reference(threads, simd, thread_count, offset, n):
-    """The SIMD fused kernel scales a group of 16 mask words while drawing the next
+    """Cython's pipelined groups of mask words give the reference's bits.
+
+    The SIMD fused kernel scales a group of 16 mask words while drawing the next
     group's (p = 0.1 and 1/3; p = 0.5 takes one Philox block and the plain loop): sizes
     at and around group ends, offsets whose last local word of a group needs the next
-    group's first global word, thread counts that split the groups unevenly."""
+    group's first global word, thread counts that split the groups unevenly.
+    """
     from fastdrop.kernels.cython import kernels as cython_kernels
 
     before = cython_kernels.simd_enabled()

@@ -130,7 +130,10 @@ def test_imports_only_run_down_the_layers():
 
 
 def test_the_graph_sees_the_known_edges():
-    """The reader finds relative, absolute, lazy and .pyx imports (so an empty result means something)."""
+    """The reader finds relative, absolute, lazy and .pyx imports.
+
+    So an empty result means something.
+    """
     graph = import_graph()
     assert "fastdrop.streams" in graph["fastdrop._calls"]  # from . import _layout, streams
     assert "fastdrop.kernels.numba.words" in graph["fastdrop.kernels.numba.dropout"]

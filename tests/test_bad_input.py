@@ -1,5 +1,6 @@
-"""Bad input raises the documented error, names the offending value, writes nothing and
-takes no stream.
+"""Bad input raises the documented error, names the offending value, writes nothing.
+
+It also takes no stream.
 
 One property per file: every check of the public functions runs before anything is
 written or drawn. After an error x, out, grad and the mask words hold exactly the bytes
@@ -90,8 +91,10 @@ SOME_BAD_SEEDS = [(-1, ValueError), (2**64, ValueError), (1.5, TypeError), (True
 
 
 def targets(entry):
-    """Where a grid case sends the result: in place (else a new array), and out= where the
-    function takes it."""
+    """Where a grid case sends the result: in place (else a new array), and out=.
+
+    out= only where the function takes it.
+    """
     return ["inplace" if entry.inplace else None] + (["out"] if entry.out else [])
 
 
@@ -99,9 +102,11 @@ THE_CASES_BACKEND = object()
 
 
 def grid_call(entry, target, x=None, backend=THE_CASES_BACKEND, **changes):
-    """``call(arrays, backend)`` of entry with the standard arguments, changed by ``changes``
-    (p, seed, stream, offset or options); x is ``a.x`` unless ``x(a)`` gives another; the
-    record a function reads is made from the standard arguments and kept."""
+    """``call(arrays, backend)`` of entry with the standard arguments, changed by ``changes``.
+
+    ``changes`` holds p, seed, stream, offset or options; x is ``a.x`` unless ``x(a)`` gives
+    another; the record a function reads is made from the standard arguments and kept.
+    """
     def call(a, b):
         key = dict(seed=a.seed, stream=None) if entry.draws_stream else {}
         key.update(changes)
@@ -536,8 +541,11 @@ def test_bad_input_raises_writes_nothing_and_takes_no_stream(backend, seed_kind,
 @pytest.mark.parametrize("backend", fastdrop.available_backends())
 @pytest.mark.parametrize("entry", [e for e in REGISTRY if e.draws_stream], ids=str)
 def test_the_stream_check_can_fail_a_valid_call_takes_one_stream(backend, entry):
-    """The checks above have power: the same calls with valid arguments take exactly one
-    stream from the Generator, or from the default Generator with seed=None."""
+    """The checks above have power: the same calls with valid arguments take one stream.
+
+    They take exactly one stream from the Generator, or from the default Generator with
+    seed=None.
+    """
     arrays = Arrays(BATCH, "generator")
     grid_call(entry, None)(arrays, backend)
     assert arrays.generator.state["stream"] == 1
@@ -562,7 +570,10 @@ def test_a_valid_call_writes_its_target(backend, entry):
 
 @pytest.mark.parametrize("backend", fastdrop.available_backends())
 def test_bad_input_through_strided_views_writes_nothing(backend):
-    """Strided and transposed arrays go through private copies; a late error still writes nothing."""
+    """Strided and transposed arrays go through private copies.
+
+    A late error still writes nothing.
+    """
     base = np.random.default_rng(1).uniform(1.0, 2.0, (10, 26)).astype(np.float64)
     out_base = np.full((26, 10), -7.0)
     before = (base.tobytes(), out_base.tobytes())

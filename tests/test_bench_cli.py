@@ -13,8 +13,12 @@ from pathlib import Path
 import pytest
 
 import fastdrop
-from fastdrop.bench.implementations import (IMPLEMENTATIONS, OPERATIONS,
-                                           available_implementations, channel_shape)
+from fastdrop.bench.implementations import (
+    IMPLEMENTATIONS,
+    OPERATIONS,
+    available_implementations,
+    channel_shape,
+)
 from fastdrop.cli.bench import parse_size
 
 ENV = dict(os.environ, PYTHONPATH=os.pathsep.join(

@@ -1,4 +1,6 @@
-"""Blocks of a larger array (docs/mask-stream.md, section 10): every block gets its bits in the whole.
+"""Blocks of a larger array: every block gets its bits in the whole.
+
+Specified in docs/mask-stream.md, section 10.
 
 A call with ``origin=`` and ``global_shape=`` on a block of an array must give exactly
 the block of the same call on the whole array: outputs, mask words, noise; on every

@@ -96,7 +96,8 @@ def _build_extension(tmp_path, pyx_path, module):
         extension = Extension("{module}", ["{module}.pyx"],
                               include_dirs=[fastdrop.get_include(), numpy.get_include()],
                               extra_compile_args=["-O2", "-fopenmp"], extra_link_args=["-fopenmp"])
-        setup(ext_modules=cythonize([extension], language_level=3), script_args=["build_ext", "--inplace"])
+        setup(ext_modules=cythonize([extension], language_level=3),
+              script_args=["build_ext", "--inplace"])
     """))
     result = subprocess.run([sys.executable, "setup.py"], cwd=tmp_path, capture_output=True,
                             text=True, timeout=300, env=PACKAGE_ENV)
@@ -187,8 +188,10 @@ def test_serial_build_without_openmp_gives_the_same_masks(tmp_path):
         for p in (0.1, 0.5, 1 / 3):
             for offset in (0, 37):
                 y, mask = fastdrop.dropout(x, p, seed=9, stream=4, offset=offset, backend="cython")
-                expected, expected_mask = fastdrop.reference.dropout(x, p, seed=9, stream=4, offset=offset)
-                assert np.array_equal(y, expected) and np.array_equal(mask.words, expected_mask.words)
+                expected, expected_mask = fastdrop.reference.dropout(x, p, seed=9, stream=4,
+                                                                     offset=offset)
+                assert (np.array_equal(y, expected)
+                        and np.array_equal(mask.words, expected_mask.words))
         print("ok")
     """) % str(copy)
     result = subprocess.run([sys.executable, "-c", script], cwd=copy, capture_output=True,

@@ -69,9 +69,12 @@ def test_float16_dropout_on_every_float16_value(any_backend, p):
 
 @pytest.mark.parametrize("offset", [0, 37])
 def test_every_float16_value_bit_identical_to_the_reference(compiled_backend, offset):
-    """Every float16 bit pattern (NaN payloads, signalling NaNs, subnormals, infinities),
-    three times over, out of place, in place and by recompute: the reference's bits
-    exactly (Numba's kernels convert float16 vectors in hardware where the CPU has F16C)."""
+    """Every float16 bit pattern, three times over, gives the reference's bits exactly.
+
+    All patterns (NaN payloads, signalling NaNs, subnormals, infinities), out of place, in
+    place and by recompute (Numba's kernels convert float16 vectors in hardware where the
+    CPU has F16C).
+    """
     from fastdrop import reference
 
     x = np.tile(np.arange(2**16, dtype=np.uint32).astype(np.uint16), 3).view(np.float16)

@@ -103,8 +103,10 @@ def test_extreme_coordinates(any_backend):
 
 def test_p_zero_keeps_everything_and_p_one_drops_everything(any_backend):
     n = 1000
-    assert np.all(fastdrop.unpack_mask(fastdrop.bernoulli_mask(n, 0.0, seed=1, backend=any_backend), n))
-    assert not np.any(fastdrop.unpack_mask(fastdrop.bernoulli_mask(n, 1.0, seed=1, backend=any_backend), n))
+    assert np.all(fastdrop.unpack_mask(
+        fastdrop.bernoulli_mask(n, 0.0, seed=1, backend=any_backend), n))
+    assert not np.any(fastdrop.unpack_mask(
+        fastdrop.bernoulli_mask(n, 1.0, seed=1, backend=any_backend), n))
     x = np.full(n, np.nan, np.float32)
     y, _ = fastdrop.dropout(x, 1.0, seed=1, backend=any_backend)
     assert np.array_equal(y.view(np.uint32), np.zeros(n, np.uint32))  # +0.0, not NaN or -0.0

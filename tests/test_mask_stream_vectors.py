@@ -1,4 +1,6 @@
-"""Frozen known answers of the mask stream: every backend against tests/data/mask_stream_vectors.json.
+"""Frozen known answers of the mask stream.
+
+Every backend is checked against tests/data/mask_stream_vectors.json.
 
 The other mask tests compare backends with `fastdrop.reference`, which is built from the
 same spec helpers, so a changed spec constant moves the oracle and the kernels together.

@@ -6,8 +6,16 @@ import numpy as np
 import pytest
 
 import fastdrop
-from fastdrop.nn import (GradcheckError, Tensor, cross_entropy, dropout, engine, gradcheck,
-                         log_softmax, no_grad)
+from fastdrop.nn import (
+    GradcheckError,
+    Tensor,
+    cross_entropy,
+    dropout,
+    engine,
+    gradcheck,
+    log_softmax,
+    no_grad,
+)
 
 
 def signed(*shape, seed=0):

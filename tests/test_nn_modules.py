@@ -3,8 +3,21 @@ import numpy as np
 import pytest
 
 import fastdrop
-from fastdrop.nn import (MLP, SGD, Adam, Dropout, Linear, ReLU, Sequential, Tanh, Tensor,
-                         apply_max_norm, cross_entropy, gradcheck, suggest_dropout)
+from fastdrop.nn import (
+    MLP,
+    SGD,
+    Adam,
+    Dropout,
+    Linear,
+    ReLU,
+    Sequential,
+    Tanh,
+    Tensor,
+    apply_max_norm,
+    cross_entropy,
+    gradcheck,
+    suggest_dropout,
+)
 
 
 def data(rows=8, features=5, classes=3, seed=0):

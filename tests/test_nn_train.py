@@ -9,8 +9,21 @@ import pytest
 
 import fastdrop
 from fastdrop.cli import main
-from fastdrop.nn import (MLP, SGD, Adam, Dropout, Linear, ReLU, Sequential, accuracy,
-                         check_descent, evaluate, fit, predict, predict_mc)
+from fastdrop.nn import (
+    MLP,
+    SGD,
+    Adam,
+    Dropout,
+    Linear,
+    ReLU,
+    Sequential,
+    accuracy,
+    check_descent,
+    evaluate,
+    fit,
+    predict,
+    predict_mc,
+)
 
 
 def blobs(n=240, features=8, classes=3, seed=0):

@@ -14,8 +14,19 @@ from hypothesis import strategies as st
 
 import fastdrop
 from fastdrop import reference
-from tests.util import (ARRAY_FUNCTIONS, COMPILED_BACKENDS, FLOAT_DTYPES, LAYOUTS, SEED,
-                        STREAM, assert_bits_equal, assert_same_record, bits, registry, sample)
+from tests.util import (
+    ARRAY_FUNCTIONS,
+    COMPILED_BACKENDS,
+    FLOAT_DTYPES,
+    LAYOUTS,
+    SEED,
+    STREAM,
+    assert_bits_equal,
+    assert_same_record,
+    bits,
+    registry,
+    sample,
+)
 
 SLICE_SEED, SLICE_STREAM = 2024, 11
 
@@ -30,9 +41,12 @@ def layout_params(kinds, entries=ARRAY_FUNCTIONS):
 
 @pytest.mark.parametrize("entry, kind", layout_params(LAYOUTS))
 def test_every_layout_gives_the_values_of_its_c_contiguous_copy(any_backend, entry, kind):
-    """Fortran order, transposes, steps of 2, 3 and -1, 4-d views, 0-d, empty and read-only
+    """Awkward layouts give the result and record of the C-contiguous copy.
+
+    Fortran order, transposes, steps of 2, 3 and -1, 4-d views, 0-d, empty and read-only
     arrays: the result (C-ordered, writeable, x's shape) and its record are those of the
-    C-contiguous copy."""
+    C-contiguous copy.
+    """
     for dtype in FLOAT_DTYPES:
         x, _ = kind.make(dtype)
         expected = entry.call(x.copy(order="C"), any_backend)
@@ -60,8 +74,10 @@ WRITEABLE_LAYOUTS = tuple(kind for kind in LAYOUTS if kind.writeable)
 @pytest.mark.parametrize("entry, kind",
                          layout_params(WRITEABLE_LAYOUTS, registry(where=lambda e: e.inplace)))
 def test_inplace_through_any_view_gives_the_values_of_a_copy(any_backend, entry, kind):
-    """In place writes the result through the view (test_input_not_modified checks that
-    nothing else is written)."""
+    """In place writes the result through the view.
+
+    test_input_not_modified checks that nothing else is written.
+    """
     for dtype in FLOAT_DTYPES:
         x, _ = kind.make(dtype)
         expected = entry.output(entry.call(x.copy(), any_backend))
@@ -155,8 +171,10 @@ def test_slices_with_offset_equal_slices_of_the_whole(backend, n, cuts, base, p)
 
 
 def test_noise_shaped_pieces_with_offsets_equal_slices_of_the_whole(any_backend):
-    """Samples a:b processed alone with offset = base + a*C (mask elements before them) give
-    the rows a:b of the whole batch: offset counts mask elements."""
+    """Samples a:b processed alone give the rows a:b of the whole batch.
+
+    With offset = base + a*C (mask elements before them): offset counts mask elements.
+    """
     n, c, h, w, p = 23, 7, 3, 5, 0.2
     x = sample((n, c, h, w), np.float32)
     for base in (0, 5, 253):
@@ -176,8 +194,11 @@ def test_noise_shaped_pieces_with_offsets_equal_slices_of_the_whole(any_backend)
 
 
 def test_variational_mask_reuse_equals_a_time_shared_noise_shape(any_backend):
-    """One (batch, features) mask applied at every time step (apply_mask) is dropout of the
-    whole (batch, time, features) sequence with noise_shape (batch, 1, features)."""
+    """One (batch, features) mask applied at every time step is dropout with a noise shape.
+
+    apply_mask at every time step is dropout of the whole (batch, time, features) sequence
+    with noise_shape (batch, 1, features).
+    """
     batch, time, features, p = 5, 7, 67, 0.3
     x = sample((batch, time, features), np.float32)
     words = fastdrop.bernoulli_mask(batch * features, p, seed=SEED, stream=STREAM, offset=5,
@@ -197,8 +218,11 @@ def test_variational_mask_reuse_equals_a_time_shared_noise_shape(any_backend):
 
 @pytest.mark.parametrize("base", [0, 1, 253, 2**33 - 5, 2**63 - 3001])
 def test_gaussian_noise_slices_with_offsets_equal_slices_of_the_whole(any_backend, base):
-    """Element i uses half i % 2 of block i // 2: pieces starting at odd or even indices,
-    and across block 2**32 (the carry into counter word 1), match the whole."""
+    """Element i uses half i % 2 of block i // 2: pieces of a mask match the whole.
+
+    Pieces starting at odd or even indices, and across block 2**32 (the carry into counter
+    word 1), match the whole.
+    """
     n, p = 3000, 0.3
     whole = fastdrop.gaussian_noise(n, p, seed=SEED, stream=STREAM, offset=base,
                                     backend=any_backend)

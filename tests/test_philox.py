@@ -65,7 +65,7 @@ def test_numba_block_matches_kat():
     def call(c0, c1, c2, c3, k0, k1):
         return philox4x32_10_block(c0, c1, c2, c3, k0, k1)
 
-    for name, rounds, counter, key, expected in KATS:
+    for _name, rounds, counter, key, expected in KATS:
         if rounds == 10:
             out = call(*(np.uint64(v) for v in counter + key))
             assert [int(word) for word in out] == expected

@@ -1,4 +1,4 @@
-"""The usual dropout call runs in one step; it must change nothing.
+"""The usual dropout call (and its backward) runs in one step; it must change nothing.
 
 `fastdrop._fastpath.usual_call` says which calls are usual -- an ndarray that is
 C-contiguous, aligned and native-endian, a float p, an int offset, and an int seed
@@ -19,6 +19,7 @@ from fastdrop.maskstream.spec import dropout_constants
 from tests.util import FLOAT_DTYPES, bits, sample
 
 usual_call = pytest.importorskip("fastdrop._fastpath").usual_call
+usual_backward = pytest.importorskip("fastdrop._fastpath").usual_backward
 
 PLAIN_BACKENDS = [pytest.param("cython", marks=pytest.mark.skipif(
                       not backend_available("cython"), reason="the Cython extension is not built")),
@@ -189,3 +190,61 @@ def test_the_limits_themselves_are_usual():
     readonly = x.copy()
     readonly.flags.writeable = False
     assert usual_call(readonly, 0.5, 0, None, 0, False) is not None
+
+
+# ---------------------------------------------------------------- the usual backward
+
+@pytest.mark.parametrize("backend", PLAIN_BACKENDS)
+@pytest.mark.parametrize("dtype", ONE_STEP_DTYPES)
+@pytest.mark.parametrize("inplace", [False, True])
+@pytest.mark.parametrize("raw_words", [False, True])
+@pytest.mark.parametrize("shape, p, seed, stream, offset", PLAIN_CASES)
+def test_usual_backward_takes_one_step_and_matches_the_reference(shape, p, seed, stream, offset,
+                                                                 raw_words, inplace, dtype,
+                                                                 backend, monkeypatch):
+    _, mask = reference.dropout(sample(shape, dtype), p, seed=seed, stream=stream, offset=offset)
+    grad = sample(shape, dtype, salt=1)
+    expected = reference.dropout_backward(grad, mask)
+    given, given_p = (mask.words, p) if raw_words else (mask, None)
+    assert usual_backward(grad, given, given_p, inplace) is not None
+
+    def general_path(*arguments):
+        raise AssertionError("the usual backward took the general path")
+    monkeypatch.setattr(fastdrop._api, "_apply_stored_mask", general_path)
+    argument = grad.copy()
+    result = fastdrop.dropout_backward(argument, given, p=given_p, inplace=inplace,
+                                       backend=backend)
+    assert (result is argument) == inplace and result.shape == grad.shape
+    assert np.array_equal(bits(result), bits(expected))
+
+
+def not_usual_backward():
+    """(name, grad, mask, p, inplace): calls the usual backward declines."""
+    grad = sample((6, 70), np.float32)  # 7 words
+    _, mask = reference.dropout(grad, 0.25, seed=3)
+    readonly = grad.copy()
+    readonly.flags.writeable = False
+    other_shape = reference.dropout(grad.reshape(70, 6), 0.25, seed=3)[1]
+    return [
+        ("transposed grad", grad.T.copy().T, mask, None, False),
+        ("a subclass", grad.view(np.matrix), mask, None, False),
+        ("read-only in place", readonly, mask, None, True),
+        ("mask of another shape", grad, other_shape, None, False),
+        ("p given with a DropoutMask", grad, mask, 0.25, False),
+        ("raw words without p", grad, mask.words, None, False),
+        ("raw words, p an int", grad, mask.words, 0, False),
+        ("raw words, p > 1", grad, mask.words, 1.5, False),
+        ("raw words, too few", grad, mask.words[:-1], 0.25, False),
+        ("raw words, int64", grad, mask.words.view(np.int64), 0.25, False),
+        ("raw words, strided", grad, np.repeat(mask.words, 2)[::2], 0.25, False),
+        ("grad float16 bits as uint16", grad.astype(np.float16).view(np.uint16), mask, None,
+         False),
+    ]
+
+
+@pytest.mark.parametrize("case", not_usual_backward(), ids=lambda case: case[0])
+def test_any_other_backward_is_declined_untouched(case):
+    _, grad, mask, p, inplace = case
+    before = np.array(grad, copy=True)
+    assert usual_backward(grad, mask, p, inplace) is None
+    assert np.array_equal(bits(np.asarray(grad)), bits(before))

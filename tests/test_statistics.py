@@ -1,5 +1,6 @@
-"""Statistical properties: keep bits act as independent Bernoulli(1 - p) draws, and each
-variant does what it promises its user.
+"""Statistical properties: keep bits act as independent Bernoulli(1 - p) draws.
+
+Each variant does what it promises its user.
 
 The mask stream: the kept fraction is 1 - p in every lane, p is exact, neighbouring
 elements, streams and seeds are independent, E[dropout(h)] = h. Every function of the
@@ -215,8 +216,10 @@ def test_mean_of_dropout_draws_converges_to_input(compiled_backend, p):
 @pytest.mark.parametrize("p", DEPENDENCE_P)
 @pytest.mark.parametrize("span", ["from word 0", "across word 2**32"])
 def test_no_dependence_between_neighbouring_elements(compiled_backend, kind, p, span):
-    """Neighbours are independent: adjacent lanes in a word, the same lane in consecutive words,
-    and the bit-63 / bit-0 pair where one word ends and the next begins.
+    """Neighbours are independent.
+
+    Adjacent lanes in a word, the same lane in consecutive words, and the bit-63 / bit-0
+    pair where one word ends and the next begins.
 
     The second span crosses word 2**32, where the word index carries into counter word 1.
     """
@@ -246,8 +249,10 @@ NEIGHBOURING_IDS = [(0, 1), (2**32 - 1, 2**32), (2**64 - 2, 2**64 - 1), (5, 5 + 
 @pytest.mark.parametrize("p", DEPENDENCE_P)
 @pytest.mark.parametrize("streams", NEIGHBOURING_IDS, ids=str)
 def test_no_dependence_between_consecutive_streams(compiled_backend, p, streams):
-    """The same element in streams s and t (s + 1, or s + 2**32) is independent: a new call
-    gets a new mask."""
+    """The same element in streams s and t (s + 1, or s + 2**32) is independent.
+
+    A new call gets a new mask.
+    """
     first, second = (mask_words(compiled_backend, MASK_ELEMENTS, p, seed=4242, stream=stream)
                      for stream in streams)
     assert pair_pvalue(bit_matrix(first), bit_matrix(second), p) > ALPHA
@@ -384,9 +389,11 @@ def test_every_drawn_mask_keeps_a_fraction_1_minus_p(compiled_backend, entry):
 @pytest.mark.parametrize("entry", registry(where=lambda e: e.draws_stream and e.arithmetic in (
     "inverted", "gaussian", "noise")), ids=str)
 def test_every_unbiased_function_keeps_the_mean(compiled_backend, entry):
-    """E[y] = x for inverted and Gaussian dropout (and E[noise] = 1): on ones, the mean of y
-    is 1 within sampling error, with Var = p / (1 - p) per independent draw (a mask element,
-    or an element of Gaussian noise); a 1% bias is rejected."""
+    """E[y] = x for inverted and Gaussian dropout (and E[noise] = 1).
+
+    On ones, the mean of y is 1 within sampling error, with Var = p / (1 - p) per independent
+    draw (a mask element, or an element of Gaussian noise); a 1% bias is rejected.
+    """
     x = np.ones(REGISTRY_SHAPE, np.float64)
     result = entry.output(entry.call(x, compiled_backend, p=REGISTRY_P, seed=4711, stream=2,
                                      offset=0))
@@ -428,8 +435,10 @@ CHANNELS = (400, 500)  # 2 * 10**5 (sample, channel) pairs
 
 @pytest.mark.parametrize("p", [0.2, 0.5])
 def test_channel_dropout_zeroes_whole_channels_at_rate_p(any_backend, p):
-    """Every channel of every sample is all +0.0 or all 1/(1-p) (PyTorch's Dropout2d test),
-    and the number of dropped channels is Binomial(N*C, p)."""
+    """Every channel of every sample is all +0.0 or all 1/(1-p) (PyTorch's Dropout2d test).
+
+    The number of dropped channels is Binomial(N*C, p).
+    """
     n, c = CHANNELS
     x = np.ones((n, c, 2, 3), np.float32)
     y, mask = fastdrop.channel_dropout(x, p, seed=777, stream=3, backend=any_backend)
@@ -460,8 +469,10 @@ def test_channel_masks_of_consecutive_samples_are_independent(any_backend):
 
 @pytest.mark.parametrize("layout", ["NCL", "NLC-channel-last", "CL-unbatched"])
 def test_feature_alpha_dropout_sets_whole_channels(any_backend, layout):
-    """Each channel is either all a*x + b or all the dropped value c, and the dropped
-    fraction is Binomial(channels, p)."""
+    """Each channel is either all a*x + b or all the dropped value c.
+
+    The dropped fraction is Binomial(channels, p).
+    """
     p = 0.3
     rng = np.random.default_rng(5)
     shape, kwargs, channel_axes = {
@@ -503,8 +514,10 @@ ALPHA_ELEMENTS = 10**6
 
 @pytest.mark.parametrize("p", [0.2, 0.5, 0.8])
 def test_alpha_dropout_keeps_zero_mean_and_unit_variance(any_backend, p):
-    """On standard normal input: mean and std within 0.1 of 0 and 1 (the acceptance bound),
-    and within sampling error of exactly 0 and 1 (z tests on 10**6 elements)."""
+    """On standard normal input: mean and std within 0.1 of 0 and 1 (the acceptance bound).
+
+    They are also within sampling error of exactly 0 and 1 (z tests on 10**6 elements).
+    """
     x = np.random.default_rng(2017).standard_normal(ALPHA_ELEMENTS)
     y, mask = fastdrop.alpha_dropout(x, p, seed=8, stream=int(p * 10), backend=any_backend)
     assert abs(y.mean()) < 0.1 and abs(y.std() - 1.0) < 0.1
@@ -530,8 +543,11 @@ GAUSSIAN_BINS = np.concatenate([[-np.inf], np.arange(-4.0, 4.01, 0.25), [np.inf]
 
 
 def bin_pvalue(z):
-    """Chi-square of z's counts in 34 bins (width 0.25 on [-4, 4], and both tails beyond)
-    against the standard normal: tail frequencies to |z| > 4 (32 expected per 10**6)."""
+    """Chi-square of z's counts in 34 bins against the standard normal.
+
+    Bins of width 0.25 on [-4, 4], and both tails beyond: tail frequencies to |z| > 4 (32
+    expected per 10**6).
+    """
     observed = np.histogram(z, GAUSSIAN_BINS)[0]
     expected = np.diff(stats.norm.cdf(GAUSSIAN_BINS)) * z.size
     return stats.chisquare(observed, expected).pvalue
@@ -552,8 +568,10 @@ def ks_pvalue(sorted_values, mean, sigma):
 
 
 def logistic_like(z):
-    """The same draws pushed through a logistic distribution of unit variance: a plausible
-    wrong transform (symmetric, right mean and variance, heavier tails)."""
+    """The same draws pushed through a logistic distribution of unit variance.
+
+    A plausible wrong transform (symmetric, right mean and variance, heavier tails).
+    """
     u = special.ndtr(z)
     return np.log(u / (1 - u)) * math.sqrt(3) / math.pi
 
@@ -615,8 +633,10 @@ def extreme_and_boundary_ks():
 
 
 def test_normal_transform_agrees_with_scipy_ndtri_to_1e_14():
-    """z = Phi^-1(u) (AS 241 with the spec's own log) agrees with scipy.special.ndtri to 1e-14
-    relative for reachable u, including the extremes 2**-53 and 1 - 2**-53."""
+    """z = Phi^-1(u) (AS 241 with the spec's own log) agrees with scipy.special.ndtri.
+
+    To 1e-14 relative, for reachable u, including the extremes 2**-53 and 1 - 2**-53.
+    """
     u = uniforms_of(extreme_and_boundary_ks())
     assert u.min() == 2.0**-53 and u.max() == 1 - 2.0**-53
     z = reference.inverse_normal_cdf(u)
@@ -633,10 +653,12 @@ def test_normal_transform_agrees_with_scipy_ndtri_to_1e_14():
 
 @pytest.mark.parametrize("offset", [0, 1, 2**33 - 7, 2**62 + 1])
 def test_noise_stream_is_ndtri_of_the_documented_philox_words(any_backend, offset):
-    """Element i takes the 64-bit word i % 2 of Philox block i // 2 with counter
+    """Element i's normal, recomputed with the Philox block function alone and scipy's ndtri.
+
+    Element i takes the 64-bit word i % 2 of Philox block i // 2 with counter
     (block low, block high | 2**31, stream low, stream high) and key (seed low, seed high),
-    u = ((r >> 12) + 1/2) 2**-52 and z = Phi^-1(u): recomputed here with the Philox block
-    function alone and scipy's ndtri."""
+    u = ((r >> 12) + 1/2) 2**-52 and z = Phi^-1(u).
+    """
     seed, stream, n = 0xDEADBEEF12345678, 2**40 + 9, 4000
     index = np.arange(offset, offset + n, dtype=np.uint64)
     block = index >> np.uint64(1)
@@ -671,7 +693,9 @@ def mask_and_normals(backend, seed=4242, stream=17):
 
 
 def test_gaussian_noise_is_independent_of_the_mask_of_the_same_seed_and_stream(any_backend):
-    """Noise and keep bits of one (seed, stream) come from different Philox counters:
+    """Noise and keep bits of one (seed, stream) come from different Philox counters.
+
+    Checked:
 
     - element by element: keep_i is uncorrelated with z_i, z_i > 0 and |z_i| > 1;
     - where the counters would coincide without the noise domain bit: the sign of z_2j is

@@ -72,9 +72,11 @@ def _sample(shape, dtype, salt):
 
 
 def sample(shape, dtype, salt=0):
-    """A fresh, writeable, C-ordered array: normals times 3 with +0.0 (every 97th), -0.0
-    (every 101st) and inf, -inf, NaN at flat indices 2, 3, 4; the same values every run
-    (``salt`` gives another set, e.g. for a gradient)."""
+    """A fresh, writeable, C-ordered array, of the same values every run.
+
+    Normals times 3 with +0.0 (every 97th), -0.0 (every 101st) and inf, -inf, NaN at flat
+    indices 2, 3, 4 (``salt`` gives another set, e.g. for a gradient).
+    """
     shape = (shape,) if isinstance(shape, int) else tuple(shape)
     return _sample(shape, np.dtype(dtype), salt).copy()
 
@@ -86,8 +88,10 @@ BOX = (37, 29, 5)  # 5365 elements: no axis or size a multiple of 64
 
 @dataclasses.dataclass(frozen=True)
 class Awkward:
-    """One kind of awkward input: ``make(dtype)`` gives ``(x, owner)``, x a view of owner
-    (or owner itself); `written` marks the elements of owner that x covers."""
+    """One kind of awkward input: ``make(dtype)`` gives ``(x, owner)``, x a view of owner.
+
+    x may be owner itself; `written` marks the elements of owner that x covers.
+    """
 
     name: str
     owner_shape: tuple
@@ -147,8 +151,10 @@ def awkward(*names):
 
 
 class Unchanged:
-    """The bytes, dtype and shape of some arrays (a DropoutMask: its words) and the state of
-    some Generators, recorded now and checked later.
+    """A record of some arrays and Generators, made now and checked later.
+
+    The bytes, dtype and shape of some arrays (a DropoutMask: its words) and the state of
+    some Generators.
 
     ``with unchanged(x, mask): call()`` checks on leaving the block (unless it raised);
     `keep` adds an object (and returns it), ``where=`` restricts the check to some elements.
@@ -244,8 +250,10 @@ def reference_words(n, p, seed=SEED, stream=STREAM, offset=OFFSET):
 
 
 def stored_mask(mask_shape, p=P, seed=SEED, stream=STREAM, offset=OFFSET):
-    """The DropoutMask dropout(..., noise_shape=mask_shape) stores, from the reference
-    (fresh writeable words)."""
+    """The DropoutMask dropout(..., noise_shape=mask_shape) stores, from the reference.
+
+    Its words are fresh and writeable.
+    """
     mask_shape = tuple(mask_shape)
     words = reference_words(math.prod(mask_shape), p, seed, stream, offset)
     return fastdrop.DropoutMask(words, shape=mask_shape, p=p, seed=seed, stream=stream,

@@ -13,8 +13,14 @@ Example
 >>> print(bench.format_table(run))
 """
 from .implementations import IMPLEMENTATIONS, OPERATIONS, available_implementations
-from .report import (format_markdown, format_table, format_targets, format_targets_markdown, plot,
-                     save_json)
+from .report import (
+    format_markdown,
+    format_table,
+    format_targets,
+    format_targets_markdown,
+    plot,
+    save_json,
+)
 from .runner import run_benchmarks, time_callable, time_callables
 
 __all__ = [

@@ -38,6 +38,20 @@ STREAM = 0
 
 @dataclass(frozen=True)
 class Operation:
+    """One benchmarked operation, as the tables, the plot and docs/benchmarks.md name it.
+
+    Attributes
+    ----------
+    name : str
+        The registry key (the ``--ops`` value), e.g. ``"forward_inplace"``.
+    title : str
+        The short title in tables and plots.
+    description : str
+        What one timed call does.
+    dtype_independent : bool
+        Timed once per (n, p), with the first dtype's floor (the mask alone).
+    """
+
     name: str
     title: str
     description: str
@@ -69,6 +83,22 @@ OPERATIONS = {operation.name: operation for operation in (
 
 @dataclass(frozen=True)
 class Implementation:
+    """One benchmarked implementation: where it runs and how each operation is set up.
+
+    Attributes
+    ----------
+    name : str
+        The registry key (the ``--impls`` value), e.g. ``"cython"``.
+    description : str
+        What the implementation is, for the report.
+    requirement : callable
+        ``requirement()`` is None if the implementation can run here, else the reason
+        it cannot.
+    setups : dict
+        Operation name -> ``setup(n, p, dtype, threads)``, which allocates everything and
+        returns the timed zero-argument callable.
+    """
+
     name: str
     description: str
     requirement: object  # () -> None if usable here, else the reason it is not
@@ -79,9 +109,11 @@ class Implementation:
         return self.requirement()
 
     def available(self):
+        """Whether this implementation can run here (its requirement is met)."""
         return self.requirement() is None
 
     def supports(self, operation):
+        """Whether this implementation has a setup for ``operation`` (a name)."""
         return operation in self.setups
 
     def setup(self, operation, n, p, dtype, threads):

@@ -1,5 +1,6 @@
-"""What a benchmark run looks like: text and Markdown tables, thread scaling, the targets,
-JSON, the plot.
+"""What a benchmark run looks like: tables, thread scaling, the targets, JSON, the plot.
+
+The tables come as text and as Markdown.
 
 Cells are printed as measured: a ratio to the floor below 1x (the floor runs
 parallel and fastdrop serial below its cutoff, or noise) or far above a target
@@ -15,6 +16,7 @@ COLORS = {"floor": "black", "numpy": "tab:red", "numpy-careful": "tab:orange",
 
 
 def format_time(seconds):
+    """A duration in seconds as text: in ns, us or ms below one second, else in s."""
     if seconds < 1e-6:
         return f"{seconds * 1e9:.0f} ns"
     if seconds < 1e-3:
@@ -25,10 +27,15 @@ def format_time(seconds):
 
 
 def format_rate(gelem_per_s):
+    """A throughput in Gelem/s as text: three significant digits, whole from 100 on."""
     return f"{gelem_per_s:.3g}" if gelem_per_s < 100 else f"{gelem_per_s:.0f}"
 
 
 def format_ratio(ratio, decimals=2):
+    """A ratio as text, e.g. ``"1.23x"``; None gives ``"-"``.
+
+    ``decimals`` applies below 10x; from 10x on one decimal, from 100x on none.
+    """
     if ratio is None:
         return "-"
     if ratio < 10:
@@ -37,6 +44,11 @@ def format_ratio(ratio, decimals=2):
 
 
 def header_lines(run):
+    """The lines that head a text report.
+
+    Date and load average, versions, CPU and OpenMP, threads, the floor, the statistic,
+    and one line per skipped (unavailable) implementation.
+    """
     header, settings = run["header"], run["settings"]
     cpu_line = (f"cpu: {header['cpu']} ({header['cpus available']} CPUs available; "
                 f"{' '.join(header['simd']) or 'no SIMD flags read'}); OpenMP "
@@ -86,8 +98,11 @@ def _speedup_names(run):
 
 
 def _text_table(columns):
-    """Aligned text lines for [(group title, subtitle, values)]: the first column left, the rest
-    right; a group title starts over its first column."""
+    """Aligned text lines for [(group title, subtitle, values)].
+
+    The first column is left-aligned, the rest right-aligned; a group title starts over its
+    first column.
+    """
     widths = [max(len(subtitle), *(len(value) for value in values)) if values else len(subtitle)
               for _, subtitle, values in columns]
     # a group title may be wider than its first column: let it run over the next ones
@@ -190,8 +205,9 @@ def _thread_counts(run):
 
 
 def scaling_columns(run):
-    """The cells of the thread-scaling table, which `format_scaling` and
-    `format_scaling_markdown` render.
+    """The cells of the thread-scaling table.
+
+    `format_scaling` and `format_scaling_markdown` render them.
 
     Parameters
     ----------
@@ -332,6 +348,7 @@ def _limit_text(record):
 
 
 def target_rows(records):
+    """The text cells of each target record: target, backend, measured, limit, met, where."""
     return [[record["target"], record["backend"], _measured_text(record), _limit_text(record),
              "met" if record["met"] else "NOT MET", record["where"]] for record in records]
 
@@ -353,6 +370,18 @@ def format_targets(records):
 
 
 def format_targets_markdown(records):
+    """The issue's targets as a Markdown table (reported, never asserted).
+
+    Parameters
+    ----------
+    records : list of dict
+        Target records, as `targets.measure_targets` returns them (``run["targets"]``).
+
+    Returns
+    -------
+    str
+        The table: a header, then one row per record (``|`` in cells escaped).
+    """
     lines = ["| " + " | ".join(TARGET_TITLES[:4] + ["met", "where"]) + " |",
              "|---|---|--:|--:|---|---|"]
     for row in target_rows(records):

@@ -26,8 +26,17 @@ import numpy as np
 
 from .._validate import bfloat16_dtype
 from .implementations import (
-    BASELINE, FLOOR, FLOOR_DESCRIPTIONS, FLOOR_SERIAL, IMPLEMENTATIONS, OPERATIONS,
-    available_implementations, bench_dtype, floor_kernel, unavailable_implementations)
+    BASELINE,
+    FLOOR,
+    FLOOR_DESCRIPTIONS,
+    FLOOR_SERIAL,
+    IMPLEMENTATIONS,
+    OPERATIONS,
+    available_implementations,
+    bench_dtype,
+    floor_kernel,
+    unavailable_implementations,
+)
 
 QUICK_SIZES = (1 << 16, 1 << 22)
 FULL_SIZES = tuple(1 << k for k in range(10, 27))
@@ -40,6 +49,20 @@ MAX_NUMBER = 1_000_000
 
 @dataclass(frozen=True)
 class Timing:
+    """The timing of one callable, in seconds per call.
+
+    Attributes
+    ----------
+    best : float
+        Seconds per call of the best sample.
+    median : float
+        Seconds per call of the median sample.
+    number : int
+        Calls per sample.
+    repeat : int
+        Number of samples.
+    """
+
     best: float  # seconds per call, best sample
     median: float  # seconds per call, median sample
     number: int  # calls per sample
@@ -204,9 +227,9 @@ def time_row(implementations, row, repeat, min_time, interleave):
                         except Exception as error:
                             results[name] = _error(error)
                             del prepared[name]
-            for name, (call, number, samples) in prepared.items():
+            for name, (_call, number, samples) in prepared.items():
                 results[name] = _cell(n, number, samples)
-            prepared = call = None
+            prepared = call = _call = None
         else:
             for implementation in implementations + [IMPLEMENTATIONS[FLOOR]]:
                 try:
@@ -262,7 +285,7 @@ def _derive(results, floor=None):
     """
     floor = floor or results.get(FLOOR, {}).get("best_s")
     baseline = results.get(BASELINE, {}).get("best_s")
-    for name, cell in results.items():
+    for _name, cell in results.items():
         if "best_s" not in cell:
             continue
         cell["ratio_to_floor"] = cell["best_s"] / floor if floor else None

@@ -41,6 +41,11 @@ FASTDROP_BACKENDS = ("numba", "cython")
 
 
 def target_record(target, backend, measured, limit, met, where="", unit="ratio"):
+    """One target record: ``{"target", "backend", "measured", "limit", "met", "where", "unit"}``.
+
+    ``met`` is stored as a bool; ``unit`` says what ``measured`` is: "ratio", "bytes" or
+    "text".
+    """
     return {"target": target, "backend": backend, "measured": measured, "limit": limit,
             "met": bool(met), "where": where, "unit": unit}
 

@@ -24,6 +24,7 @@ SUBCOMMANDS = {
 
 
 def build_parser():
+    """The ``fastdrop`` argument parser, with every subcommand's parser added."""
     parser = CommandParser(
         prog="fastdrop", description="Memory-speed CPU dropout with exact, bit-packed masks.")
     parser.add_argument("--version", action="store_true", help="print the version and exit")
@@ -35,6 +36,19 @@ def build_parser():
 
 
 def main(argv=None):
+    """Run the ``fastdrop`` command; return its exit status.
+
+    Parameters
+    ----------
+    argv : list of str, optional
+        The arguments after the program's name (default: the command line).
+
+    Returns
+    -------
+    int
+        The subcommand's exit status; 0 for ``--version``; 2 (after the help) without a
+        subcommand. A bad command line exits with status 2 and one line on stderr.
+    """
     parser = build_parser()
     # unknown options are reported by the subcommand's parser, so the message names it
     args, unrecognized = parser.parse_known_args(argv)

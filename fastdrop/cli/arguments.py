@@ -33,6 +33,10 @@ class CommandParser(argparse.ArgumentParser):
         super().__init__(*args, **kwargs)
 
     def error(self, message):
+        """Exit with status 2, printing ``PROG: error: MESSAGE`` on one line of stderr.
+
+        Whitespace in ``message`` (newlines included) is collapsed to single spaces.
+        """
         self.exit(2, f"{self.prog}: error: {' '.join(str(message).split())}\n")
 
 

@@ -12,6 +12,7 @@ ARRAYS_PER_ROW = 3
 
 
 def add_arguments(parser):
+    """Add the ``fastdrop bench`` options to ``parser`` (benchmarks/make_docs.py too)."""
     # the registry imports only NumPy, which `import fastdrop` has already loaded
     from ..bench.implementations import IMPLEMENTATIONS, OPERATIONS
 
@@ -50,9 +51,15 @@ def add_arguments(parser):
                         help="draw throughput against n (needs matplotlib; any format it "
                              "writes: .png, .pdf, .svg, ...)")
     parser.add_argument("--quiet", action="store_true", help="no progress lines on stderr")
+    parser.add_argument("--torch", action="store_true",
+                        help="the PyTorch section instead: fastdrop.torch against torch's "
+                             "dropout (op alone, cost of a call, training steps); --sizes "
+                             "(default 2^22 2^24 2^26), --dtypes (float32 bfloat16), the first "
+                             "--p (0.1) and --threads (2) apply; needs torch")
 
 
 def register(subparsers):
+    """Add the ``bench`` subcommand to ``subparsers``, with `run` as its handler."""
     parser = subparsers.add_parser(
         "bench", help="benchmark against the memory floor, NumPy and PyTorch",
         description=__doc__.split("\n\n", 1)[1] if "\n\n" in __doc__ else None)
@@ -115,9 +122,50 @@ def execute(args):
     return run
 
 
+def check_torch_arguments(args):
+    """Raise UsageError for a --torch run that cannot go ahead; measures nothing."""
+    import importlib.util
+
+    if importlib.util.find_spec("torch") is None:
+        raise arguments.UsageError("--torch needs PyTorch: pip install \"fastdrop[torch]\"")
+    for option, value in (("--ops", args.ops), ("--impls", args.impls), ("--plot", args.plot)):
+        if value:
+            raise arguments.UsageError(f"{option} does not apply to --torch")
+    if args.ps and len(args.ps) > 1:
+        raise arguments.UsageError("--torch takes one --p")
+    if args.threads and len(args.threads) > 1:
+        raise arguments.UsageError("--torch takes one --threads")
+
+
+def run_torch(args):
+    """The PyTorch section: fastdrop.torch against torch's dropout."""
+    from ..bench import pytorch, report
+
+    check_torch_arguments(args)
+    section = pytorch.run(sizes=args.sizes or pytorch.DEFAULT_SIZES,
+                          dtypes=args.dtypes or pytorch.DEFAULT_DTYPES,
+                          p=args.ps[0] if args.ps else pytorch.DEFAULT_P,
+                          threads=args.threads[0] if args.threads else 2,
+                          repeat=args.repeat or 5, min_time=args.min_time)
+    print(pytorch.format_section(section, markdown=args.markdown))
+    if not args.no_targets:
+        records = pytorch.targets(section)
+        print()
+        print(report.format_targets_markdown(records) if args.markdown
+              else report.format_targets(records))
+        section["targets"] = records
+    if args.json:
+        report.save_json(section, args.json)
+        print(f"\nsaved {args.json}")
+    return 0
+
+
 def run(args):
+    """Run ``fastdrop bench``: check, measure, print the tables, save what was asked; return 0."""
     from ..bench import report
 
+    if args.torch:
+        return run_torch(args)
     check_arguments(args)
     results = execute(args)
     print(report.format_markdown(results) if args.markdown else report.format_table(results))

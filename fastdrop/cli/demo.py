@@ -8,6 +8,7 @@ BYTES_PER_ELEMENT = 32
 
 
 def register(subparsers):
+    """Add the ``demo`` subcommand to ``subparsers``, with `run` as its handler."""
     parser = subparsers.add_parser("demo", help="run a short dropout demo and check it")
     parser.add_argument("--n", type=arguments.size, default=1 << 22, metavar="N",
                         help="elements, >= 1: 4194304, 2^22 or 1<<22 (default 2^22)")
@@ -21,6 +22,11 @@ def register(subparsers):
 
 
 def run(args):
+    """Run ``fastdrop demo``: time two dropout calls, print them and the checks.
+
+    Returns 0 if every check passed (backward from the stored mask equals the recomputed
+    one; the output matches `fastdrop.reference`), else 1.
+    """
     from ..bench.runner import size_label
 
     arguments.check_fits_in_memory("--n", size_label(args.n), BYTES_PER_ELEMENT * args.n)
@@ -44,8 +50,8 @@ def run(args):
     kept = fastdrop.unpack_mask(mask.words, mask.n)
     print(f"  first call {first * 1e3:.1f} ms (includes compilation or cache load), "
           f"second call {second * 1e3:.2f} ms")
-    print(f"  kept fraction {kept.mean():.5f} (expected {1 - args.p:.5f}); mask {mask.nbytes:,} bytes "
-          f"for {mask.n:,} elements (1 bit each)")
+    print(f"  kept fraction {kept.mean():.5f} (expected {1 - args.p:.5f}); "
+          f"mask {mask.nbytes:,} bytes for {mask.n:,} elements (1 bit each)")
     print(f"  mean of x {x.mean():+.5f}, mean of y {y.mean():+.5f} (E[y] = x)")
 
     grad = np.ones_like(x)

@@ -2,6 +2,7 @@
 
 
 def register(subparsers):
+    """Add the ``info`` subcommand to ``subparsers``, with `run` as its handler."""
     parser = subparsers.add_parser("info", help="show versions, backends, threads and CPU")
     parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
     parser.set_defaults(handler=run)
@@ -20,6 +21,7 @@ def _text(value):
 
 
 def run(args):
+    """Run ``fastdrop info``: print what `collect` finds, as a table or JSON; return 0."""
     import json
 
     from .._sysinfo import collect

@@ -25,6 +25,7 @@ DEFAULT_LR = {"adam": 1e-3, "sgd": 0.05}
 
 
 def register(subparsers):
+    """Add the ``train`` subcommand to ``subparsers``, with `run` as its handler."""
     parser = subparsers.add_parser(
         "train", help="train an MLP without and with dropout (digits by default) and compare",
         description="Train an MLP on scikit-learn's digits or on --data FILE.npz, once without "
@@ -89,6 +90,10 @@ def fail(message):
 
 
 def run(args):
+    """Run ``fastdrop train``: train the MLP without and with dropout, print the comparison.
+
+    Also writes the metrics (``--json``) and the curves (``--plot``) if asked; returns 0.
+    """
     import numpy as np
 
     import fastdrop

@@ -101,7 +101,10 @@ NORMAL_DOMAIN_BIT = 31
 
 
 def normal_counter(block, stream):
-    """The Philox counter (c0, c1, c2, c3) of Gaussian block ``block`` (elements 2*block, 2*block+1)."""
+    """The Philox counter (c0, c1, c2, c3) of Gaussian block ``block``.
+
+    The block holds elements 2*block and 2*block+1.
+    """
     block_low, block_high = split64(block)
     stream_low, stream_high = split64(stream)
     return block_low, block_high | (1 << NORMAL_DOMAIN_BIT), stream_low, stream_high

@@ -18,12 +18,39 @@
 Importing it needs NumPy only (docs/nn.md).
 """
 from . import acquisition, uncertainty  # noqa: F401 (the modules, as fastdrop.nn.acquisition)
-from .engine import (GradcheckError, Tensor, alpha_dropout, as_tensor, cross_entropy,
-                     dropconnect_linear, dropout, gaussian_dropout, gradcheck, is_grad_enabled,
-                     log_softmax, no_grad)
-from .nn import (MLP, AlphaDropout, ChannelDropout, DropConnectLinear, Dropout, Dropout1d,
-                 Dropout2d, Dropout3d, FeatureAlphaDropout, GaussianDropout, Linear, Module, ReLU,
-                 Sequential, Tanh, VariationalDropout, suggest_dropout)
+from .engine import (
+    GradcheckError,
+    Tensor,
+    alpha_dropout,
+    as_tensor,
+    cross_entropy,
+    dropconnect_linear,
+    dropout,
+    gaussian_dropout,
+    gradcheck,
+    is_grad_enabled,
+    log_softmax,
+    no_grad,
+)
+from .nn import (
+    MLP,
+    AlphaDropout,
+    ChannelDropout,
+    DropConnectLinear,
+    Dropout,
+    Dropout1d,
+    Dropout2d,
+    Dropout3d,
+    FeatureAlphaDropout,
+    GaussianDropout,
+    Linear,
+    Module,
+    ReLU,
+    Sequential,
+    Tanh,
+    VariationalDropout,
+    suggest_dropout,
+)
 from .optim import SGD, Adam, Optimizer, apply_max_norm
 from .training import DescentReport, accuracy, check_descent, evaluate, fit, predict, predict_mc
 from .uncertainty import MCPrediction

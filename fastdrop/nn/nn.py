@@ -20,8 +20,18 @@ import numpy as np
 import fastdrop
 from fastdrop._validate import channel_noise_shape, check_gaussian_p, check_noise_shape, check_p
 
-from .engine import (Tensor, _free_to_overwrite, _matmul, _result, alpha_dropout, as_tensor,
-                     dropconnect_linear, dropout, gaussian_dropout, is_grad_enabled)
+from .engine import (
+    Tensor,
+    _free_to_overwrite,
+    _matmul,
+    _result,
+    alpha_dropout,
+    as_tensor,
+    dropconnect_linear,
+    dropout,
+    gaussian_dropout,
+    is_grad_enabled,
+)
 
 MC_STREAM_BASE = 2**63  # Monte Carlo sample k uses stream 2**63 + k; training counts up from 0
 
@@ -65,11 +75,12 @@ class RowKeys:
             start += rows
 
     def mask_blocks(self, mask_shape, shares_rows=False):
-        """``(row slice, stream, offset, block mask shape)`` for a mask of ``mask_shape`` over the pass.
+        """``(row slice, stream, offset, block mask shape)`` of each block, for a pass's mask.
 
-        ``mask_shape[0]`` is the pass's rows, or 1 with ``shares_rows``: a
-        layer that shares its mask along the rows already (``broadcast_dims``
-        with axis 0), whose rows then share it in every sample.
+        The mask has ``mask_shape`` over the pass. ``mask_shape[0]`` is the pass's
+        rows, or 1 with ``shares_rows``: a layer that shares its mask along the rows
+        already (``broadcast_dims`` with axis 0), whose rows then share it in every
+        sample.
         """
         shared = self.consistent or shares_rows
         width = math.prod(mask_shape[1:])
@@ -115,6 +126,7 @@ class Module:
     training = True
 
     def __call__(self, x):
+        """The layer's output for input ``x``: ``self.forward(x)``."""
         return self.forward(x)
 
     def forward(self, x):
@@ -130,7 +142,7 @@ class Module:
         return [child for _, child in self.named_children()]
 
     def modules(self):
-        """This module and every module inside it, depth first."""
+        """The module itself and every module inside it, depth first."""
         yield self
         for child in self.children():
             yield from child.modules()
@@ -289,10 +301,12 @@ class Linear(Module):
             self.bias = Tensor(np.zeros(out_features), requires_grad=True, dtype=dtype)
 
     def forward(self, x):
+        """``x @ weight``, plus ``bias`` if the layer has one (x in the weight's dtype)."""
         out = as_tensor(x, dtype=self.weight.dtype) @ self.weight
         return out if self.bias is None else out + self.bias
 
     def named_parameters(self):
+        """``("weight", weight)``, then ``("bias", bias)`` if the layer has one."""
         yield "weight", self.weight
         if self.bias is not None:
             yield "bias", self.bias
@@ -350,6 +364,11 @@ class DropConnectLinear(Linear):
         self.last_mask = None
 
     def forward(self, x):
+        """``x @ weight_dropped + bias`` in training mode with p > 0, else `Linear.forward`.
+
+        Each such call takes the next stream of ``generator`` and keeps its weight mask in
+        ``last_mask``; under `predict_mc`, ``mask_keys`` keys the masks instead.
+        """
         if not self.training or self.p == 0.0:
             return super().forward(x)
         if self.mask_keys is not None:
@@ -392,6 +411,7 @@ class ReLU(Module):
     """Elementwise max(x, 0)."""
 
     def forward(self, x):
+        """max(x, 0), elementwise."""
         return as_tensor(x).relu()
 
     def __repr__(self):
@@ -402,6 +422,7 @@ class Tanh(Module):
     """Elementwise hyperbolic tangent."""
 
     def forward(self, x):
+        """tanh(x), elementwise."""
         return as_tensor(x).tanh()
 
     def __repr__(self):
@@ -474,6 +495,11 @@ class Dropout(Module):
         return 0
 
     def forward(self, x):
+        """Dropout of ``x`` in training mode with p > 0; else ``x`` itself (a Tensor).
+
+        Each such call takes the next stream of ``generator`` and keeps its mask in
+        ``last_mask``; under `predict_mc`, ``mask_keys`` keys the masks instead.
+        """
         x = as_tensor(x)
         noise_shape = self.noise_shape(x.shape)  # checked before a stream is taken
         if not self.training or self.p == 0.0:
@@ -546,9 +572,11 @@ class ChannelDropout(Dropout):
         self.batch_axis = batch_axis
 
     def noise_shape(self, shape):
+        """The mask's shape for an input of ``shape``: its batch and channel axes, 1 elsewhere."""
         return channel_noise_shape(tuple(shape), self.channel_axis, self.batch_axis)
 
     def rows_axis(self, shape):
+        """The batch axis as an index in [0, ndim); None without one."""
         return None if self.batch_axis is None else self.batch_axis % len(shape)
 
     def _extra_repr(self):
@@ -672,12 +700,17 @@ class VariationalDropout(Dropout):
         self.sequence = None  # (seed, stream) of the sequence `step` is in
 
     def noise_shape(self, shape):
+        """The mask's shape for an input of ``shape``: 1 on the time axis, so every step shares it.
+
+        Raises ValueError for an input with fewer than two axes.
+        """
         if len(shape) < 2:
             raise ValueError(f"VariationalDropout needs an input with a time axis and at least "
                              f"one more axis, got shape {tuple(shape)}")
         return check_noise_shape(tuple(shape), None, (self.time_axis,))
 
     def rows_axis(self, shape):
+        """Axis 0, unless it is the time axis (then None)."""
         return None if self.time_axis % len(shape) == 0 else 0
 
     def start_sequence(self):
@@ -760,6 +793,11 @@ class AlphaDropout(Dropout):
         super().__init__(p, recompute=recompute, inplace=inplace, seed=seed, backend=backend)
 
     def forward(self, x):
+        """Alpha dropout of ``x`` in training mode with p > 0; else ``x`` itself (a Tensor).
+
+        Each such call takes the next stream of ``generator`` and keeps its mask in
+        ``last_mask``; under `predict_mc`, ``mask_keys`` keys the masks instead.
+        """
         x = as_tensor(x)
         noise_shape = self.noise_shape(x.shape)
         if not self.training or self.p == 0.0:
@@ -832,6 +870,11 @@ class GaussianDropout(Module):
         self.last_noise = None
 
     def forward(self, x):
+        """``x`` times Gaussian noise in training mode with p > 0; else ``x`` itself (a Tensor).
+
+        Each such call takes the next stream of ``generator`` and keeps its noise record in
+        ``last_noise``; under `predict_mc`, ``mask_keys`` keys the noise instead.
+        """
         x = as_tensor(x)
         if not self.training or self.p == 0.0:
             return x
@@ -873,11 +916,13 @@ class Sequential(Module):
         self.layers = list(layers)
 
     def forward(self, x):
+        """``x`` through every layer, in order."""
         for layer in self.layers:
             x = layer(x)
         return x
 
     def named_children(self):
+        """``(str(index), layer)`` for each layer, in order."""
         return [(str(index), layer) for index, layer in enumerate(self.layers)]
 
     def __getitem__(self, index):

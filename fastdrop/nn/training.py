@@ -241,9 +241,10 @@ def _count(value, name, least):
 
 
 def _passes(rows, samples, rows_per_pass):
-    """The blocks ``(sample, first_row, rows)`` of each forward pass, cut from the (sample, row) grid.
+    """The blocks ``(sample, first_row, rows)`` of each forward pass.
 
-    The grid is read sample by sample, so every row meets its samples in order.
+    They are cut from the (sample, row) grid. The grid is read sample by sample, so
+    every row meets its samples in order.
     """
     total = rows * samples
     for start in range(0, total, rows_per_pass):
@@ -257,7 +258,7 @@ def _passes(rows, samples, rows_per_pass):
 
 def predict_mc(model, X, samples=50, *, seed=None, consistent=False, first_row=0,
                rows_per_pass=4096, return_samples=False):
-    """Monte Carlo dropout: the model's predictions over many dropout masks (Gal and Ghahramani 2016).
+    """Monte Carlo dropout (Gal and Ghahramani 2016): the model's predictions over many masks.
 
     The model runs ``samples`` times on X with its dropout layers in training
     mode and every other module in evaluation mode (torch-uncertainty's
@@ -438,7 +439,7 @@ class DescentReport:
 
 
 def check_descent(model, X, y, *, optimizer=None, steps=20, rtol=1e-4):
-    """Debugging aid: with dropout off, does the full-batch loss fall at every step?
+    """Debugging aid: report whether, with dropout off, the full-batch loss falls at every step.
 
     With dropout on, the training loss jitters from batch to batch, which hides
     a learning rate that is too large. This takes ``steps`` optimiser steps on

@@ -143,11 +143,20 @@ class EagerDropout(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad):
-        if hasattr(ctx, "key"):
-            result = EagerBackwardRecompute.apply(grad, ctx.p, *ctx.key, ctx.shared_dims, ctx.alpha)
+        recompute = hasattr(ctx, "key")
+        if torch.is_grad_enabled():  # create_graph: a backward that is differentiable in turn
+            if recompute:
+                result = EagerBackwardRecompute.apply(grad, ctx.p, *ctx.key, ctx.shared_dims,
+                                                      ctx.alpha)
+            else:
+                result = EagerBackwardFromWords.apply(grad, *ctx.saved_tensors, ctx.p,
+                                                      ctx.shared_dims, ctx.alpha)
+        elif recompute:
+            result = _tensors.backward_recompute(grad, ctx.p, *ctx.key, ctx.shared_dims,
+                                                 ctx.alpha)
         else:
-            (words,) = ctx.saved_tensors
-            result = EagerBackwardFromWords.apply(grad, words, ctx.p, ctx.shared_dims, ctx.alpha)
+            result = _tensors.backward_from_words(grad, *ctx.saved_tensors, ctx.p, ctx.shared_dims,
+                                                  ctx.alpha)
         return result, None, None, None, None, None, None, None
 
 

@@ -39,7 +39,7 @@ def check_tensor(input, where):
 
 def check_input(input, where):
     """What fastdrop takes: a dense CPU tensor of float16, float32, float64 or bfloat16."""
-    if input.device.type != "cpu":
+    if not input.is_cpu:
         raise RuntimeError(f"{where}: fastdrop runs on the CPU, but input is on {input.device}; "
                            "use torch.nn.functional's dropout for tensors on other devices")
     if input.dtype not in FLOAT_DTYPES or input.layout is not torch.strided:
@@ -68,7 +68,7 @@ def word_count(shape, shared):
     return (math.prod(mask_shape(shape, shared)) + WORD_BITS - 1) // WORD_BITS
 
 
-def _array(tensor):
+def as_array(tensor):
     """(NumPy view of tensor's memory, fastdrop's dtype request)."""
     tensor = tensor.detach()
     if tensor.dtype is torch.bfloat16:
@@ -88,7 +88,7 @@ def _run(function, tensor, *arguments, inplace=False, **options):
 
     Returns ``(result tensor, the rest of function's result or None)``.
     """
-    array, request = _array(tensor)
+    array, request = as_array(tensor)
     if request is not None:
         options["dtype"] = request
     if inplace:
@@ -98,7 +98,7 @@ def _run(function, tensor, *arguments, inplace=False, **options):
         target = None
     else:
         target = torch.empty_like(tensor)
-        result = function(array, *arguments, out=_array(target)[0], **options)
+        result = function(array, *arguments, out=as_array(target)[0], **options)
     rest = None
     if isinstance(result, tuple):
         result, rest = result

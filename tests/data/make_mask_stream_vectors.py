@@ -139,7 +139,7 @@ def large_mask_cases():
 
 
 def gaussian_cases():
-    """Multipliers for even and odd offsets, Philox block index crossing 2**32, the last elements."""
+    """Multipliers for even and odd offsets, Philox block index crossing 2**32, last elements."""
     ps = [0.0, 1e-18, 0.1, 0.5, 0.9]
     counts = [1, 2, 63, 130]
     pairs = [(0, 0), (2**64 - 1, 2**63), (0xFEDCBA9876543210, 0x1122334455667788)]
@@ -195,9 +195,9 @@ def value_input(dtype, n=90):
     """A fixed input of ``dtype``: special values first, then a spread of magnitudes and signs."""
     info = np.finfo(dtype)
     tiny_subnormal = info.smallest_subnormal
-    special = [0.0, -0.0, np.inf, -np.inf, np.nan, np.nan, tiny_subnormal, -tiny_subnormal, info.smallest_normal - tiny_subnormal,
-               info.smallest_normal, -info.smallest_normal, info.max, -info.max, info.max / 2,
-               1.0, -1.0, 0.5, 1.0 + info.eps, 3.0, -7.25]
+    special = [0.0, -0.0, np.inf, -np.inf, np.nan, np.nan, tiny_subnormal, -tiny_subnormal,
+               info.smallest_normal - tiny_subnormal, info.smallest_normal, -info.smallest_normal,
+               info.max, -info.max, info.max / 2, 1.0, -1.0, 0.5, 1.0 + info.eps, 3.0, -7.25]
     values = np.array(special, dtype=dtype)
     values[4], values[5] = quiet_nan(dtype, 1, False), quiet_nan(dtype, 5, True)  # exact bits
     spread = []

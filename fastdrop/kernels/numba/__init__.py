@@ -15,11 +15,25 @@ import numpy as np
 
 from ..._config import SERIAL_ELEMENTS
 from ..common import chunk_count, kernel_mask_op, kernel_scale
-from .dropout import (mask_parallel, mask_range, plain_range, runs_parallel, runs_range,
-                      stream_parallel, stream_range, words_parallel, words_range)
-from .variants import (broadcast_parallel, broadcast_range, gaussian_parallel, gaussian_range,
-                       gaussian_runs_parallel, gaussian_runs_range)
-
+from .dropout import (
+    mask_parallel,
+    mask_range,
+    plain_range,
+    runs_parallel,
+    runs_range,
+    stream_parallel,
+    stream_range,
+    words_parallel,
+    words_range,
+)
+from .variants import (
+    broadcast_parallel,
+    broadcast_range,
+    gaussian_parallel,
+    gaussian_range,
+    gaussian_runs_parallel,
+    gaussian_runs_range,
+)
 
 _NO_WORDS = np.empty(0, dtype=np.uint64)
 _NO_ELEMENTS = np.empty(0, dtype=np.float32)

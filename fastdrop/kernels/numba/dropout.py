@@ -18,7 +18,6 @@ from .half import kept
 from .llvm import PREFETCH_WORDS, draw_scaling, prefetch_for_write, scale_whole_words
 from .words import BATCH_WORDS, mask_words_into
 
-
 _ZERO = np.uint64(0)
 _ONE = np.uint64(1)
 _SIX = np.uint64(6)
@@ -71,13 +70,16 @@ def _prefetch_words(source, first_word, count, n, line):
 
 @njit(inline="always", cache=NUMBA_CACHE)
 def same_memory(source, target):
+    """Whether ``source`` is not empty and ``target`` starts at its address (in place)."""
     return source.size > 0 and source.ctypes.data == target.ctypes.data
 
 
 @njit(cache=NUMBA_CACHE, nogil=True)  # its own function: inlined, it slows the aligned loop
 def _shifted_batch(keep, buffer, carried, seed, stream, threshold, drop_all, base, shift, n,
                    group, count):
-    """keep[:count] = local words group .. group+count-1 for an offset with shift bits; returns ``carried``.
+    """keep[:count] = local words group .. group+count-1 for an offset with shift bits.
+
+    Returns ``carried``.
 
     Local word k takes the top of global word k and the bottom of word k + 1. The
     global words go through ``buffer``; when the group's last word needs the next
@@ -244,7 +246,10 @@ def _scale_by_words(source, target, keep, keep_first, scale, n, first, stop, lin
 
 @njit(inline="always", cache=NUMBA_CACHE)
 def _whole_words_of(n, group, count):
-    """How many of words group .. group + count - 1 hold 64 elements (only the array's last may not)."""
+    """How many of words group .. group + count - 1 hold 64 elements.
+
+    Only the array's last word may not.
+    """
     return min(count, (n - group * 64) // 64)
 
 
@@ -358,6 +363,7 @@ def _word_chunk(n, chunks, chunk):
 @njit(parallel=True, nogil=True, cache=NUMBA_CACHE)
 def stream_parallel(source, target, words, scale, seed, stream, threshold, drop_all,
                      offset, n, chunks):
+    """`stream_range` over all local mask words, in ``chunks`` parallel ranges."""
     for chunk in prange(chunks):
         first, stop = _word_chunk(n, chunks, chunk)
         if first < stop:
@@ -367,6 +373,7 @@ def stream_parallel(source, target, words, scale, seed, stream, threshold, drop_
 
 @njit(parallel=True, nogil=True, cache=NUMBA_CACHE)
 def words_parallel(words, seed, stream, threshold, drop_all, offset, n, chunks):
+    """`words_range` over all local mask words, in ``chunks`` parallel ranges."""
     for chunk in prange(chunks):
         first, stop = _word_chunk(n, chunks, chunk)
         if first < stop:
@@ -375,6 +382,7 @@ def words_parallel(words, seed, stream, threshold, drop_all, offset, n, chunks):
 
 @njit(parallel=True, nogil=True, cache=NUMBA_CACHE)
 def mask_parallel(source, target, words, scale, n, chunks):
+    """`mask_range` over all mask words, in ``chunks`` parallel ranges."""
     for chunk in prange(chunks):
         first, stop = _word_chunk(n, chunks, chunk)
         if first < stop:
@@ -487,6 +495,7 @@ def runs_range(source, target, words, scale, seed, stream, threshold, drop_all, 
 @njit(parallel=True, nogil=True, cache=NUMBA_CACHE)
 def runs_parallel(source, target, words, scale, seed, stream, threshold, drop_all, base, shape,
                   strides, run, n, chunks):
+    """`runs_range` over all local words of a block, in ``chunks`` parallel ranges."""
     for chunk in prange(chunks):
         first, stop = _word_chunk(n, chunks, chunk)
         if first < stop:

@@ -116,7 +116,10 @@ def _kept_overload(value, scale, lane):
 
 
 def load(value):
-    """An element in the type arithmetic runs in: float16 bits widen to float32, others as they are."""
+    """An element in the type arithmetic runs in.
+
+    float16 bits widen to float32, others stay as they are.
+    """
     raise NotImplementedError("only callable from Numba code")
 
 
@@ -144,7 +147,10 @@ def _store_overload(result, like):
 
 
 def scale_by_noise(value, noise):
-    """value times the float64 multiplier ``noise`` rounded to value's type (float32 for float16)."""
+    """value times the float64 multiplier ``noise`` rounded to value's type.
+
+    The multiplier is rounded to float32 for float16.
+    """
     raise NotImplementedError("only callable from Numba code")
 
 

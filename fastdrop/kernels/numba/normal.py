@@ -142,11 +142,13 @@ BATCH = 64  # normals per batch: 32 Philox blocks
 
 @njit(inline="always", cache=NUMBA_CACHE, error_model="numpy")
 def standard_normals_batch(seed, stream, block, z, u, tail_u, tail_index):
-    """z[:BATCH] = normals of elements 2 block .. 2 block + BATCH - 1 (scratch: u, tail_u, tail_index).
+    """z[:BATCH] = normals of elements 2 block .. 2 block + BATCH - 1.
+
+    Scratch arrays: u, tail_u, tail_index.
 
     Plain loops over the batch that LLVM vectorises: the central region for every
-    lane, then the tails (the lanes outside the central region) gathered and done together. The same float64
-    operations per lane as `standard_normal`, so the same bits.
+    lane, then the tails (the lanes outside the central region) gathered and done
+    together. The same float64 operations per lane as `standard_normal`, so the same bits.
     """
     for first in range(0, BATCH // 2, PHILOX_LANES):  # Philox blocks, eight at a time
         even, odd = _random_words_of_batch(block + np.uint64(first), _DOMAIN_AS_BLOCK, stream,

@@ -13,7 +13,6 @@ from .half import kept, load, scale_by_noise, store
 from .normal import BATCH as NORMAL_BATCH
 from .normal import normal_block, standard_normal, standard_normals_batch
 
-
 _ZERO = np.uint64(0)
 _ONE = np.uint64(1)
 _WORD = np.uint64(64)
@@ -98,6 +97,7 @@ def _read_bits(words, bit, count):
 @njit(parallel=True, nogil=True, cache=NUMBA_CACHE)
 def broadcast_parallel(source, target, words, sizes, mask_strides, affine, scale, shift,
                         dropped, chunks):
+    """`broadcast_range` over all elements, in ``chunks`` parallel ranges."""
     n = source.size
     per_chunk = (n + chunks - 1) // chunks
     for chunk in prange(chunks):
@@ -135,6 +135,7 @@ def gaussian_range(source, target, sigma, seed, stream, offset, first, stop):
 
 @njit(parallel=True, nogil=True, cache=NUMBA_CACHE, error_model="numpy")
 def gaussian_parallel(source, target, sigma, seed, stream, offset, chunks):
+    """`gaussian_range` over all elements, in ``chunks`` parallel ranges."""
     n = source.size
     per_chunk = (n + chunks - 1) // chunks
     for chunk in prange(chunks):
@@ -161,6 +162,7 @@ def gaussian_runs_range(source, target, sigma, seed, stream, base, shape, stride
 @njit(parallel=True, nogil=True, cache=NUMBA_CACHE, error_model="numpy")
 def gaussian_runs_parallel(source, target, sigma, seed, stream, base, shape, strides, run,
                            chunks):
+    """`gaussian_runs_range` over all elements of a block, in ``chunks`` parallel ranges."""
     n = source.size
     per_chunk = (n + chunks - 1) // chunks
     for chunk in prange(chunks):

@@ -15,7 +15,6 @@ from ...maskstream.spec import BLOCK_SHIFT
 from ...rng.philox import PHILOX_M0, PHILOX_M1, PHILOX_W0, PHILOX_W1
 from .philox import philox4x32_10_block
 
-
 _ZERO = np.uint64(0)
 _ONE = np.uint64(1)
 _ALL = np.uint64(0xFFFFFFFFFFFFFFFF)
@@ -229,7 +228,10 @@ def build_keep_words(builder, word, stream, seed, threshold, carried=(), after_b
 
 
 def store_keep_words(context, builder, keep, array_type, array, at):
-    """LLVM: array[at:at + BATCH_WORDS] = the keep words of `build_keep_words` (one vector store)."""
+    """LLVM: array[at:at + BATCH_WORDS] = the keep words of `build_keep_words`.
+
+    One vector store.
+    """
     data = context.make_array(array_type)(context, builder, array).data
     pointer = builder.bitcast(builder.gep(data, [at]), keep.type.as_pointer())
     builder.store(keep, pointer, align=8)
@@ -249,9 +251,10 @@ def _keep_words_into(typingctx, out, at, word, stream, seed, threshold):
 
 @njit(inline="always", cache=NUMBA_CACHE)
 def mask_words_into(out, at, seed, stream, word, threshold, drop_all):
-    """out[at:at + BATCH_WORDS] = mask_word of global words word .. word+BATCH_WORDS-1, or 0 if drop_all.
+    """out[at:at + BATCH_WORDS] = mask_word of global words word .. word+BATCH_WORDS-1.
 
-    ``out`` is a uint64 array with room for the BATCH_WORDS words from ``at`` (not checked).
+    The words are 0 if drop_all. ``out`` is a uint64 array with room for the BATCH_WORDS
+    words from ``at`` (not checked).
     """
     if drop_all:
         out[at:at + BATCH_WORDS] = _ZERO
