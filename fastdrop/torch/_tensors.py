@@ -27,16 +27,15 @@ _INT64_MAX = (1 << 63) - 1
 
 
 def check_p(p):
-    """Torch's checks of a dropout probability, with its exceptions and message.
-
-    Its Python check raises a ValueError for p outside [0, 1]; NaN passes that and is
-    refused by ATen's, with a RuntimeError, whatever the other arguments.
-    """
-    message = f"dropout probability has to be between 0 and 1, but got {p}"
+    """Torch's Python check of a dropout probability: a ValueError outside [0, 1]."""
     if p < 0.0 or p > 1.0:
-        raise ValueError(message)
+        raise ValueError(f"dropout probability has to be between 0 and 1, but got {p}")
+
+
+def check_p_is_a_number(p):
+    """ATen's check, which a NaN p reaches (after the rank checks): a RuntimeError."""
     if p != p:
-        raise RuntimeError(message)
+        raise RuntimeError(f"dropout probability has to be between 0 and 1, but got {p}")
 
 
 def check_tensor(input, where):

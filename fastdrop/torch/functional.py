@@ -97,6 +97,7 @@ def _dropout(input, p, training, inplace, feature, alpha, generator, recompute, 
     ``feature`` is None (one bit per element) or the first axis a channel's bit is
     shared along: 2 for (N, C, ...) input, 1 for unbatched (C, ...) input.
     """
+    _tensors.check_p_is_a_number(p)
     if not training or p == 0:
         return input
     _tensors.check_tensor(input, where)
@@ -179,9 +180,9 @@ def dropout(input, p=0.5, training=True, inplace=False, *, generator=None, recom
     TypeError
         ``input`` is not a tensor, or not a dense float16/32/64 or bfloat16 one.
     RuntimeError
-        ``p`` is NaN (torch's message); ``input`` is not on the CPU; an in-place call on a leaf tensor that
-        requires grad (or a view of one), or on an inference tensor outside
-        inference mode; ``generator=`` under torch.compile.
+        ``p`` is NaN (torch's message); ``input`` is not on the CPU; an in-place
+        call on a leaf tensor that requires grad (or a view of one), or on an
+        inference tensor outside inference mode; ``generator=`` under torch.compile.
 
     Examples
     --------
