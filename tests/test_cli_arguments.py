@@ -74,6 +74,11 @@ CASES = [
     *bad_values("bench", "--plot", ["{locked}/c.png"], needs_non_root),
     case(["bench", "--json", "same.png", "--plot", "same.png"], "--plot", "same.png"),
     explicit_value_to_flag("bench", "--quiet"),
+    explicit_value_to_flag("bench", "--torch"),
+    case(["bench", "--torch", "--ops", "mask"], "--torch", "--ops"),
+    case(["bench", "--torch", "--p", "0.1", "0.5"], "--torch", "--p"),
+    case(["bench", "--torch", "--threads", "1", "2"], "--torch", "--threads"),
+    case(["bench", "--torch", "--sizes", "2^36"], "--sizes", "2^36"),
     # fastdrop demo
     *bad_values("demo", "--n", ["0", "-5", "x", "1.5", "2^50"]),
     *bad_values("demo", "--p", ["2", "1.5", "-0.1", "nan", "inf", "x"]),
@@ -163,8 +168,10 @@ def no_work(monkeypatch):
     def work_started(*args, **kwargs):
         raise AssertionError("the command started working")
 
+    import fastdrop.bench.pytorch
+
     for module, name in ((fastdrop.nn, "MLP"), (fastdrop.nn, "fit"),
-                         (fastdrop.bench.runner, "run_benchmarks"),
+                         (fastdrop.bench.runner, "run_benchmarks"), (fastdrop.bench.pytorch, "run"),
                          (fastdrop.bench.targets, "measure_targets"), (fastdrop, "dropout")):
         monkeypatch.setattr(module, name, work_started)
 

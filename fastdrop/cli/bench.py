@@ -135,6 +135,11 @@ def check_torch_arguments(args):
         raise arguments.UsageError("--torch takes one --p")
     if args.threads and len(args.threads) > 1:
         raise arguments.UsageError("--torch takes one --threads")
+    from ..bench import pytorch
+    from ..bench.runner import size_label
+
+    for n in args.sizes or pytorch.DEFAULT_SIZES:  # x, its gradient, the results, the NumPy API's
+        arguments.check_fits_in_memory("--sizes", size_label(n), 6 * 8 * n)
 
 
 def run_torch(args):
