@@ -428,6 +428,54 @@ FD_TARGET_BF16_512 static inline void fd_bf16_word_512(const fd_bfloat16 *source
 #define FD_WORDS_BF16_512(SUFFIX, T, SCALE_T, VARIANT, ATTRIBUTES)                          \
     FD_WORDS_BY(SUFFIX, T, SCALE_T, VARIANT, ATTRIBUTES, fd_bf16_word_512)
 
+/* bfloat16 words on AVX2: the pairs of fd_bf16_word_512 on 256 bits, and a word's keep
+ * bits as 16-bit lane masks, 16 at a time (a compare against each lane's bit), since
+ * lanes gathered one by one leave the kernel compute-bound far from the floor. */
+#define FD_TARGET_BF16_256 __attribute__((target("avx2")))
+
+/* Round each lane's float32 to bfloat16 in its top 16 bits (the low 16 are garbage). */
+FD_TARGET_BF16_256 static inline __m256i fd_bf16_round_256(__m256 values)
+{
+    const __m256i bits = _mm256_castps_si256(values);
+    const __m256i lowest_kept = _mm256_and_si256(_mm256_srli_epi32(bits, 16), _mm256_set1_epi32(1));
+    const __m256i rounded =
+        _mm256_add_epi32(_mm256_add_epi32(bits, _mm256_set1_epi32(0x7FFF)), lowest_kept);
+    const __m256i quiet_nan = _mm256_or_si256(
+        _mm256_and_si256(bits, _mm256_set1_epi32((int)0x80000000u)), _mm256_set1_epi32(0x7FC00000));
+    return _mm256_castps_si256(_mm256_blendv_ps(_mm256_castsi256_ps(rounded),
+                                                _mm256_castsi256_ps(quiet_nan),
+                                                _mm256_cmp_ps(values, values, _CMP_UNORD_Q)));
+}
+
+/* 16 bfloat16 elements (8 lanes of two) times scale, each product rounded once. */
+FD_TARGET_BF16_256 static inline __m256i fd_bf16_products_256(__m256i pairs, __m256 scale)
+{
+    const __m256i high_half = _mm256_set1_epi32((int)0xFFFF0000u);
+    const __m256 low = _mm256_castsi256_ps(_mm256_slli_epi32(pairs, 16));
+    const __m256 high = _mm256_castsi256_ps(_mm256_and_si256(pairs, high_half));
+    return _mm256_or_si256(_mm256_srli_epi32(fd_bf16_round_256(_mm256_mul_ps(low, scale)), 16),
+                           _mm256_and_si256(fd_bf16_round_256(_mm256_mul_ps(high, scale)), high_half));
+}
+
+FD_TARGET_BF16_256 static inline void fd_bf16_word_256(const fd_bfloat16 *source,
+                                                       fd_bfloat16 *target, uint64_t keep,
+                                                       float scale)
+{
+    const __m256 s = _mm256_set1_ps(scale);
+    const __m256i lane_bits = _mm256_setr_epi16(
+        0x0001, 0x0002, 0x0004, 0x0008, 0x0010, 0x0020, 0x0040, 0x0080, 0x0100, 0x0200, 0x0400,
+        0x0800, 0x1000, 0x2000, 0x4000, (short)0x8000);
+    for (int quarter = 0; quarter < 4; ++quarter) {
+        const __m256i elements = _mm256_loadu_si256((const __m256i *)(source + 16 * quarter));
+        const __m256i bits = _mm256_set1_epi16((short)(keep >> (16 * quarter)));
+        const __m256i kept = _mm256_cmpeq_epi16(_mm256_and_si256(bits, lane_bits), lane_bits);
+        _mm256_storeu_si256((__m256i *)(target + 16 * quarter),
+                            _mm256_and_si256(fd_bf16_products_256(elements, s), kept));
+    }
+}
+#define FD_WORDS_BF16_256(SUFFIX, T, SCALE_T, VARIANT, ATTRIBUTES)                          \
+    FD_WORDS_BY(SUFFIX, T, SCALE_T, VARIANT, ATTRIBUTES, fd_bf16_word_256)
+
 /* With AVX-512 BF16 one instruction rounds 32 float32 products to bfloat16, to nearest
  * even; but it flushes subnormal results to zero and keeps NaN payloads, so a vector
  * holding a NaN or subnormal product goes the integer way above (the same bits). */
@@ -520,9 +568,14 @@ static inline int fd_bf16_wide_level(void)
     }
 
 #if FD_HAVE_AVX2_PATH
+/* The AVX2 variant's full-word scaling, per element type. */
+#define FD_AVX2_WORDS_f64 FD_WORDS_FROM_SHIFTS
+#define FD_AVX2_WORDS_f32 FD_WORDS_FROM_SHIFTS
+#define FD_AVX2_WORDS_f16 FD_WORDS_FROM_SHIFTS
+#define FD_AVX2_WORDS_bf16 FD_WORDS_BF16_256
 #define FD_DEFINE_AVX2_KERNELS(SUFFIX, T, SCALE_T)                                          \
     FD_DEFINE_KERNELS(SUFFIX, T, SCALE_T, _avx2, __attribute__((target("avx2"))),          \
-                      FD_WORDS_FROM_SHIFTS, FD_PIPELINE)
+                      FD_AVX2_WORDS_##SUFFIX, FD_PIPELINE)
 #else
 #define FD_DEFINE_AVX2_KERNELS(SUFFIX, T, SCALE_T)
 #endif
