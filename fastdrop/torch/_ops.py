@@ -131,66 +131,64 @@ dropout_backward_recompute.register_autograd(_recompute, setup_context=_save_key
 class EagerDropout(torch.autograd.Function):
     """Eager dropout: the ``fastdrop::dropout`` or ``dropout_recompute`` op without dispatch.
 
-    ``apply(x, p, seed, stream, shared_dims, alpha, recompute, inplace)``; in place, x is
+    ``apply(x, settings)`` with ``settings = (p, seed, stream, shared_dims, alpha,
+    recompute, inplace)`` (one argument: Function.apply inspects each); in place, x is
     overwritten and marked dirty, as torch's in-place ops are.
     """
 
     @staticmethod
-    def forward(ctx, x, p, seed, stream, shared_dims, alpha, recompute, inplace):
+    def forward(ctx, x, settings):
+        p, seed, stream, shared_dims, alpha, recompute, inplace = settings
         y, words = _tensors.forward(x, p, seed, stream, shared_dims, alpha, inplace)
         if inplace:
             ctx.mark_dirty(x)
-        ctx.p, ctx.shared_dims, ctx.alpha = p, shared_dims, alpha
-        if recompute:  # three integers, nothing of size n
-            ctx.key = (seed, stream)
+        if recompute:  # two integers, nothing of size n
+            ctx.mask = (p, seed, stream, shared_dims, alpha)
         else:
+            ctx.mask = (p, shared_dims, alpha)
             ctx.save_for_backward(words)
         return y
 
     @staticmethod
     def backward(ctx, grad):
-        recompute = hasattr(ctx, "key")
-        if torch.is_grad_enabled():  # create_graph: a backward that is differentiable in turn
-            if recompute:
-                result = EagerBackwardRecompute.apply(grad, ctx.p, *ctx.key, ctx.shared_dims,
-                                                      ctx.alpha)
-            else:
-                result = EagerBackwardFromWords.apply(grad, *ctx.saved_tensors, ctx.p,
-                                                      ctx.shared_dims, ctx.alpha)
-        elif recompute:
-            result = _tensors.backward_recompute(grad, ctx.p, *ctx.key, ctx.shared_dims,
-                                                 ctx.alpha)
-        else:
-            result = _tensors.backward_from_words(grad, *ctx.saved_tensors, ctx.p, ctx.shared_dims,
-                                                  ctx.alpha)
-        return result, None, None, None, None, None, None, None
+        if len(ctx.mask) == 5:  # recompute
+            if torch.is_grad_enabled():  # create_graph: a backward differentiable in turn
+                return EagerBackwardRecompute.apply(grad, ctx.mask), None
+            return _tensors.backward_recompute(grad, *ctx.mask), None
+        mask = (*ctx.saved_tensors, *ctx.mask)
+        if torch.is_grad_enabled():
+            return EagerBackwardFromWords.apply(grad, mask), None
+        return _tensors.backward_from_words(grad, *mask), None
 
 
 class EagerBackwardFromWords(torch.autograd.Function):
-    """Eager ``fastdrop::dropout_backward``: linear in grad, so its own gradient."""
+    """Eager ``fastdrop::dropout_backward``: linear in grad, so its own gradient.
+
+    ``apply(grad, (words, p, shared_dims, alpha))``.
+    """
 
     @staticmethod
-    def forward(ctx, grad, words, p, shared_dims, alpha):
-        ctx.p, ctx.shared_dims, ctx.alpha = p, shared_dims, alpha
+    def forward(ctx, grad, mask):
+        words, *ctx.mask = mask
         ctx.save_for_backward(words)
-        return _tensors.backward_from_words(grad, words, p, shared_dims, alpha)
+        return _tensors.backward_from_words(grad, *mask)
 
     @staticmethod
     def backward(ctx, grad):
-        (words,) = ctx.saved_tensors
-        return (EagerBackwardFromWords.apply(grad, words, ctx.p, ctx.shared_dims, ctx.alpha),
-                None, None, None, None)
+        return EagerBackwardFromWords.apply(grad, (*ctx.saved_tensors, *ctx.mask)), None
 
 
 class EagerBackwardRecompute(torch.autograd.Function):
-    """Eager ``fastdrop::dropout_backward_recompute``: linear in grad, so its own gradient."""
+    """Eager ``fastdrop::dropout_backward_recompute``: linear in grad, so its own gradient.
+
+    ``apply(grad, (p, seed, stream, shared_dims, alpha))``.
+    """
 
     @staticmethod
-    def forward(ctx, grad, p, seed, stream, shared_dims, alpha):
-        ctx.p, ctx.key, ctx.shared_dims, ctx.alpha = p, (seed, stream), shared_dims, alpha
-        return _tensors.backward_recompute(grad, p, seed, stream, shared_dims, alpha)
+    def forward(ctx, grad, mask):
+        ctx.mask = mask
+        return _tensors.backward_recompute(grad, *mask)
 
     @staticmethod
     def backward(ctx, grad):
-        return (EagerBackwardRecompute.apply(grad, ctx.p, *ctx.key, ctx.shared_dims, ctx.alpha),
-                None, None, None, None, None)
+        return EagerBackwardRecompute.apply(grad, ctx.mask), None

@@ -12,6 +12,7 @@ the unsigned 64-bit integers fastdrop takes (`key_values`).
 """
 import contextlib
 import math
+import threading
 
 import numpy as np
 import torch
@@ -59,6 +60,19 @@ def new_key(generator=None):
     return torch.empty(2, dtype=torch.int64).random_(_INT64_MIN, _INT64_MAX, generator=generator)
 
 
+_buffers = threading.local()  # per thread: the eager calls' key, drawn into one tensor
+
+
+def draw_key_values(generator=None):
+    """`new_key`'s draws as ``(seed, stream)`` integers, into a tensor each thread reuses."""
+    buffer = getattr(_buffers, "key", None)
+    if buffer is None:
+        with torch.inference_mode(False):  # a normal tensor, usable in and out of that mode
+            buffer = _buffers.key = torch.empty(2, dtype=torch.int64)
+    seed, stream = buffer.random_(_INT64_MIN, _INT64_MAX, generator=generator).tolist()
+    return seed & MAX_SEED, stream & MAX_SEED
+
+
 def key_values(key):
     """``(seed, stream)`` of a key tensor as fastdrop's unsigned 64-bit integers."""
     seed, stream = key.tolist()
@@ -77,10 +91,9 @@ def word_count(shape, shared):
 
 def as_array(tensor):
     """(NumPy view of tensor's memory, fastdrop's dtype request)."""
-    tensor = tensor.detach()
     if tensor.dtype is torch.bfloat16:
-        return tensor.view(torch.int16).numpy().view(np.uint16), "bfloat16"
-    return tensor.numpy(), None
+        return tensor.detach().view(torch.int16).numpy().view(np.uint16), "bfloat16"
+    return tensor.numpy(force=True), None  # force: detached; a CPU tensor is not copied
 
 
 def _threads(tensor):
@@ -143,7 +156,10 @@ def backward_from_words(grad, words, p, shared, alpha):
 
     Words past the mask's (an operator's padding) are ignored.
     """
-    words = words.numpy().view(np.uint64)[:word_count(grad.shape, shared)]
+    words = words.numpy().view(np.uint64)
+    count = word_count(grad.shape, shared) if shared else -(-grad.numel() // WORD_BITS)
+    if len(words) != count:  # an operator's spare words
+        words = words[:count]
     if not shared and not alpha:  # raw words apply by element count
         return _threaded(grad, fastdrop.dropout_backward, words, p=p)[0]
     mask = _stored_mask(grad.shape, words, p, shared)

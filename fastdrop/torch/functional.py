@@ -119,10 +119,10 @@ def _dropout(input, p, training, inplace, feature, alpha, generator, recompute, 
         return input.copy_(y) if inplace else y
     if inplace:
         _check_inplace(input)
-    seed, stream = _tensors.key_values(_tensors.new_key(generator))
+    seed, stream = _tensors.draw_key_values(generator)
     if input.requires_grad and torch.is_grad_enabled():
-        return _ops.EagerDropout.apply(input, p, seed, stream, shared_dims, alpha, recompute,
-                                       inplace)
+        return _ops.EagerDropout.apply(input, (p, seed, stream, shared_dims, alpha, recompute,
+                                               inplace))
     y, _ = _tensors.forward(input, p, seed, stream, shared_dims, alpha, inplace)
     if inplace and not input.is_inference():
         torch.autograd.graph.increment_version(input)  # as a torch in-place op does
