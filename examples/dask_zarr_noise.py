@@ -260,6 +260,7 @@ def plot(result, plt):
     memory.axhline(result["array_bytes"] / mib, color="tab:red", linestyle="-.",
                    label="the array, in memory")
     memory.set_yscale("log")
+    memory.set_ylim(bottom=16)  # the first samples catch the interpreter starting
     memory.set_xlabel("seconds")
     memory.set_ylabel("resident memory (MiB)")
     memory.set_title(f"{result['array_bytes'] / mib:.0f} MiB corrupted in "
