@@ -181,8 +181,6 @@ def check_dask_arguments(args):
     from ..bench import dask_arrays
     from ..bench.runner import size_label
 
-    if importlib.util.find_spec("dask") is None:
-        raise arguments.UsageError("--dask needs dask: pip install \"fastdrop[dask]\"")
     for option, value in (("--torch", args.torch), ("--full", args.full),
                           ("--dtypes", args.dtypes), ("--ops", args.ops),
                           ("--impls", args.impls), ("--plot", args.plot)):
@@ -195,6 +193,8 @@ def check_dask_arguments(args):
     arguments.check_no_repeats("--chunks", [size_label(n) for n in args.chunks or ()])
     for n in args.sizes or dask_arrays.SIZES:  # input, target and the last step's blocks
         arguments.check_fits_in_memory("--sizes", size_label(n), 3 * 4 * n)
+    if importlib.util.find_spec("dask") is None:  # last: the cases above need no dask
+        raise arguments.UsageError("--dask needs dask: pip install \"fastdrop[dask]\"")
 
 
 def run_dask(args):
