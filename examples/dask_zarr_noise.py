@@ -26,10 +26,11 @@ import tempfile
 import time
 from pathlib import Path
 
-import example_command  # examples/example_command.py: the shared command line
 import numpy as np
 
 import fastdrop
+
+import example_command  # examples/example_command.py: the shared command line
 
 COLUMNS = 4096
 P = 0.25
@@ -110,16 +111,19 @@ def child(task, settings):
     else:
         corrupt(settings["folder"], settings["noise"], settings["p"], settings["seed"])
     seconds = time.perf_counter() - start
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # KiB on Linux
+    # VmHWM is this program's own peak; ru_maxrss would also count the parent's memory that
+    # the child shared between fork and exec
+    peak = (_resident_bytes("self", "VmHWM")
+            or resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)
     print(json.dumps({"seconds": seconds, "baseline_rss": baseline, "peak_rss": peak}))
 
 
-def _resident_bytes(pid="self"):
-    """Resident memory of a process now (Linux), or 0 where /proc does not say."""
+def _resident_bytes(pid="self", key="VmRSS"):
+    """A process's resident memory now (or its peak, key "VmHWM"); 0 where /proc does not say."""
     try:
         with open(f"/proc/{pid}/status") as status:
             for line in status:
-                if line.startswith("VmRSS:"):
+                if line.startswith(key + ":"):
                     return int(line.split()[1]) * 1024
     except OSError:
         pass
