@@ -19,13 +19,13 @@ import os
 import numpy as np
 import pytest
 
+import fastdrop
 from fastdrop.bench import dask_arrays, targets
 from fastdrop.bench.runner import size_label
 
 FULL = os.environ.get("FASTDROP_BENCH_FULL", "") not in ("", "0")
 SIZES = dask_arrays.SIZES if FULL else dask_arrays.SIZES[:1]
-BACKENDS = [name for name in targets.FASTDROP_BACKENDS
-            if name in __import__("fastdrop").available_backends()]
+BACKENDS = [name for name in targets.FASTDROP_BACKENDS if name in fastdrop.available_backends()]
 
 
 @pytest.mark.parametrize("what", ["block", "contiguous"])
@@ -61,8 +61,6 @@ def arrays():
 def test_dask_store(benchmark, n, chunk, implementation, arrays, timings):
     dask = pytest.importorskip("dask")
     pytest.importorskip("fastdrop.dask")
-    import fastdrop
-
     benchmark.group = (f"dask: dropout n={size_label(n)} chunks of {size_label(chunk)} float32 "
                        f"stored, {dask_arrays.WORKERS} workers")
     values, target = arrays(n)

@@ -369,13 +369,25 @@ def client(package_on_path):
     """A two-process local cluster on 127.0.0.1, stopped after this module's tests."""
     distributed = pytest.importorskip("distributed")
     with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
-                                  host="127.0.0.1", dashboard_address=None,
+                                  host="127.0.0.1", dashboard_address="127.0.0.1:0",
                                   protocol="tcp://", silence_logs=40) as cluster, \
             distributed.Client(cluster, timeout="60s", set_as_default=False) as client:
         client.wait_for_workers(2, timeout=60)
-        addresses = [cluster.scheduler_address, *client.scheduler_info()["workers"]]
-        assert all(address.startswith("tcp://127.0.0.1:") for address in addresses), addresses
+        assert listening_addresses() == {"127.0.0.1"}  # scheduler, workers, dashboard
         yield client
+
+
+def listening_addresses():
+    """The addresses this process and its children listen on (psutil comes with distributed)."""
+    import psutil
+
+    found = set()
+    here = psutil.Process()
+    for process in [here, *here.children(recursive=True)]:
+        connections = getattr(process, "net_connections", None) or process.connections
+        found.update(connection.laddr.ip for connection in connections(kind="inet")
+                     if connection.status == psutil.CONN_LISTEN)
+    return found
 
 
 def _scheduler_graph():
