@@ -131,19 +131,28 @@ def execute(args):
     return run
 
 
+def check_section_options(args, section, refused):
+    """Raise UsageError for an option in ``refused`` given, or several --p or --threads.
+
+    ``refused`` holds (option, value) pairs of options the section (--torch, --dask)
+    does not take; it runs one p and one thread count.
+    """
+    for option, value in refused:
+        if value:
+            raise arguments.UsageError(f"{option} does not apply to {section}")
+    for option, values in (("--p", args.ps), ("--threads", args.threads)):
+        if values and len(values) > 1:
+            raise arguments.UsageError(f"{section} takes one {option}")
+
+
 def check_torch_arguments(args):
     """Raise UsageError for a --torch run that cannot go ahead; measures nothing."""
     import importlib.util
 
     if importlib.util.find_spec("torch") is None:
         raise arguments.UsageError("--torch needs PyTorch: pip install \"fastdrop[torch]\"")
-    for option, value in (("--ops", args.ops), ("--impls", args.impls), ("--plot", args.plot)):
-        if value:
-            raise arguments.UsageError(f"{option} does not apply to --torch")
-    if args.ps and len(args.ps) > 1:
-        raise arguments.UsageError("--torch takes one --p")
-    if args.threads and len(args.threads) > 1:
-        raise arguments.UsageError("--torch takes one --threads")
+    check_section_options(args, "--torch", (("--ops", args.ops), ("--impls", args.impls),
+                                            ("--plot", args.plot)))
     from ..bench import pytorch
     from ..bench.runner import size_label
 
@@ -181,15 +190,9 @@ def check_dask_arguments(args):
     from ..bench import dask_arrays
     from ..bench.runner import size_label
 
-    for option, value in (("--torch", args.torch), ("--full", args.full),
-                          ("--dtypes", args.dtypes), ("--ops", args.ops),
-                          ("--impls", args.impls), ("--plot", args.plot)):
-        if value:
-            raise arguments.UsageError(f"{option} does not apply to --dask")
-    if args.ps and len(args.ps) > 1:
-        raise arguments.UsageError("--dask takes one --p")
-    if args.threads and len(args.threads) > 1:
-        raise arguments.UsageError("--dask takes one --threads")
+    check_section_options(args, "--dask", (
+        ("--torch", args.torch), ("--full", args.full), ("--dtypes", args.dtypes),
+        ("--ops", args.ops), ("--impls", args.impls), ("--plot", args.plot)))
     arguments.check_no_repeats("--chunks", [size_label(n) for n in args.chunks or ()])
     for n in args.sizes or dask_arrays.SIZES:  # input, target and the last step's blocks
         arguments.check_fits_in_memory("--sizes", size_label(n), 3 * 4 * n)
