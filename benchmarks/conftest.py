@@ -4,8 +4,8 @@ Run ``pytest benchmarks/ --benchmark-only``. Sizes 2^16, 2^20, 2^24 at p = 0.5,
 float32 (and bfloat16 where ml_dtypes is installed) by default; ``FASTDROP_BENCH_FULL=1``
 runs 2^10 .. 2^26, p in {0.1, 0.5}, float32, float64 and bfloat16. Threads: fastdrop's
 setting (``FASTDROP_NUM_THREADS``, else all CPUs). Each group is one (operation, n, p,
-dtype): pytest-benchmark's table
-shows every implementation in it next to the floor.
+dtype): pytest-benchmark's table shows every implementation in it next to the floor.
+test_bench_dask.py times the block kernels and fastdrop.dask.
 
 Times are never asserted. After the run, the issue's targets are printed with the
 ratios this run measured (memory properties are asserted: they do not depend on
@@ -17,7 +17,7 @@ import os
 import pytest
 
 import fastdrop
-from fastdrop.bench import report, runner, targets
+from fastdrop.bench import dask_arrays, report, runner, targets
 from fastdrop.bench.implementations import IMPLEMENTATIONS, OPERATIONS
 
 FULL = os.environ.get("FASTDROP_BENCH_FULL", "") not in ("", "0")
@@ -35,6 +35,7 @@ class Timings:
         self.rows = {}  # (operation, n, p, dtype) -> {implementation: best seconds}
         self.single = {}  # label -> best seconds, for ratios measured in their own groups
         self.records = []  # target records the memory tests measured
+        self.dask = {}  # n -> chunk -> {implementation: best seconds}, test_bench_dask.py
 
     def add_row(self, key, name, benchmark):
         seconds = best_seconds(benchmark)
@@ -113,6 +114,13 @@ def pytest_terminal_summary(terminalreporter):
                 "cold start / python -c 'import numpy'", backend, cold,
                 "cold start import numpy", targets.COLD_START_LIMIT, "pytest-benchmark min"))
     records += targets.backend_agreement(run)
+    for backend in targets.FASTDROP_BACKENDS:
+        block, contiguous = f"block block {backend}", f"block contiguous {backend}"
+        if block in TIMINGS.single and contiguous in TIMINGS.single:
+            records.append(_ratio_record(targets.BLOCK_TITLE, backend, block, contiguous,
+                                         targets.BLOCK_LIMIT, "pytest-benchmark min"))
+    for n, times in TIMINGS.dask.items():
+        records += dask_arrays.target_records(n, times)
     if records:
         terminalreporter.write_sep("=", "fastdrop targets")
         terminalreporter.write_line(f"threads={THREADS}; times from this run; largest size "

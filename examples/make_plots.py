@@ -15,7 +15,7 @@ import time
 
 EXAMPLES_FOLDER = os.path.dirname(os.path.abspath(__file__))
 EXAMPLES = ["inverted_dropout", "where_and_how_much", "cost_jitter", "weight_spreading",
-            "adaptive_l2", "ensemble_view", "when_not_to_use"]
+            "adaptive_l2", "ensemble_view", "when_not_to_use", "dask_zarr_noise"]
 
 
 def load_example(name):

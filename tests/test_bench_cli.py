@@ -105,7 +105,8 @@ def test_targets_section_lists_every_target(tmp_path):
     expected = {"forward in place p=0.5: time / floor", "forward in place p=0.1: time / floor",
                 "backward from mask: time / floor", "backward recompute: time / floor",
                 "mask bytes == ceil(n/64)*8", "fused in place: peak extra memory beyond the mask",
-                "n=1024: call / np.multiply(x, s, out=x)", "cold start / python -c 'import numpy'"}
+                "n=1024: call / np.multiply(x, s, out=x)", "cold start / python -c 'import numpy'",
+                "block cut at column 37 of 1000: time / one contiguous range"}
     if len(backends) == 2:
         expected.add("forward in place: backends agree")
     assert expected <= titles
@@ -114,6 +115,29 @@ def test_targets_section_lists_every_target(tmp_path):
         assert isinstance(record["met"], bool)
         if record["target"] == "mask bytes == ceil(n/64)*8":
             assert record["met"] and record["measured"] == "exact"  # memory, not time
+
+
+def test_dask_section_times_every_implementation_and_reports_the_targets(tmp_path):
+    pytest.importorskip("fastdrop.dask")
+    from fastdrop.bench import dask_arrays
+
+    json_path = tmp_path / "dask.json"
+    output = run_bench("--dask", "--sizes", "2^22", "--chunks", "2^20", "2^22", "--repeat", "1",
+                       "--min-time", "0.001", "--json", str(json_path))
+    run = json.loads(json_path.read_text())
+    assert [(row["n"], row["chunk"]) for row in run["rows"]] == [(2**22, 2**20), (2**22, 2**22)]
+    for row in run["rows"]:
+        assert set(row["seconds"]) == set(dask_arrays.IMPLEMENTATIONS)
+        assert set(row["breakdown"]) == set(dask_arrays.PARTS)
+        assert all(seconds > 0 for seconds in [*row["seconds"].values(),
+                                               *row["breakdown"].values()])
+    assert run["settings"]["workers"] == 2 and run["header"]["dask"]
+    titles = [record["target"] for record in run["targets"]]  # chunks of 2^22 and more only
+    assert titles == [f"{name}: time / {baseline} time" for name in
+                      ("fastdrop.dask", "fastdrop.dask out=")
+                      for baseline in ("in-memory", "dask-native")]
+    for label in ("2^20", "fastdrop.dask out= Gelem/s", "dask-native Gelem/s", *titles):
+        assert label in output, label
 
 
 def test_markdown_and_filters():
@@ -291,7 +315,9 @@ def test_make_docs_scaling_json_rewrites_only_the_scaling_section(scaling_run, t
 
 
 @pytest.mark.parametrize("args", [["--p", "1.0"], ["--sizes", "0"], ["--ops", "nonsense"],
-                                  ["--threads", "0"]])
+                                  ["--threads", "0"], ["--chunks", "2^10"],
+                                  ["--dask", "--ops", "forward"],
+                                  ["--dask", "--threads", "1", "2"]])
 def test_bad_arguments_exit_with_status_2(args):
     result = subprocess.run([sys.executable, "-m", "fastdrop", "bench", "--quiet", "--no-targets",
                              "--sizes", "64", *args],

@@ -79,6 +79,16 @@ CASES = [
     case(["bench", "--torch", "--p", "0.1", "0.5"], "--torch", "--p"),
     case(["bench", "--torch", "--threads", "1", "2"], "--torch", "--threads"),
     case(["bench", "--torch", "--sizes", "2^36"], "--sizes", "2^36"),
+    explicit_value_to_flag("bench", "--dask"),
+    case(["bench", "--dask", "--ops", "mask"], "--dask", "--ops"),
+    case(["bench", "--dask", "--torch"], "--dask", "--torch"),
+    case(["bench", "--dask", "--p", "0.1", "0.5"], "--dask", "--p"),
+    case(["bench", "--dask", "--threads", "1", "2"], "--dask", "--threads"),
+    case(["bench", "--dask", "--sizes", "2^36"], "--sizes", "2^36"),
+    *bad_values("bench", "--chunks", ["0", "-4", "two", "2^", "2.5"]),
+    case(["bench", "--chunks", "2^10"], "--chunks", "2^10"),  # without --dask
+    case(["bench", "--torch", "--chunks", "2^10"], "--chunks", "2^10"),
+    case(["bench", "--dask", "--chunks", "2^10", "1024"], "--chunks", "2^10"),
     # fastdrop demo
     *bad_values("demo", "--n", ["0", "-5", "x", "1.5", "2^50"]),
     *bad_values("demo", "--p", ["2", "1.5", "-0.1", "nan", "inf", "x"]),
@@ -161,6 +171,7 @@ def workdir(tmp_path, monkeypatch):
 @pytest.fixture
 def no_work(monkeypatch):
     """Make the functions that train, time and drop out fail the test if they are called."""
+    import fastdrop.bench.dask_arrays
     import fastdrop.bench.runner
     import fastdrop.bench.targets
     import fastdrop.nn
@@ -172,7 +183,8 @@ def no_work(monkeypatch):
 
     for module, name in ((fastdrop.nn, "MLP"), (fastdrop.nn, "fit"),
                          (fastdrop.bench.runner, "run_benchmarks"), (fastdrop.bench.pytorch, "run"),
-                         (fastdrop.bench.targets, "measure_targets"), (fastdrop, "dropout")):
+                         (fastdrop.bench.targets, "measure_targets"), (fastdrop, "dropout"),
+                         (fastdrop.bench.dask_arrays, "run")):
         monkeypatch.setattr(module, name, work_started)
 
 

@@ -4,6 +4,7 @@ The strict build needs the docs extra (``pip install -e ".[docs]"``) and is skip
 without it (CI installs it and runs ``mkdocs build --strict`` itself); the file checks
 need nothing and always run.
 """
+import ast
 import importlib.util
 import os
 import re
@@ -82,11 +83,23 @@ def test_every_example_has_a_concept_page_with_its_script_and_figure():
         assert figure in figures, f"no page shows docs/img/{script.stem}.png"
 
 
+def module_all(path):
+    """A module's ``__all__``, read from its source (fastdrop.dask imports dask, maybe absent)."""
+    for node in ast.parse(path.read_text()).body:
+        if isinstance(node, ast.Assign) and any(getattr(target, "id", None) == "__all__"
+                                                for target in node.targets):
+            return ast.literal_eval(node.value)
+    raise AssertionError(f"{path} has no __all__")
+
+
 def test_api_page_documents_every_public_name():
     text = (DOCS / "api.md").read_text()
     documented = set(re.findall(r"^::: (\S+)\s*$", text, flags=re.MULTILINE))
     expected = {f"fastdrop.{name}" for name in fastdrop.__all__}
     expected |= {f"fastdrop.nn.{name}" for name in fastdrop.nn.__all__}
+    dask_names = module_all(REPO / "fastdrop" / "dask.py")
+    assert "dropout" in dask_names
+    expected |= {f"fastdrop.dask.{name}" for name in dask_names}
     assert sorted(expected - documented) == []
     assert sorted(documented - expected) == []
 

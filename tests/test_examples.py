@@ -26,6 +26,7 @@ EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 PACKAGE_ENV = dict(os.environ, PYTHONPATH=os.pathsep.join(
     [str(Path(fastdrop.__file__).parent.parent), os.environ.get("PYTHONPATH", "")]))
 USES_DIGITS = {"where_and_how_much", "cost_jitter", "ensemble_view", "when_not_to_use"}
+NEEDS = {"dask_zarr_noise": ("fastdrop.dask", "zarr")}  # the dask extra
 
 
 def load(name):
@@ -62,6 +63,8 @@ def quick_run(name):
     """(module, result) of ``main(["--quick"])``, run once per test session."""
     if name in USES_DIGITS:
         pytest.importorskip("sklearn", reason="the digits examples need scikit-learn")
+    for module in NEEDS.get(name, ()):
+        pytest.importorskip(module, reason=f"{name} needs the dask extra")
     module, result = _quick_run(name)
     return module, copy.deepcopy(result)
 
@@ -213,6 +216,27 @@ def test_when_not_to_use_no_gain_without_overfitting_and_memorising_small_sets()
         assert scores["gap"] > 0.2, name
 
 
+def test_dask_zarr_noise_corrupts_chunk_by_chunk_in_bounded_memory():
+    module, result = quick_run("dask_zarr_noise")
+    spot = result["spot"]
+    assert result["elements"] == 2**24 and result["chunk_bytes"] == 2**20
+    assert spot["bit_for_bit"] and result["folder_deleted"]
+    # recomputed here: the corner's clean values, and its noise from the stored (seed, stream)
+    clean = np.array(spot["clean_crop"], dtype=np.float32)
+    assert np.array_equal(clean, module.clean_values(0, 64)[:, :96])
+    noise = spot["noise"]
+    expected, _ = fastdrop.dropout(clean, noise["p"], seed=noise["seed"], stream=noise["stream"],
+                                   offset=noise["offset"], origin=(0, 0),
+                                   global_shape=tuple(result["shape"]))
+    assert np.array_equal(np.array(spot["noisy_crop"], dtype=np.float32), expected)
+    p, count = result["p"], spot["kept_elements_sampled"]
+    assert abs(spot["kept_fraction"] - (1 - p)) < 5 * np.sqrt(p * (1 - p) / count)
+    corrupt = result["corrupt"]
+    held = corrupt["peak_rss"] - corrupt["baseline_rss"]
+    assert 0 < held <= module.memory_budget(result) and held < result["array_bytes"]
+    assert corrupt["peak_rss"] < result["memory_limit"]
+
+
 def test_every_example_has_a_test():
     scripts = {path.stem for path in EXAMPLES.glob("*.py")} - {"make_plots", "example_command"}
     tests = [name for name in globals() if name.startswith("test_")]
@@ -234,6 +258,7 @@ BREAK_PROPERTY = {
     "where_and_how_much": lambda result: result["mean"]["uniform 0.5"].update(
         test_accuracy=result["mean"]["suggest_dropout"]["test_accuracy"]),
     "when_not_to_use": lambda result: result["small_set"]["mean"]["none"].update(gap=0.0),
+    "dask_zarr_noise": lambda result: result["spot"].update(bit_for_bit=False),
 }
 
 

@@ -3,8 +3,9 @@
 Ratios to the floor come from a benchmark run (`runner.run_benchmarks`): its largest
 size is the "large array" (the targets are stated at n = 2^26). The other targets
 are measured here: mask memory, peak extra memory of the fused in-place path, the
-cost of a call on 1024 elements, the cold start of a fresh interpreter, and how
-close the two compiled backends are to each other.
+cost of a call on 1024 elements, the cold start of a fresh interpreter, a block of a
+larger array against one contiguous range, and how close the two compiled backends
+are to each other.
 
 Every record is ``{"target", "backend", "measured", "limit", "met", "where", "unit"}``;
 ``unit`` says what ``measured`` is: "ratio", "bytes" or "text".
@@ -35,6 +36,12 @@ SMALL_N = 1024
 SMALL_LIMIT = 3.0
 COLD_START_LIMIT = 3.0
 AGREEMENT_LIMIT = 1.15
+# a 2-d block cut at column 37 of a 1000-column array: each row a run of 963 elements
+# whose first and last mask words are partial (docs/mask-stream.md, section 10)
+BLOCK_N = 1 << 22
+BLOCK_COLUMNS, BLOCK_CUT = 1000, 37
+BLOCK_LIMIT = 1.3
+BLOCK_TITLE = f"block cut at column {BLOCK_CUT} of {BLOCK_COLUMNS}: time / one contiguous range"
 MASK_MEMORY_SIZES = (1, 63, 64, 65, 1000, (1 << 20) + 3)
 PEAK_MEMORY_SIZES = (1 << 20, 1 << 24)
 FASTDROP_BACKENDS = ("numba", "cython")
@@ -217,6 +224,52 @@ def small_array_ratio(backend, threads=None, repeat=5, min_time=0.05):
                    f"{fastdrop_time * 1e6:.2f} us vs {multiply_time * 1e6:.2f} us")
 
 
+def block_arrays(n=BLOCK_N):
+    """(block, flat): a float32 block of about n elements and one array of as many.
+
+    The block is cut at column `BLOCK_CUT` of an array of ``(len(block), BLOCK_COLUMNS)``.
+    """
+    rows = -(-n // (BLOCK_COLUMNS - BLOCK_CUT))
+    block = np.full((rows, BLOCK_COLUMNS - BLOCK_CUT), 1.5, np.float32)
+    return block, np.full(block.size, 1.5, np.float32)
+
+
+def block_calls(backend, n=BLOCK_N):
+    """{"block": call, "contiguous": call}: out-of-place dropout of `block_arrays`, p = 0.5."""
+    import fastdrop
+
+    block, flat = block_arrays(n)
+    out_block, out_flat = np.empty_like(block), np.empty_like(flat)
+    where = dict(origin=(0, BLOCK_CUT), global_shape=(len(block), BLOCK_COLUMNS))
+    return {"block": lambda: fastdrop.dropout(block, 0.5, seed=1, out=out_block, **where,
+                                              backend=backend),
+            "contiguous": lambda: fastdrop.dropout(flat, 0.5, seed=1, out=out_flat,
+                                                   backend=backend)}
+
+
+def block_kernel_ratio(backend, threads=None, repeat=5, min_time=0.05):
+    """Time of dropout on a block cut at column 37 over one contiguous range of as many elements.
+
+    The same number of elements, p, threads and backend, the samples interleaved: what
+    the block's runs cost (each row a run whose first and last mask words are partial).
+    """
+    import fastdrop
+
+    before_threads = fastdrop.get_num_threads()
+    if threads is not None:
+        fastdrop.set_num_threads(threads)
+    try:
+        timings = time_callables(block_calls(backend), repeat, min_time)
+        threads = fastdrop.get_num_threads()
+    finally:
+        fastdrop.set_num_threads(before_threads)
+    ratio = timings["block"].best / timings["contiguous"].best
+    return target_record(BLOCK_TITLE, backend, ratio, BLOCK_LIMIT, ratio <= BLOCK_LIMIT,
+                         f"n={size_label(BLOCK_N)} float32 p=0.5 out= threads={threads}: "
+                         f"{timings['block'].best * 1e3:.2f} ms vs "
+                         f"{timings['contiguous'].best * 1e3:.2f} ms")
+
+
 def _fresh_python_seconds(codes, env, runs):
     """Best wall time of ``python -c code`` for each code, runs interleaved after a warm-up."""
     import time
@@ -267,5 +320,7 @@ def measure_targets(run, backends=None, threads=None, cold_start_runs=5):
         records.append(small_array_ratio(backend, threads))
     for backend in backends:
         records.append(cold_start_ratio(backend, cold_start_runs))
+    for backend in backends:
+        records.append(block_kernel_ratio(backend, threads))
     records.extend(backend_agreement(run))
     return records

@@ -2,7 +2,8 @@
 
 The quick default (2^16 and 2^22 elements, p = 0.5, float32, every operation,
 then the issue's targets) takes under a minute on two cores; --full runs
-2^10 .. 2^26 elements, p in {0.1, 0.5}, float32 and float64.
+2^10 .. 2^26 elements, p in {0.1, 0.5}, float32 and float64. --dask measures
+fastdrop.dask instead (a few minutes; needs the dask extra).
 """
 from . import arguments
 from .arguments import parse_size  # noqa: F401 -- part of this module's interface
@@ -56,6 +57,14 @@ def add_arguments(parser):
                              "dropout (op alone, cost of a call, training steps); --sizes "
                              "(default 2^22 2^24 2^26), --dtypes (float32 bfloat16), the first "
                              "--p (0.1) and --threads (2) apply; needs torch")
+    parser.add_argument("--dask", action="store_true",
+                        help="the Dask section instead: dropout of a float32 dask array stored "
+                             "into a NumPy array by fastdrop.dask, against in-memory fastdrop "
+                             "and dask's own random numbers; --sizes (default 2^26 2^28), "
+                             "--chunks, the first --p (0.5) and --threads (2 dask workers) "
+                             "apply; needs dask")
+    parser.add_argument("--chunks", nargs="+", type=arguments.size, metavar="N",
+                        help="with --dask: elements per chunk (default 2^18 2^20 2^22 2^24)")
 
 
 def register(subparsers):
@@ -122,19 +131,28 @@ def execute(args):
     return run
 
 
+def check_section_options(args, section, refused):
+    """Raise UsageError for an option in ``refused`` given, or several --p or --threads.
+
+    ``refused`` holds (option, value) pairs of options the section (--torch, --dask)
+    does not take; it runs one p and one thread count.
+    """
+    for option, value in refused:
+        if value:
+            raise arguments.UsageError(f"{option} does not apply to {section}")
+    for option, values in (("--p", args.ps), ("--threads", args.threads)):
+        if values and len(values) > 1:
+            raise arguments.UsageError(f"{section} takes one {option}")
+
+
 def check_torch_arguments(args):
     """Raise UsageError for a --torch run that cannot go ahead; measures nothing."""
     import importlib.util
 
     if importlib.util.find_spec("torch") is None:
         raise arguments.UsageError("--torch needs PyTorch: pip install \"fastdrop[torch]\"")
-    for option, value in (("--ops", args.ops), ("--impls", args.impls), ("--plot", args.plot)):
-        if value:
-            raise arguments.UsageError(f"{option} does not apply to --torch")
-    if args.ps and len(args.ps) > 1:
-        raise arguments.UsageError("--torch takes one --p")
-    if args.threads and len(args.threads) > 1:
-        raise arguments.UsageError("--torch takes one --threads")
+    check_section_options(args, "--torch", (("--ops", args.ops), ("--impls", args.impls),
+                                            ("--plot", args.plot)))
     from ..bench import pytorch
     from ..bench.runner import size_label
 
@@ -165,10 +183,64 @@ def run_torch(args):
     return 0
 
 
+def check_dask_arguments(args):
+    """Raise UsageError for a --dask run that cannot go ahead; measures nothing."""
+    import importlib.util
+
+    from ..bench import dask_arrays
+    from ..bench.runner import size_label
+
+    check_section_options(args, "--dask", (
+        ("--torch", args.torch), ("--full", args.full), ("--dtypes", args.dtypes),
+        ("--ops", args.ops), ("--impls", args.impls), ("--plot", args.plot)))
+    arguments.check_no_repeats("--chunks", [size_label(n) for n in args.chunks or ()])
+    for n in args.sizes or dask_arrays.SIZES:  # input, target and the last step's blocks
+        arguments.check_fits_in_memory("--sizes", size_label(n), 3 * 4 * n)
+    if importlib.util.find_spec("dask") is None:  # last: the cases above need no dask
+        raise arguments.UsageError("--dask needs dask: pip install \"fastdrop[dask]\"")
+
+
+def run_dask(args):
+    """The Dask section: fastdrop.dask against in-memory fastdrop and dask's random numbers."""
+    import sys
+
+    from ..bench import dask_arrays
+
+    check_dask_arguments(args)
+    section = dask_arrays.run(
+        sizes=args.sizes or dask_arrays.SIZES, chunks=args.chunks or dask_arrays.CHUNKS,
+        p=args.ps[0] if args.ps else dask_arrays.P,
+        workers=args.threads[0] if args.threads else dask_arrays.WORKERS,
+        repeat=args.repeat or 3, min_time=args.min_time, targets=not args.no_targets,
+        progress=None if args.quiet else sys.stderr)
+    print(dask_arrays.format_section(section, markdown=args.markdown))
+    _finish(args, section)
+    return 0
+
+
+def _finish(args, results):
+    """Print the targets (if measured) and save the JSON (if asked for)."""
+    from ..bench import report
+
+    if "targets" in results:
+        print()
+        print(report.format_targets_markdown(results["targets"]) if args.markdown
+              else report.format_targets(results["targets"]))
+    if args.json:
+        report.save_json(results, args.json)
+        print(f"\nsaved {args.json}")
+
+
 def run(args):
     """Run ``fastdrop bench``: check, measure, print the tables, save what was asked; return 0."""
     from ..bench import report
+    from ..bench.runner import size_label
 
+    if args.chunks and not args.dask:
+        raise arguments.UsageError(
+            f"--chunks {' '.join(size_label(n) for n in args.chunks)} needs --dask")
+    if args.dask:
+        return run_dask(args)
     if args.torch:
         return run_torch(args)
     check_arguments(args)
@@ -179,13 +251,7 @@ def run(args):
     if scaling:  # more than one thread count
         print()
         print(scaling)
-    if "targets" in results:
-        print()
-        print(report.format_targets_markdown(results["targets"]) if args.markdown
-              else report.format_targets(results["targets"]))
-    if args.json:
-        report.save_json(results, args.json)
-        print(f"\nsaved {args.json}")
+    _finish(args, results)
     if args.plot:
         report.plot(results, args.plot)
         print(f"saved {args.plot}")
