@@ -12,7 +12,8 @@
    the autograd engine's fixed start (identical for any model).
 3. **Training steps** of two models, as given (torch's dropout modules), after
    ``fastdrop.torch.replace_dropout``, and with the dropout modules replaced by
-   ``torch.nn.Identity``: dropout's share of a step is ``1 - T(identity) / T(step)``.
+   ``torch.nn.Identity``: dropout's share of a step is ``1 - T(identity) / T(step)``
+   (median samples).
    The MLP is 784-1024-1024-10 (dropout 0.2 on the input, 0.5 after each hidden ReLU,
    batch 128); the transformer is a stack of ``torch.nn.TransformerEncoderLayer``
    (d_model 512, 8 heads, feed-forward 2048, dropout 0.1, sequence 128, batch 16) with
@@ -213,13 +214,19 @@ def measure_steps(threads=2, repeat=7, min_time=0.2):
     for name, build in MODELS.items():
         timings = time_callables(step_calls(build, threads), repeat=repeat, min_time=min_time)
         rows.append({"model": name, "threads": threads,
-                     "seconds": {version: timing.best for version, timing in timings.items()}})
+                     "seconds": {version: timing.best for version, timing in timings.items()},
+                     "median_seconds": {version: timing.median
+                                        for version, timing in timings.items()}})
     return rows
 
 
 def share(row, version):
-    """Dropout's share of a step of ``version``: 1 - T(no dropout modules) / T(version)."""
-    seconds = row["seconds"]
+    """Dropout's share of a step of ``version``: 1 - T(no dropout modules) / T(version).
+
+    From the median samples: a difference of two step times is noisier than either, and
+    the median of interleaved rounds is the steadier of the two statistics here.
+    """
+    seconds = row["median_seconds"]
     return 1.0 - seconds["no dropout modules"] / seconds[version]
 
 
@@ -235,7 +242,7 @@ def run(sizes=DEFAULT_SIZES, dtypes=DEFAULT_DTYPES, p=DEFAULT_P, threads=2, repe
                                torch=torch.__version__),
                 "ops": measure_ops(sizes, dtypes, p, threads, repeat, min_time),
                 "call_us": measure_call_cost(threads, max(repeat, 7), min_time),
-                "steps": measure_steps(threads, max(repeat, 5)) if steps else []}
+                "steps": measure_steps(threads, max(repeat, 9)) if steps else []}
 
 
 @contextlib.contextmanager

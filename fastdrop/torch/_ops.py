@@ -192,3 +192,9 @@ class EagerBackwardRecompute(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad):
         return EagerBackwardRecompute.apply(grad, ctx.mask), None
+
+
+# Function.apply's Python wrapper binds default arguments and unwraps functorch's tensors;
+# the eager path has neither (functional._traced sends functorch's tensors to the
+# operators), so it calls the autograd C++ apply directly, a few microseconds less.
+eager_dropout = super(torch.autograd.Function, EagerDropout).apply
