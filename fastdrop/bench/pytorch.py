@@ -323,7 +323,7 @@ def step_table(section, markdown=False):
               "torch / fastdrop.torch", "dropout share: torch", "dropout share: fastdrop.torch"]
     rows = []
     for row in section["steps"]:
-        seconds = row["seconds"]
+        seconds = row["median_seconds"]
         rows.append([row["model"], f"{seconds['torch'] * 1e3:.1f} ms",
                      f"{seconds['fastdrop.torch'] * 1e3:.1f} ms",
                      f"{seconds['no dropout modules'] * 1e3:.1f} ms",
@@ -353,5 +353,6 @@ def format_section(section, markdown=False):
              "", "The op alone: forward + backward through autograd",
              op_table(section, markdown), "", call_table(section, markdown)]
     if section["steps"]:
-        parts += ["", "Training steps (SGD with momentum, float32)", step_table(section, markdown)]
+        parts += ["", "Training steps (SGD with momentum, float32; median of interleaved rounds)",
+                  step_table(section, markdown)]
     return "\n".join(parts)
