@@ -3,9 +3,10 @@
 A tensor reaches fastdrop as a NumPy view of its memory, no copy: float16/32/64 as
 they are, bfloat16 as its uint16 bit patterns with ``dtype="bfloat16"`` (no ml_dtypes
 needed). A result is a new tensor over the array fastdrop allocated (C order, as
-``torch.empty_like`` gives for a C-contiguous input), or is written into
-``torch.empty_like(input)`` when the input is not C-contiguous or is bfloat16, so a
-result always has the layout torch would give it.
+``torch.empty_like`` gives for a C-contiguous input; NumPy asks for huge pages for large
+arrays, which saves the page faults of fresh memory), or is written into
+``torch.empty_like(input)`` when the input is not C-contiguous, so a result always has
+the layout torch would give it.
 
 Keys: a call's ``(seed, stream)`` are two int64 draws from a torch generator, read as
 the unsigned 64-bit integers fastdrop takes (`key_values`).
@@ -113,7 +114,7 @@ def _run(function, tensor, *arguments, inplace=False, **options):
         options["dtype"] = request
     if inplace:
         result, target = function(array, *arguments, inplace=True, **options), tensor
-    elif request is None and tensor.is_contiguous():  # fastdrop allocates: one step for usual calls
+    elif tensor.is_contiguous():  # fastdrop allocates: one step for usual calls, huge pages
         result = function(array, *arguments, **options)
         target = None
     else:
@@ -122,7 +123,11 @@ def _run(function, tensor, *arguments, inplace=False, **options):
     rest = None
     if isinstance(result, tuple):
         result, rest = result
-    return (torch.from_numpy(result) if target is None else target), rest
+    if target is None:
+        target = torch.from_numpy(result)
+        if request is not None:  # bfloat16 bit patterns, as uint16
+            target = target.view(torch.bfloat16)
+    return target, rest
 
 
 def _threaded(tensor, function, *arguments, **options):
