@@ -183,25 +183,29 @@ def _scale_by_stream(kernels, call, words):
     The bits are stored unless words is None.
     """
     threshold, drop_all, scale = dropout_constants(call.p)
-    if call.runs is None:
-        return call.finish(_layout.elementwise(
-            call.x, call.target, kernels.scale_by_stream, words, call.m, scale, threshold,
-            drop_all, call.seed, call.stream, call.offset, get_num_threads()))
+    kernel, where = _placed(call, kernels.scale_by_stream, kernels.scale_by_runs)
     return call.finish(_layout.elementwise(
-        call.x, call.target, kernels.scale_by_runs, words, call.m, scale, threshold, drop_all,
-        call.seed, call.stream, call.runs, get_num_threads()))
+        call.x, call.target, kernel, words, call.m, scale, threshold, drop_all, call.seed,
+        call.stream, where, get_num_threads()))
+
+
+def _placed(call, contiguous, by_runs):
+    """(kernel, where): ``contiguous`` and the first global index, or ``by_runs`` and the runs.
+
+    The contiguous kernel serves every call whose elements are one range of global
+    indices (`fastdrop._calls.Call.start`), a block of whole rows included.
+    """
+    start = call.start
+    return (contiguous, start) if start is not None else (by_runs, call.runs)
 
 
 def _draw_words(kernels, call):
     """The packed keep bits of the call's m mask elements."""
     words = np.empty(words_for(call.m), dtype=np.uint64)
     threshold, drop_all = stream_parameters(call.p)
-    if call.runs is None:
-        kernels.scale_by_stream(None, None, words, call.m, 0.0, threshold, drop_all, call.seed,
-                                call.stream, call.offset, get_num_threads())
-    else:
-        kernels.scale_by_runs(None, None, words, call.m, 0.0, threshold, drop_all, call.seed,
-                              call.stream, call.runs, get_num_threads())
+    kernel, where = _placed(call, kernels.scale_by_stream, kernels.scale_by_runs)
+    kernel(None, None, words, call.m, 0.0, threshold, drop_all, call.seed, call.stream, where,
+           get_num_threads())
     return words
 
 
@@ -692,8 +696,7 @@ def gaussian_dropout(x, p=0.5, *, seed=None, stream=None, offset=0, training=Tru
 
 def _multiply_noise(kernels, call):
     """x's elements times the call's Gaussian multipliers, regenerated from its stream."""
-    kernel, where = ((kernels.gaussian, call.offset) if call.runs is None
-                     else (kernels.gaussian_runs, call.runs))
+    kernel, where = _placed(call, kernels.gaussian, kernels.gaussian_runs)
     return call.finish(_layout.elementwise(call.x, call.target, kernel, gaussian_sigma(call.p),
                                            call.seed, call.stream, where, get_num_threads()))
 
@@ -769,8 +772,7 @@ def gaussian_noise(n, p, *, seed, stream=None, offset=0, origin=None, global_sha
     call = _calls.count(n, p, seed, stream, offset, gaussian=True, origin=origin,
                         global_shape=global_shape)
     noise = np.ones(call.m, dtype=np.float64)
-    kernel, where = ((kernels.gaussian, call.offset) if call.runs is None
-                     else (kernels.gaussian_runs, call.runs))
+    kernel, where = _placed(call, kernels.gaussian, kernels.gaussian_runs)
     kernel(noise, noise, gaussian_sigma(call.p), call.seed, call.stream, where,
            get_num_threads())
     return noise

@@ -80,6 +80,18 @@ class Call:
         self.runs, self.block = runs, block
 
     @property
+    def start(self):
+        """The global index of element 0 where the elements are one contiguous range, else None.
+
+        A whole array's are (from ``offset``), and so are a block's when it spans every
+        axis but the first whole (rows of a C-order array): one run.
+        """
+        if self.runs is None:
+            return self.offset
+        base, outer_shape, _, _ = self.runs
+        return base if len(outer_shape) == 0 else None
+
+    @property
     def stretched(self):
         """Whether a smaller mask is stretched over x (a noise shape)."""
         return self.m != self.x.size
