@@ -655,45 +655,73 @@ static inline void fd_run_cursor_next(fd_run_cursor *cursor, const fd_runs *runs
     }
 }
 
-/* words |= the `count` bits of `bits` (bit 0 of bits[0] first), placed from bit `at` on;
- * only bits below at + count are touched. */
-static inline void fd_or_bits(uint64_t *words, int64_t at, const uint64_t *bits, int64_t count)
+/* words |= bits [from, from + count) of `bits`, placed from bit `at` on; only bits below
+ * at + count are touched. Where `from` is not word-aligned, the word after the last one
+ * holding a source bit is read too (its bits are masked off): `bits` needs it. */
+static inline void fd_or_bits(uint64_t *words, int64_t at, const uint64_t *bits, int64_t from,
+                              int64_t count)
 {
-    const unsigned shift = (unsigned)(at & 63);
+    const unsigned in_shift = (unsigned)(from & 63), shift = (unsigned)(at & 63);
+    const uint64_t *source = bits + (from >> 6);
     uint64_t *word = words + (at >> 6);
     for (int64_t i = 0; i * 64 < count; ++i) {
-        word[i] |= bits[i] << shift;
-        if (shift != 0 && count - i * 64 > 64 - (int64_t)shift)
-            word[i + 1] |= bits[i] >> (64 - shift);
+        uint64_t value = source[i] >> in_shift;
+        if (in_shift != 0)
+            value |= source[i + 1] << (64 - in_shift);
+        const int64_t remain = count - i * 64;
+        if (remain < 64)
+            value &= (UINT64_C(1) << remain) - 1;
+        word[i] |= value << shift;
+        if (shift != 0 && remain > 64 - (int64_t)shift)
+            word[i + 1] |= value >> (64 - shift);
     }
 }
 
 /* Mask words per chunk of a block: 8 KiB of bits, on the stack. */
 #define FD_RUN_CHUNK_WORDS 1024
+/* A chunk whose runs lie densely in the global array (its global span at most twice its
+ * elements) draws the span's words once and takes each run's bits out of them: a run
+ * drawn as a range of its own costs a batch set-up and two partial words. */
+#define FD_RUN_SPAN_WORDS (2 * FD_RUN_CHUNK_WORDS)
 
-/* Local words [first, stop) of a block, as keep bits, into out[0 .. stop - first): each
- * run's part in them is drawn as global words (shifted where the run starts mid-word)
- * and placed into the block's words. */
+/* Local words [first, stop) of a block, as keep bits, into out[0 .. stop - first). */
 static inline void fd_runs_mask_words(uint64_t *out, const fd_mask_params *params,
                                       const fd_runs *runs, int64_t first, int64_t stop)
 {
     const int64_t run = runs->run;
     const int64_t begin = first * 64, end = stop * 64 < params->n ? stop * 64 : params->n;
-    uint64_t bits[FD_RUN_CHUNK_WORDS];
+    uint64_t bits[FD_RUN_SPAN_WORDS + 1];
     memset(out, 0, (size_t)(stop - first) * sizeof out[0]);
     if (begin >= end || run <= 0)
         return;
     fd_run_cursor cursor = fd_run_cursor_at(runs, begin / run);
+    const uint64_t span_start = cursor.start + (uint64_t)(begin % run);
+    const uint64_t span = fd_run_start(runs, (end - 1) / run) + (uint64_t)((end - 1) % run) + 1 -
+                          span_start;
+    const int dense = span <= (uint64_t)(64 * FD_RUN_SPAN_WORDS) &&
+                      span <= 2 * (uint64_t)(end - begin);
+    if (dense) {
+        fd_mask_params piece = *params;
+        piece.offset = span_start;
+        piece.n = (int64_t)span;
+        const int64_t count = fd_words_for(piece.n);
+        fd_mask_words_range(bits, &piece, 0, count);
+        bits[count] = 0;
+    }
     for (int64_t r = begin / run; r * run < end; ++r, fd_run_cursor_next(&cursor, runs)) {
         const int64_t low = r * run > begin ? r * run : begin;
         const int64_t high = (r + 1) * run < end ? (r + 1) * run : end;
         const uint64_t global = cursor.start + (uint64_t)(low - r * run);
+        if (dense) {
+            fd_or_bits(out, low - begin, bits, (int64_t)(global - span_start), high - low);
+            continue;
+        }
         for (int64_t at = low; at < high; at += 64 * FD_RUN_CHUNK_WORDS) {
             fd_mask_params piece = *params;
             piece.offset = global + (uint64_t)(at - low);
             piece.n = high - at < 64 * FD_RUN_CHUNK_WORDS ? high - at : 64 * FD_RUN_CHUNK_WORDS;
             fd_mask_words_range(bits, &piece, 0, fd_words_for(piece.n));
-            fd_or_bits(out, at - begin, bits, piece.n);
+            fd_or_bits(out, at - begin, bits, 0, piece.n);
         }
     }
 }

@@ -403,8 +403,10 @@ def plain_range(source, target, words, scale, seed, stream, threshold, drop_all,
 
 # ---------------------------------------------------------------- blocks of a larger array
 
-# Mask words per chunk of a block (dropout.h's FD_RUN_CHUNK_WORDS).
+# Mask words per chunk of a block, and of a dense chunk's span (dropout.h's
+# FD_RUN_CHUNK_WORDS and FD_RUN_SPAN_WORDS).
 RUN_CHUNK_WORDS = 1024
+RUN_SPAN_WORDS = 2 * RUN_CHUNK_WORDS
 
 
 @njit(inline="always", cache=NUMBA_CACHE)
@@ -419,14 +421,26 @@ def run_start(base, shape, strides, r):
 
 
 @njit(inline="always", cache=NUMBA_CACHE)
-def _or_bits(words, at, bits, count):
-    """words |= the count bits of bits, placed from bit ``at`` on (only bits below at + count)."""
+def _or_bits(words, at, bits, source_at, count):
+    """words |= bits[source_at:source_at + count] (as bits), placed from bit ``at`` on.
+
+    dropout.h's fd_or_bits: only bits below at + count are touched; where source_at is
+    not word-aligned, the word after the last one holding a source bit is read too.
+    """
+    in_shift = np.uint64(source_at & 63)
     shift = np.uint64(at & 63)
+    source = source_at >> 6
     first = at >> 6
     for i in range((count + 63) // 64):
-        words[first + i] |= bits[i] << shift
-        if shift != _ZERO and count - i * 64 > 64 - np.int64(shift):
-            words[first + i + 1] |= bits[i] >> (_WORD - shift)
+        value = bits[source + i] >> in_shift
+        if in_shift != _ZERO:
+            value |= bits[source + i + 1] << (_WORD - in_shift)
+        remain = count - i * 64
+        if remain < 64:
+            value &= (_ONE << np.uint64(remain)) - _ONE
+        words[first + i] |= value << shift
+        if shift != _ZERO and remain > 64 - np.int64(shift):
+            words[first + i + 1] |= value >> (_WORD - shift)
 
 
 @njit(cache=NUMBA_CACHE, nogil=True)
@@ -434,8 +448,10 @@ def runs_mask_words(out, seed, stream, threshold, drop_all, base, shape, strides
                     stop, bits):
     """Local words first..stop-1 of a block, as keep bits, into out[:stop - first].
 
-    As dropout.h's fd_runs_mask_words: each run's part is drawn as global words and
-    placed into the block's words (``bits``: RUN_CHUNK_WORDS words of scratch).
+    As dropout.h's fd_runs_mask_words: where the runs lie densely in the global array,
+    the span's words drawn once and each run's bits taken out of them; else each run's
+    part drawn as global words and placed into the block's words (``bits``: scratch of
+    RUN_SPAN_WORDS + 1 words).
     """
     begin = first * 64
     end = min(stop * 64, n)
@@ -448,18 +464,30 @@ def runs_mask_words(out, seed, stream, threshold, drop_all, base, shape, strides
         index[axis] = rest % shape[axis]
         rest //= shape[axis]
     start = run_start(base, shape, strides, begin // run)
+    span_start = start + np.uint64(begin % run)
+    span = (run_start(base, shape, strides, (end - 1) // run) + np.uint64((end - 1) % run)
+            + _ONE - span_start)
+    dense = span <= np.uint64(64 * RUN_SPAN_WORDS) and span <= np.uint64(2 * (end - begin))
+    if dense:
+        count = (np.int64(span) + 63) // 64
+        words_range(bits, seed, stream, threshold, drop_all, span_start, np.int64(span), 0, count)
+        bits[count] = _ZERO
     r = begin // run
     while r * run < end:
         low = max(r * run, begin)
         high = min((r + 1) * run, end)
-        at = low
-        while at < high:
-            count = min(high - at, 64 * RUN_CHUNK_WORDS)
-            words_range(bits, seed, stream, threshold, drop_all,
-                        start + np.uint64(low - r * run) + np.uint64(at - low), count, 0,
-                        (count + 63) // 64)
-            _or_bits(out, at - begin, bits, count)
-            at += count
+        if dense:
+            _or_bits(out, low - begin, bits,
+                     np.int64(start + np.uint64(low - r * run) - span_start), high - low)
+        else:
+            at = low
+            while at < high:
+                count = min(high - at, 64 * RUN_CHUNK_WORDS)
+                words_range(bits, seed, stream, threshold, drop_all,
+                            start + np.uint64(low - r * run) + np.uint64(at - low), count, 0,
+                            (count + 63) // 64)
+                _or_bits(out, at - begin, bits, 0, count)
+                at += count
         r += 1
         for axis in range(shape.size - 1, -1, -1):  # the next run's start: an odometer
             start += np.uint64(strides[axis])
@@ -478,7 +506,7 @@ def runs_range(source, target, words, scale, seed, stream, threshold, drop_all, 
     As dropout.h's fd_dropout_runs: a chunk of words at a time, its keep bits from the
     runs, then one `mask_range` pass over its elements (mask words alone: empty source).
     """
-    bits = np.empty(RUN_CHUNK_WORDS, dtype=np.uint64)
+    bits = np.empty(RUN_SPAN_WORDS + 1, dtype=np.uint64)
     chunk = np.empty(RUN_CHUNK_WORDS, dtype=np.uint64)
     store = words.size > 0
     for at in range(first, stop, RUN_CHUNK_WORDS):
