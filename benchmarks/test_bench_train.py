@@ -55,13 +55,10 @@ def torch_step(seed=0):
     """A function running the same step in PyTorch."""
     import torch
 
+    from fastdrop.bench.pytorch import mlp_model
+
     torch.manual_seed(seed)
-    layers = [torch.nn.Dropout(RATES[0])]
-    for index in range(len(SIZES) - 1):
-        layers.append(torch.nn.Linear(SIZES[index], SIZES[index + 1]))
-        if index < len(SIZES) - 2:
-            layers += [torch.nn.ReLU(), torch.nn.Dropout(RATES[index + 1])]
-    model = torch.nn.Sequential(*layers)
+    model = mlp_model(torch, SIZES, RATES)
     optimizer = torch.optim.SGD(model.parameters(), lr=LR, momentum=MOMENTUM)
     X, y = (torch.from_numpy(array) for array in batch(seed))
 

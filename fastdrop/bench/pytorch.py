@@ -137,17 +137,23 @@ def measure_call_cost(threads=2, repeat=7, min_time=0.05):
             for name in names}
 
 
+def mlp_model(torch, sizes=MLP_SIZES, rates=MLP_RATES):
+    """The MLP in torch: dropout on the input, Linear layers, ReLU then dropout between them."""
+    layers = [torch.nn.Dropout(rates[0])]
+    for index in range(len(sizes) - 1):
+        layers.append(torch.nn.Linear(sizes[index], sizes[index + 1]))
+        if index < len(sizes) - 2:
+            layers += [torch.nn.ReLU(), torch.nn.Dropout(rates[index + 1])]
+    return torch.nn.Sequential(*layers)
+
+
 def mlp(torch, seed=0):
     """The 784-1024-1024-10 MLP with torch's dropout modules, and a batch (inputs, labels)."""
     torch.manual_seed(seed)
-    layers = [torch.nn.Dropout(MLP_RATES[0])]
-    for index in range(len(MLP_SIZES) - 1):
-        layers.append(torch.nn.Linear(MLP_SIZES[index], MLP_SIZES[index + 1]))
-        if index < len(MLP_SIZES) - 2:
-            layers += [torch.nn.ReLU(), torch.nn.Dropout(MLP_RATES[index + 1])]
+    model = mlp_model(torch)
     inputs = torch.randn(MLP_BATCH, MLP_SIZES[0])
     labels = torch.randint(0, MLP_SIZES[-1], (MLP_BATCH,))
-    return torch.nn.Sequential(*layers), inputs, labels
+    return model, inputs, labels
 
 
 def transformer(torch, seed=0, classes=10):
