@@ -182,12 +182,9 @@ MODELS = {"MLP 784-1024-1024-10, batch 128": mlp,
 
 def _without_dropout(torch, model):
     """model with each torch dropout module replaced by torch.nn.Identity, in place."""
-    from ..torch.modules import TWINS
+    from ..torch.modules import replace_torch_dropouts
 
-    for module in list(model.modules()):
-        for name, child in list(module._modules.items()):
-            if child is not None and type(child) in TWINS:
-                module._modules[name] = torch.nn.Identity()
+    replace_torch_dropouts(model, lambda module: torch.nn.Identity())
     return model
 
 

@@ -142,6 +142,7 @@ class EagerDropout(torch.autograd.Function):
         y, words = _tensors.forward(x, p, seed, stream, shared_dims, alpha, inplace)
         if inplace:
             ctx.mark_dirty(x)
+        ctx.recompute = recompute
         if recompute:  # two integers, nothing of size n
             ctx.mask = (p, seed, stream, shared_dims, alpha)
         else:
@@ -151,7 +152,7 @@ class EagerDropout(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad):
-        if len(ctx.mask) == 5:  # recompute
+        if ctx.recompute:
             if torch.is_grad_enabled():  # create_graph: a backward differentiable in turn
                 return EagerBackwardRecompute.apply(grad, ctx.mask), None
             return _tensors.backward_recompute(grad, *ctx.mask), None

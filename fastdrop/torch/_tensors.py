@@ -56,9 +56,14 @@ def check_input(input, where):
                         f"tensor, got {input.dtype} ({input.layout})")
 
 
+def _draw_key_into(key, generator):
+    """A call's ``(seed, stream)``: two 64-bit draws from torch's generator, into ``key``."""
+    return key.random_(_INT64_MIN, _INT64_MAX, generator=generator)
+
+
 def new_key(generator=None):
-    """A call's ``(seed, stream)``: two 64-bit draws from torch's generator, an int64 tensor."""
-    return torch.empty(2, dtype=torch.int64).random_(_INT64_MIN, _INT64_MAX, generator=generator)
+    """A new int64 tensor holding a call's key (`_draw_key_into`)."""
+    return _draw_key_into(torch.empty(2, dtype=torch.int64), generator)
 
 
 _buffers = threading.local()  # per thread: the eager calls' key, drawn into one tensor
@@ -70,8 +75,7 @@ def draw_key_values(generator=None):
     if buffer is None:
         with torch.inference_mode(False):  # a normal tensor, usable in and out of that mode
             buffer = _buffers.key = torch.empty(2, dtype=torch.int64)
-    seed, stream = buffer.random_(_INT64_MIN, _INT64_MAX, generator=generator).tolist()
-    return seed & MAX_SEED, stream & MAX_SEED
+    return key_values(_draw_key_into(buffer, generator))
 
 
 def key_values(key):
@@ -87,7 +91,8 @@ def mask_shape(shape, shared):
 
 def word_count(shape, shared):
     """Number of int64 words holding the mask of an input of ``shape`` (SymInts welcome)."""
-    return (math.prod(mask_shape(shape, shared)) + WORD_BITS - 1) // WORD_BITS
+    elements = math.prod(mask_shape(shape, shared) if shared else shape)
+    return (elements + WORD_BITS - 1) // WORD_BITS
 
 
 def as_array(tensor):
@@ -130,12 +135,15 @@ def _run(function, tensor, *arguments, inplace=False, **options):
     return target, rest
 
 
+def _thread_count(tensor):
+    """A with-block running fastdrop's kernels on the thread count `_threads` chooses."""
+    threads = _threads(tensor)
+    return contextlib.nullcontext() if threads is None else num_threads(threads)
+
+
 def _threaded(tensor, function, *arguments, **options):
     """`_run` on the thread count `_threads` chooses."""
-    threads = _threads(tensor)
-    if threads is None:
-        return _run(function, tensor, *arguments, **options)
-    with num_threads(threads):
+    with _thread_count(tensor):
         return _run(function, tensor, *arguments, **options)
 
 
@@ -162,7 +170,7 @@ def backward_from_words(grad, words, p, shared, alpha):
     Words past the mask's (an operator's padding) are ignored.
     """
     words = words.numpy().view(np.uint64)
-    count = word_count(grad.shape, shared) if shared else -(-grad.numel() // WORD_BITS)
+    count = word_count(grad.shape, shared)
     if len(words) != count:  # an operator's spare words
         words = words[:count]
     if not shared and not alpha:  # raw words apply by element count
@@ -178,8 +186,7 @@ def backward_recompute(grad, p, seed, stream, shared, alpha):
         noise_shape = mask_shape(grad.shape, shared) if shared else None
         return _threaded(grad, fastdrop.dropout_backward_recompute, p, seed=seed, stream=stream,
                          noise_shape=noise_shape)[0]
-    threads = _threads(grad)
-    with contextlib.nullcontext() if threads is None else num_threads(threads):
+    with _thread_count(grad):
         words = fastdrop.bernoulli_mask(math.prod(mask_shape(grad.shape, shared)), p, seed=seed,
                                         stream=stream)
         mask = _stored_mask(grad.shape, words, p, shared, seed, stream)

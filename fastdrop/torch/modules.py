@@ -155,15 +155,27 @@ def replace_dropout(model, *, recompute=False):
     if type(model) in TWINS:
         raise ValueError(f"model is itself a {type(model).__name__}: use "
                          f"fastdrop.torch.{TWINS[type(model)].__name__}(p={model.p}) instead")
-    twins = {}  # id of a replaced module -> its twin
+
+    def twin_of(child):
+        twin = TWINS[type(child)].__new__(TWINS[type(child)])
+        twin.__dict__.update(child.__dict__)  # p, inplace, training, hooks
+        twin.recompute, twin.generator = bool(recompute), None
+        return twin
+    return replace_torch_dropouts(model, twin_of)
+
+
+def replace_torch_dropouts(model, replacement):
+    """Each module of exactly a torch dropout type in ``model``, at any depth, swapped in place.
+
+    ``replacement(module)`` makes the new module; a module used in several places is
+    replaced once, by one new module. Returns how many modules were replaced.
+    """
+    replaced = {}  # id of a replaced module -> its replacement
     for module in list(model.modules()):
         for name, child in list(module._modules.items()):
             if child is None or type(child) not in TWINS:
                 continue
-            if id(child) not in twins:
-                twin = TWINS[type(child)].__new__(TWINS[type(child)])
-                twin.__dict__.update(child.__dict__)  # p, inplace, training, hooks
-                twin.recompute, twin.generator = bool(recompute), None
-                twins[id(child)] = twin
-            module._modules[name] = twins[id(child)]
-    return len(twins)
+            if id(child) not in replaced:
+                replaced[id(child)] = replacement(child)
+            module._modules[name] = replaced[id(child)]
+    return len(replaced)
