@@ -281,7 +281,7 @@ def targets(section):
     call = section["call_us"].get("fastdrop.torch")
     if call is not None:
         records.append(target_record(f"one fwd+bwd at n={SMALL_N} (us)", "torch", round(call, 1),
-                                     CALL_LIMIT_US, call <= CALL_LIMIT_US,
+                                     f"<= {CALL_LIMIT_US:g} us", call <= CALL_LIMIT_US,
                                      "chain of 17 minus chain of 1", unit="text"))
     for row in section["steps"]:
         fraction = share(row, "fastdrop.torch")

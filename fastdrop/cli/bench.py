@@ -162,7 +162,7 @@ def check_torch_arguments(args):
 
 def run_torch(args):
     """The PyTorch section: fastdrop.torch against torch's dropout."""
-    from ..bench import pytorch, report
+    from ..bench import pytorch
 
     check_torch_arguments(args)
     section = pytorch.run(sizes=args.sizes or pytorch.DEFAULT_SIZES,
@@ -172,14 +172,8 @@ def run_torch(args):
                           repeat=args.repeat or 5, min_time=args.min_time)
     print(pytorch.format_section(section, markdown=args.markdown))
     if not args.no_targets:
-        records = pytorch.targets(section)
-        print()
-        print(report.format_targets_markdown(records) if args.markdown
-              else report.format_targets(records))
-        section["targets"] = records
-    if args.json:
-        report.save_json(section, args.json)
-        print(f"\nsaved {args.json}")
+        section["targets"] = pytorch.targets(section)
+    _finish(args, section)
     return 0
 
 
