@@ -139,9 +139,9 @@ def dropout(x, p=0.5, *, seed=None, stream=None, offset=0, training=True, inplac
                                  training=training, inplace=inplace, out=out,
                                  noise_shape=noise_shape, broadcast_dims=broadcast_dims,
                                  dtype=dtype, origin=origin, global_shape=global_shape)
-    usual = (usual_call(x, p, seed, stream, offset, inplace)
+    usual = (usual_call(x, p, seed, stream, offset, inplace, dtype is not None)
              if training is True and out is None and noise_shape is None
-             and broadcast_dims is None and dtype is None and origin is None
+             and broadcast_dims is None and _plain_request(dtype) and origin is None
              and global_shape is None and usual_call is not None else None)
     if usual is not None:  # usual_dropout's steps, inline: a call's cost matters here
         threshold, drop_all, scale, stream = usual
@@ -161,6 +161,14 @@ def dropout(x, p=0.5, *, seed=None, stream=None, offset=0, training=True, inplac
         words = np.empty(words_for(call.m), dtype=np.uint64)
         y = _scale_by_stream(kernels, call, words)
     return y, call.mask(words)
+
+
+def _plain_request(dtype):
+    """Whether a call's ``dtype=`` allows the one-step path: None or the string "bfloat16".
+
+    With "bfloat16" `fastdrop._fastpath` takes only uint16 arrays (bfloat16 bit patterns).
+    """
+    return dtype is None or (type(dtype) is str and dtype == "bfloat16")
 
 
 def usual_dropout(kernels, x, p, seed, offset, inplace, usual):
@@ -383,8 +391,8 @@ def dropout_backward(grad, mask, *, p=None, inplace=False, out=None, dtype=None,
         grad is not float16/32/64, or the words are not a 1-D uint64 array.
     """
     kernels = _kernels(backend)
-    usual = (usual_backward(grad, mask, p, inplace)
-             if kernels is not None and out is None and dtype is None
+    usual = (usual_backward(grad, mask, p, inplace, dtype is not None)
+             if kernels is not None and out is None and _plain_request(dtype)
              and usual_backward is not None else None)
     if usual is not None:  # one kernel call: the usual backward of a small call is cheap too
         words, scale = usual

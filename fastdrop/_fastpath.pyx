@@ -32,24 +32,29 @@ cdef double _last_backward_p = -1.0
 cdef double _last_scale = 0.0
 
 
-cdef bint _usual_array(x, bint inplace):
-    """x an exact ndarray, C-contiguous, aligned, native float16/32/64 (writeable in place)."""
+cdef bint _usual_array(x, bint inplace, bint bits16):
+    """x an exact ndarray, C-contiguous, aligned, native float16/32/64 -- or, where
+    ``bits16`` (``dtype="bfloat16"``), uint16 bfloat16 bit patterns -- writeable in place."""
     if type(x) is not cnp.ndarray:
         return False
     cdef cnp.ndarray array = <cnp.ndarray>x
     cdef int kind = cnp.PyArray_TYPE(array)
-    if kind != cnp.NPY_FLOAT and kind != cnp.NPY_DOUBLE and kind != _NPY_HALF:
+    if bits16:
+        if kind != cnp.NPY_UINT16:
+            return False
+    elif kind != cnp.NPY_FLOAT and kind != cnp.NPY_DOUBLE and kind != _NPY_HALF:
         return False
     if not cnp.PyArray_ISCARRAY_RO(array) or not cnp.PyArray_ISNOTSWAPPED(array):
         return False
     return not inplace or cnp.PyArray_ISWRITEABLE(array)
 
 
-def usual_call(x, p, seed, stream, offset, bint inplace):
+def usual_call(x, p, seed, stream, offset, bint inplace, bint bits16=False):
     """Whether ``dropout(x, p, seed=seed, stream=stream, offset=offset, inplace=inplace)`` is usual.
 
     Usual: x an ndarray (exact type), C-contiguous, aligned, float16/32/64 in native
-    byte order (writeable in place); p a float in [0, 1]; offset an int with
+    byte order -- or, with ``bits16`` (the call's ``dtype="bfloat16"``), uint16
+    bfloat16 bit patterns -- (writeable in place); p a float in [0, 1]; offset an int with
     0 <= offset <= 2**63 - x.size; seed an int in [0, 2**64) with stream None (0) or
     such an int, or seed None or a StreamSource with stream None.
 
@@ -62,7 +67,7 @@ def usual_call(x, p, seed, stream, offset, bint inplace):
         not usual.
     """
     global _last_p, _last_constants
-    if type(p) is not float or type(offset) is not int or not _usual_array(x, inplace):
+    if type(p) is not float or type(offset) is not int or not _usual_array(x, inplace, bits16):
         return None
     cdef double drop = p
     if not 0.0 <= drop <= 1.0 or not 0 <= offset <= _MAX_ELEMENTS - cnp.PyArray_SIZE(x):
@@ -82,10 +87,10 @@ def usual_call(x, p, seed, stream, offset, bint inplace):
     return threshold, drop_all, scale, stream
 
 
-def usual_backward(grad, mask, p, bint inplace):
+def usual_backward(grad, mask, p, bint inplace, bint bits16=False):
     """Whether ``dropout_backward(grad, mask, p=p, inplace=inplace)`` is usual.
 
-    Usual: grad as `usual_call` takes x; mask a DropoutMask of grad's exact shape with
+    Usual: grad as `usual_call` takes x (``bits16``: uint16 bfloat16 bit patterns); mask a DropoutMask of grad's exact shape with
     p None, or raw words (an exact uint64 ndarray, 1-D, C-contiguous, ceil(n/64) of
     them) with p a float in [0, 1].
 
@@ -96,7 +101,7 @@ def usual_backward(grad, mask, p, bint inplace):
         `fastdrop.maskstream.spec.dropout_scale` -- or None if the call is not usual.
     """
     global _last_backward_p, _last_scale
-    if not _usual_array(grad, inplace):
+    if not _usual_array(grad, inplace, bits16):
         return None
     if type(mask) is DropoutMask:
         if p is not None or mask.shape != grad.shape:

@@ -40,19 +40,31 @@ PLAIN_CASES = [
 ]
 
 
-# bfloat16 takes the general path (its kernels see it as uint16 bits): see not_usual
+# bfloat16 takes the one step as uint16 bits with dtype="bfloat16" (the PyTorch adapter's
+# form; "bfloat16 bits" here); ml_dtypes' arrays take the general path: see not_usual
 ONE_STEP_DTYPES = [dtype for dtype in FLOAT_DTYPES if dtype in (np.float16, np.float32, np.float64)]
+BITS16 = "bfloat16 bits"
+ONE_STEP_FORMS = ONE_STEP_DTYPES + [BITS16]
+
+
+def one_step_sample(shape, form, salt=0):
+    """(array, dtype= of the call): a sample of ``form``, bfloat16 bits as uint16."""
+    if form == BITS16:
+        top_halves = sample(shape, np.float32, salt).view(np.uint32) >> 16  # 0-d: a scalar
+        return np.array(top_halves, dtype=np.uint16), "bfloat16"
+    return sample(shape, form, salt), None
 
 
 @pytest.mark.parametrize("backend", PLAIN_BACKENDS)
-@pytest.mark.parametrize("dtype", ONE_STEP_DTYPES)
+@pytest.mark.parametrize("dtype", ONE_STEP_FORMS)
 @pytest.mark.parametrize("inplace", [False, True])
 @pytest.mark.parametrize("shape, p, seed, stream, offset", PLAIN_CASES)
 def test_plain_calls_take_the_one_step_and_match_the_reference(shape, p, seed, stream, offset,
                                                                inplace, dtype, backend):
-    x = sample(shape, dtype)
-    expected, expected_mask = reference.dropout(x, p, seed=seed, stream=stream, offset=offset)
-    usual = usual_call(x, p, seed, stream, offset, inplace)
+    x, request = one_step_sample(shape, dtype)
+    expected, expected_mask = reference.dropout(x, p, seed=seed, stream=stream, offset=offset,
+                                                dtype=request)
+    usual = usual_call(x, p, seed, stream, offset, inplace, request is not None)
     assert usual == dropout_constants(p) + (0 if stream is None else stream,)
     threshold, drop_all, scale, _ = usual
     y, words = _backends.kernels(backend).dropout_plain(
@@ -64,7 +76,7 @@ def test_plain_calls_take_the_one_step_and_match_the_reference(shape, p, seed, s
     # and through the public function, in place or not, with its DropoutMask
     z = x.copy()
     result, mask = fastdrop.dropout(z, p, seed=seed, stream=stream, offset=offset,
-                                    inplace=inplace, backend=backend)
+                                    inplace=inplace, dtype=request, backend=backend)
     assert (result is z) == inplace
     assert np.array_equal(bits(result), bits(expected))
     assert np.array_equal(mask.words, expected_mask.words)
@@ -181,6 +193,22 @@ def test_anything_else_is_declined_untouched(case):
     assert np.array_equal(bits(np.asarray(x)), bits(before))
 
 
+def not_bits16():
+    """Arrays the one step declines with dtype="bfloat16": only uint16 arrays as usual are bits."""
+    bits16, _ = one_step_sample((40, 30), BITS16)
+    return [("float32", sample((40, 30), np.float32)), ("int16", bits16.view(np.int16)),
+            ("Fortran order", np.asfortranarray(bits16)), ("strided view", bits16[:, ::2]),
+            ("byte-swapped", bits16.astype(bits16.dtype.newbyteorder()))]
+
+
+@pytest.mark.parametrize("case", not_bits16(), ids=lambda case: case[0])
+def test_the_bfloat16_request_takes_only_usual_uint16_arrays(case):
+    _, x = case
+    assert usual_call(x, 0.5, 1, None, 0, False, True) is None
+    assert usual_backward(x, reference.dropout(np.ones(x.shape, np.float32), 0.5, seed=1)[1],
+                          None, False, True) is None
+
+
 def test_the_limits_themselves_are_usual():
     x = np.ones(10, np.float32)
     assert usual_call(x, 0.0, 2**64 - 1, 2**64 - 1, 0, True)[3] == 2**64 - 1
@@ -195,25 +223,26 @@ def test_the_limits_themselves_are_usual():
 # ---------------------------------------------------------------- the usual backward
 
 @pytest.mark.parametrize("backend", PLAIN_BACKENDS)
-@pytest.mark.parametrize("dtype", ONE_STEP_DTYPES)
+@pytest.mark.parametrize("dtype", ONE_STEP_FORMS)
 @pytest.mark.parametrize("inplace", [False, True])
 @pytest.mark.parametrize("raw_words", [False, True])
 @pytest.mark.parametrize("shape, p, seed, stream, offset", PLAIN_CASES)
 def test_usual_backward_takes_one_step_and_matches_the_reference(shape, p, seed, stream, offset,
                                                                  raw_words, inplace, dtype,
                                                                  backend, monkeypatch):
-    _, mask = reference.dropout(sample(shape, dtype), p, seed=seed, stream=stream, offset=offset)
-    grad = sample(shape, dtype, salt=1)
-    expected = reference.dropout_backward(grad, mask)
+    x, request = one_step_sample(shape, dtype)
+    _, mask = reference.dropout(x, p, seed=seed, stream=stream, offset=offset, dtype=request)
+    grad, _ = one_step_sample(shape, dtype, salt=1)
+    expected = reference.dropout_backward(grad, mask, dtype=request)
     given, given_p = (mask.words, p) if raw_words else (mask, None)
-    assert usual_backward(grad, given, given_p, inplace) is not None
+    assert usual_backward(grad, given, given_p, inplace, request is not None) is not None
 
     def general_path(*arguments):
         raise AssertionError("the usual backward took the general path")
     monkeypatch.setattr(fastdrop._api, "_apply_stored_mask", general_path)
     argument = grad.copy()
     result = fastdrop.dropout_backward(argument, given, p=given_p, inplace=inplace,
-                                       backend=backend)
+                                       dtype=request, backend=backend)
     assert (result is argument) == inplace and result.shape == grad.shape
     assert np.array_equal(bits(result), bits(expected))
 

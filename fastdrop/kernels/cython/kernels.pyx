@@ -307,8 +307,8 @@ def dropout_plain(x, bint inplace, uint64_t threshold, bint drop_all, double sca
     """Fused forward of a whole C-contiguous array, in place or into a new array: ``(y, words)``.
 
     The API's one-step path for the usual call, in one C step: x is an ndarray,
-    C-contiguous, aligned, native float16/32/64 (writeable in place); T, drop_all,
-    s, seed, stream and offset are checked. y is x in place, else a new C-ordered
+    C-contiguous, aligned, native float16/32/64 or uint16 bfloat16 bits (writeable in
+    place); T, drop_all, s, seed, stream and offset are checked. y is x in place, else a new C-ordered
     array; the bits are those of `scale_by_stream`.
     """
     cdef cnp.ndarray array = <cnp.ndarray>x

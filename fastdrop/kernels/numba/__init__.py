@@ -76,8 +76,8 @@ def dropout_plain(x, inplace, threshold, drop_all, scale, seed, stream, offset, 
     """Fused forward of a whole C-contiguous array, in place or into a new array: ``(y, words)``.
 
     The API's one-step path for the usual call: x is an ndarray, C-contiguous,
-    aligned, native float16/32/64 (writeable in place); T, drop_all, s, seed,
-    stream and offset are checked. A single thread's work goes straight to
+    aligned, native float16/32/64 or uint16 bfloat16 bits (writeable in place); T,
+    drop_all, s, seed, stream and offset are checked. A single thread's work goes straight to
     `plain_range` with Python numbers, which Numba's dispatcher types fastest.
     """
     n = x.size
@@ -85,7 +85,7 @@ def dropout_plain(x, inplace, threshold, drop_all, scale, seed, stream, offset, 
     target = x if inplace else np.empty(x.shape, dtype=x.dtype)
     source = x if x.ndim == 1 else x.reshape(-1)
     result = source if inplace else target.reshape(-1)
-    if n and x.dtype.char != "e" and (n < SERIAL_ELEMENTS or threads == 1):
+    if n and x.dtype.char not in "eH" and (n < SERIAL_ELEMENTS or threads == 1):
         # keys and T >= 2**63 as the int64 of their bits: one compiled signature
         plain_range(source, result, words, scale, seed if seed < _TOP else seed - _KEYS,
                     stream if stream < _TOP else stream - _KEYS,
