@@ -9,7 +9,9 @@
    allocating its result as the autograd path does): that ratio is the adapter's cost.
 2. **The cost of a call** at 1024 elements: a chain of dropouts on one tensor, then one
    backward; (time of 17 - time of 1) / 16 is one dropout's forward + backward without
-   the autograd engine's fixed start (identical for any model).
+   the autograd engine's fixed start (identical for any model). A Python
+   ``torch.autograd.Function`` multiplying by 1 both ways is timed alongside: the least
+   any op written in Python, as fastdrop.torch's eager path is, can cost.
 3. **Training steps** of two models, as given (torch's dropout modules), after
    ``fastdrop.torch.replace_dropout``, and with the dropout modules replaced by
    ``torch.nn.Identity``: dropout's share of a step is ``1 - T(identity) / T(step)``
@@ -42,6 +44,7 @@ TRANSFORMER_LAYERS, TRANSFORMER_SEQUENCE, TRANSFORMER_BATCH = 2, 128, 16
 SPEEDUP_TARGET = (1 << 24, "float32", 0.1, 8.0)  # n, dtype, p, fastdrop.torch >= 8x F.dropout
 ADAPTER_LIMIT = 1.25  # fastdrop.torch <= 1.25x the NumPy API on the same memory
 CALL_LIMIT_US = 15.0  # one forward + backward at 1024 elements
+PYTHON_FUNCTION = "a Python autograd.Function doing x * 1"
 SHARE_LIMIT = 0.03  # dropout's share of a training step with fastdrop.torch
 
 
@@ -104,9 +107,21 @@ def chain_calls(threads, n=SMALL_N, p=0.5):
     torch = _torch(threads)
     x, g = _tensor(torch, n, "float32", requires_grad=True), _tensor(torch, n, "float32")
     x_array, g_array = x.detach().numpy(), g.numpy()
+    class Times1(torch.autograd.Function):
+        """The least a Python op costs: an autograd Function multiplying by 1 both ways."""
+
+        @staticmethod
+        def forward(ctx, y):
+            return y * 1.0
+
+        @staticmethod
+        def backward(ctx, grad):
+            return grad * 1.0
+
     versions = {"fastdrop.torch": lambda y: fastdrop.torch.dropout(y, p),
                 "torch": lambda y: torch.nn.functional.dropout(y, p),
-                "torch x * 1 (an elementwise op)": lambda y: y * 1.0}
+                "torch x * 1 (an elementwise op)": lambda y: y * 1.0,
+                PYTHON_FUNCTION: Times1.apply}
 
     def chain(step, length):
         def run():
