@@ -304,7 +304,7 @@ static inline int fd_pipeline_takes(const fd_mask_params *params, const void *ta
     ATTRIBUTES static void fd_draw_##SUFFIX##VARIANT##_256(                                 \
         const fd_mask_params *params, uint64_t word, uint64_t *out,                         \
         fd_scale_job_##SUFFIX##VARIANT *job)                                                \
-    FD_VEC_BATCH(FD_VEC_256, params, word, out,                                             \
+    FD_VEC_BATCH(FD_VEC_256_HALF, params, word, out,                                        \
                  FD_SCALE_SOME(SUFFIX, VARIANT, job, FD_INTERLEAVE_256))                    \
     ATTRIBUTES __attribute__((target("avx512f"))) static void fd_draw_##SUFFIX##VARIANT##_512( \
         const fd_mask_params *params, uint64_t word, uint64_t *out,                         \
@@ -315,12 +315,12 @@ static inline int fd_pipeline_takes(const fd_mask_params *params, const void *ta
                                                  uint64_t *out,                             \
                                                  fd_scale_job_##SUFFIX##VARIANT *job)       \
     {                                                                                       \
-        if (fd_simd_enabled() >= 2) {                                                       \
+        if (fd_simd_enabled() >= 2)                                                         \
             fd_draw_##SUFFIX##VARIANT##_512(params, word, out, job);                        \
-        } else {                                                                            \
+        else {                                                                              \
             fd_draw_##SUFFIX##VARIANT##_256(params, word, out, job);                        \
-            fd_draw_##SUFFIX##VARIANT##_256(params, word + FD_BATCH_WORDS, out + FD_BATCH_WORDS, \
-                                            job);                                           \
+            fd_draw_##SUFFIX##VARIANT##_256(params, word + FD_GROUP_WORDS / 2,              \
+                                            out + FD_GROUP_WORDS / 2, job);                 \
         }                                                                                   \
     }                                                                                       \
     ATTRIBUTES static void fd_dropout_pipelined_##SUFFIX##VARIANT(                          \

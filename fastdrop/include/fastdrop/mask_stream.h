@@ -82,14 +82,14 @@ static inline uint64_t fd_global_mask_word(const fd_mask_params *params, uint64_
                                                params->threshold);
 }
 
-/* Keep bits of FD_BATCH_WORDS consecutive global words word, word + 1, ... at once.
+/* Keep bits of FD_GROUP_WORDS consecutive global words word, word + 1, ... at once.
  *
  * The same bits as fd_global_mask_word. On x86-64 CPUs with AVX2 (detected at run
- * time; the build itself targets plain x86-64) the eight words run side by side in
- * vector lanes, where the Philox multiplies are 4-wide and independent words hide
- * each other's latency; the batch then draws rounds until every lane of every word is
- * decided, which never changes a word's bits. Elsewhere each word is computed alone. */
-#define FD_BATCH_WORDS 8
+ * time; the build itself targets plain x86-64) the sixteen words run side by side in
+ * vector lanes, in independent chains whose multiplies hide each other's latency; the
+ * group then draws rounds until every lane of every word is decided, which never
+ * changes a word's bits. Elsewhere each word is computed alone. */
+#define FD_GROUP_WORDS 16
 
 #if (defined(__x86_64__) || defined(_M_X64)) && (defined(__GNUC__) || defined(__clang__))
 #define FD_HAVE_AVX2_PATH 1
@@ -149,8 +149,32 @@ static inline int fd_set_simd(int level)
         x3 = product0;                                                                      \
     } while (0)
 
-/* Philox4x32-10 on two sets of counters (a and b) with key `seed`. */
-#define FD_VEC_PHILOX10(W, SET1, a0, a1, a2, a3, b0, b1, b2, b3, seed, m0, m1)                \
+/* The chains of a batch: CHAINS(OP, ...) emits OP(c, ...) for each chain name c. A
+ * chain of LANES 64-bit lanes holds words word + i * LANES .. + LANES - 1, i its place. */
+#define FD_CHAINS_2(OP, ...) OP(a, __VA_ARGS__) OP(b, __VA_ARGS__)
+#define FD_CHAINS_4(OP, ...) OP(a, __VA_ARGS__) OP(b, __VA_ARGS__) OP(c, __VA_ARGS__) \
+                             OP(d, __VA_ARGS__)
+#define FD_CHAIN_PLACE_a 0
+#define FD_CHAIN_PLACE_b 1
+#define FD_CHAIN_PLACE_c 2
+#define FD_CHAIN_PLACE_d 3
+
+/* A chain's words, their counter word 1, and its decision state (before the blocks). */
+#define FD_CHAIN_START(c, W, SET1, LANES, LANE_INDEX, word)                                  \
+    const __m##W##i words_##c = _mm##W##_add_epi64(                                         \
+        SET1((long long)((word) + (uint64_t)(FD_CHAIN_PLACE_##c * LANES))), LANE_INDEX);    \
+    const __m##W##i high_##c = _mm##W##_srli_epi64(words_##c, 32);                          \
+    __m##W##i undecided_##c = SET1(-1), dropped_##c = _mm##W##_setzero_si##W();
+/* The counters of block `block_bits` (counter word 0 is a word's low half: the lanes as
+ * they are, since the multiplies read only the low halves). */
+#define FD_CHAIN_COUNTERS(c, W, block_bits, stream0, stream1)                                \
+    __m##W##i c##0 = words_##c, c##1 = _mm##W##_or_si##W(high_##c, block_bits);             \
+    __m##W##i c##2 = stream0, c##3 = stream1;
+#define FD_CHAIN_ROUND(c, W, m0, m1, k0, k1) FD_VEC_ROUND(W, c##0, c##1, c##2, c##3, m0, m1, k0, k1);
+
+/* The 20 round keys of Philox4x32-10 for key `seed`, each broadcast to a vector, into
+ * keys[2 r] and keys[2 r + 1] (round r): drawn once for all the blocks of a batch. */
+#define FD_VEC_ROUND_KEYS(SET1, seed, keys)                                                 \
     do {                                                                                    \
         uint32_t key0 = (uint32_t)(seed), key1 = (uint32_t)((seed) >> 32);                  \
         for (int round = 0; round < 10; ++round) {                                          \
@@ -158,11 +182,18 @@ static inline int fd_set_simd(int level)
                 key0 += FD_PHILOX_W0;                                                       \
                 key1 += FD_PHILOX_W1;                                                       \
             }                                                                               \
-            const __m##W##i k0 = SET1(key0), k1 = SET1(key1);                               \
-            FD_VEC_ROUND(W, a0, a1, a2, a3, m0, m1, k0, k1);                                \
-            FD_VEC_ROUND(W, b0, b1, b2, b3, m0, m1, k0, k1);                                \
+            keys[2 * round] = SET1(key0);                                                   \
+            keys[2 * round + 1] = SET1(key1);                                               \
         }                                                                                   \
     } while (0)
+
+/* Philox4x32-10 on every chain's counters with the round keys `keys` (FD_VEC_ROUND_KEYS),
+ * the chains' rounds interleaved. */
+#define FD_VEC_PHILOX10(W, CHAINS, keys, m0, m1)                                              \
+    for (int round = 0; round < 10; ++round) {                                              \
+        const __m##W##i k0 = keys[2 * round], k1 = keys[2 * round + 1];                     \
+        CHAINS(FD_CHAIN_ROUND, W, m0, m1, k0, k1)                                           \
+    }
 
 /* Lanes whose random bit differs from the threshold's are decided: dropped where T's is 1. */
 #define FD_VEC_DECIDE(W, random_bits, threshold_bit, undecided, dropped)                     \
@@ -178,16 +209,27 @@ static inline int fd_set_simd(int level)
 #define FD_VEC_JOIN(W, low, high, low32)                                                    \
     _mm##W##_or_si##W(_mm##W##_and_si##W(low, low32), _mm##W##_slli_epi64(high, 32))
 
-/* Keep bits of 2 * LANES words word, word + 1, ... in two chains of LANES 64-bit lanes
- * (a: the first LANES words, b: the next), whose independent multiplies hide each
- * other's latency: the body of a function with the instruction set's target attribute.
- * One body for both widths: W is 256 (AVX2, 4 lanes) or 512 (AVX-512F, 8 lanes);
- * LANE_INDEX holds 0 .. LANES-1 and ALL_ZERO(v) tests a vector for zero (FD_VEC_256 and
- * FD_VEC_512 list these five). Rounds are drawn until every lane of both chains is
- * decided, which never changes a word's bits. AFTER_BLOCK is a statement run after
- * every Philox block: empty here; dropout.h's fused kernels scale elements there, so
- * that their loads and stores overlap the arithmetic. */
-#define FD_VEC_MASK_BATCH_BODY(W, SET1, LANES, LANE_INDEX, ALL_ZERO, params, word, out,        \
+/* A block's two random words decide the chain's lanes at two bit positions. */
+#define FD_CHAIN_DECIDE(c, W, low32, bit_even, bit_odd)                                      \
+    FD_VEC_DECIDE(W, FD_VEC_JOIN(W, c##0, c##1, low32), bit_even, undecided_##c, dropped_##c); \
+    FD_VEC_DECIDE(W, FD_VEC_JOIN(W, c##2, c##3, low32), bit_odd, undecided_##c, dropped_##c);
+#define FD_CHAIN_ANY(c, W, any) any = _mm##W##_or_si##W(any, undecided_##c);
+#define FD_CHAIN_STORE(c, W, LANES, out)                                                     \
+    _mm##W##_storeu_si##W((__m##W##i *)((out) + FD_CHAIN_PLACE_##c * LANES),                \
+                          _mm##W##_xor_si##W(dropped_##c, FD_ALL_ONES_##W));
+#define FD_ALL_ONES_256 _mm256_set1_epi64x(-1)
+#define FD_ALL_ONES_512 _mm512_set1_epi64(-1)
+
+/* Keep bits of FD_GROUP_WORDS words word, word + 1, ... in CHAINS of LANES 64-bit lanes,
+ * whose independent multiplies hide each other's latency: the body of a function with
+ * the instruction set's target attribute. One body for both widths: W is 256 (AVX2, 4
+ * chains of 4 lanes) or 512 (AVX-512F, 2 chains of 8 lanes); LANE_INDEX holds 0 ..
+ * LANES-1 and ALL_ZERO(v) tests a vector for zero (FD_VEC_256 and FD_VEC_512 list these
+ * six). Rounds are drawn until every lane of every chain is decided, which never changes
+ * a word's bits. AFTER_BLOCK is a statement run after every Philox block: empty here;
+ * dropout.h's fused kernels scale elements there, so that their loads and stores overlap
+ * the arithmetic. */
+#define FD_VEC_MASK_BATCH_BODY(W, SET1, LANES, LANE_INDEX, ALL_ZERO, CHAINS, params, word, out, \
                                AFTER_BLOCK)                                                 \
     {                                                                                       \
         const uint64_t threshold = params->threshold;                                       \
@@ -195,56 +237,54 @@ static inline int fd_set_simd(int level)
         const __m##W##i m0 = SET1(FD_PHILOX_M0), m1 = SET1(FD_PHILOX_M1);                   \
         const __m##W##i stream0 = SET1((long long)(params->stream & 0xFFFFFFFF));           \
         const __m##W##i stream1 = SET1((long long)(params->stream >> 32));                  \
-        const __m##W##i words_a = _mm##W##_add_epi64(SET1((long long)word), LANE_INDEX);    \
-        const __m##W##i words_b = _mm##W##_add_epi64(words_a, SET1(LANES));                 \
-        /* counter word 0 is a word's low half: the lanes as they are (the multiplies     \
-         * read only the low halves) */                                                     \
-        const __m##W##i high_a = _mm##W##_srli_epi64(words_a, 32);                          \
-        const __m##W##i high_b = _mm##W##_srli_epi64(words_b, 32);                          \
-        __m##W##i undecided_a = SET1(-1), undecided_b = undecided_a;                        \
-        __m##W##i dropped_a = _mm##W##_setzero_si##W(), dropped_b = dropped_a;              \
+        __m##W##i keys[20];                                                                 \
+        FD_VEC_ROUND_KEYS(SET1, params->seed, keys);                                        \
+        CHAINS(FD_CHAIN_START, W, SET1, LANES, LANE_INDEX, word)                            \
         for (int block = 0; block < 32; ++block) {                                          \
             const __m##W##i block_bits = SET1((long long)block << FD_BLOCK_SHIFT);          \
-            __m##W##i a0 = words_a, a1 = _mm##W##_or_si##W(high_a, block_bits);             \
-            __m##W##i a2 = stream0, a3 = stream1;                                           \
-            __m##W##i b0 = words_b, b1 = _mm##W##_or_si##W(high_b, block_bits);             \
-            __m##W##i b2 = stream0, b3 = stream1;                                           \
-            FD_VEC_PHILOX10(W, SET1, a0, a1, a2, a3, b0, b1, b2, b3, params->seed, m0, m1); \
+            CHAINS(FD_CHAIN_COUNTERS, W, block_bits, stream0, stream1)                      \
+            FD_VEC_PHILOX10(W, CHAINS, keys, m0, m1);                                       \
             const int position_even = 63 - 2 * block, position_odd = 62 - 2 * block;       \
             const __m##W##i bit_even = SET1(-(long long)((threshold >> position_even) & 1)); \
             const __m##W##i bit_odd = SET1(-(long long)((threshold >> position_odd) & 1));  \
-            FD_VEC_DECIDE(W, FD_VEC_JOIN(W, a0, a1, low32), bit_even, undecided_a, dropped_a);     \
-            FD_VEC_DECIDE(W, FD_VEC_JOIN(W, b0, b1, low32), bit_even, undecided_b, dropped_b);     \
-            FD_VEC_DECIDE(W, FD_VEC_JOIN(W, a2, a3, low32), bit_odd, undecided_a, dropped_a);      \
-            FD_VEC_DECIDE(W, FD_VEC_JOIN(W, b2, b3, low32), bit_odd, undecided_b, dropped_b);      \
+            CHAINS(FD_CHAIN_DECIDE, W, low32, bit_even, bit_odd)                            \
             AFTER_BLOCK                                                                     \
-            const __m##W##i any = _mm##W##_or_si##W(undecided_a, undecided_b);              \
+            __m##W##i any = _mm##W##_setzero_si##W();                                       \
+            CHAINS(FD_CHAIN_ANY, W, any)                                                    \
             /* lanes still equal to T so far are >= T once T's remaining bits are zero */   \
             if (ALL_ZERO(any) || (threshold & ((UINT64_C(1) << position_odd) - 1)) == 0)    \
                 break;                                                                      \
         }                                                                                   \
-        const __m##W##i all = SET1(-1);                                                     \
-        _mm##W##_storeu_si##W((__m##W##i *)out, _mm##W##_xor_si##W(dropped_a, all));        \
-        _mm##W##_storeu_si##W((__m##W##i *)(out + LANES), _mm##W##_xor_si##W(dropped_b, all)); \
+        CHAINS(FD_CHAIN_STORE, W, LANES, out)                                               \
     }
 
 #define FD_ALL_ZERO_256(v) _mm256_testz_si256(v, v)
 #define FD_ALL_ZERO_512(v) (_mm512_test_epi64_mask(v, v) == 0)
-/* The first five arguments of FD_VEC_MASK_BATCH_BODY for each width (through
- * FD_VEC_BATCH, which expands them first). */
-#define FD_VEC_256 256, _mm256_set1_epi64x, 4, _mm256_set_epi64x(3, 2, 1, 0), FD_ALL_ZERO_256
+/* The first six arguments of FD_VEC_MASK_BATCH_BODY for each width (through
+ * FD_VEC_BATCH, which expands them first): a group of FD_GROUP_WORDS words a call. */
+#define FD_VEC_256 256, _mm256_set1_epi64x, 4, _mm256_set_epi64x(3, 2, 1, 0), FD_ALL_ZERO_256, \
+                   FD_CHAINS_4
+/* AVX2 in two chains: half a group (8 words) a call. The fused kernels' pipelined draw
+ * takes it, as its scaling between blocks needs registers that four chains hold. */
+#define FD_VEC_256_HALF 256, _mm256_set1_epi64x, 4, _mm256_set_epi64x(3, 2, 1, 0),          \
+                        FD_ALL_ZERO_256, FD_CHAINS_2
 #define FD_VEC_512 512, _mm512_set1_epi64, 8, _mm512_set_epi64(7, 6, 5, 4, 3, 2, 1, 0),     \
-                   FD_ALL_ZERO_512
+                   FD_ALL_ZERO_512, FD_CHAINS_2
 #define FD_VEC_BATCH(...) FD_VEC_MASK_BATCH_BODY(__VA_ARGS__)
 
-/* FD_BATCH_WORDS (8) words with AVX2. */
-__attribute__((target("avx2"))) static void fd_mask_words_batch_avx2(
-    const fd_mask_params *params, uint64_t word, uint64_t out[FD_BATCH_WORDS])
+/* FD_GROUP_WORDS words with AVX2, in four chains. */
+__attribute__((target("avx2"))) static void fd_mask_words_16_avx2(
+    const fd_mask_params *params, uint64_t word, uint64_t out[FD_GROUP_WORDS])
 FD_VEC_BATCH(FD_VEC_256, params, word, out, )
 
-/* Sixteen words on AVX-512F: half the instructions of the AVX2 batch per word. */
+/* Half a group with AVX2, in two chains. */
+__attribute__((target("avx2"))) static void fd_mask_words_8_avx2(
+    const fd_mask_params *params, uint64_t word, uint64_t out[FD_GROUP_WORDS / 2])
+FD_VEC_BATCH(FD_VEC_256_HALF, params, word, out, )
+
+/* FD_GROUP_WORDS words on AVX-512F: half the instructions of the AVX2 batch per word. */
 __attribute__((target("avx512f"))) static void fd_mask_words_16_avx512(
-    const fd_mask_params *params, uint64_t word, uint64_t out[2 * FD_BATCH_WORDS])
+    const fd_mask_params *params, uint64_t word, uint64_t out[FD_GROUP_WORDS])
 FD_VEC_BATCH(FD_VEC_512, params, word, out, )
 #else
 #define FD_HAVE_AVX2_PATH 0
@@ -252,33 +292,27 @@ static inline int fd_simd_enabled(void) { return 0; }
 static inline int fd_set_simd(int level) { (void)level; return 0; }
 #endif
 
-static inline void fd_mask_words_batch(const fd_mask_params *params, uint64_t word,
-                                       uint64_t out[FD_BATCH_WORDS])
-{
-#if FD_HAVE_AVX2_PATH
-    if (!params->drop_all && params->threshold != 0 && fd_simd_enabled()) {
-        fd_mask_words_batch_avx2(params, word, out);
-        return;
-    }
-#endif
-    for (int w = 0; w < FD_BATCH_WORDS; ++w)
-        out[w] = fd_global_mask_word(params, word + (uint64_t)w);
-}
-
-/* Mask words the kernels draw at a time (fd_local_words): two batches, or one AVX-512 step. */
-#define FD_GROUP_WORDS (2 * FD_BATCH_WORDS)
-
+/* Keep bits of global words word .. word + FD_GROUP_WORDS - 1 (any p), into out. */
 static inline void fd_mask_words_ahead(const fd_mask_params *params, uint64_t word,
                                        uint64_t out[FD_GROUP_WORDS])
 {
 #if FD_HAVE_AVX2_PATH
-    if (!params->drop_all && params->threshold != 0 && fd_simd_enabled() >= 2) {
-        fd_mask_words_16_avx512(params, word, out);
+    if (!params->drop_all && params->threshold != 0 && fd_simd_enabled()) {
+        if (fd_simd_enabled() >= 2) {
+            fd_mask_words_16_avx512(params, word, out);
+        } else if ((params->threshold & ((UINT64_C(1) << 62) - 1)) == 0) {
+            /* one Philox block decides every lane (p = 0.25, 0.5, 0.75): four chains
+             * hide the multiplies' latency best */
+            fd_mask_words_16_avx2(params, word, out);
+        } else { /* more blocks: four chains' state spills, two chains' does not */
+            fd_mask_words_8_avx2(params, word, out);
+            fd_mask_words_8_avx2(params, word + FD_GROUP_WORDS / 2, out + FD_GROUP_WORDS / 2);
+        }
         return;
     }
 #endif
-    fd_mask_words_batch(params, word, out);
-    fd_mask_words_batch(params, word + FD_BATCH_WORDS, out + FD_BATCH_WORDS);
+    for (int w = 0; w < FD_GROUP_WORDS; ++w)
+        out[w] = fd_global_mask_word(params, word + (uint64_t)w);
 }
 
 /* A local mask word of a call whose element 0 is bit `shift` (1..63) of a global word:

@@ -187,7 +187,8 @@ static inline double fd_standard_normal(uint64_t random_word)
 FD_DEFINE_NORMAL_BATCH(_portable, , FD_NORMAL_WORDS_SCALAR)
 
 #if FD_HAVE_AVX2_PATH
-/* Eight Philox blocks side by side in 64-bit vector lanes (as fd_mask_words_batch_avx2). */
+/* Eight Philox blocks side by side in 64-bit vector lanes, two chains of four (as
+ * fd_mask_words_16_avx2's four). */
 __attribute__((target("avx2"))) static inline void fd_normal_words_avx2(
     uint64_t seed, uint64_t stream, uint64_t block, uint64_t words[16])
 {
@@ -203,7 +204,9 @@ __attribute__((target("avx2"))) static inline void fd_normal_words_avx2(
     __m256i b1 = _mm256_or_si256(_mm256_srli_epi64(blocks_b, 32), domain);
     __m256i a2 = _mm256_set1_epi64x((long long)(stream & 0xFFFFFFFF)), b2 = a2;
     __m256i a3 = _mm256_set1_epi64x((long long)(stream >> 32)), b3 = a3;
-    FD_VEC_PHILOX10(256, _mm256_set1_epi64x, a0, a1, a2, a3, b0, b1, b2, b3, seed, m0, m1);
+    __m256i keys[20];
+    FD_VEC_ROUND_KEYS(_mm256_set1_epi64x, seed, keys);
+    FD_VEC_PHILOX10(256, FD_CHAINS_2, keys, m0, m1);
     uint64_t even[8], odd[8];
     _mm256_storeu_si256((__m256i *)even, FD_VEC_JOIN(256, a0, a1, low32));
     _mm256_storeu_si256((__m256i *)(even + 4), FD_VEC_JOIN(256, b0, b1, low32));
