@@ -220,12 +220,13 @@ static inline int fd_set_simd(int level)
 #define FD_ALL_ONES_256 _mm256_set1_epi64x(-1)
 #define FD_ALL_ONES_512 _mm512_set1_epi64(-1)
 
-/* Keep bits of FD_GROUP_WORDS words word, word + 1, ... in CHAINS of LANES 64-bit lanes,
+/* Keep bits of the words word, word + 1, ... in CHAINS of LANES 64-bit lanes each,
  * whose independent multiplies hide each other's latency: the body of a function with
- * the instruction set's target attribute. One body for both widths: W is 256 (AVX2, 4
- * chains of 4 lanes) or 512 (AVX-512F, 2 chains of 8 lanes); LANE_INDEX holds 0 ..
- * LANES-1 and ALL_ZERO(v) tests a vector for zero (FD_VEC_256 and FD_VEC_512 list these
- * six). Rounds are drawn until every lane of every chain is decided, which never changes
+ * the instruction set's target attribute. One body for both widths: W is 256 (AVX2: 4
+ * chains of 4 lanes, a group of FD_GROUP_WORDS words; or 2 chains, half a group) or 512
+ * (AVX-512F, 2 chains of 8 lanes, a group); LANE_INDEX holds 0 .. LANES-1 and
+ * ALL_ZERO(v) tests a vector for zero (FD_VEC_256, FD_VEC_256_HALF and FD_VEC_512 list
+ * these six). Rounds are drawn until every lane of every chain is decided, which never changes
  * a word's bits. AFTER_BLOCK is a statement run after every Philox block: empty here;
  * dropout.h's fused kernels scale elements there, so that their loads and stores overlap
  * the arithmetic. */
