@@ -53,8 +53,8 @@ def usual_call(x, p, seed, stream, offset, bint inplace, bint bits16=False):
     """Whether ``dropout(x, p, seed=seed, stream=stream, offset=offset, inplace=inplace)`` is usual.
 
     Usual: x an ndarray (exact type), C-contiguous, aligned, float16/32/64 in native
-    byte order -- or, with ``bits16`` (the call's ``dtype="bfloat16"``), uint16
-    bfloat16 bit patterns -- (writeable in place); p a float in [0, 1]; offset an int with
+    byte order -- or, with ``bits16`` (the call's ``dtype="bfloat16"``), uint16 bfloat16
+    bit patterns -- (writeable in place); p a float in [0, 1]; offset an int with
     0 <= offset <= 2**63 - x.size; seed an int in [0, 2**64) with stream None (0) or
     such an int, or seed None or a StreamSource with stream None.
 
@@ -90,9 +90,9 @@ def usual_call(x, p, seed, stream, offset, bint inplace, bint bits16=False):
 def usual_backward(grad, mask, p, bint inplace, bint bits16=False):
     """Whether ``dropout_backward(grad, mask, p=p, inplace=inplace)`` is usual.
 
-    Usual: grad as `usual_call` takes x (``bits16``: uint16 bfloat16 bit patterns); mask a DropoutMask of grad's exact shape with
-    p None, or raw words (an exact uint64 ndarray, 1-D, C-contiguous, ceil(n/64) of
-    them) with p a float in [0, 1].
+    Usual: grad as `usual_call` takes x (``bits16``: uint16 bfloat16 bit patterns); mask
+    a DropoutMask of grad's exact shape with p None, or raw words (an exact uint64
+    ndarray, 1-D, C-contiguous, ceil(n/64) of them) with p a float in [0, 1].
 
     Returns
     -------

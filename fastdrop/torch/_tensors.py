@@ -143,10 +143,7 @@ def _thread_count(tensor):
 
 def _threaded(tensor, function, *arguments, **options):
     """`_run` on the thread count `_threads` chooses."""
-    threads = _threads(tensor)
-    if threads is None:  # one thread whatever the setting: no with-block to enter
-        return _run(function, tensor, *arguments, **options)
-    with num_threads(threads):
+    with _thread_count(tensor):
         return _run(function, tensor, *arguments, **options)
 
 

@@ -226,10 +226,10 @@ static inline int fd_set_simd(int level)
  * chains of 4 lanes, a group of FD_GROUP_WORDS words; or 2 chains, half a group) or 512
  * (AVX-512F, 2 chains of 8 lanes, a group); LANE_INDEX holds 0 .. LANES-1 and
  * ALL_ZERO(v) tests a vector for zero (FD_VEC_256, FD_VEC_256_HALF and FD_VEC_512 list
- * these six). Rounds are drawn until every lane of every chain is decided, which never changes
- * a word's bits. AFTER_BLOCK is a statement run after every Philox block: empty here;
- * dropout.h's fused kernels scale elements there, so that their loads and stores overlap
- * the arithmetic. */
+ * these six). Rounds are drawn until every lane of every chain is decided, which never
+ * changes a word's bits. AFTER_BLOCK is a statement run after every Philox block: empty
+ * here; dropout.h's fused kernels scale elements there, so that their loads and stores
+ * overlap the arithmetic. */
 #define FD_VEC_MASK_BATCH_BODY(W, SET1, LANES, LANE_INDEX, ALL_ZERO, CHAINS, params, word, out, \
                                AFTER_BLOCK)                                                 \
     {                                                                                       \

@@ -308,8 +308,8 @@ def dropout_plain(x, bint inplace, uint64_t threshold, bint drop_all, double sca
 
     The API's one-step path for the usual call, in one C step: x is an ndarray,
     C-contiguous, aligned, native float16/32/64 or uint16 bfloat16 bits (writeable in
-    place); T, drop_all, s, seed, stream and offset are checked. y is x in place, else a new C-ordered
-    array; the bits are those of `scale_by_stream`.
+    place); T, drop_all, s, seed, stream and offset are checked. y is x in place, else a
+    new C-ordered array; the bits are those of `scale_by_stream`.
     """
     cdef cnp.ndarray array = <cnp.ndarray>x
     cdef fd_mask_params params

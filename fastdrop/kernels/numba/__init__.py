@@ -75,9 +75,9 @@ def _run(serial, parallel, args, n, threads, units=None):
 def dropout_plain(x, inplace, threshold, drop_all, scale, seed, stream, offset, threads):
     """Fused forward of a whole C-contiguous array, in place or into a new array: ``(y, words)``.
 
-    The API's one-step path for the usual call: x is an ndarray, C-contiguous,
-    aligned, native float16/32/64 or uint16 bfloat16 bits (writeable in place); T,
-    drop_all, s, seed, stream and offset are checked. A single thread's work goes straight to
+    The API's one-step path for the usual call: x is an ndarray, C-contiguous, aligned,
+    native float16/32/64 or uint16 bfloat16 bits (writeable in place); T, drop_all, s,
+    seed, stream and offset are checked. A single thread's work goes straight to
     `plain_range` with Python numbers, which Numba's dispatcher types fastest.
     """
     n = x.size
