@@ -267,8 +267,7 @@ static inline fd_bfloat16 fd_keep_bf16(fd_bfloat16 value, float scale, uint32_t 
  * needs the next group's first global word: that word is scaled after the batch. */
 static inline int fd_pipeline_takes(const fd_mask_params *params, const void *target)
 {
-    return target && !params->drop_all &&
-           (params->threshold & ((UINT64_C(1) << 62) - 1)) != 0 && fd_simd_enabled();
+    return target && !params->drop_all && !fd_one_block_decides(params) && fd_simd_enabled();
 }
 #define FD_PIPELINE_TAKE(SUFFIX, VARIANT)                                                   \
     if (fd_pipeline_takes(params, target)) {                                                \

@@ -82,6 +82,13 @@ static inline uint64_t fd_global_mask_word(const fd_mask_params *params, uint64_
                                                params->threshold);
 }
 
+/* Whether one Philox block decides every lane of a word: T's bits below its top two are
+ * zero (p = 0, 0.25, 0.5, 0.75), so the first block's two random words settle each lane. */
+static inline int fd_one_block_decides(const fd_mask_params *params)
+{
+    return (params->threshold & ((UINT64_C(1) << 62) - 1)) == 0;
+}
+
 /* Keep bits of FD_GROUP_WORDS consecutive global words word, word + 1, ... at once.
  *
  * The same bits as fd_global_mask_word. On x86-64 CPUs with AVX2 (detected at run
@@ -301,7 +308,7 @@ static inline void fd_mask_words_ahead(const fd_mask_params *params, uint64_t wo
     if (!params->drop_all && params->threshold != 0 && fd_simd_enabled()) {
         if (fd_simd_enabled() >= 2) {
             fd_mask_words_16_avx512(params, word, out);
-        } else if ((params->threshold & ((UINT64_C(1) << 62) - 1)) == 0) {
+        } else if (fd_one_block_decides(params)) {
             /* one Philox block decides every lane (p = 0.25, 0.5, 0.75): four chains
              * hide the multiplies' latency best */
             fd_mask_words_16_avx2(params, word, out);
