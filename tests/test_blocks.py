@@ -60,11 +60,16 @@ def noise_shape_of(shape):
     return tuple(extent if axis in (0, len(shape) - 1) else 1 for axis, extent in enumerate(shape))
 
 
-@pytest.mark.parametrize("offset", OFFSETS)
-@pytest.mark.parametrize("global_shape", GLOBAL_SHAPES, ids=str)
 @pytest.mark.parametrize("name", list(CALLS))
 @pytest.mark.parametrize("backend", ALL_BACKENDS)
-def test_every_block_gets_its_part_of_the_whole(backend, name, global_shape, offset):
+def test_every_block_gets_its_part_of_the_whole(backend, name, subtests):
+    for global_shape in GLOBAL_SHAPES:
+        for offset in OFFSETS:
+            with subtests.test(global_shape=global_shape, offset=offset):
+                check_blocks(backend, name, global_shape, offset)
+
+
+def check_blocks(backend, name, global_shape, offset):
     function, options = CALLS[name]
     options = dict(options)
     if "noise_shape" in options:
@@ -174,8 +179,13 @@ BAD_BLOCKS = [
 
 
 @pytest.mark.parametrize("backend", ALL_BACKENDS)
-@pytest.mark.parametrize("case", BAD_BLOCKS, ids=lambda case: case[0])
-def test_bad_blocks_raise_and_write_nothing(case, backend):
+def test_bad_blocks_raise_and_write_nothing(backend, subtests):
+    for case in BAD_BLOCKS:
+        with subtests.test(case=case[0]):
+            check_bad_block(backend, case)
+
+
+def check_bad_block(backend, case):
     _, where, error, fragment = case
     x = sample((3, 4), np.float32)
     before = x.copy()
