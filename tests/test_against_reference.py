@@ -38,6 +38,7 @@ from tests.util import (
     awkward,
     bits,
     broadcast_dims_of,
+    for_each,
     reference_keep,
     registry,
     sample,
@@ -307,13 +308,6 @@ def noise_of(n, p, offset):
     return noise
 
 
-def each_p(subtests, ps, check, *args):
-    """``check(*args, p)`` for every p of ``ps``, each a subtest."""
-    for p in ps:
-        with subtests.test(p=p):
-            check(*args, p)
-
-
 def offsets_for(backend, case):
     """Every offset on the compiled backends; the reference runs one of them per case, in turn.
 
@@ -326,7 +320,7 @@ def offsets_for(backend, case):
 
 @pytest.mark.parametrize("case", CASE_IDS)
 def test_dropout_with_noise_shape_is_bit_identical(any_backend, case, subtests):
-    each_p(subtests, VARIANT_PS, check_dropout_with_noise_shape, any_backend, case)
+    for_each(subtests, check_dropout_with_noise_shape, any_backend, case, p=VARIANT_PS)
 
 
 def check_dropout_with_noise_shape(any_backend, case, p):
@@ -357,9 +351,8 @@ def check_dropout_with_noise_shape(any_backend, case, p):
 
 def test_broadcast_dims_equals_the_noise_shape(any_backend, subtests):
     """broadcast_dims becomes a noise shape before the kernels: the cases loop (subtests)."""
-    for case in [c for c in CASE_IDS if NOISE_CASES[c][1] is not None]:
-        with subtests.test(case=case):
-            check_broadcast_dims(any_backend, case)
+    for_each(subtests, check_broadcast_dims, any_backend,
+             case=[c for c in CASE_IDS if NOISE_CASES[c][1] is not None])
 
 
 def check_broadcast_dims(any_backend, case):
@@ -391,7 +384,7 @@ def check_broadcast_dims(any_backend, case):
 
 @pytest.mark.parametrize("case", CASE_IDS)
 def test_alpha_dropout_is_bit_identical(any_backend, case, subtests):
-    each_p(subtests, VARIANT_PS, check_alpha_dropout, any_backend, case)
+    for_each(subtests, check_alpha_dropout, any_backend, case, p=VARIANT_PS)
 
 
 def check_alpha_dropout(any_backend, case, p):
@@ -425,7 +418,7 @@ def check_alpha_dropout(any_backend, case, p):
 
 @pytest.mark.parametrize("case", CASE_IDS)
 def test_backward_from_a_broadcast_mask_is_bit_identical(any_backend, case, subtests):
-    each_p(subtests, VARIANT_PS, check_backward_from_a_broadcast_mask, any_backend, case)
+    for_each(subtests, check_backward_from_a_broadcast_mask, any_backend, case, p=VARIANT_PS)
 
 
 def check_backward_from_a_broadcast_mask(any_backend, case, p):
@@ -462,7 +455,7 @@ def check_backward_from_a_broadcast_mask(any_backend, case, p):
 
 
 def test_apply_mask_with_raw_words_and_p(any_backend, subtests):
-    each_p(subtests, (0.0, 0.3, 1.0), check_apply_mask_with_raw_words, any_backend)
+    for_each(subtests, check_apply_mask_with_raw_words, any_backend, p=(0.0, 0.3, 1.0))
 
 
 def check_apply_mask_with_raw_words(any_backend, p):
@@ -504,9 +497,7 @@ CHANNEL_CASES = {
 
 def test_channel_and_feature_alpha_dropout_are_their_noise_shapes(any_backend, subtests):
     """The channel axes become a noise shape before the kernels: the cases loop (subtests)."""
-    for case in CHANNEL_CASES:
-        with subtests.test(case=case):
-            each_p(subtests, (0.1, 0.5, 1.0), check_channel_variants, any_backend, case)
+    for_each(subtests, check_channel_variants, any_backend, case=CHANNEL_CASES, p=(0.1, 0.5, 1.0))
 
 
 def check_channel_variants(any_backend, case, p):
@@ -555,7 +546,7 @@ GAUSSIAN_SHAPES = [(0,), (), (1,), (2,), (63,), (64,), (65,), (1000,), (7, 67), 
 
 @pytest.mark.parametrize("shape", GAUSSIAN_SHAPES, ids=str)
 def test_gaussian_dropout_is_bit_identical(any_backend, shape, subtests):
-    each_p(subtests, GAUSSIAN_PS, check_gaussian_dropout, any_backend, shape)
+    for_each(subtests, check_gaussian_dropout, any_backend, shape, p=GAUSSIAN_PS)
 
 
 def check_gaussian_dropout(any_backend, shape, p):
@@ -648,7 +639,7 @@ def test_normal_transform_of_chosen_words_is_bit_identical(compiled_backend):
 @pytest.mark.skipif("cython" not in fastdrop.available_backends(), reason="extension not built")
 @pytest.mark.parametrize("simd", [2, 1, 0])
 def test_cython_simd_and_portable_paths_agree_with_reference(simd, subtests):
-    each_p(subtests, PS, check_cython_simd_path, simd)
+    for_each(subtests, check_cython_simd_path, simd, p=PS)
 
 
 def check_cython_simd_path(simd, p):

@@ -3,15 +3,13 @@ import numpy as np
 import pytest
 
 import fastdrop
-from tests.util import FLOAT_DTYPES, bits
+from tests.util import FLOAT_DTYPES, bits, for_each
 
 
 @pytest.mark.parametrize("dtype", FLOAT_DTYPES)
 def test_backward_is_grad_times_mask_over_keep_probability(any_backend, dtype, subtests):
-    for p in (0.0, 0.2, 0.5, 0.85, 1.0):
-        for offset in (0, 33):
-            with subtests.test(p=p, offset=offset):
-                check_backward(any_backend, dtype, p, offset)
+    for_each(subtests, check_backward, any_backend, dtype, p=(0.0, 0.2, 0.5, 0.85, 1.0),
+             offset=(0, 33))
 
 
 def check_backward(any_backend, dtype, p, offset):

@@ -8,6 +8,7 @@ function that takes arrays or draws masks has an entry.
 """
 import dataclasses
 import functools
+import itertools
 import math
 import zlib
 from typing import Callable
@@ -53,6 +54,20 @@ def assert_same_record(record, expected):
     if isinstance(expected, fastdrop.DropoutMask):
         assert record.words.dtype == np.uint64
         assert np.array_equal(record.words, expected.words)
+
+
+def for_each(subtests, check, /, *arguments, **axes):
+    """``check(*arguments, **case)`` for every combination of the axes' values, each a subtest.
+
+    A failure names its case (``p=0.5, offset=3``) and the other cases still run: the
+    loop of a test whose cases share one code path (bottleneck's and numpy's habit),
+    where parametrising would multiply test IDs.
+    """
+    names = list(axes)
+    for values in itertools.product(*axes.values()):
+        case = dict(zip(names, values))
+        with subtests.test(**case):
+            check(*arguments, **case)
 
 
 # ---------------------------------------------------------------- samples
