@@ -27,6 +27,7 @@ from tests.util import (
     assert_bits_equal,
     broadcast_dims_of,
     channel_noise,
+    for_each,
     sample,
 )
 
@@ -149,16 +150,15 @@ def compute_all(arrays, scheduler="sync"):
 
 # ------------------------------------------------------------------ invariance
 
-def _invariance_params():
-    for shape in CHUNKINGS:
-        for case in CASES:
-            if len(shape) >= case.min_ndim:
-                yield pytest.param(case, shape, id=f"{case}-{'x'.join(map(str, shape))}")
-
-
 @pytest.mark.parametrize("backend", ALL_BACKENDS)
-@pytest.mark.parametrize(("case", "shape"), list(_invariance_params()))
-def test_every_chunking_gives_the_in_memory_result(case, shape, backend):
+@pytest.mark.parametrize("case", CASES, ids=str)
+def test_every_chunking_gives_the_in_memory_result(case, backend, subtests):
+    """Each shape's chunkings (subtests: the blocks' global indices are worked out alike)."""
+    for_each(subtests, check_every_chunking, case, backend,
+             shape=[shape for shape in CHUNKINGS if len(shape) >= case.min_ndim])
+
+
+def check_every_chunking(case, backend, shape):
     values = sample(shape, np.float32)
     expected = case.memory(values, BIG_OFFSET)
     tested = chunkings(shape, backend)
@@ -530,36 +530,39 @@ def watched():
     return values, x, ran
 
 
-BAD_ARGUMENTS = [  # (name, function, p, keywords, exception, fragment)
-    ("p above 1", "dropout", 1.5, {}, ValueError, r"p=1\.5"),
-    ("p NaN", "alpha_dropout", float("nan"), {}, ValueError, "p=nan"),
-    ("p a string", "dropout", "0.5", {}, TypeError, "real number"),
-    ("gaussian p 1", "gaussian_dropout", 1.0, {}, ValueError, "p < 1"),
-    ("seed negative", "dropout", 0.5, dict(seed=-1), ValueError, "seed=-1"),
-    ("seed float", "dropout", 0.5, dict(seed=1.0), TypeError, "seed"),
-    ("stream too large", "dropout", 0.5, dict(seed=1, stream=2**64), ValueError, "stream"),
-    ("stream without a seed", "dropout", 0.5, dict(seed=None, stream=3), ValueError,
-     "without an integer seed"),
-    ("offset negative", "dropout", 0.5, dict(offset=-1), ValueError, "offset"),
-    ("offset past 2**63", "gaussian_dropout", 0.5, dict(offset=2**63 - 10), ValueError,
-     r"2\*\*63"),
-    ("noise shape", "dropout", 0.5, dict(noise_shape=(5, 1)), ValueError, "does not broadcast"),
-    ("noise shape and broadcast_dims", "dropout", 0.5, dict(noise_shape=(6, 1), broadcast_dims=1),
-     ValueError, "either"),
-    ("broadcast axis", "alpha_dropout", 0.5, dict(broadcast_dims=2), ValueError, "out of range"),
-    ("channel dropout of 2-d", "channel_dropout", 0.5, {}, ValueError, "3 or more"),
-    ("channel axis", "feature_alpha_dropout", 0.5, dict(batch_axis=None, channel_axis=2),
-     ValueError, "channel_axis=2"),
-    ("backend", "dropout", 0.5, dict(backend="cuda"), ValueError, "unknown backend"),
-    ("dtype request", "dropout", 0.5, dict(dtype="float8"), TypeError, "dtype="),
-    ("recompute without a stream", "dropout_backward_recompute", 0.5, dict(seed=1, stream=None),
-     TypeError, "stream"),
-]
+BAD_ARGUMENTS = {  # name -> (function, p, keywords, exception, fragment)
+    "p above 1": ("dropout", 1.5, {}, ValueError, r"p=1\.5"),
+    "p NaN": ("alpha_dropout", float("nan"), {}, ValueError, "p=nan"),
+    "p a string": ("dropout", "0.5", {}, TypeError, "real number"),
+    "gaussian p 1": ("gaussian_dropout", 1.0, {}, ValueError, "p < 1"),
+    "seed negative": ("dropout", 0.5, dict(seed=-1), ValueError, "seed=-1"),
+    "seed float": ("dropout", 0.5, dict(seed=1.0), TypeError, "seed"),
+    "stream too large": ("dropout", 0.5, dict(seed=1, stream=2**64), ValueError, "stream"),
+    "stream without a seed": ("dropout", 0.5, dict(seed=None, stream=3), ValueError,
+        "without an integer seed"),
+    "offset negative": ("dropout", 0.5, dict(offset=-1), ValueError, "offset"),
+    "offset past 2**63": ("gaussian_dropout", 0.5, dict(offset=2**63 - 10), ValueError,
+        r"2\*\*63"),
+    "noise shape": ("dropout", 0.5, dict(noise_shape=(5, 1)), ValueError, "does not broadcast"),
+    "noise shape and broadcast_dims": ("dropout", 0.5, dict(noise_shape=(6, 1), broadcast_dims=1),
+        ValueError, "either"),
+    "broadcast axis": ("alpha_dropout", 0.5, dict(broadcast_dims=2), ValueError, "out of range"),
+    "channel dropout of 2-d": ("channel_dropout", 0.5, {}, ValueError, "3 or more"),
+    "channel axis": ("feature_alpha_dropout", 0.5, dict(batch_axis=None, channel_axis=2),
+        ValueError, "channel_axis=2"),
+    "backend": ("dropout", 0.5, dict(backend="cuda"), ValueError, "unknown backend"),
+    "dtype request": ("dropout", 0.5, dict(dtype="float8"), TypeError, "dtype="),
+    "recompute without a stream": ("dropout_backward_recompute", 0.5, dict(seed=1, stream=None),
+        TypeError, "stream"),
+}
 
 
-@pytest.mark.parametrize("case", BAD_ARGUMENTS, ids=lambda case: case[0])
-def test_bad_arguments_raise_the_in_memory_error_when_called(case, watched):
-    _, function, p, keywords, error, fragment = case
+def test_bad_arguments_raise_the_in_memory_error_when_called(watched, subtests):
+    for_each(subtests, check_bad_arguments, watched, case=BAD_ARGUMENTS)
+
+
+def check_bad_arguments(watched, case):
+    function, p, keywords, error, fragment = BAD_ARGUMENTS[case]
     values, x, ran = watched
     keywords = {"seed": 1, **keywords}
     with pytest.raises(error, match=fragment) as in_memory:
@@ -570,12 +573,15 @@ def test_bad_arguments_raise_the_in_memory_error_when_called(case, watched):
     assert ran == []  # raised by the call itself: no task of x ran
 
 
-@pytest.mark.parametrize("source", ["generator", "default"])
-@pytest.mark.parametrize("case", [case for case in BAD_ARGUMENTS if "seed" not in case[3]
-                                  and case[1] != "dropout_backward_recompute"],
-                         ids=lambda case: case[0])
-def test_a_failed_call_takes_no_stream(case, source, watched):
-    _, function, p, keywords, error, fragment = case
+def test_a_failed_call_takes_no_stream(watched, subtests):
+    for_each(subtests, check_failed_call_takes_no_stream, watched,
+             case=[name for name, (function, _, keywords, _, _) in BAD_ARGUMENTS.items()
+                   if "seed" not in keywords and function != "dropout_backward_recompute"],
+             source=["generator", "default"])
+
+
+def check_failed_call_takes_no_stream(watched, case, source):
+    function, p, keywords, error, fragment = BAD_ARGUMENTS[case]
     _, x, ran = watched
     taken_from = fastdrop.Generator(4) if source == "generator" else fastdrop.default_generator()
     before = taken_from.state
