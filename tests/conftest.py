@@ -1,4 +1,9 @@
-"""Shared fixtures: the backend registry drives every cross-backend test (the rest: util.py)."""
+"""Shared fixtures: the backend registry drives every cross-backend test (the rest: util.py).
+
+Under pytest-xdist (the default: ``-n auto --dist loadgroup`` in pyproject.toml) the
+tests that run on the Numba backend share one worker, so each Numba kernel compiles
+once per run rather than once per worker.
+"""
 import pytest
 
 import fastdrop
@@ -21,3 +26,16 @@ def threads():
     before = fastdrop.get_num_threads()
     yield
     fastdrop.set_num_threads(before)
+
+
+def runs_on_numba(item):
+    """Whether a collected test is parametrised with the Numba backend."""
+    callspec = getattr(item, "callspec", None)
+    return callspec is not None and any(
+        isinstance(value, str) and value == "numba" for value in callspec.params.values())
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        if runs_on_numba(item):
+            item.add_marker(pytest.mark.xdist_group("numba"))

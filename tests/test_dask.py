@@ -28,12 +28,13 @@ from tests.util import (
     broadcast_dims_of,
     channel_noise,
     for_each,
+    require,
     sample,
 )
 
-dask = pytest.importorskip("dask")
-da = pytest.importorskip("dask.array")
-fdd = pytest.importorskip("fastdrop.dask")
+dask = require("dask", "dask")
+da = require("dask.array", "dask")
+fdd = require("fastdrop.dask", "dask")
 
 P, SEED, STREAM = 0.4, 0x5EED_F00D_0123_4567, 41
 BIG_OFFSET = 2**40 + 3
@@ -367,7 +368,7 @@ def package_on_path():
 @pytest.fixture(scope="module")
 def client(package_on_path):
     """A two-process local cluster on 127.0.0.1, stopped after this module's tests."""
-    distributed = pytest.importorskip("distributed")
+    distributed = require("distributed", "dask")
     with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
                                   host="127.0.0.1", dashboard_address="127.0.0.1:0",
                                   protocol="tcp://", silence_logs=40) as cluster, \
@@ -430,7 +431,7 @@ def test_a_distributed_cluster_gives_the_same_bits(client, package_on_path):
 
 def test_tasks_run_again_after_a_worker_is_lost_give_the_same_bits(client):
     """Blocks held by a restarted worker are recomputed on demand, from the same graph."""
-    distributed = pytest.importorskip("distributed")
+    distributed = require("distributed", "dask")
     values = sample((64, 300), np.float32)
     y, _ = fdd.dropout(da.from_array(values, chunks=(8, 75)), P, seed=fastdrop.Generator(8))
     expected, _ = fastdrop.dropout(values, P, seed=8, stream=0)
@@ -657,7 +658,7 @@ def test_a_bad_out_or_scheduler_writes_nothing(watched):
 
 
 def test_nothing_reaches_a_zarr_store_from_a_bad_call(tmp_path, watched):
-    zarr = pytest.importorskip("zarr")
+    zarr = require("zarr", "dask")
     values, x, ran = watched
     store = zarr.open_array(str(tmp_path / "out.zarr"), mode="w", shape=values.shape,
                             chunks=(4, 37), dtype=np.float32, fill_value=-1.0)
@@ -674,7 +675,7 @@ def test_nothing_reaches_a_zarr_store_from_a_bad_call(tmp_path, watched):
 
 
 def test_the_dask_page_examples_run_and_say_what_they_claim(tmp_path, monkeypatch):
-    zarr = pytest.importorskip("zarr")
+    zarr = require("zarr", "dask")
     page = Path(__file__).resolve().parent.parent / "docs" / "dask.md"
     blocks = [block for block in re.findall(r"```python\n(.*?)```", page.read_text(), flags=re.S)
               if "--8<--" not in block]  # the example's script, quoted whole, runs in its test

@@ -22,9 +22,9 @@ import numpy as np
 import pytest
 
 import fastdrop
-from tests.util import bits, for_each, sample
+from tests.util import bits, for_each, require, sample
 
-torch = pytest.importorskip("torch")
+torch = require("torch", "torch")
 
 from torch.nn.modules.dropout import _DropoutNd  # noqa: E402
 from torch.utils._python_dispatch import TorchDispatchMode  # noqa: E402

@@ -14,6 +14,7 @@ import zlib
 from typing import Callable
 
 import numpy as np
+import pytest
 
 import fastdrop
 from fastdrop import reference
@@ -54,6 +55,17 @@ def assert_same_record(record, expected):
     if isinstance(expected, fastdrop.DropoutMask):
         assert record.words.dtype == np.uint64
         assert np.array_equal(record.words, expected.words)
+
+
+def require(module, extra):
+    """``module`` imported, or the test (or, at module level, the file) skipped.
+
+    The reason names the extra of pyproject.toml that installs it, so a run with only
+    the test extra says what to install. ImportError (not only ModuleNotFoundError):
+    fastdrop's integrations raise it, with the extra's name, when their host is missing.
+    """
+    return pytest.importorskip(module, reason=f'needs {module}: pip install "fastdrop[{extra}]"',
+                               exc_type=ImportError)
 
 
 def for_each(subtests, check, /, *arguments, **axes):
