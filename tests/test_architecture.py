@@ -129,6 +129,15 @@ def test_imports_only_run_down_the_layers():
     assert upward == []
 
 
+def test_upper_layers_reach_private_modules_through_internal_only():
+    """nn, cli, bench and the integrations use public names, or fastdrop._internal."""
+    graph = import_graph()
+    private = [(name, target) for name, targets in graph.items() if layer(name) == 4
+               for target in targets if layer(target) < 4 and target != "fastdrop._internal"
+               and any(part.startswith("_") for part in target.split("."))]
+    assert private == [] and "fastdrop._internal" in graph["fastdrop.dask"]
+
+
 def test_the_graph_sees_the_known_edges():
     """The reader finds relative, absolute, lazy and .pyx imports.
 

@@ -27,9 +27,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .._backends import backend_available
-from .._config import SERIAL_ELEMENTS
-from .._validate import bfloat16_dtype
+from .._internal import SERIAL_ELEMENTS, backend_available, bfloat16_dtype
 from ..maskstream.spec import gaussian_sigma
 
 SEED = 1234

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .._validate import bfloat16_dtype
+from .._internal import bfloat16_dtype
 from .implementations import (
     BASELINE,
     FLOOR,
@@ -162,9 +162,9 @@ def git_revision():
 
 def header(threads):
     """Versions, machine and settings for the top of the table (and the JSON)."""
-    from .._sysinfo import collect
+    from .._internal import system_info
 
-    info = collect()
+    info = system_info()
     kernel = floor_kernel()
     try:
         load = list(os.getloadavg())  # other processes share the cores: say how busy they were

@@ -307,7 +307,7 @@ def cold_start_ratio(backend, runs=5):
 
 def measure_targets(run, backends=None, threads=None, cold_start_runs=5):
     """Every target of the issue: from the run's rows, and measured here for each backend."""
-    from .._backends import backend_available
+    from .._internal import backend_available
 
     backends = [name for name in (backends or FASTDROP_BACKENDS) if backend_available(name)]
     threads = threads if threads is not None else run["settings"]["threads"][-1]

@@ -100,7 +100,7 @@ def check_arguments(args):
         arguments.check_no_repeats(option, values)
     sizes, _, dtypes, _ = settings(args)
     if "bfloat16" in dtypes:
-        from .._validate import bfloat16_dtype
+        from .._internal import bfloat16_dtype
 
         try:
             bfloat16_dtype()  # registers np.dtype("bfloat16")

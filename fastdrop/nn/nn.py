@@ -18,7 +18,7 @@ import math
 import numpy as np
 
 import fastdrop
-from fastdrop._validate import channel_noise_shape, check_gaussian_p, check_noise_shape, check_p
+from fastdrop._internal import channel_noise_shape, check_gaussian_p, check_noise_shape, check_p
 
 from .engine import (
     Tensor,
