@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .._backends import backend_available
+from .._backends import backend_available, resolve_backend
 from .._config import SERIAL_ELEMENTS
 from .._validate import bfloat16_dtype
 from ..maskstream.spec import gaussian_sigma
@@ -174,18 +174,20 @@ def gaussian_input(n, dtype):
     return np.zeros(n, dtype=dtype)
 
 
-def _module_requirement(module, what):
+def _module_requirement(module):
     def requirement():
         if importlib.util.find_spec(module) is None:
-            return f"{module} is not installed ({what})"
+            return f"not installed: pip install {module}"
         return None
     return requirement
 
 
 def _backend_requirement(backend):
     def requirement():
-        if not backend_available(backend):
-            return f"fastdrop backend {backend!r} is not available here"
+        try:
+            resolve_backend(backend)
+        except ValueError as error:  # it says what cannot be imported
+            return str(error)
         return None
     return requirement
 
@@ -460,7 +462,7 @@ IMPLEMENTATIONS = {implementation.name: implementation for implementation in (
         "backward: grad.mul_(mask).mul_(scale); channel: F.dropout2d(inplace=True); "
         "Gaussian (no torch function): x.mul_(torch.empty_like(x).normal_(1, sigma)), "
         "allocating the noise each call; torch.set_num_threads(threads)",
-        _module_requirement("torch", "PyTorch columns are skipped"),
+        _module_requirement("torch"),
         {"forward_inplace": _torch_forward_inplace, "forward": _torch_forward,
          "mask": _torch_mask, "backward_mask": _torch_backward_mask,
          "backward_recompute": _torch_backward_recompute,

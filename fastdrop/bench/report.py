@@ -175,7 +175,7 @@ def busy_note(run):
         return None
     ratio, slow, fast, row = worst
     where = f" ({OPERATIONS[row['operation']].title}, {size_label(row['n'])})"
-    note = "{} {} slower than {}{}: the machine may be busy; rerun to check."
+    note = "{} {} slower than {}{}: the machine may be busy; rerun."
     ratio = format_ratio(ratio, decimals=1)
     text = note.format(slow, ratio, fast, where)
     return text if len(text) <= WIDTH else note.format(slow, ratio, fast, "")
