@@ -14,7 +14,7 @@ Example
 """
 from .implementations import IMPLEMENTATIONS, OPERATIONS, available_implementations
 from .report import format_table, save_json
-from .runner import run_benchmarks, time_callable, time_callables
+from .runner import run_benchmarks, time_callables
 
 __all__ = [
     "IMPLEMENTATIONS",
@@ -23,6 +23,5 @@ __all__ = [
     "format_table",
     "run_benchmarks",
     "save_json",
-    "time_callable",
     "time_callables",
 ]

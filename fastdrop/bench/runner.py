@@ -97,15 +97,6 @@ def _quiet_and_no_gc():
             gc.enable()
 
 
-def time_callable(call, repeat=5, min_time=0.05):
-    """Time ``call()``: a warm-up call, then ``repeat`` samples of at least ``min_time`` s each."""
-    with _quiet_and_no_gc():
-        number, samples = _prepare(call, min_time)
-        while len(samples) < max(repeat, 1):
-            samples.append(_sample(call, number))
-    return Timing(min(samples), statistics.median(samples), number, len(samples))
-
-
 def time_callables(calls, repeat=5, min_time=0.05):
     """Time several calls with their samples interleaved: {name: Timing} for {name: call}."""
     with _quiet_and_no_gc():
