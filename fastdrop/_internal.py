@@ -27,6 +27,13 @@ def system_info():
     return collect()
 
 
+def cpu_model_and_features():
+    """The CPU's model name and the SIMD features fastdrop cares about, from the OS."""
+    from ._sysinfo import cpu_model_and_features as read  # see system_info
+
+    return read()
+
+
 __all__ = [
     "BACKENDS",
     "SERIAL_ELEMENTS",
@@ -39,6 +46,7 @@ __all__ = [
     "check_out",
     "check_p",
     "check_threads",
+    "cpu_model_and_features",
     "resolve_backend",
     "system_info",
     "threads_were_set",

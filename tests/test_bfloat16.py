@@ -213,7 +213,7 @@ def test_what_needs_ml_dtypes_says_which_extra_to_install():
     assert "pip install 'fastdrop[bf16]'" in result.stdout, (result.stdout, result.stderr)
     bench = run_without_ml_dtypes("from fastdrop.cli import main; "
                                   "main(['bench', '--sizes', '2^10', '--dtypes', 'bfloat16', "
-                                  "'--no-targets', '--quiet'])")
+                                  "'--quiet'])")
     assert bench.returncode != 0 and "fastdrop[bf16]" in bench.stderr, bench.stderr
 
 
