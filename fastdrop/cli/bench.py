@@ -150,7 +150,7 @@ def check_torch_arguments(args):
     import importlib.util
 
     if importlib.util.find_spec("torch") is None:
-        raise arguments.UsageError("--torch needs PyTorch: pip install \"fastdrop[torch]\"")
+        raise arguments.UsageError("--torch needs PyTorch: pip install \"fastdrop-cpu[torch]\"")
     check_section_options(args, "--torch", (("--ops", args.ops), ("--impls", args.impls),
                                             ("--plot", args.plot)))
     from ..bench import pytorch
@@ -191,7 +191,7 @@ def check_dask_arguments(args):
     for n in args.sizes or dask_arrays.SIZES:  # input, target and the last step's blocks
         arguments.check_fits_in_memory("--sizes", size_label(n), 3 * 4 * n)
     if importlib.util.find_spec("dask") is None:  # last: the cases above need no dask
-        raise arguments.UsageError("--dask needs dask: pip install \"fastdrop[dask]\"")
+        raise arguments.UsageError("--dask needs dask: pip install \"fastdrop-cpu[dask]\"")
 
 
 def run_dask(args):
