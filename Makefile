@@ -4,7 +4,7 @@
 #   lint        ruff, with the configuration in pyproject.toml (CI runs it)
 #   docs        the documentation site, strict (any warning fails), into site/
 #   bench       the pytest-benchmark suite in benchmarks/, then the targets (minutes)
-#   bench-docs  re-measure docs/benchmarks.md and docs/img/bench.png (~15 min on 2 cores)
+#   bench-docs  re-measure the full tables, docs/development/benchmark-runs.md (~15 min, 2 cores)
 #   vectors     rewrite tests/data/mask_stream_vectors.json: only for a deliberate change
 #               of the mask stream, which docs/mask-stream.md calls a breaking change
 PYTHON ?= python

@@ -16,7 +16,7 @@ block (nothing of size n); `dropout_backward`, `alpha_dropout_backward` and
 `gaussian_dropout_backward` take it. ``out=`` writes into a NumPy array as the graph
 runs, each task's kernel straight into its region (docs/dask.md).
 
-Importing this module needs dask (``pip install "fastdrop[dask]"``); ``import
+Importing this module needs dask (``pip install "fastdrop-cpu[dask]"``); ``import
 fastdrop`` never imports it.
 """
 import math
@@ -28,7 +28,7 @@ try:
     import dask.array as da
     from dask.base import get_scheduler, tokenize
 except ImportError as error:  # pragma: no cover - depends on what is installed
-    raise ImportError("fastdrop.dask needs dask: pip install \"fastdrop[dask]\" "
+    raise ImportError("fastdrop.dask needs dask: pip install \"fastdrop-cpu[dask]\" "
                       "(or dask[array])") from error
 
 import fastdrop
