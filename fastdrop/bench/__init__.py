@@ -2,7 +2,7 @@
 
 - `implementations` -- the one registry of operations and implementations; it feeds
   ``fastdrop bench`` and the repository's ``benchmarks/`` (pytest-benchmark, the
-  performance targets, the PyTorch and Dask benchmarks, docs/benchmarks.md).
+  performance targets, the PyTorch and Dask benchmarks, docs/development/benchmark-runs.md).
 - `runner` -- timing (warm-up call, then best and median of repeats) and the run plan.
 - `report` -- the table ``fastdrop bench`` prints, and the JSON.
 

@@ -1,8 +1,8 @@
 """The one registry of what is benchmarked: operations, and the implementations of each.
 
 ``fastdrop bench`` and the repository's ``benchmarks/`` (the pytest-benchmark suite, the
-targets, docs/benchmarks.md) all read `OPERATIONS` and `IMPLEMENTATIONS`, so a new
-implementation or operation appears everywhere at once; ``benchmarks/`` adds NumPy
+targets, docs/development/benchmark-runs.md) all read `OPERATIONS` and `IMPLEMENTATIONS`,
+so a new implementation or operation appears everywhere at once; ``benchmarks/`` adds NumPy
 written for speed as one more `Implementation`.
 
 An implementation of an operation is a *setup* ``setup(n, p, dtype, threads)`` that
@@ -37,7 +37,7 @@ STREAM = 0
 
 @dataclass(frozen=True)
 class Operation:
-    """One benchmarked operation, as the tables, the plot and docs/benchmarks.md name it.
+    """One benchmarked operation, as the tables and the plot name it.
 
     Attributes
     ----------
