@@ -141,7 +141,8 @@ def test_c_example_compiles_with_get_include_and_matches_reference(tmp_path):
 
 def test_get_include_holds_the_headers():
     folder = Path(fastdrop.get_include())
-    for header in ["philox.h", "mask_stream.h", "half.h", "dropout.h", "openmp_shim.h"]:
+    for header in ["philox.h", "mask_stream.h", "half.h", "dropout.h", "bf16_simd.h", "runs.h",
+                   "openmp_shim.h"]:
         assert (folder / "fastdrop" / header).is_file()
 
 
