@@ -20,7 +20,7 @@
  * lanes gathered one by one. Each 32-bit lane holds two elements: the high one is a
  * float32 once its low half is cleared, the low one once shifted up, so neither needs
  * widening; each product is rounded on its bits as fd_float_to_bfloat16 does. */
-#define FD_TARGET_BF16_512 __attribute__((target("avx2,avx512f,avx512bw")))
+#define FD_TARGET_BF16_512 FD_TARGET("avx2,avx512f,avx512bw")
 
 /* Round each lane's float32 to bfloat16 in its top 16 bits (the low 16 are garbage). */
 FD_TARGET_BF16_512 static inline __m512i fd_bf16_round_512(__m512 values)
@@ -62,7 +62,7 @@ FD_TARGET_BF16_512 static inline void fd_bf16_word_512(const fd_bfloat16 *source
 /* bfloat16 words on AVX2: the pairs of fd_bf16_word_512 on 256 bits, and a word's keep
  * bits as 16-bit lane masks, 16 at a time (a compare against each lane's bit), since
  * lanes gathered one by one leave the kernel compute-bound far from the floor. */
-#define FD_TARGET_BF16_256 __attribute__((target("avx2")))
+#define FD_TARGET_BF16_256 FD_TARGET("avx2")
 
 /* Round each lane's float32 to bfloat16 in its top 16 bits (the low 16 are garbage). */
 FD_TARGET_BF16_256 static inline __m256i fd_bf16_round_256(__m256 values)
@@ -108,7 +108,7 @@ FD_TARGET_BF16_256 static inline void fd_bf16_word_256(const fd_bfloat16 *source
 /* With AVX-512 BF16 one instruction rounds 32 float32 products to bfloat16, to nearest
  * even; but it flushes subnormal results to zero and keeps NaN payloads, so a vector
  * holding a NaN or subnormal product goes the integer way above (the same bits). */
-#define FD_TARGET_BF16_NE __attribute__((target("avx2,avx512f,avx512bw,avx512dq,avx512bf16")))
+#define FD_TARGET_BF16_NE FD_TARGET("avx2,avx512f,avx512bw,avx512dq,avx512bf16")
 
 FD_TARGET_BF16_NE static inline void fd_bf16_word_ne(const fd_bfloat16 *source, fd_bfloat16 *target,
                                                  uint64_t keep, float scale)
@@ -122,10 +122,13 @@ FD_TARGET_BF16_NE static inline void fd_bf16_word_ne(const fd_bfloat16 *source, 
             _mm512_cvtepu16_epi32(_mm512_extracti64x4_epi64(elements, 1)), 16)), s);
         const __mmask32 kept = (__mmask32)(keep >> (32 * half));
         __m512i rounded;
-        if ((_mm512_fpclass_ps_mask(low, 0xA1) | _mm512_fpclass_ps_mask(high, 0xA1)) == 0)
+        if ((_mm512_fpclass_ps_mask(low, 0xA1) | _mm512_fpclass_ps_mask(high, 0xA1)) == 0) {
+            FD_PATH_TAKEN("bf16 cvtne");
             rounded = (__m512i)_mm512_cvtne2ps_pbh(high, low); /* no NaN, no subnormal */
-        else
+        } else {
+            FD_PATH_TAKEN("bf16 cvtne integer rounding");
             rounded = fd_bf16_products_512(elements, s);
+        }
         _mm512_storeu_si512((void *)(target + 32 * half), _mm512_maskz_mov_epi16(kept, rounded));
     }
 }
@@ -134,10 +137,8 @@ FD_TARGET_BF16_NE static inline void fd_bf16_word_ne(const fd_bfloat16 *source, 
  * AVX-512BW at level 2 on a CPU with BW (fd_set_simd caps the level). */
 static inline int fd_bf16_wide_level(void)
 {
-    static int bw = -1;
-    if (bw < 0)
-        bw = __builtin_cpu_supports("avx512bw") ? 1 : 0;
-    return bw ? (fd_simd_enabled() >= 3 ? 3 : fd_simd_enabled() >= 2 ? 2 : 0) : 0;
+    const int level = fd_simd_enabled();
+    return level >= 2 && FD_CPU_SUPPORTS("avx512bw") ? (level >= 3 ? 3 : 2) : 0;
 }
 #endif
 

@@ -202,6 +202,7 @@ static inline fd_bfloat16 fd_keep_bf16(fd_bfloat16 value, float scale, uint32_t 
         const T *source, T *target, uint64_t *words, SCALE_T scale,                         \
         const fd_mask_params *params, int64_t first, int64_t stop)                          \
     {                                                                                       \
+        FD_PATH_TAKEN(#SUFFIX #VARIANT);                                                    \
         PIPELINED##_TAKE(SUFFIX, VARIANT)                                                   \
         const unsigned shift = (unsigned)(params->offset & 63);                             \
         const uint64_t base = params->offset >> 6;                                          \
@@ -228,6 +229,7 @@ static inline fd_bfloat16 fd_keep_bf16(fd_bfloat16 value, float scale, uint32_t 
         const T *source, T *target, const uint64_t *words, SCALE_T scale, int64_t n,        \
         int64_t first, int64_t stop)                                                        \
     {                                                                                       \
+        FD_PATH_TAKEN(#SUFFIX #VARIANT);                                                    \
         fd_apply_words_##SUFFIX##VARIANT(source, target, words ? words + first : NULL, scale, \
                                          n, first, stop, stop);                             \
     }                                                                                       \
@@ -306,7 +308,7 @@ static inline int fd_pipeline_takes(const fd_mask_params *params, const void *ta
         fd_scale_job_##SUFFIX##VARIANT *job)                                                \
     FD_VEC_BATCH(FD_VEC_256_HALF, params, word, out,                                        \
                  FD_SCALE_SOME(SUFFIX, VARIANT, job, FD_INTERLEAVE_256))                    \
-    ATTRIBUTES __attribute__((target("avx512f"))) static void fd_draw_##SUFFIX##VARIANT##_512( \
+    ATTRIBUTES FD_TARGET("avx512f") static void fd_draw_##SUFFIX##VARIANT##_512(          \
         const fd_mask_params *params, uint64_t word, uint64_t *out,                         \
         fd_scale_job_##SUFFIX##VARIANT *job)                                                \
     FD_VEC_BATCH(FD_VEC_512, params, word, out,                                             \
@@ -315,9 +317,11 @@ static inline int fd_pipeline_takes(const fd_mask_params *params, const void *ta
                                                  uint64_t *out,                             \
                                                  fd_scale_job_##SUFFIX##VARIANT *job)       \
     {                                                                                       \
-        if (fd_simd_enabled() >= 2)                                                         \
+        if (fd_simd_enabled() >= 2) {                                                       \
+            FD_PATH_TAKEN("draw avx512");                                                   \
             fd_draw_##SUFFIX##VARIANT##_512(params, word, out, job);                        \
-        else {                                                                              \
+        } else {                                                                            \
+            FD_PATH_TAKEN("draw avx2");                                                     \
             fd_draw_##SUFFIX##VARIANT##_256(params, word, out, job);                        \
             fd_draw_##SUFFIX##VARIANT##_256(params, word + FD_GROUP_WORDS / 2,              \
                                             out + FD_GROUP_WORDS / 2, job);                 \
@@ -451,7 +455,7 @@ static inline int fd_pipeline_takes(const fd_mask_params *params, const void *ta
 #define FD_AVX2_WORDS_f16 FD_WORDS_FROM_SHIFTS
 #define FD_AVX2_WORDS_bf16 FD_WORDS_BF16_256
 #define FD_DEFINE_AVX2_KERNELS(SUFFIX, T, SCALE_T)                                          \
-    FD_DEFINE_KERNELS(SUFFIX, T, SCALE_T, _avx2, __attribute__((target("avx2"))),          \
+    FD_DEFINE_KERNELS(SUFFIX, T, SCALE_T, _avx2, FD_TARGET("avx2"),                        \
                       FD_AVX2_WORDS_##SUFFIX, FD_PIPELINE)
 #else
 #define FD_DEFINE_AVX2_KERNELS(SUFFIX, T, SCALE_T)
