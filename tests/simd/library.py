@@ -59,7 +59,8 @@ def library_path(mode):
     key = hashlib.sha256(repr([command, flags]).encode())
     for source in sources:
         key.update(source.read_bytes())
-    folder = Path(tempfile.gettempdir()) / f"fastdrop-simd-kernels-{os.getuid()}"
+    user = getattr(os, "getuid", lambda: "")()  # one cache per user where there are users
+    folder = Path(tempfile.gettempdir()) / f"fastdrop-simd-kernels-{user}"
     path = folder / f"{mode}-{key.hexdigest()[:16]}.so"
     if path.exists():
         return path
