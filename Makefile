@@ -3,12 +3,13 @@
 #   test        the test suite (what CI runs)
 #   lint        ruff, with the configuration in pyproject.toml (CI runs it)
 #   docs        the documentation site, strict (any warning fails), into site/
-#   bench-docs  re-measure docs/benchmarks.md and docs/img/bench.png (~15 min on 2 cores)
+#   bench       the pytest-benchmark suite in benchmarks/, then the targets (minutes)
+#   bench-docs  re-measure the full tables, docs/development/benchmark-runs.md (~15 min, 2 cores)
 #   vectors     rewrite tests/data/mask_stream_vectors.json: only for a deliberate change
 #               of the mask stream, which docs/mask-stream.md calls a breaking change
 PYTHON ?= python
 
-.PHONY: install test lint docs bench-docs vectors
+.PHONY: install test lint docs bench bench-docs vectors
 
 install:
 	$(PYTHON) -m pip install -e ".[test,docs]"
@@ -21,6 +22,9 @@ lint:
 
 docs:
 	NO_MKDOCS_2_WARNING=1 mkdocs build --strict --site-dir site
+
+bench:
+	PYTHONPATH=. $(PYTHON) -m pytest benchmarks/ --benchmark-only
 
 bench-docs:
 	PYTHONPATH=. $(PYTHON) benchmarks/make_docs.py

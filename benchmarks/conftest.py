@@ -7,24 +7,29 @@ setting (``FASTDROP_NUM_THREADS``, else all CPUs). Each group is one (operation,
 dtype): pytest-benchmark's table shows every implementation in it next to the floor.
 test_bench_dask.py times the block kernels and fastdrop.dask.
 
-Times are never asserted. After the run, the issue's targets are printed with the
+Times are never asserted. After the run, the targets (targets.py) are printed with the
 ratios this run measured (memory properties are asserted: they do not depend on
-the machine's load).
+the machine's load). The implementations are the registry's
+(`fastdrop.bench.implementations`) and NumPy written for speed (careful_numpy.py).
 """
 import importlib.util
 import os
 
+import bench_dask
 import pytest
+import targets
+from careful_numpy import CAREFUL
 
 import fastdrop
-from fastdrop.bench import dask_arrays, report, runner, targets
+from fastdrop.bench import runner
 from fastdrop.bench.implementations import IMPLEMENTATIONS, OPERATIONS
 
 FULL = os.environ.get("FASTDROP_BENCH_FULL", "") not in ("", "0")
-SIZES = runner.FULL_SIZES if FULL else (1 << 16, 1 << 20, 1 << 24)
-PS = runner.FULL_PS if FULL else runner.QUICK_PS
+SIZES = tuple(1 << k for k in range(10, 27)) if FULL else (1 << 16, 1 << 20, 1 << 24)
+PS = (0.1, 0.5) if FULL else (0.5,)
 BFLOAT16 = ("bfloat16",) if importlib.util.find_spec("ml_dtypes") else ()
-DTYPES = (runner.FULL_DTYPES if FULL else runner.QUICK_DTYPES) + BFLOAT16
+DTYPES = (("float32", "float64") if FULL else ("float32",)) + BFLOAT16
+IMPLEMENTATIONS_TIMED = [*IMPLEMENTATIONS.values(), CAREFUL]
 THREADS = fastdrop.get_num_threads()
 
 
@@ -77,17 +82,17 @@ def restore_threads():
 def pytest_generate_tests(metafunc):
     """Every (operation, n, p, dtype) row of the plan times every implementation of the registry."""
     if "dropout_case" in metafunc.fixturenames:
-        cases = [(row[:4], implementation.name)
+        cases = [(row[:4], implementation)
                  for row in runner.plan(list(OPERATIONS), SIZES, PS, DTYPES, [THREADS])
-                 for implementation in IMPLEMENTATIONS.values()
+                 for implementation in IMPLEMENTATIONS_TIMED
                  if implementation.supports(row[0])]
         metafunc.parametrize("dropout_case", cases, ids=[
-            f"{operation}-n{n}-p{p:g}-{dtype}-{name}"
-            for (operation, n, p, dtype), name in cases])
+            f"{operation}-n{n}-p{p:g}-{dtype}-{implementation.name}"
+            for (operation, n, p, dtype), implementation in cases])
 
 
 def _run_from_row_times():
-    """The timings in the shape `fastdrop.bench.targets` reads (a run of `run_benchmarks`)."""
+    """The timings in the shape targets.py reads (a run of `run_benchmarks`)."""
     rows = [{"operation": operation, "n": n, "p": p, "dtype": dtype, "threads": THREADS,
              "results": {name: {"best_s": seconds} for name, seconds in times.items()}}
             for (operation, n, p, dtype), times in TIMINGS.rows.items()]
@@ -113,16 +118,16 @@ def pytest_terminal_summary(terminalreporter):
             records.append(_ratio_record(
                 "cold start / python -c 'import numpy'", backend, cold,
                 "cold start import numpy", targets.COLD_START_LIMIT, "pytest-benchmark min"))
-    records += targets.backend_agreement(run)
+    records += targets.backend_ratio(run)
     for backend in targets.FASTDROP_BACKENDS:
         block, contiguous = f"block block {backend}", f"block contiguous {backend}"
         if block in TIMINGS.single and contiguous in TIMINGS.single:
             records.append(_ratio_record(targets.BLOCK_TITLE, backend, block, contiguous,
                                          targets.BLOCK_LIMIT, "pytest-benchmark min"))
     for n, times in TIMINGS.dask.items():
-        records += dask_arrays.target_records(n, times)
+        records += bench_dask.target_records(n, times)
     if records:
         terminalreporter.write_sep("=", "fastdrop targets")
         terminalreporter.write_line(f"threads={THREADS}; times from this run; largest size "
                                     f"{runner.size_label(max(SIZES))}")
-        terminalreporter.write_line(report.format_targets(records))
+        terminalreporter.write_line(targets.format_targets(records))

@@ -8,7 +8,7 @@
   and 2^28) in chunks of 2^18 .. 2^24 elements, stored into a preallocated NumPy array,
   under dask's threaded scheduler with 2 workers and fastdrop on 1 thread per task,
   against in-memory fastdrop on 2 threads and the formula with dask's random numbers
-  (`fastdrop.bench.dask_arrays` describes every implementation; targets: at least 0.5x
+  (bench_dask.py describes every implementation; targets: at least 0.5x
   in-memory and 5x dask's formula for chunks of 2^22 and more).
 
 Each group is one row: pytest-benchmark's table shows the implementations side by side.
@@ -16,11 +16,12 @@ Times are never asserted; the targets are printed after the run (conftest.py).
 """
 import os
 
+import bench_dask as dask_arrays
 import numpy as np
 import pytest
+import targets
 
 import fastdrop
-from fastdrop.bench import dask_arrays, targets
 from fastdrop.bench.runner import size_label
 
 FULL = os.environ.get("FASTDROP_BENCH_FULL", "") not in ("", "0")
@@ -59,8 +60,8 @@ def arrays():
 @pytest.mark.parametrize("chunk", dask_arrays.CHUNKS, ids=size_label)
 @pytest.mark.parametrize("n", SIZES, ids=size_label)
 def test_dask_store(benchmark, n, chunk, implementation, arrays, timings):
-    dask = pytest.importorskip("dask")
-    pytest.importorskip("fastdrop.dask")
+    dask = pytest.importorskip("dask", reason="needs the dask extra")
+    pytest.importorskip("fastdrop.dask", reason="needs the dask extra")
     benchmark.group = (f"dask: dropout n={size_label(n)} chunks of {size_label(chunk)} float32 "
                        f"stored, {dask_arrays.WORKERS} workers")
     values, target = arrays(n)

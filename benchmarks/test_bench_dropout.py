@@ -1,7 +1,8 @@
 """Speed of every implementation of every operation, plus the memory and start-up targets.
 
-Parametrised from the registry `fastdrop.bench.implementations` (the cases are made
-in conftest.py's ``pytest_generate_tests``), grouped by (operation, n, p, dtype).
+Parametrised from the registry `fastdrop.bench.implementations` and careful_numpy.py
+(the cases are made in conftest.py's ``pytest_generate_tests``), grouped by (operation,
+n, p, dtype).
 Time is never asserted; memory is, because it does not depend on the machine's load.
 """
 import math
@@ -11,18 +12,18 @@ import sys
 
 import numpy as np
 import pytest
+import targets
 
 import fastdrop
-from fastdrop.bench import runner, targets
-from fastdrop.bench.implementations import IMPLEMENTATIONS, mask_bytes
+from fastdrop.bench import runner
 
 COMPILED_BACKENDS = [name for name in fastdrop.available_backends() if name != "numpy"]
 PACKAGE_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(fastdrop.__file__)))
 
 
 def test_speed(benchmark, dropout_case, threads, timings, restore_threads):
-    (operation, n, p, dtype), name = dropout_case
-    implementation = IMPLEMENTATIONS[name]
+    (operation, n, p, dtype), implementation = dropout_case
+    name = implementation.name
     reason = implementation.unavailable_reason()
     if reason is not None:
         pytest.skip(reason)
@@ -43,7 +44,7 @@ def test_mask_memory_is_one_bit_per_element(benchmark, backend):
     n = (1 << 20) + 3
     benchmark.group = "mask memory: bernoulli_mask n=2^20+3"
     words = benchmark(fastdrop.bernoulli_mask, n, 0.5, seed=1, backend=backend)
-    assert words.nbytes == math.ceil(n / 64) * 8 == mask_bytes(n)
+    assert words.nbytes == math.ceil(n / 64) * 8 == targets.mask_bytes(n)
     record = targets.mask_memory(backend)  # dropout's mask and bernoulli_mask, awkward sizes
     assert record["met"], record
 

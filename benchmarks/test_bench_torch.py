@@ -1,23 +1,23 @@
-"""fastdrop.torch against torch's dropout under pytest-benchmark (fastdrop.bench.pytorch).
+"""fastdrop.torch against torch's dropout under pytest-benchmark (bench_torch.py).
 
     python -m pytest benchmarks/test_bench_torch.py --benchmark-only
 
 Groups: the op alone (forward + backward through autograd) at 2^22 and 2^26 elements,
 float32 and bfloat16, p = 0.1: fastdrop.torch, torch.nn.functional.dropout and the
 NumPy API on the same memory; one forward + backward at 1024 elements (a chain of 17
-minus a chain of 1, reported by ``fastdrop bench --torch``; here each chain is its own
+minus a chain of 1, reported by ``python benchmarks/bench_torch.py``; here each chain is its own
 benchmark); training steps of the MLP and the transformer with torch's dropout, with
 fastdrop.torch's and without dropout modules. Times are never asserted. Threads: 2
 (``FASTDROP_BENCH_TORCH_THREADS`` to change).
 """
 import os
 
+import bench_torch as pytorch
 import pytest
 
-from fastdrop.bench import pytorch
 from fastdrop.bench.runner import size_label
 
-pytest.importorskip("torch")
+pytest.importorskip("torch", reason="needs the torch extra")
 
 THREADS = int(os.environ.get("FASTDROP_BENCH_TORCH_THREADS", "2"))
 SIZES = (1 << 22, 1 << 26)

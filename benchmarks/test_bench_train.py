@@ -54,8 +54,7 @@ def fastdrop_step(seed=0):
 def torch_step(seed=0):
     """A function running the same step in PyTorch."""
     import torch
-
-    from fastdrop.bench.pytorch import mlp_model
+    from bench_torch import mlp_model
 
     torch.manual_seed(seed)
     model = mlp_model(torch, SIZES, RATES)

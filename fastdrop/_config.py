@@ -4,7 +4,7 @@ Defaults:
 
 - threads: ``FASTDROP_NUM_THREADS`` if set, else the CPUs this process may run on.
 - ``MIN_ELEMENTS_PER_THREAD``: a kernel uses at most n // 2**17 threads, so each
-  gets at least 2**17 elements (docs/benchmarks.md, design notes). Below that, waking a thread
+  gets at least 2**17 elements (docs/development/kernels.md). Below that, waking a thread
   costs more than it saves, and on busy cores -- a BLAS pool spinning between matrix
   products in a training step -- a woken thread can wait milliseconds for a core.
 - ``SERIAL_ELEMENTS``: arrays with fewer elements run on one thread, no parallel region.

@@ -3,8 +3,14 @@ import importlib.metadata
 import os
 import platform
 
-SIMD_FLAGS = ("sse2", "sse4_2", "avx", "avx2", "fma", "f16c", "avx512f", "avx512bw", "neon",
-              "asimd")
+# The SIMD features worth reporting, as /proc/cpuinfo spells them: every one the C kernels
+# choose a path by (avx2, avx512f, avx512bw, avx512dq, avx512_bf16), and their neighbours.
+SIMD_FLAGS = ("sse2", "sse4_2", "avx", "avx2", "fma", "f16c", "avx512f", "avx512bw", "avx512dq",
+              "avx512_bf16", "neon", "asimd")
+# Compiler feature names (__builtin_cpu_supports) that /proc/cpuinfo spells otherwise.
+FEATURE_NAMES = {"avx512bf16": "avx512_bf16"}
+# The C kernels' SIMD levels (fastdrop.kernels.cython.kernels.simd_enabled), by number.
+SIMD_LEVELS = ("portable", "AVX2", "AVX-512F", "AVX-512 with BF16")
 
 
 def package_version(name):
@@ -63,6 +69,7 @@ def collect():
         "numba threads": os.environ.get("NUMBA_NUM_THREADS") or available_cpus(),
         "cpu": model,
         "simd": features,
+        "simd path (cython)": None,
         "platform": platform.platform(),
         "numba cache": numba_cache_location() if NUMBA_CACHE else "off (FASTDROP_NUMBA_CACHE)",
     }
@@ -71,4 +78,5 @@ def collect():
 
         info["openmp"] = cython_kernels.openmp_enabled()
         info["openmp max threads"] = cython_kernels.max_threads()
+        info["simd path (cython)"] = SIMD_LEVELS[cython_kernels.simd_enabled()]
     return info

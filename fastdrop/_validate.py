@@ -82,7 +82,7 @@ def bfloat16_dtype():
         import ml_dtypes
     except ImportError:
         raise ImportError("bfloat16 arrays need the ml_dtypes package: pip install "
-                          "'fastdrop[bf16]' (or pass uint16 bit patterns with "
+                          "'fastdrop-cpu[bf16]' (or pass uint16 bit patterns with "
                           "dtype='bfloat16', which needs nothing more)") from None
     return np.dtype(ml_dtypes.bfloat16)
 

@@ -16,7 +16,7 @@ block (nothing of size n); `dropout_backward`, `alpha_dropout_backward` and
 `gaussian_dropout_backward` take it. ``out=`` writes into a NumPy array as the graph
 runs, each task's kernel straight into its region (docs/dask.md).
 
-Importing this module needs dask (``pip install "fastdrop[dask]"``); ``import
+Importing this module needs dask (``pip install "fastdrop-cpu[dask]"``); ``import
 fastdrop`` never imports it.
 """
 import math
@@ -28,15 +28,13 @@ try:
     import dask.array as da
     from dask.base import get_scheduler, tokenize
 except ImportError as error:  # pragma: no cover - depends on what is installed
-    raise ImportError("fastdrop.dask needs dask: pip install \"fastdrop[dask]\" "
+    raise ImportError("fastdrop.dask needs dask: pip install \"fastdrop-cpu[dask]\" "
                       "(or dask[array])") from error
 
 import fastdrop
 
 from . import streams
-from ._config import _check_threads
-from ._layout import block_of_mask
-from ._validate import check_out
+from ._internal import block_of_mask, check_out, check_threads
 
 __all__ = [
     "DaskDropoutMask",
@@ -397,7 +395,7 @@ def _build(x, call, threads, out):
 def _forward(function, x, p, seed, stream, offset, training, out, threads, backend, **options):
     """A forward call: checks, one stream taken, then the graph; returns (y, record)."""
     _check_array(x, "x", function)
-    threads = _check_threads(threads)
+    threads = check_threads(threads)
     parsed = streams.parse(seed, stream)  # checked; a stream is taken only after every check
     keywords = dict(options, offset=offset, backend=backend)
     probe = _BlockCall(function, (p,), dict(keywords, seed=0, stream=0), x.shape)
@@ -425,7 +423,7 @@ def _forward(function, x, p, seed, stream, offset, training, out, threads, backe
 def _backward(function, grad, out, threads, arguments, keywords, record=None):
     """A backward call of ``fastdrop.<function>``: checks on an empty block, then the graph."""
     _check_array(grad, "grad", function)
-    threads = _check_threads(threads)
+    threads = check_threads(threads)
     if record is not None:
         _check_record(record, grad, function)
     call = _BlockCall(function, arguments, keywords, grad.shape, record)

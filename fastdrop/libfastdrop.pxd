@@ -3,7 +3,7 @@
 
 Declares the ``nogil`` functions of the installed C headers (folder given by
 ``fastdrop.get_include()``; add it to your extension's ``include_dirs``).
-See fastdrop/include/fastdrop/dropout.h and docs/embedding.md.
+See fastdrop/include/fastdrop/dropout.h (and runs.h, variants.h) and docs/embedding.md.
 """
 from libc.stdint cimport int64_t, uint16_t, uint32_t, uint64_t
 
@@ -25,8 +25,8 @@ cdef extern from "fastdrop/dropout.h" nogil:
                                        uint64_t offset, int64_t n)
     uint64_t fd_mask_word(uint64_t seed, uint64_t stream, uint64_t word, uint64_t threshold)
     uint64_t fd_global_mask_word(const fd_mask_params *params, uint64_t word)
-    int FD_BATCH_WORDS
-    void fd_mask_words_batch(const fd_mask_params *params, uint64_t word, uint64_t *out)
+    int FD_GROUP_WORDS
+    void fd_mask_words_ahead(const fd_mask_params *params, uint64_t word, uint64_t *out)
     int fd_simd_enabled()
     int fd_set_simd(int level)
 
@@ -64,6 +64,14 @@ cdef extern from "fastdrop/dropout.h" nogil:
     void fd_apply_mask_range_bf16(const fd_bfloat16 *source, fd_bfloat16 *target,
                                   const uint64_t *words, float scale, int64_t n,
                                   int64_t first, int64_t stop)
+    void fd_scale_range_f64(double *values, double scale, int64_t n, int64_t first,
+                            int64_t stop)
+    void fd_scale_range_f32(float *values, float scale, int64_t n, int64_t first, int64_t stop)
+    void fd_scale_range_bf16(fd_bfloat16 *values, float scale, int64_t n, int64_t first,
+                             int64_t stop)
+
+
+cdef extern from "fastdrop/runs.h" nogil:
     # blocks of a larger array, as runs of consecutive global indices
     ctypedef struct fd_runs:
         uint64_t base
@@ -84,11 +92,6 @@ cdef extern from "fastdrop/dropout.h" nogil:
     void fd_dropout_runs_bf16(const fd_bfloat16 *source, fd_bfloat16 *target, uint64_t *words,
                               float scale, const fd_mask_params *params, const fd_runs *runs,
                               int64_t first, int64_t stop)
-    void fd_scale_range_f64(double *values, double scale, int64_t n, int64_t first,
-                            int64_t stop)
-    void fd_scale_range_f32(float *values, float scale, int64_t n, int64_t first, int64_t stop)
-    void fd_scale_range_bf16(fd_bfloat16 *values, float scale, int64_t n, int64_t first,
-                             int64_t stop)
 
 
 cdef extern from "fastdrop/variants.h" nogil:

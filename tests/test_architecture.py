@@ -9,7 +9,8 @@ would hide a cycle counts as much as a module-level one. Layers, lowest first:
 2. ``kernels`` -- one folder per backend; knows nothing of the public API;
 3. the public API (``_validate``, ``streams``, ``_calls``, ``_layout``, ``_api``,
    ``reference``, ``generator``, ...) and the embedding faces (``fastdrop.numba``);
-4. what is built on the API: ``nn``, ``bench``, ``cli``, ``examples`` and the
+4. what is built on the API: ``nn``, ``bench`` (what ``fastdrop bench`` runs; the targets and
+   the other benchmarks live in the repository's benchmarks/), ``cli``, ``examples`` and the
    integrations.
 """
 import ast
@@ -129,6 +130,15 @@ def test_imports_only_run_down_the_layers():
     assert upward == []
 
 
+def test_upper_layers_reach_private_modules_through_internal_only():
+    """nn, cli, bench and the integrations use public names, or fastdrop._internal."""
+    graph = import_graph()
+    private = [(name, target) for name, targets in graph.items() if layer(name) == 4
+               for target in targets if layer(target) < 4 and target != "fastdrop._internal"
+               and any(part.startswith("_") for part in target.split("."))]
+    assert private == [] and "fastdrop._internal" in graph["fastdrop.dask"]
+
+
 def test_the_graph_sees_the_known_edges():
     """The reader finds relative, absolute, lazy and .pyx imports.
 
@@ -161,3 +171,16 @@ def test_import_fastdrop_imports_numpy_only():
                             timeout=120, check=True,
                             env=dict(os.environ, PYTHONPATH=str(PACKAGE.parent)))
     assert result.stdout.split("\n")[:2] == ["[]", "[]"], result.stdout
+
+
+def test_the_package_imports_nothing_of_the_repositorys_benchmarks():
+    """benchmarks/ (the targets, the PyTorch and Dask benchmarks) stays out of the wheel."""
+    benchmarks = {path.stem for path in (PACKAGE.parent / "benchmarks").glob("*.py")}
+    assert "targets" in benchmarks  # the folder is where this test looks for it
+    assert not any(name.rpartition(".")[2] == "targets" for name in modules())
+    for name, path in modules().items():
+        for node in python_imports(path):
+            imported = ([alias.name for alias in node.names] if isinstance(node, ast.Import)
+                        else [node.module or ""] if not node.level else [])
+            assert not {module.partition(".")[0] for module in imported} & (
+                benchmarks | {"benchmarks"}), (name, imported)

@@ -104,6 +104,52 @@ def test_api_page_documents_every_public_name():
     assert sorted(documented - expected) == []
 
 
+def test_torch_page_documents_every_public_name_of_fastdrop_torch():
+    text = (DOCS / "torch.md").read_text()
+    documented = {name.rsplit(".", 1)[1]
+                  for name in re.findall(r"^::: (fastdrop\.torch\.\S+)\s*$", text, flags=re.M)}
+    assert sorted(set(module_all(REPO / "fastdrop" / "torch" / "__init__.py")) - documented) == []
+
+
+# what the user pages may not carry: clock times of runs and commit hashes (the
+# development notes say why, in the present tense; history lives in commit messages)
+RUN_HISTORY = re.compile(r"[0-2][0-9]:[0-5][0-9] UTC|git [0-9a-f]{7}")
+
+
+def test_user_pages_carry_no_clock_times_or_commit_hashes():
+    development = DOCS / "development"
+    pages = [REPO / "README.md"] + [path for path in markdown_pages()
+                                    if development not in path.parents]
+    found = [f"{path.relative_to(REPO)}:{number}: {line.strip()}" for path in pages
+             for number, line in enumerate(path.read_text().splitlines(), 1)
+             if RUN_HISTORY.search(line)]
+    assert found == []
+
+
+# "pip install fastdrop" or "fastdrop[extra]" would install an unrelated PyPI project:
+# the distribution is fastdrop-cpu
+PYPI_NAME = re.compile(r"pip install\s+['\"]?fastdrop(?![-\w])|['\"]fastdrop\[")
+TEXT_SUFFIXES = {".py", ".md", ".toml", ".txt", ".yml", ".yaml", ".cfg", ".pyx", ".pxd", ".h",
+                 ".in", ".sh", ""}
+SKIPPED_FOLDERS = {".git", "build", "dist", "site", ".venv", "__pycache__", ".pytest_cache",
+                   ".benchmarks", ".hypothesis"}
+
+
+def test_no_file_tells_a_user_to_install_the_pypi_project_named_fastdrop():
+    found = []
+    for path in REPO.rglob("*"):
+        parts = set(path.relative_to(REPO).parts)
+        if (path.is_file() and path.suffix in TEXT_SUFFIXES and not parts & SKIPPED_FOLDERS
+                and not any(part.endswith(".egg-info") for part in parts)
+                and path != Path(__file__)):  # this file names the pattern it looks for
+            text = path.read_text(errors="replace")
+            found += [f"{path.relative_to(REPO)}: {match.group(0)}"
+                      for match in PYPI_NAME.finditer(text)]
+    assert found == []
+    assert PYPI_NAME.search('pip install "fastdrop[torch]"')  # the pattern can fail
+    assert not PYPI_NAME.search('pip install "fastdrop-cpu[torch]"')
+
+
 DOCS_PACKAGES = ("mkdocs", "material", "mkdocstrings", "mkdocstrings_handlers.python")
 
 
@@ -131,6 +177,12 @@ def test_mkdocs_build_strict(tmp_path):
     assert (tmp_path / "site" / "api" / "index.html").is_file()
     built_api = (tmp_path / "site" / "api" / "index.html").read_text()
     assert 'id="fastdrop.dropout"' in built_api  # mkdocstrings rendered the docstrings
+    rendered = re.findall(r'id="(fastdrop\.[\w.]+)"', built_api)
+    assert [name for name in rendered if re.search(r"\._[^_]|\.__all__$", name)] == []
+    # the whole signature, not one clipped line: every parameter of dropout is in it
+    signature = built_api.split('id="fastdrop.dropout"', 1)[1].split("</code>", 1)[0]
+    for parameter in ("noise_shape", "global_shape", "backend"):
+        assert parameter in signature
     # the pages quote the scripts themselves (pymdownx.snippets), not copies
     for page, function in (("adaptive-l2", "sgd_with_input_dropout"),
                            ("ensemble-view", "predicted_logit_error")):

@@ -1,4 +1,4 @@
-"""fastdrop.nn.engine: every op against finite differences, the in-place dropout rule, dtypes."""
+"""fastdrop.nn.engine, .functional: ops against finite differences, the in-place rule, dtypes."""
 import inspect
 import re
 
@@ -12,6 +12,7 @@ from fastdrop.nn import (
     cross_entropy,
     dropout,
     engine,
+    functional,
     gradcheck,
     log_softmax,
     no_grad,
@@ -31,8 +32,9 @@ def positive(*shape, seed=0):
 LABELS = np.array([2, 0, 1, 2])
 
 # One entry per op (and per broadcasting pattern): f and its inputs. Every op
-# name recorded by `engine._result` must appear here or, for the dropout variants'
-# ops, in tests/test_nn_variants.py's OP_CASES (test_every_op_has_a_case).
+# name recorded by `engine._result` (in engine.py and functional.py) must appear here
+# or, for the dropout variants' ops, in tests/test_nn_variants.py's OP_CASES
+# (test_every_op_has_a_case).
 OP_CASES = {
     "add": (lambda a, b: a + b, [signed(3, 4), signed(3, 4, seed=1)]),
     "add row broadcast": (lambda a, b: a + b, [signed(3, 4), signed(4, seed=1)]),
@@ -86,7 +88,8 @@ def test_gradcheck_every_op(name):
 def test_every_op_has_a_case():
     from tests.test_nn_variants import OP_CASES as VARIANT_CASES  # the dropout variants' ops
 
-    declared = set(re.findall(r'_result\([^"]*?"([^"]+)"', inspect.getsource(engine)))
+    source = inspect.getsource(engine) + inspect.getsource(functional)
+    declared = set(re.findall(r'_result\([^"]*?"([^"]+)"', source))
     seen = set()
     cases = list(OP_CASES.values()) + [(make("numpy"), inputs)
                                        for make, inputs in VARIANT_CASES.values()]

@@ -13,7 +13,7 @@ import pytest
 import fastdrop
 import fastdrop.nn as nn
 from fastdrop.nn import acquisition, predict_mc, uncertainty
-from fastdrop.nn.nn import MC_STREAM_BASE
+from fastdrop.nn.mc import MC_STREAM_BASE
 
 FIELDS = [field.name for field in dataclasses.fields(nn.MCPrediction)]
 

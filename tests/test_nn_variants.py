@@ -20,7 +20,7 @@ def signed(*shape, seed=0):
 
 # -- graph ops: gradcheck -------------------------------------------------------------------
 
-# name -> (f(backend) -> function of the inputs, inputs). Every op engine._result records
+# name -> (f(backend) -> function of the inputs, inputs). Every op that `_result` records
 # must have a case here or in tests/test_nn_engine.py (its test_every_op_has_a_case).
 OP_CASES = {
     "dropout channel noise shape": (

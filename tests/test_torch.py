@@ -1161,4 +1161,4 @@ def test_without_torch_the_error_names_the_extra_and_fastdrop_still_imports():
     assert result.returncode == 0, result.stderr
     file, message = result.stdout.splitlines()[:2]
     assert Path(file).resolve().parent.parent == PACKAGE_ROOT
-    assert message.startswith("ImportError:") and "fastdrop[torch]" in message, message
+    assert message.startswith("ImportError:") and "fastdrop-cpu[torch]" in message, message

@@ -1,8 +1,9 @@
 """The one registry of what is benchmarked: operations, and the implementations of each.
 
-``fastdrop bench``, the pytest-benchmark suite (``benchmarks/``) and docs/benchmarks.md
-all read `OPERATIONS` and `IMPLEMENTATIONS`, so a new implementation or operation
-appears everywhere at once.
+``fastdrop bench`` and the repository's ``benchmarks/`` (the pytest-benchmark suite, the
+targets, docs/development/benchmark-runs.md) all read `OPERATIONS` and `IMPLEMENTATIONS`,
+so a new implementation or operation appears everywhere at once; ``benchmarks/`` adds NumPy
+written for speed as one more `Implementation`.
 
 An implementation of an operation is a *setup* ``setup(n, p, dtype, threads)`` that
 allocates everything (inputs, outputs, stored masks, scratch buffers) and returns a
@@ -27,9 +28,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .._backends import backend_available
-from .._config import SERIAL_ELEMENTS
-from .._validate import bfloat16_dtype
+from .._internal import SERIAL_ELEMENTS, backend_available, bfloat16_dtype, resolve_backend
 from ..maskstream.spec import gaussian_sigma
 
 SEED = 1234
@@ -38,7 +37,7 @@ STREAM = 0
 
 @dataclass(frozen=True)
 class Operation:
-    """One benchmarked operation, as the tables, the plot and docs/benchmarks.md name it.
+    """One benchmarked operation, as the tables and the plot name it.
 
     Attributes
     ----------
@@ -121,7 +120,8 @@ class Implementation:
         return self.setups[operation](int(n), float(p), bench_dtype(dtype), int(threads))
 
 
-def _values(n, dtype):
+def input_values(n, dtype):
+    """The array a row starts from: n elements of 1.5."""
     return np.full(n, 1.5, dtype=dtype)
 
 
@@ -136,12 +136,13 @@ def _is_bfloat16(dtype):
     return bench_dtype(dtype).name == "bfloat16"
 
 
-def _uniform_dtype(dtype):
+def uniform_dtype(dtype):
     """The dtype NumPy's generator draws uniforms in for x's dtype (bfloat16: float32)."""
     return np.float32 if _is_bfloat16(dtype) else dtype
 
 
-def _scale(p):
+def dropout_scale(p):
+    """The factor 1 / (1 - p) that kept elements are multiplied by."""
     return 1.0 / (1.0 - p)
 
 
@@ -161,27 +162,30 @@ def channel_shape(n):
     return (n // spatial // channels, channels, height, spatial // height)
 
 
-def _channel_values(n, dtype):
-    return _values(n, dtype).reshape(channel_shape(n))
+def channel_input(n, dtype):
+    """`input_values` shaped (N, C, H, W) by `channel_shape`."""
+    return input_values(n, dtype).reshape(channel_shape(n))
 
 
-def _gaussian_values(n, dtype):
+def gaussian_input(n, dtype):
     """+0.0: repeated in-place noise keeps it +-0.0, never subnormal (see the module notes)."""
     return np.zeros(n, dtype=dtype)
 
 
-def _module_requirement(module, what):
+def _module_requirement(module):
     def requirement():
         if importlib.util.find_spec(module) is None:
-            return f"{module} is not installed ({what})"
+            return f"not installed: pip install {module}"
         return None
     return requirement
 
 
 def _backend_requirement(backend):
     def requirement():
-        if not backend_available(backend):
-            return f"fastdrop backend {backend!r} is not available here"
+        try:
+            resolve_backend(backend)
+        except ValueError as error:  # it says what cannot be imported
+            return str(error)
         return None
     return requirement
 
@@ -201,14 +205,13 @@ def floor_kernel():
 
 
 FLOOR_DESCRIPTIONS = {
-    "cython": "x *= s in place, OpenMP parallel, with the fused kernels' vector path and "
-              "prefetch (fastdrop.kernels.cython.kernels.scale_in_place; bfloat16: the same on "
-              "its 2-byte bit patterns, s and each product rounded as dropout's, at every size)",
+    "cython": "x *= s in place with the kernels' own vector loop and OpenMP threads "
+              "(bfloat16 too, rounded as dropout rounds)",
     "numba": "x *= s in place, Numba prange (the Cython extension is not built)",
-    "numpy": "np.multiply(x, s, out=x), one thread (neither Cython nor Numba is available)",
+    "numpy": "np.multiply(x, s, out=x) on one thread (neither Cython nor Numba is available)",
 }
-FLOOR_SERIAL = (f"below 2^{SERIAL_ELEMENTS.bit_length() - 1} elements (fastdrop's serial "
-                "cutoff): np.multiply(x, s, out=x), one thread")
+FLOOR_SERIAL = (f"below 2^{SERIAL_ELEMENTS.bit_length() - 1} elements, where fastdrop runs on one "
+                "thread: np.multiply(x, s, out=x)")
 
 _numba_scale_kernel = None
 
@@ -236,8 +239,8 @@ def _floor_setup(n, p, dtype, threads):
     """
     from ..kernels.common import chunk_count
 
-    x = _values(n, dtype)
-    scale = _scale(p)
+    x = input_values(n, dtype)
+    scale = dropout_scale(p)
     threads = chunk_count(n, threads)  # same serial cutoff as fastdrop's kernels
     if _is_bfloat16(dtype) and floor_kernel() == "cython":
         # NumPy's bfloat16 loops (ml_dtypes) are no floor: always the kernels' own scaling
@@ -263,7 +266,7 @@ def _floor_setup(n, p, dtype, threads):
 # ----------------------------------------------------------- NumPy, the textbook formula
 
 def _numpy_forward_inplace(n, p, dtype, threads):
-    x, rng = _values(n, dtype), np.random.default_rng(SEED)
+    x, rng = input_values(n, dtype), np.random.default_rng(SEED)
 
     def call():  # x *= (rng.random(x.shape) >= p) / (1 - p)
         np.multiply(x, (rng.random(x.shape) >= p) / (1 - p), out=x)
@@ -271,7 +274,7 @@ def _numpy_forward_inplace(n, p, dtype, threads):
 
 
 def _numpy_forward(n, p, dtype, threads):
-    x, rng = _values(n, dtype), np.random.default_rng(SEED)
+    x, rng = input_values(n, dtype), np.random.default_rng(SEED)
     return lambda: x * (rng.random(x.shape) >= p) / (1 - p)
 
 
@@ -281,7 +284,7 @@ def _numpy_mask(n, p, dtype, threads):
 
 
 def _numpy_backward_mask(n, p, dtype, threads):
-    grad, mask = _values(n, dtype), np.random.default_rng(SEED).random(n) >= p
+    grad, mask = input_values(n, dtype), np.random.default_rng(SEED).random(n) >= p
 
     def call():  # grad *= mask / (1 - p)
         np.multiply(grad, mask / (1 - p), out=grad)
@@ -289,7 +292,7 @@ def _numpy_backward_mask(n, p, dtype, threads):
 
 
 def _numpy_backward_recompute(n, p, dtype, threads):
-    grad = _values(n, dtype)
+    grad = input_values(n, dtype)
 
     def call():  # NumPy's only way to recompute: reseed and draw again
         np.multiply(grad, (np.random.default_rng(SEED).random(grad.shape) >= p) / (1 - p),
@@ -298,7 +301,7 @@ def _numpy_backward_recompute(n, p, dtype, threads):
 
 
 def _numpy_channel_inplace(n, p, dtype, threads):
-    x, rng = _channel_values(n, dtype), np.random.default_rng(SEED)
+    x, rng = channel_input(n, dtype), np.random.default_rng(SEED)
     mask_shape = x.shape[:2] + (1, 1)
 
     def call():  # x *= (rng.random((N, C, 1, 1)) >= p) / (1 - p)
@@ -307,100 +310,10 @@ def _numpy_channel_inplace(n, p, dtype, threads):
 
 
 def _numpy_gaussian_inplace(n, p, dtype, threads):
-    x, rng, sigma = _gaussian_values(n, dtype), np.random.default_rng(SEED), gaussian_sigma(p)
+    x, rng, sigma = gaussian_input(n, dtype), np.random.default_rng(SEED), gaussian_sigma(p)
 
     def call():  # x *= rng.normal(1, sigma, x.shape)
         np.multiply(x, rng.normal(1.0, sigma, x.shape), out=x)
-    return call
-
-
-# ------------------------- NumPy, careful: uniforms in x's dtype, no temporaries, out= everywhere
-
-def _careful_buffers(n, dtype):
-    return np.empty(n, dtype=_uniform_dtype(dtype)), np.empty(n, dtype=bool)
-
-
-def _careful_forward_inplace(n, p, dtype, threads):
-    x, (uniforms, keep) = _values(n, dtype), _careful_buffers(n, dtype)
-    rng, scale = np.random.default_rng(SEED), dtype.type(_scale(p))
-
-    def call():
-        rng.random(dtype=uniforms.dtype, out=uniforms)
-        np.greater_equal(uniforms, p, out=keep)
-        np.multiply(x, keep, out=x)
-        np.multiply(x, scale, out=x)
-    return call
-
-
-def _careful_forward(n, p, dtype, threads):
-    x, y, (uniforms, keep) = _values(n, dtype), np.empty(n, dtype), _careful_buffers(n, dtype)
-    rng, scale = np.random.default_rng(SEED), dtype.type(_scale(p))
-
-    def call():
-        rng.random(dtype=uniforms.dtype, out=uniforms)
-        np.greater_equal(uniforms, p, out=keep)
-        np.multiply(x, keep, out=y)
-        np.multiply(y, scale, out=y)
-    return call
-
-
-def _careful_mask(n, p, dtype, threads):
-    uniforms, keep = _careful_buffers(n, np.float32)
-    rng = np.random.default_rng(SEED)
-
-    def call():
-        rng.random(dtype=np.float32, out=uniforms)
-        np.greater_equal(uniforms, p, out=keep)
-    return call
-
-
-def _careful_backward_mask(n, p, dtype, threads):
-    grad = _values(n, dtype)
-    keep = np.random.default_rng(SEED).random(n, dtype=np.float32) >= p
-    scale = dtype.type(_scale(p))
-
-    def call():
-        np.multiply(grad, keep, out=grad)
-        np.multiply(grad, scale, out=grad)
-    return call
-
-
-def _careful_backward_recompute(n, p, dtype, threads):
-    grad, (uniforms, keep) = _values(n, dtype), _careful_buffers(n, dtype)
-    scale = dtype.type(_scale(p))
-
-    def call():
-        np.random.default_rng(SEED).random(dtype=uniforms.dtype, out=uniforms)
-        np.greater_equal(uniforms, p, out=keep)
-        np.multiply(grad, keep, out=grad)
-        np.multiply(grad, scale, out=grad)
-    return call
-
-
-def _careful_channel_inplace(n, p, dtype, threads):
-    x = _channel_values(n, dtype)
-    mask_shape = x.shape[:2] + (1, 1)
-    uniforms, keep = np.empty(mask_shape, _uniform_dtype(dtype)), np.empty(mask_shape, bool)
-    factors = np.empty(mask_shape, dtype)
-    rng, scale = np.random.default_rng(SEED), dtype.type(_scale(p))
-
-    def call():  # the (N, C, 1, 1) factors in x's dtype, then one broadcast multiply
-        rng.random(dtype=uniforms.dtype, out=uniforms)
-        np.greater_equal(uniforms, p, out=keep)
-        np.multiply(keep, scale, out=factors)
-        np.multiply(x, factors, out=x)
-    return call
-
-
-def _careful_gaussian_inplace(n, p, dtype, threads):
-    x, noise = _gaussian_values(n, dtype), np.empty(n, _uniform_dtype(dtype))
-    rng, sigma = np.random.default_rng(SEED), noise.dtype.type(gaussian_sigma(p))
-
-    def call():  # normals drawn in x's dtype (ziggurat) into a preallocated buffer
-        rng.standard_normal(dtype=noise.dtype, out=noise)
-        np.multiply(noise, sigma, out=noise)
-        np.add(noise, 1, out=noise)
-        np.multiply(x, noise, out=x)
     return call
 
 
@@ -422,13 +335,13 @@ def _tensor(torch, array):
 
 def _torch_forward_inplace(n, p, dtype, threads):
     torch = _torch(threads)
-    x = _tensor(torch, _values(n, dtype))
+    x = _tensor(torch, input_values(n, dtype))
     return lambda: torch.nn.functional.dropout(x, p, training=True, inplace=True)
 
 
 def _torch_forward(n, p, dtype, threads):
     torch = _torch(threads)
-    x = _tensor(torch, _values(n, dtype))
+    x = _tensor(torch, input_values(n, dtype))
     return lambda: torch.nn.functional.dropout(x, p, training=True)
 
 
@@ -440,17 +353,17 @@ def _torch_mask(n, p, dtype, threads):
 
 def _torch_backward_mask(n, p, dtype, threads):  # aten native_dropout_backward's arithmetic
     torch = _torch(threads)
-    grad = _tensor(torch, _values(n, dtype))
+    grad = _tensor(torch, input_values(n, dtype))
     keep = torch.empty(n, dtype=torch.bool).bernoulli_(1 - p)
-    scale = _scale(p)
+    scale = dropout_scale(p)
     return lambda: grad.mul_(keep).mul_(scale)
 
 
 def _torch_backward_recompute(n, p, dtype, threads):
     torch = _torch(threads)
-    grad = _tensor(torch, _values(n, dtype))
+    grad = _tensor(torch, input_values(n, dtype))
     keep, generator = torch.empty(n, dtype=torch.bool), torch.Generator()
-    scale = _scale(p)
+    scale = dropout_scale(p)
 
     def call():
         keep.bernoulli_(1 - p, generator=generator.manual_seed(SEED))
@@ -460,13 +373,13 @@ def _torch_backward_recompute(n, p, dtype, threads):
 
 def _torch_channel_inplace(n, p, dtype, threads):
     torch = _torch(threads)
-    x = _tensor(torch, _channel_values(n, dtype))
+    x = _tensor(torch, channel_input(n, dtype))
     return lambda: torch.nn.functional.dropout2d(x, p, training=True, inplace=True)
 
 
 def _torch_gaussian_inplace(n, p, dtype, threads):  # torch has no Gaussian dropout: the idiom
     torch = _torch(threads)
-    x, sigma = _tensor(torch, _gaussian_values(n, dtype)), gaussian_sigma(p)
+    x, sigma = _tensor(torch, gaussian_input(n, dtype)), gaussian_sigma(p)
     return lambda: x.mul_(torch.empty_like(x).normal_(1.0, sigma))
 
 
@@ -477,13 +390,13 @@ def _fastdrop_setups(backend):
 
     def forward_inplace(n, p, dtype, threads):
         fastdrop.set_num_threads(threads)
-        x = _values(n, dtype)
+        x = input_values(n, dtype)
         return lambda: fastdrop.dropout(x, p, seed=SEED, stream=STREAM, inplace=True,
                                         backend=backend)
 
     def forward(n, p, dtype, threads):
         fastdrop.set_num_threads(threads)
-        x, y = _values(n, dtype), np.empty(n, dtype=dtype)
+        x, y = input_values(n, dtype), np.empty(n, dtype=dtype)
         return lambda: fastdrop.dropout(x, p, seed=SEED, stream=STREAM, out=y, backend=backend)
 
     def mask(n, p, dtype, threads):
@@ -492,26 +405,26 @@ def _fastdrop_setups(backend):
 
     def backward_mask(n, p, dtype, threads):
         fastdrop.set_num_threads(threads)
-        grad = _values(n, dtype)
+        grad = input_values(n, dtype)
         _, stored = fastdrop.dropout(np.zeros(n, dtype), p, seed=SEED, stream=STREAM,
                                      backend=backend)
         return lambda: fastdrop.dropout_backward(grad, stored, inplace=True, backend=backend)
 
     def backward_recompute(n, p, dtype, threads):
         fastdrop.set_num_threads(threads)
-        grad = _values(n, dtype)
+        grad = input_values(n, dtype)
         return lambda: fastdrop.dropout_backward_recompute(
             grad, p, seed=SEED, stream=STREAM, inplace=True, backend=backend)
 
     def channel_inplace(n, p, dtype, threads):
         fastdrop.set_num_threads(threads)
-        x = _channel_values(n, dtype)
+        x = channel_input(n, dtype)
         return lambda: fastdrop.channel_dropout(x, p, seed=SEED, stream=STREAM, inplace=True,
                                                 backend=backend)
 
     def gaussian_inplace(n, p, dtype, threads):
         fastdrop.set_num_threads(threads)
-        x = _gaussian_values(n, dtype)
+        x = gaussian_input(n, dtype)
         return lambda: fastdrop.gaussian_dropout(x, p, seed=SEED, stream=STREAM, inplace=True,
                                                  backend=backend)
 
@@ -542,23 +455,12 @@ IMPLEMENTATIONS = {implementation.name: implementation for implementation in (
          "channel_inplace": _numpy_channel_inplace,
          "gaussian_inplace": _numpy_gaussian_inplace}),
     Implementation(
-        "numpy-careful",
-        "NumPy written for speed: uniforms drawn in x's dtype into a preallocated buffer, "
-        "bool mask, in-place ufuncs with out=, no float64 temporaries (Gaussian: "
-        "standard_normal in x's dtype, then * sigma + 1); one thread",
-        lambda: None,
-        {"forward_inplace": _careful_forward_inplace, "forward": _careful_forward,
-         "mask": _careful_mask, "backward_mask": _careful_backward_mask,
-         "backward_recompute": _careful_backward_recompute,
-         "channel_inplace": _careful_channel_inplace,
-         "gaussian_inplace": _careful_gaussian_inplace}),
-    Implementation(
         "torch",
         "torch.nn.functional.dropout (inplace=True for in-place rows); mask: bool bernoulli_; "
         "backward: grad.mul_(mask).mul_(scale); channel: F.dropout2d(inplace=True); "
         "Gaussian (no torch function): x.mul_(torch.empty_like(x).normal_(1, sigma)), "
         "allocating the noise each call; torch.set_num_threads(threads)",
-        _module_requirement("torch", "PyTorch columns are skipped"),
+        _module_requirement("torch"),
         {"forward_inplace": _torch_forward_inplace, "forward": _torch_forward,
          "mask": _torch_mask, "backward_mask": _torch_backward_mask,
          "backward_recompute": _torch_backward_recompute,
@@ -581,15 +483,3 @@ def available_implementations(names=None):
     chosen = IMPLEMENTATIONS if names is None else {name: IMPLEMENTATIONS[name] for name in names}
     return [implementation for implementation in IMPLEMENTATIONS.values()
             if implementation.name in chosen and implementation.available()]
-
-
-def unavailable_implementations(names=None):
-    """{name: reason} for the implementations (all, or those named) that cannot run here."""
-    chosen = IMPLEMENTATIONS if names is None else names
-    return {name: IMPLEMENTATIONS[name].unavailable_reason() for name in chosen
-            if not IMPLEMENTATIONS[name].available()}
-
-
-def mask_bytes(n):
-    """Bytes of a packed mask of n elements: ceil(n / 64) uint64 words."""
-    return math.ceil(n / 64) * 8

@@ -1,18 +1,21 @@
-"""What a benchmark run looks like: tables, thread scaling, the targets, JSON, the plot.
+"""What ``fastdrop bench`` prints: the machine and versions, then one table of ratios.
 
-The tables come as text and as Markdown.
-
-Cells are printed as measured: a ratio to the floor below 1x (the floor runs
-parallel and fastdrop serial below its cutoff, or noise) or far above a target
-stays in the table.
+One row per operation and n; for each of fastdrop's backends, its time over the memory
+floor's ("× memory floor": 1.00× is as fast as the memory allows) and its speed-up over
+NumPy's textbook formula and over PyTorch ("vs NumPy", "vs PyTorch": their time /
+fastdrop's). Cells are printed as measured, below 1× too. No line is wider than `WIDTH`.
 """
 import json
+import textwrap
 
 from .implementations import BASELINE, FLOOR, OPERATIONS
 from .runner import size_label
 
-COLORS = {"floor": "black", "numpy": "tab:red", "numpy-careful": "tab:orange",
-          "torch": "tab:purple", "numba": "tab:blue", "cython": "tab:green"}
+WIDTH = 100
+BACKENDS = ("cython", "numba")  # fastdrop's compiled backends, the default first
+TORCH = "torch"
+BUSY_RATIO = 2.0  # two backends this far apart on one row: something else had the cores
+BUSY_MIN_N = 1 << 20  # below, a call's fixed cost differs between the backends by design
 
 
 def format_time(seconds):
@@ -26,188 +29,160 @@ def format_time(seconds):
     return f"{seconds:.2f} s"
 
 
-def format_rate(gelem_per_s):
-    """A throughput in Gelem/s as text: three significant digits, whole from 100 on."""
-    return f"{gelem_per_s:.3g}" if gelem_per_s < 100 else f"{gelem_per_s:.0f}"
-
-
 def format_ratio(ratio, decimals=2):
-    """A ratio as text, e.g. ``"1.23x"``; None gives ``"-"``.
+    """A ratio as text, e.g. ``"1.23×"``; None gives ``"-"``.
 
-    ``decimals`` applies below 10x; from 10x on one decimal, from 100x on none.
+    ``decimals`` applies below 10×; from 10× on one decimal, from 100× on none.
     """
     if ratio is None:
         return "-"
     if ratio < 10:
-        return f"{ratio:.{decimals}f}x"
-    return f"{ratio:.1f}x" if ratio < 100 else f"{ratio:.0f}x"
+        return f"{ratio:.{decimals}f}×"
+    return f"{ratio:.1f}×" if ratio < 100 else f"{ratio:.0f}×"
+
+
+def _wrap(text):
+    return textwrap.wrap(text, WIDTH, subsequent_indent="  ", break_on_hyphens=False)
+
+
+def _plural(count, word):
+    return f"{count} {word}" + ("" if count == 1 else "s")
 
 
 def header_lines(run):
-    """The lines that head a text report.
-
-    Date and load average, versions, CPU and OpenMP, threads, the floor, the statistic,
-    and one line per skipped (unavailable) implementation.
-    """
-    header, settings = run["header"], run["settings"]
-    cpu_line = (f"cpu: {header['cpu']} ({header['cpus available']} CPUs available; "
-                f"{' '.join(header['simd']) or 'no SIMD flags read'}); OpenMP "
-                f"{'yes' if header['openmp'] else 'no' if header['openmp'] is False else 'n/a'}")
-    load = header.get("load average")
-    lines = [
-        f"fastdrop bench  {header['date']}"
-        + (f"  (load average at start {load[0]:.2f}, {load[1]:.2f}, {load[2]:.2f})"
-           if load else ""),
-        " | ".join(f"{name} {header[name] or 'not installed'}"
-                   for name in ("fastdrop", "numpy", "numba", "torch", "python"))
-        + (f" | git {header['git']}" if header.get("git") else ""),
-        cpu_line,
-        f"threads: {', '.join(str(t) for t in settings['threads'])} (NumPy baselines run on one)",
-        f"floor: {header['floor']}",
-        f"statistic: {settings['statistic']}; {settings['repeat']} samples per cell, each "
-        f">= {settings['min_time_s'] * 1e3:g} ms of back-to-back calls, after a warm-up call",
-    ]
-    for name, reason in run["unavailable"].items():
-        lines.append(f"skipped: {name} ({reason})")
-    return lines
+    """The machine (CPU, SIMD path, threads) and the versions, wrapped to `WIDTH`."""
+    header, threads = run["header"], run["settings"]["threads"]
+    openmp = {True: "; OpenMP on", False: "; OpenMP off (a serial build)"}.get(header["openmp"], "")
+    machine = (f"machine: {header['cpu']}, {header['simd path']}, "
+               f"{_plural(header['cpus available'], 'CPU')}; "
+               f"{', '.join(map(str, threads))} thread{'s' if threads != [1] else ''}{openmp}")
+    versions = "versions: " + ", ".join(
+        f"{label} {header[key]}" for label, key in (
+            ("fastdrop", "fastdrop"), ("NumPy", "numpy"), ("Numba", "numba"),
+            ("PyTorch", "torch"), ("Python", "python")) if header.get(key))
+    return _wrap(f"fastdrop bench, {header['date']}") + _wrap(machine) + _wrap(versions)
 
 
-def _multi_thread(run):
-    return len(run["settings"]["threads"]) > 1
+def _backends(run):
+    return [name for name in BACKENDS if name in run["implementations"]]
 
 
-KEY_TITLES = ["operation", "n", "p", "dtype"]
+def _comparisons(run):
+    """(group title, implementation) of the ratio columns: floor, then NumPy and PyTorch."""
+    groups = [("× memory floor", FLOOR)]
+    groups += [(title, name) for title, name in (("vs NumPy", BASELINE), ("vs PyTorch", TORCH))
+               if name in run["implementations"]]
+    return groups
 
 
-def _row_cells(row):
-    return [OPERATIONS[row["operation"]].title, size_label(row["n"]), f"{row['p']:g}",
-            row["dtype"]]
+def _ratio(row, backend, other):
+    """``backend``'s time / the floor's, or ``other``'s time / ``backend``'s; None if missing."""
+    mine = row["results"].get(backend, {}).get("best_s")
+    theirs = row["results"].get(other, {}).get("best_s")
+    if mine is None or theirs is None:
+        return None
+    return mine / theirs if other == FLOOR else theirs / mine
 
 
-def _key_cells(run, row):
-    return _row_cells(row) + ([str(row["threads"])] if _multi_thread(run) else [])
-
-
-def _key_titles(run):
-    return KEY_TITLES + (["threads"] if _multi_thread(run) else [])
-
-
-def _speedup_names(run):
-    return [name for name in run["implementations"] if name not in (FLOOR, BASELINE)] \
-        if BASELINE in run["implementations"] else []
+def _columns(run, rows):
+    """[(group title, column title, cells, left-aligned)] of one block of rows."""
+    columns = [("", "operation", [OPERATIONS[row["operation"]].title for row in rows], True),
+               ("", "n", [size_label(row["n"]) for row in rows], False),
+               ("", "floor time", [format_time(row["results"][FLOOR]["best_s"])
+                                   if "best_s" in row["results"].get(FLOOR, {}) else "-"
+                                   for row in rows], False)]
+    for group, other in _comparisons(run):
+        for index, backend in enumerate(_backends(run)):
+            columns.append((group if index == 0 else "", backend,
+                            [format_ratio(_ratio(row, backend, other)) for row in rows], False))
+    return columns
 
 
 def _text_table(columns):
-    """Aligned text lines for [(group title, subtitle, values)].
+    """Aligned lines: group titles, column titles, a rule, the rows.
 
-    The first column is left-aligned, the rest right-aligned; a group title starts over its
-    first column.
+    A group title starts over its first column; the group's last column widens if the
+    title is longer than the group's columns.
     """
-    widths = [max(len(subtitle), *(len(value) for value in values)) if values else len(subtitle)
-              for _, subtitle, values in columns]
-    # a group title may be wider than its first column: let it run over the next ones
-    group_line, position = "", 0
-    for (group, _, _), width in zip(columns, widths):
-        if group:
-            start = max(position, len(group_line) + 2) if group_line else position
-            group_line = group_line.ljust(start) + group
-        position += width + 2
-    numeric = [index >= 1 for index in range(len(columns))]
-    lines = [group_line.rstrip()]
-    lines.append("  ".join(subtitle.ljust(width) if not right else subtitle.rjust(width)
-                           for (_, subtitle, _), width, right in zip(columns, widths, numeric)))
-    lines.append("  ".join("-" * width for width in widths))
-    for row_index in range(len(columns[0][2])):
-        lines.append("  ".join(
-            values[row_index].rjust(width) if right else values[row_index].ljust(width)
-            for (_, _, values), width, right in zip(columns, widths, numeric)).rstrip())
+    widths = [max([len(title)] + [len(cell) for cell in cells])
+              for _, title, cells, _ in columns]
+    starts = [index for index, (group, *_) in enumerate(columns) if group] + [len(columns)]
+    for first, end in zip(starts, starts[1:]):
+        span = sum(widths[first:end]) + 2 * (end - first - 1)
+        widths[end - 1] += max(0, len(columns[first][0]) - span)
+
+    def line(texts):
+        return "  ".join(text.ljust(width) if left else text.rjust(width)
+                         for text, width, (*_, left) in zip(texts, widths, columns)).rstrip()
+
+    group_line, start = "", 0
+    for (group, *_), width in zip(columns, widths):
+        group_line = group_line.ljust(start) + group if group else group_line
+        start += width + 2
+    lines = [group_line, line([title for _, title, _, _ in columns]),
+             "  ".join("-" * width for width in widths)]
+    lines += [line(cells) for cells in zip(*(cells for _, _, cells, _ in columns))]
     return lines
 
 
-def format_table(run):
-    """The run as a text table: one row per (operation, n, p, dtype[, threads])."""
-    columns = [("", title, [cells[i] for cells in (_key_cells(run, row) for row in run["rows"])])
-               for i, title in enumerate(_key_titles(run))]
-    for name in run["implementations"]:
-        subtitles = ["time", "Gel/s"] + ([] if name == FLOOR else ["xfloor"])
-        for index, subtitle in enumerate(subtitles):
-            values = []
-            for row in run["rows"]:
-                cell = row["results"].get(name)
-                if cell is None:
-                    values.append("")
-                elif "error" in cell:
-                    values.append("error" if index == 0 else "")
-                else:
-                    values.append([format_time(cell["best_s"]), format_rate(cell["gelem_per_s"]),
-                                   format_ratio(cell.get("ratio_to_floor"))][index])
-            columns.append((name if index == 0 else "", subtitle, values))
-    for index, name in enumerate(_speedup_names(run)):
-        values = [format_ratio(row["results"].get(name, {}).get("speedup_over_numpy"))
-                  if "best_s" in row["results"].get(name, {}) else "" for row in run["rows"]]
-        columns.append(("speed-up over numpy" if index == 0 else "", name, values))
-
-    lines = header_lines(run) + [""] + _text_table(columns) + [""]
-    lines.append("cells: time per call | Gel/s = 10^9 elements per second | xfloor = time / "
-                 "the floor's best time in this run for the row's n, dtype and threads")
-    lines.append("speed-up over numpy = the textbook NumPy formula's time / the implementation's")
-    for name in run["implementations"]:
-        lines.append(f"  {name}: {run['descriptions'][name]}")
-    return "\n".join(lines)
-
-
-def format_markdown(run, by_operation=False):
-    """The run as a Markdown table: each cell 'time, Gelem/s, ratio to the floor'.
-
-    ``by_operation`` gives one table per operation, each under a heading.
-    """
-    if by_operation:
-        parts = []
-        for operation in dict.fromkeys(row["operation"] for row in run["rows"]):
-            part = dict(run, rows=[row for row in run["rows"] if row["operation"] == operation])
-            parts.append(f"#### {OPERATIONS[operation].title}\n\n"
-                         f"{OPERATIONS[operation].description}.\n\n{format_markdown(part)}")
-        return "\n\n".join(parts)
-    names = run["implementations"]
-    speedups = _speedup_names(run)
-    titles = _key_titles(run) + [f"{name}" for name in names] + \
-        [f"{name} vs numpy" for name in speedups]
-    lines = ["| " + " | ".join(titles) + " |",
-             "|" + "|".join(["---"] * len(_key_titles(run)) + ["--:"] * (len(titles) -
-                                                                        len(_key_titles(run))))
-             + "|"]
+def _blocks(run):
+    """{(dtype, p, threads): rows}, in run order: one table each."""
+    blocks = {}
     for row in run["rows"]:
-        cells = _key_cells(run, row)
-        for name in names:
-            cell = row["results"].get(name)
-            if cell is None:
-                cells.append("")
-            elif "error" in cell:
-                cells.append("error")
-            elif name == FLOOR:
-                cells.append(f"{format_time(cell['best_s'])}<br>"
-                             f"{format_rate(cell['gelem_per_s'])} G/s")
-            else:
-                cells.append(f"{format_time(cell['best_s'])}<br>{format_rate(cell['gelem_per_s'])}"
-                             f" G/s<br>**{format_ratio(cell['ratio_to_floor'])}**")
-        for name in speedups:
-            cell = row["results"].get(name, {})
-            cells.append(format_ratio(cell.get("speedup_over_numpy")) if "best_s" in cell else "")
-        lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines)
+        blocks.setdefault((row["dtype"], row["p"], row["threads"]), []).append(row)
+    return blocks
 
 
-SCALED_BACKENDS = ("cython", "numba")  # the fastdrop backends of the scaling table, in order
+def legend_lines(run):
+    """What the columns mean, what was left out and why, and the cells that failed."""
+    samples = run["settings"]["repeat"]
+    text = ["× memory floor: the backend's time / the time of x *= s over the same array on the "
+            "same threads (1.00× is as fast as the memory allows; lower is better).",
+            "vs NumPy: the time of NumPy's textbook x * (rng.random(x.shape) >= p) / (1 - p) / "
+            "the backend's (higher is better)."]
+    if TORCH in run["implementations"]:
+        text.append("vs PyTorch: the time of torch.nn.functional.dropout (and its counterparts "
+                    "for masks, backward, channels and noise) / the backend's.")
+    text.append(f"Each time is the best of {_plural(samples, 'sample')}, the columns' samples "
+                f"interleaved; floor time: the memory floor's time per call.")
+    for name, reason in run["unavailable"].items():
+        text.append(f"not measured: {name} ({reason}).")
+    for row in run["rows"]:
+        for name, cell in row["results"].items():
+            if "error" in cell:
+                text.append(f"error: {name} on {OPERATIONS[row['operation']].title} at "
+                            f"n={size_label(row['n'])}: {cell['error']}")
+    return [wrapped for line in text for wrapped in _wrap(line)]
 
 
-def _thread_counts(run):
-    return sorted(set(run["settings"]["threads"]))
+def busy_note(run):
+    """One line if two backends differ by more than `BUSY_RATIO` on one large row, else None.
+
+    The backends do the same work on the same memory; far apart at a size where a call's
+    fixed cost does not count, the likelier cause is another process on the cores.
+    """
+    worst = None
+    for row in run["rows"]:
+        times = {name: row["results"][name]["best_s"] for name in _backends(run)
+                 if "best_s" in row["results"].get(name, {})}
+        if row["n"] < BUSY_MIN_N or len(times) < 2:
+            continue
+        slow, fast = max(times, key=times.get), min(times, key=times.get)
+        ratio = times[slow] / times[fast]
+        if ratio > BUSY_RATIO and (worst is None or ratio > worst[0]):
+            worst = (ratio, slow, fast, row)
+    if worst is None:
+        return None
+    ratio, slow, fast, row = worst
+    where = f" ({OPERATIONS[row['operation']].title}, {size_label(row['n'])})"
+    note = "{} {} slower than {}{}: the machine may be busy; rerun."
+    ratio = format_ratio(ratio, decimals=1)
+    text = note.format(slow, ratio, fast, where)
+    return text if len(text) <= WIDTH else note.format(slow, ratio, fast, "")
 
 
-def scaling_columns(run):
-    """The cells of the thread-scaling table.
-
-    `format_scaling` and `format_scaling_markdown` render them.
+def format_table(run):
+    """The whole report of a run as text: header, one table per (dtype, p, threads), legend.
 
     Parameters
     ----------
@@ -216,248 +191,20 @@ def scaling_columns(run):
 
     Returns
     -------
-    list of (group, name, values)
-        ``group`` is None for the key columns (operation, n, p, dtype), a thread count
-        for the throughput columns and ``"scaling"`` for the last ones; ``name`` is the
-        key's title or the implementation; ``values`` holds one text cell per
-        (operation, n, p, dtype), in run order. Empty for a run with one thread count.
-    """
-    thread_counts = _thread_counts(run)
-    if len(thread_counts) < 2:
-        return []
-    names = [FLOOR] + [name for name in SCALED_BACKENDS if name in run["implementations"]]
-    key_cells, results = {}, {}  # (operation, n, p, dtype) -> its cells; (key, threads) -> results
-    for row in run["rows"]:
-        key = (row["operation"], row["n"], row["p"], row["dtype"])
-        key_cells.setdefault(key, _row_cells(row))
-        results[key, row["threads"]] = row["results"]
-    columns = [(None, title, [cells[index] for cells in key_cells.values()])
-               for index, title in enumerate(KEY_TITLES)]
-
-    def cell(key, threads, name):
-        return results.get((key, threads), {}).get(name, {})
-
-    for threads in thread_counts:
-        for name in names:
-            values = []
-            for key in key_cells:
-                result = cell(key, threads, name)
-                if "error" in result:
-                    values.append("error")
-                elif "gelem_per_s" not in result:
-                    values.append("-")
-                elif name == FLOOR:
-                    values.append(format_rate(result["gelem_per_s"]))
-                else:
-                    values.append(f"{format_rate(result['gelem_per_s'])} "
-                                  f"({format_ratio(result.get('ratio_to_floor'))})")
-            columns.append((threads, name, values))
-    first, last = thread_counts[0], thread_counts[-1]
-    for name in names:
-        values = []
-        for key in key_cells:
-            start, end = cell(key, first, name), cell(key, last, name)
-            if "best_s" in start and "best_s" in end:
-                speedup = start["best_s"] / end["best_s"]
-                values.append(format_ratio(speedup, decimals=1 if speedup >= 1 else 2))
-            else:
-                values.append("-")
-        columns.append(("scaling", name, values))
-    return columns
-
-
-def _threads_text(threads):
-    return f"{threads} thread" + ("" if threads == 1 else "s")
-
-
-def _scaling_group_title(run, group, arrow):
-    if group == "scaling":
-        thread_counts = _thread_counts(run)
-        return f"scaling, {thread_counts[0]}{arrow}{thread_counts[-1]} threads"
-    return _threads_text(group)
-
-
-def format_scaling(run):
-    """How throughput changes with the thread count, as a text table.
-
-    Parameters
-    ----------
-    run : dict
-        A run from `runner.run_benchmarks` (or its JSON, ``fastdrop bench --json``).
-
-    Returns
-    -------
     str
-        One line per (operation, n, p, dtype). For each thread count, ascending: the
-        floor's Gelem/s and each fastdrop backend's (cython, then numba, those in the
-        run) with its ratio to the floor at that thread count, ``12.3 (1.08x)``; then
-        each one's time at the fewest threads divided by its time at the most,
-        ``7.9x``. Missing cells are ``-``. Empty for a run with one thread count.
-
-    See Also
-    --------
-    format_scaling_markdown : the same table in Markdown.
+        Lines of at most `WIDTH` characters; the last one is `busy_note` if it has one.
     """
-    columns = scaling_columns(run)
-    if not columns:
-        return ""
-    previous, text_columns = None, []
-    for group, name, values in columns:  # the group title over its first column only
-        title = _scaling_group_title(run, group, "->") if group not in (None, previous) else ""
-        text_columns.append((title, name, values))
-        previous = group
-    thread_counts = _thread_counts(run)
-    first, last = thread_counts[0], thread_counts[-1]
-    notes = ["", ("cells: Gel/s = 10^9 elements per second (time / the floor's best time at the "
-                  "same threads)"),
-             f"scaling = time at {_threads_text(first)} / time at {_threads_text(last)}"
-             + " (higher is better)"]
-    return "\n".join(["thread scaling"] + _text_table(text_columns) + notes)
-
-
-def format_scaling_markdown(run):
-    """How throughput changes with the thread count, as a Markdown table.
-
-    Takes a run as `format_scaling` does and returns its table in Markdown, one header
-    cell per (thread count or scaling, implementation); empty for a run with one
-    thread count.
-    """
-    columns = scaling_columns(run)
-    if not columns:
-        return ""
-    titles = [name if group is None else f"{name}<br>{_scaling_group_title(run, group, '→')}"
-              for group, name, _ in columns]
-    lines = ["| " + " | ".join(titles) + " |",
-             "|" + "|".join("---" if group is None else "--:" for group, _, _ in columns) + "|"]
-    for row_index in range(len(columns[0][2])):
-        lines.append("| " + " | ".join(values[row_index] for _, _, values in columns) + " |")
-    return "\n".join(lines)
-
-
-def _measured_text(record):
-    if record["unit"] == "ratio":  # three decimals: 1.151 must not read as a limit of 1.15
-        return format_ratio(record["measured"], decimals=3)
-    if record["unit"] == "bytes":
-        return f"{record['measured'] / 1024:.1f} KiB"
-    return str(record["measured"])
-
-
-def _limit_text(record):
-    limit = record["limit"]
-    return f"<= {format_ratio(limit)}" if isinstance(limit, (int, float)) else str(limit)
-
-
-def target_rows(records):
-    """The text cells of each target record: target, backend, measured, limit, met, where."""
-    return [[record["target"], record["backend"], _measured_text(record), _limit_text(record),
-             "met" if record["met"] else "NOT MET", record["where"]] for record in records]
-
-
-TARGET_TITLES = ["target", "backend", "measured", "target", "", "where"]
-
-
-def format_targets(records):
-    """The issue's targets as a text table (reported, never asserted)."""
-    rows = target_rows(records)
-    widths = [max([len(title)] + [len(row[i]) for row in rows])
-              for i, title in enumerate(TARGET_TITLES)]
-    lines = ["targets (measured in this run; reported, not asserted)",
-             "  ".join(title.ljust(width) for title, width in zip(TARGET_TITLES, widths)).rstrip(),
-             "  ".join("-" * width for width in widths)]
-    lines += ["  ".join(value.ljust(width) for value, width in zip(row, widths)).rstrip()
-              for row in rows]
-    return "\n".join(lines)
-
-
-def format_targets_markdown(records):
-    """The issue's targets as a Markdown table (reported, never asserted).
-
-    Parameters
-    ----------
-    records : list of dict
-        Target records, as `targets.measure_targets` returns them (``run["targets"]``).
-
-    Returns
-    -------
-    str
-        The table: a header, then one row per record (``|`` in cells escaped).
-    """
-    lines = ["| " + " | ".join(TARGET_TITLES[:4] + ["met", "where"]) + " |",
-             "|---|---|--:|--:|---|---|"]
-    for row in target_rows(records):
-        lines.append("| " + " | ".join(cell.replace("|", "\\|") for cell in row) + " |")
-    return "\n".join(lines)
+    lines = header_lines(run)
+    for (dtype, p, threads), rows in _blocks(run).items():
+        lines += ["", f"{dtype}, p = {p:g}, {_plural(threads, 'thread')}"]
+        lines += _text_table(_columns(run, rows))
+    lines += [""] + legend_lines(run)
+    note = busy_note(run)
+    return "\n".join(lines + ([note] if note else []))
 
 
 def save_json(run, path):
-    """Write the whole run (header, settings, every cell, targets if measured) as JSON."""
+    """Write the whole run (header, settings, every cell) as JSON."""
     with open(path, "w") as handle:
         json.dump(run, handle, indent=1)
         handle.write("\n")
-
-
-def plot(run, path):
-    """Throughput against n, one panel per (operation) and (dtype, p, threads); floor as a line.
-
-    Needs matplotlib (``pip install matplotlib``); raises ImportError saying so otherwise.
-    """
-    try:
-        import matplotlib
-    except ImportError as error:
-        raise ImportError("the plot needs matplotlib: pip install matplotlib") from error
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    from matplotlib import ticker
-
-    operations = list(dict.fromkeys(row["operation"] for row in run["rows"]))
-    combinations = list(dict.fromkeys((row["dtype"], row["p"], row["threads"])
-                                      for row in run["rows"]))
-    figure, axes = plt.subplots(len(combinations), len(operations), squeeze=False,
-                                figsize=(3.6 * len(operations), 3.0 * len(combinations) + 0.8),
-                                sharex=True)
-    handles = {}
-    for row_index, (dtype, p, threads) in enumerate(combinations):
-        for column_index, operation in enumerate(operations):
-            axis = axes[row_index][column_index]
-            rows = [row for row in run["rows"] if row["operation"] == operation
-                    and (row["dtype"], row["p"], row["threads"]) == (dtype, p, threads)]
-            if not rows:
-                axis.set_axis_off()
-                axis.text(0.5, 0.5, f"{OPERATIONS[operation].title}:\nsee {run['rows'][0]['dtype']}"
-                          if OPERATIONS[operation].dtype_independent else "not measured",
-                          ha="center", va="center", transform=axis.transAxes, color="gray")
-                continue
-            for name in run["implementations"]:
-                points = [(row["n"], row["results"][name]["gelem_per_s"]) for row in rows
-                          if "gelem_per_s" in row["results"].get(name, {})]
-                if not points:
-                    continue
-                sizes, rates = zip(*points)
-                style = dict(color="black", linewidth=2.2, linestyle="--") if name == FLOOR else \
-                    dict(color=COLORS.get(name), marker="o", markersize=3.5, linewidth=1.2)
-                (line,) = axis.plot(sizes, rates, label=name, **style)
-                handles.setdefault(name, line)
-            axis.set_xscale("log", base=2)
-            ticks = sorted({row["n"] for row in run["rows"]})
-            ticks = ticks[::2] if len(ticks) > 9 else ticks
-            axis.set_xticks(ticks, [f"$2^{{{n.bit_length() - 1}}}$" if n & (n - 1) == 0 else str(n)
-                                    for n in ticks])
-            axis.xaxis.set_minor_locator(ticker.NullLocator())
-            axis.set_yscale("log")
-            axis.yaxis.set_major_formatter(ticker.FormatStrFormatter("%g"))
-            axis.yaxis.set_minor_formatter(ticker.NullFormatter())
-            axis.grid(True, which="both", alpha=0.3)
-            axis.set_title(f"{OPERATIONS[operation].title}\n{dtype}, p={p:g}, {threads} threads",
-                           fontsize=9)
-            if column_index == 0:
-                axis.set_ylabel("Gelem/s (higher is better)")
-            if row_index == len(combinations) - 1:
-                axis.set_xlabel("n (elements)")
-    header = run["header"]
-    figure.suptitle(f"fastdrop {header['fastdrop']} on {header['cpu']}, {header['date']}",
-                    fontsize=10)
-    figure.legend(list(handles.values()), list(handles), loc="lower center",
-                  ncol=len(handles), frameon=False)
-    figure.tight_layout(rect=(0, 0.06, 1, 0.95))
-    figure.savefig(path, dpi=90)
-    plt.close(figure)

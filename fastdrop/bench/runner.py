@@ -24,7 +24,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .._validate import bfloat16_dtype
+from .._internal import bfloat16_dtype
 from .implementations import (
     BASELINE,
     FLOOR,
@@ -32,18 +32,14 @@ from .implementations import (
     FLOOR_SERIAL,
     IMPLEMENTATIONS,
     OPERATIONS,
-    available_implementations,
+    Implementation,
     bench_dtype,
     floor_kernel,
-    unavailable_implementations,
 )
 
-QUICK_SIZES = (1 << 16, 1 << 22)
-FULL_SIZES = tuple(1 << k for k in range(10, 27))
+QUICK_SIZES = (1 << 16, 1 << 22)  # fastdrop bench's defaults: under a minute on two cores
 QUICK_PS = (0.5,)
-FULL_PS = (0.1, 0.5)
 QUICK_DTYPES = ("float32",)
-FULL_DTYPES = ("float32", "float64")
 MAX_NUMBER = 1_000_000
 
 
@@ -101,15 +97,6 @@ def _quiet_and_no_gc():
             gc.enable()
 
 
-def time_callable(call, repeat=5, min_time=0.05):
-    """Time ``call()``: a warm-up call, then ``repeat`` samples of at least ``min_time`` s each."""
-    with _quiet_and_no_gc():
-        number, samples = _prepare(call, min_time)
-        while len(samples) < max(repeat, 1):
-            samples.append(_sample(call, number))
-    return Timing(min(samples), statistics.median(samples), number, len(samples))
-
-
 def time_callables(calls, repeat=5, min_time=0.05):
     """Time several calls with their samples interleaved: {name: Timing} for {name: call}."""
     with _quiet_and_no_gc():
@@ -145,42 +132,45 @@ def plan(operations, sizes, ps, dtypes, threads):
     return rows
 
 
-def git_revision():
-    """``git describe --always --dirty`` of the checkout fastdrop runs from, or None."""
-    import subprocess
+SIMD_PATHS = {0: "no SIMD", 1: "AVX2", 2: "AVX-512F", 3: "AVX-512 BF16"}
 
-    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-    if not os.path.exists(os.path.join(root, ".git")):
-        return None  # an installed copy: the version says what it is
-    try:
-        result = subprocess.run(["git", "-C", root, "describe", "--always", "--dirty"],
-                                capture_output=True, text=True, timeout=10)
-    except (OSError, subprocess.SubprocessError):
-        return None
-    return result.stdout.strip() or None if result.returncode == 0 else None
+
+def simd_path():
+    """The vector path fastdrop's kernels take here, e.g. "AVX2".
+
+    Without the Cython extension: the best SIMD flag the CPU reports.
+    """
+    from .._internal import backend_available, cpu_model_and_features
+
+    if backend_available("cython"):
+        from ..kernels.cython import kernels as cython_kernels
+
+        return SIMD_PATHS.get(cython_kernels.simd_enabled(), "no SIMD")
+    features = cpu_model_and_features()[1]
+    return features[-1].upper() if features else "no SIMD"
 
 
 def header(threads):
     """Versions, machine and settings for the top of the table (and the JSON)."""
-    from .._sysinfo import collect
+    from .._internal import system_info
 
-    info = collect()
+    info = system_info()
     kernel = floor_kernel()
     try:
         load = list(os.getloadavg())  # other processes share the cores: say how busy they were
     except (AttributeError, OSError):
         load = None
     return {
-        "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        "date": datetime.date.today().isoformat(),
         "load average": load,
         "fastdrop": info["fastdrop"],
-        "git": git_revision(),
         "python": info["python"],
         "numpy": info["numpy"],
         "numba": info["numba"],
         "torch": info["torch"],
         "cpu": info["cpu"],
         "simd": info["simd"],
+        "simd path": simd_path(),
         "cpus available": info["cpus available"],
         "openmp": info["openmp"],
         "threads": list(threads),
@@ -331,6 +321,22 @@ def _progress_line(row, name, cell):
             f"{name:<14} {what}")
 
 
+def _resolve(implementations):
+    """([the implementations that run here, floor first], {name: why not} for the others)."""
+    entries = list(IMPLEMENTATIONS.values()) if implementations is None else [
+        IMPLEMENTATIONS.get(entry, entry) if isinstance(entry, str) else entry
+        for entry in implementations]
+    for entry in entries:
+        if not isinstance(entry, Implementation):
+            raise ValueError(f"unknown implementation {entry!r}; "
+                             f"choose from {list(IMPLEMENTATIONS)}")
+    if all(entry.name != FLOOR for entry in entries):
+        entries.insert(0, IMPLEMENTATIONS[FLOOR])
+    return ([entry for entry in entries if entry.available()],
+            {entry.name: entry.unavailable_reason() for entry in entries
+             if not entry.available()})
+
+
 def run_benchmarks(operations=None, sizes=QUICK_SIZES, ps=QUICK_PS, dtypes=QUICK_DTYPES,
                    threads=None, implementations=None, repeat=5, min_time=0.05, progress=None):
     """Measure every row of the plan with every available implementation; return the run.
@@ -343,8 +349,10 @@ def run_benchmarks(operations=None, sizes=QUICK_SIZES, ps=QUICK_PS, dtypes=QUICK
         Element counts, drop probabilities in [0, 1), float32 and/or float64.
     threads : int or list of int, optional
         Thread counts (default: fastdrop's current setting); one set of rows for each.
-    implementations : list of str, optional
-        Names from `IMPLEMENTATIONS` (default: all that run here); the floor is always timed.
+    implementations : list of str or Implementation, optional
+        Names from `IMPLEMENTATIONS`, or implementations of one's own (the repository's
+        benchmarks add some), in column order (default: the registry's, all that run
+        here); the floor is always timed, first.
     repeat, min_time
         Samples per cell and the least duration of one sample (seconds).
     progress : file, optional
@@ -378,14 +386,7 @@ def run_benchmarks(operations=None, sizes=QUICK_SIZES, ps=QUICK_PS, dtypes=QUICK
         threads = [fastdrop.get_num_threads()]
     elif isinstance(threads, int):
         threads = [threads]
-    names = list(IMPLEMENTATIONS) if implementations is None else list(implementations)
-    for name in names:
-        if name not in IMPLEMENTATIONS:
-            raise ValueError(f"unknown implementation {name!r}; "
-                             f"choose from {list(IMPLEMENTATIONS)}")
-    if FLOOR not in names:
-        names.insert(0, FLOOR)
-    chosen = available_implementations(names)
+    chosen, unavailable = _resolve(implementations)
     run_header = header(threads)
     torch_threads = sys.modules["torch"].get_num_threads() if "torch" in sys.modules else None
     fastdrop_threads = fastdrop.get_num_threads()
@@ -412,13 +413,15 @@ def run_benchmarks(operations=None, sizes=QUICK_SIZES, ps=QUICK_PS, dtypes=QUICK
         "header": run_header,
         "settings": {"operations": operations, "sizes": [int(n) for n in sizes],
                      "ps": [float(p) for p in ps], "dtypes": [np.dtype(d).name for d in dtypes],
-                     "threads": list(threads), "implementations": implementations,
+                     "threads": list(threads),
+                     "implementations": None if implementations is None else [
+                         getattr(entry, "name", entry) for entry in implementations],
                      "repeat": repeat, "min_time_s": min_time,
                      "statistic": "best sample, in seconds per call; the samples of a row's "
                                   "implementations interleaved"},
         "implementations": [implementation.name for implementation in chosen],
         "descriptions": {implementation.name: implementation.description
                          for implementation in chosen},
-        "unavailable": unavailable_implementations(names),
+        "unavailable": unavailable,
         "rows": rows,
     }

@@ -67,6 +67,11 @@ def main(argv=None):
         return args.handler(args)
     except UsageError as error:
         command_parser.error(str(error))
+    except BrokenPipeError:  # `fastdrop info | head`: the reader left, so no traceback
+        import os
+
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 1
 
 
 if __name__ == "__main__":

@@ -126,7 +126,7 @@ def size(text):
 
 def backend(text):
     """An argument type: 'auto' or a backend built and importable here."""
-    from .._backends import BACKENDS, resolve_backend
+    from .._internal import BACKENDS, resolve_backend
 
     if text == "auto":
         return text

@@ -35,9 +35,11 @@ def run(args):
 
     import fastdrop
 
+    from .._internal import resolve_backend
+
     rng = np.random.default_rng(args.seed)
     x = rng.standard_normal(args.n).astype(np.float32)
-    backend = fastdrop._backends.resolve_backend(args.backend)
+    backend = resolve_backend(args.backend)
     print(f"fastdrop {fastdrop.__version__}: backend {backend}, "
           f"{fastdrop.get_num_threads()} threads, n = {args.n:,}, p = {args.p}, float32")
 

@@ -21,12 +21,12 @@ def _text(value):
 
 
 def run(args):
-    """Run ``fastdrop info``: print what `collect` finds, as a table or JSON; return 0."""
+    """Run ``fastdrop info``: print what `system_info` finds, as a table or JSON; return 0."""
     import json
 
-    from .._sysinfo import collect
+    from .._internal import system_info
 
-    info = collect()
+    info = system_info()
     if args.json:
         print(json.dumps(info, indent=2))
         return 0

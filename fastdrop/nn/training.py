@@ -8,8 +8,9 @@ import numpy as np
 
 import fastdrop
 
-from .engine import Tensor, cross_entropy, fixed_matmul_rows, no_grad
-from .nn import RowKeys
+from .engine import Tensor, no_grad
+from .functional import cross_entropy
+from .mc import RowKeys, fixed_matmul_rows
 from .optim import Adam
 from .uncertainty import RunningSummary, softmax
 
@@ -333,7 +334,7 @@ def predict_mc(model, X, samples=50, *, seed=None, consistent=False, first_row=0
     of ``x @ W`` differently with the number of rows (a one-row product is a
     matrix-vector product, and a row's place in a block matters too), so inside
     `predict_mc` the engine multiplies in blocks of 64 rows, data row r at place
-    r % 64 (`fastdrop.nn.engine.fixed_matmul_rows`). A custom
+    r % 64 (`fastdrop.nn.mc.fixed_matmul_rows`). A custom
     module that multiplies NumPy arrays itself, or mixes rows (batch
     statistics), loses the guarantee.
 

@@ -11,13 +11,13 @@
 
 Masks are fastdrop's (docs/mask-stream.md) for a (seed, stream) drawn from torch's
 generator; autograd keeps 1 bit per element (or, with ``recompute=True``, the key
-alone). Needs PyTorch (``pip install "fastdrop[torch]"``); ``import fastdrop`` never
+alone). Needs PyTorch (``pip install "fastdrop-cpu[torch]"``); ``import fastdrop`` never
 imports it. docs/torch.md has the details.
 """
 try:
     import torch  # noqa: F401
 except ImportError as error:  # pragma: no cover - the message is the point
-    raise ImportError("fastdrop.torch needs PyTorch: pip install \"fastdrop[torch]\" "
+    raise ImportError("fastdrop.torch needs PyTorch: pip install \"fastdrop-cpu[torch]\" "
                       "(or pip install torch)") from error
 
 from .functional import (

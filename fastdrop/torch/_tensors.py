@@ -20,7 +20,8 @@ import torch
 
 import fastdrop
 
-from .._config import SERIAL_ELEMENTS, num_threads, threads_were_set
+from .. import num_threads
+from .._internal import SERIAL_ELEMENTS, threads_were_set
 from ..maskstream.spec import MAX_SEED, WORD_BITS
 
 FLOAT_DTYPES = (torch.float16, torch.float32, torch.float64, torch.bfloat16)

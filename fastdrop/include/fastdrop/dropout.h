@@ -1,4 +1,5 @@
-/* Dropout kernels over ranges of local mask words: fastdrop's embeddable C API.
+/* Dropout kernels over ranges of local mask words, one set per element type: the core of
+ * fastdrop's embeddable C API.
  *
  * Local mask word k of a call holds elements 64k .. 64k+63 of the array (bit j =
  * element 64k + j, 1 = kept); with an offset that is not a multiple of 64 those
@@ -25,10 +26,9 @@
  *   fd_scale_range_<T>(values, scale, n, first, stop)
  *       values *= scale with the same vector path and prefetch, no mask: the memory
  *       floor the benchmarks divide by.
- *   fd_dropout_runs_<T>(source, target, words, scale, params, runs, first, stop)
- *       fd_dropout_range for a block of a larger array (docs/mask-stream.md, section
- *       10): local element i of the block takes the global index its run gives it
- *       (fd_runs), not params->offset + i; params->n is the block's element count.
+ *
+ * Blocks of a larger array (fd_dropout_runs_<T>) are in runs.h; the bfloat16 vector
+ * words the wide variants scale with, in bf16_simd.h.
  *
  * scale is s = 1 / (1 - p) rounded to the element type (docs/mask-stream.md, section 6).
  */
@@ -41,6 +41,7 @@
 
 #include "half.h"
 #include "mask_stream.h"
+#include "bf16_simd.h"
 
 #ifdef __cplusplus
 #define FD_RESTRICT __restrict__
@@ -201,6 +202,7 @@ static inline fd_bfloat16 fd_keep_bf16(fd_bfloat16 value, float scale, uint32_t 
         const T *source, T *target, uint64_t *words, SCALE_T scale,                         \
         const fd_mask_params *params, int64_t first, int64_t stop)                          \
     {                                                                                       \
+        FD_PATH_TAKEN(#SUFFIX #VARIANT);                                                    \
         PIPELINED##_TAKE(SUFFIX, VARIANT)                                                   \
         const unsigned shift = (unsigned)(params->offset & 63);                             \
         const uint64_t base = params->offset >> 6;                                          \
@@ -227,6 +229,7 @@ static inline fd_bfloat16 fd_keep_bf16(fd_bfloat16 value, float scale, uint32_t 
         const T *source, T *target, const uint64_t *words, SCALE_T scale, int64_t n,        \
         int64_t first, int64_t stop)                                                        \
     {                                                                                       \
+        FD_PATH_TAKEN(#SUFFIX #VARIANT);                                                    \
         fd_apply_words_##SUFFIX##VARIANT(source, target, words ? words + first : NULL, scale, \
                                          n, first, stop, stop);                             \
     }                                                                                       \
@@ -305,7 +308,7 @@ static inline int fd_pipeline_takes(const fd_mask_params *params, const void *ta
         fd_scale_job_##SUFFIX##VARIANT *job)                                                \
     FD_VEC_BATCH(FD_VEC_256_HALF, params, word, out,                                        \
                  FD_SCALE_SOME(SUFFIX, VARIANT, job, FD_INTERLEAVE_256))                    \
-    ATTRIBUTES __attribute__((target("avx512f"))) static void fd_draw_##SUFFIX##VARIANT##_512( \
+    ATTRIBUTES FD_TARGET("avx512f") static void fd_draw_##SUFFIX##VARIANT##_512(          \
         const fd_mask_params *params, uint64_t word, uint64_t *out,                         \
         fd_scale_job_##SUFFIX##VARIANT *job)                                                \
     FD_VEC_BATCH(FD_VEC_512, params, word, out,                                             \
@@ -314,9 +317,11 @@ static inline int fd_pipeline_takes(const fd_mask_params *params, const void *ta
                                                  uint64_t *out,                             \
                                                  fd_scale_job_##SUFFIX##VARIANT *job)       \
     {                                                                                       \
-        if (fd_simd_enabled() >= 2)                                                         \
+        if (fd_simd_enabled() >= 2) {                                                       \
+            FD_PATH_TAKEN("draw avx512");                                                   \
             fd_draw_##SUFFIX##VARIANT##_512(params, word, out, job);                        \
-        else {                                                                              \
+        } else {                                                                            \
+            FD_PATH_TAKEN("draw avx2");                                                     \
             fd_draw_##SUFFIX##VARIANT##_256(params, word, out, job);                        \
             fd_draw_##SUFFIX##VARIANT##_256(params, word + FD_GROUP_WORDS / 2,              \
                                             out + FD_GROUP_WORDS / 2, job);                 \
@@ -367,50 +372,6 @@ static inline int fd_pipeline_takes(const fd_mask_params *params, const void *ta
     }
 
 #if FD_HAVE_AVX2_PATH
-/* bfloat16 words on AVX-512BW. A 2-byte element leaves the kernels compute-bound, and
- * there a word's keep bits as a mask register (one masked move per 32 elements) beat
- * lanes gathered one by one. Each 32-bit lane holds two elements: the high one is a
- * float32 once its low half is cleared, the low one once shifted up, so neither needs
- * widening; each product is rounded on its bits as fd_float_to_bfloat16 does. */
-#define FD_TARGET_BF16_512 __attribute__((target("avx2,avx512f,avx512bw")))
-
-/* Round each lane's float32 to bfloat16 in its top 16 bits (the low 16 are garbage). */
-FD_TARGET_BF16_512 static inline __m512i fd_bf16_round_512(__m512 values)
-{
-    const __m512i bits = _mm512_castps_si512(values);
-    const __m512i lowest_kept = _mm512_and_si512(_mm512_srli_epi32(bits, 16), _mm512_set1_epi32(1));
-    const __m512i rounded =
-        _mm512_add_epi32(_mm512_add_epi32(bits, _mm512_set1_epi32(0x7FFF)), lowest_kept);
-    const __m512i quiet_nan = _mm512_or_si512(
-        _mm512_and_si512(bits, _mm512_set1_epi32((int)0x80000000u)), _mm512_set1_epi32(0x7FC00000));
-    return _mm512_mask_mov_epi32(rounded, _mm512_cmp_ps_mask(values, values, _CMP_UNORD_Q),
-                                 quiet_nan);
-}
-
-/* 32 bfloat16 elements (16 lanes of two) times scale, each product rounded once. */
-FD_TARGET_BF16_512 static inline __m512i fd_bf16_products_512(__m512i pairs, __m512 scale)
-{
-    const __m512i high_half = _mm512_set1_epi32((int)0xFFFF0000u);
-    const __m512 low = _mm512_castsi512_ps(_mm512_slli_epi32(pairs, 16));
-    const __m512 high = _mm512_castsi512_ps(_mm512_and_si512(pairs, high_half));
-    return _mm512_or_si512(_mm512_srli_epi32(fd_bf16_round_512(_mm512_mul_ps(low, scale)), 16),
-                           _mm512_and_si512(fd_bf16_round_512(_mm512_mul_ps(high, scale)), high_half));
-}
-
-FD_TARGET_BF16_512 static inline void fd_bf16_word_512(const fd_bfloat16 *source,
-                                                       fd_bfloat16 *target, uint64_t keep,
-                                                       float scale)
-{
-    const __m512 s = _mm512_set1_ps(scale);
-    const __m512i first = _mm512_loadu_si512((const void *)source);
-    const __m512i second = _mm512_loadu_si512((const void *)(source + 32));
-    _mm512_storeu_si512((void *)target,
-                        _mm512_maskz_mov_epi16((__mmask32)keep, fd_bf16_products_512(first, s)));
-    _mm512_storeu_si512((void *)(target + 32),
-                        _mm512_maskz_mov_epi16((__mmask32)(keep >> 32),
-                                               fd_bf16_products_512(second, s)));
-}
-
 /* The two full-word scalings of a variant whose words go through one function of
  * (source, target, keep, scale), in place and out of place alike. */
 #define FD_WORDS_BY(SUFFIX, T, SCALE_T, VARIANT, ATTRIBUTES, WORD)                          \
@@ -424,94 +385,15 @@ FD_TARGET_BF16_512 static inline void fd_bf16_word_512(const fd_bfloat16 *source
     {                                                                                       \
         WORD(values, values, keep, scale);                                                  \
     }
+/* bf16_simd.h's words as the full-word scaling of a bfloat16 variant. */
 #define FD_WORDS_BF16_512(SUFFIX, T, SCALE_T, VARIANT, ATTRIBUTES)                          \
     FD_WORDS_BY(SUFFIX, T, SCALE_T, VARIANT, ATTRIBUTES, fd_bf16_word_512)
-
-/* bfloat16 words on AVX2: the pairs of fd_bf16_word_512 on 256 bits, and a word's keep
- * bits as 16-bit lane masks, 16 at a time (a compare against each lane's bit), since
- * lanes gathered one by one leave the kernel compute-bound far from the floor. */
-#define FD_TARGET_BF16_256 __attribute__((target("avx2")))
-
-/* Round each lane's float32 to bfloat16 in its top 16 bits (the low 16 are garbage). */
-FD_TARGET_BF16_256 static inline __m256i fd_bf16_round_256(__m256 values)
-{
-    const __m256i bits = _mm256_castps_si256(values);
-    const __m256i lowest_kept = _mm256_and_si256(_mm256_srli_epi32(bits, 16), _mm256_set1_epi32(1));
-    const __m256i rounded =
-        _mm256_add_epi32(_mm256_add_epi32(bits, _mm256_set1_epi32(0x7FFF)), lowest_kept);
-    const __m256i quiet_nan = _mm256_or_si256(
-        _mm256_and_si256(bits, _mm256_set1_epi32((int)0x80000000u)), _mm256_set1_epi32(0x7FC00000));
-    return _mm256_castps_si256(_mm256_blendv_ps(_mm256_castsi256_ps(rounded),
-                                                _mm256_castsi256_ps(quiet_nan),
-                                                _mm256_cmp_ps(values, values, _CMP_UNORD_Q)));
-}
-
-/* 16 bfloat16 elements (8 lanes of two) times scale, each product rounded once. */
-FD_TARGET_BF16_256 static inline __m256i fd_bf16_products_256(__m256i pairs, __m256 scale)
-{
-    const __m256i high_half = _mm256_set1_epi32((int)0xFFFF0000u);
-    const __m256 low = _mm256_castsi256_ps(_mm256_slli_epi32(pairs, 16));
-    const __m256 high = _mm256_castsi256_ps(_mm256_and_si256(pairs, high_half));
-    return _mm256_or_si256(_mm256_srli_epi32(fd_bf16_round_256(_mm256_mul_ps(low, scale)), 16),
-                           _mm256_and_si256(fd_bf16_round_256(_mm256_mul_ps(high, scale)), high_half));
-}
-
-FD_TARGET_BF16_256 static inline void fd_bf16_word_256(const fd_bfloat16 *source,
-                                                       fd_bfloat16 *target, uint64_t keep,
-                                                       float scale)
-{
-    const __m256 s = _mm256_set1_ps(scale);
-    const __m256i lane_bits = _mm256_setr_epi16(
-        0x0001, 0x0002, 0x0004, 0x0008, 0x0010, 0x0020, 0x0040, 0x0080, 0x0100, 0x0200, 0x0400,
-        0x0800, 0x1000, 0x2000, 0x4000, (short)0x8000);
-    for (int quarter = 0; quarter < 4; ++quarter) {
-        const __m256i elements = _mm256_loadu_si256((const __m256i *)(source + 16 * quarter));
-        const __m256i bits = _mm256_set1_epi16((short)(keep >> (16 * quarter)));
-        const __m256i kept = _mm256_cmpeq_epi16(_mm256_and_si256(bits, lane_bits), lane_bits);
-        _mm256_storeu_si256((__m256i *)(target + 16 * quarter),
-                            _mm256_and_si256(fd_bf16_products_256(elements, s), kept));
-    }
-}
 #define FD_WORDS_BF16_256(SUFFIX, T, SCALE_T, VARIANT, ATTRIBUTES)                          \
     FD_WORDS_BY(SUFFIX, T, SCALE_T, VARIANT, ATTRIBUTES, fd_bf16_word_256)
-
-/* With AVX-512 BF16 one instruction rounds 32 float32 products to bfloat16, to nearest
- * even; but it flushes subnormal results to zero and keeps NaN payloads, so a vector
- * holding a NaN or subnormal product goes the integer way above (the same bits). */
-#define FD_TARGET_BF16_NE __attribute__((target("avx2,avx512f,avx512bw,avx512dq,avx512bf16")))
-
-FD_TARGET_BF16_NE static inline void fd_bf16_word_ne(const fd_bfloat16 *source, fd_bfloat16 *target,
-                                                 uint64_t keep, float scale)
-{
-    const __m512 s = _mm512_set1_ps(scale);
-    for (int half = 0; half < 2; ++half) {
-        const __m512i elements = _mm512_loadu_si512((const void *)(source + 32 * half));
-        const __m512 low = _mm512_mul_ps(_mm512_castsi512_ps(_mm512_slli_epi32(
-            _mm512_cvtepu16_epi32(_mm512_castsi512_si256(elements)), 16)), s);
-        const __m512 high = _mm512_mul_ps(_mm512_castsi512_ps(_mm512_slli_epi32(
-            _mm512_cvtepu16_epi32(_mm512_extracti64x4_epi64(elements, 1)), 16)), s);
-        const __mmask32 kept = (__mmask32)(keep >> (32 * half));
-        __m512i rounded;
-        if ((_mm512_fpclass_ps_mask(low, 0xA1) | _mm512_fpclass_ps_mask(high, 0xA1)) == 0)
-            rounded = (__m512i)_mm512_cvtne2ps_pbh(high, low); /* no NaN, no subnormal */
-        else
-            rounded = fd_bf16_products_512(elements, s);
-        _mm512_storeu_si512((void *)(target + 32 * half), _mm512_maskz_mov_epi16(kept, rounded));
-    }
-}
-
 #define FD_WORDS_BF16_NE(SUFFIX, T, SCALE_T, VARIANT, ATTRIBUTES)                           \
     FD_WORDS_BY(SUFFIX, T, SCALE_T, VARIANT, ATTRIBUTES, fd_bf16_word_ne)
 
-/* Which wide variant the bfloat16 kernels take: BF16 conversions at SIMD level 3,
- * AVX-512BW at level 2 on a CPU with BW (fd_set_simd caps the level). */
-static inline int fd_bf16_wide_level(void)
-{
-    static int bw = -1;
-    if (bw < 0)
-        bw = __builtin_cpu_supports("avx512bw") ? 1 : 0;
-    return bw ? (fd_simd_enabled() >= 3 ? 3 : fd_simd_enabled() >= 2 ? 2 : 0) : 0;
-}
+/* bfloat16's wide variants, taken ahead of AVX2 where fd_bf16_wide_level says so. */
 #define FD_WIDE_bf16(NAME, ARGS)                                                            \
     {                                                                                       \
         const int wide = fd_bf16_wide_level();                                              \
@@ -573,7 +455,7 @@ static inline int fd_bf16_wide_level(void)
 #define FD_AVX2_WORDS_f16 FD_WORDS_FROM_SHIFTS
 #define FD_AVX2_WORDS_bf16 FD_WORDS_BF16_256
 #define FD_DEFINE_AVX2_KERNELS(SUFFIX, T, SCALE_T)                                          \
-    FD_DEFINE_KERNELS(SUFFIX, T, SCALE_T, _avx2, __attribute__((target("avx2"))),          \
+    FD_DEFINE_KERNELS(SUFFIX, T, SCALE_T, _avx2, FD_TARGET("avx2"),                        \
                       FD_AVX2_WORDS_##SUFFIX, FD_PIPELINE)
 #else
 #define FD_DEFINE_AVX2_KERNELS(SUFFIX, T, SCALE_T)
@@ -601,155 +483,5 @@ static inline void fd_mask_words_range(uint64_t *words, const fd_mask_params *pa
 {
     fd_dropout_range_f32(NULL, NULL, words, 0.0f, params, first, stop);
 }
-
-/* A block of a larger C-order array, as runs of consecutive global indices: the block's
- * elements in C order come in runs of `run`; run r starts at global index base +
- * sum_d i_d * strides[d], i the index of r over the `ndim` outer axes of `shape`. */
-typedef struct {
-    uint64_t base;
-    int ndim;
-    const int64_t *shape;
-    const int64_t *strides;
-    int64_t run;
-} fd_runs;
-
-static inline uint64_t fd_run_start(const fd_runs *runs, int64_t r)
-{
-    uint64_t start = runs->base;
-    for (int axis = runs->ndim - 1; axis >= 0; --axis) {
-        const int64_t extent = runs->shape[axis];
-        start += (uint64_t)((r % extent) * runs->strides[axis]);
-        r /= extent;
-    }
-    return start;
-}
-
-/* The start of one run after another without a division per run: the run's index over
- * the outer axes, counted up like an odometer. */
-#define FD_MAX_DIMS 64
-typedef struct {
-    uint64_t start;
-    int64_t index[FD_MAX_DIMS];
-} fd_run_cursor;
-
-static inline fd_run_cursor fd_run_cursor_at(const fd_runs *runs, int64_t r)
-{
-    fd_run_cursor cursor;
-    cursor.start = fd_run_start(runs, r);
-    for (int axis = runs->ndim - 1; axis >= 0; --axis) {
-        cursor.index[axis] = r % runs->shape[axis];
-        r /= runs->shape[axis];
-    }
-    return cursor;
-}
-
-static inline void fd_run_cursor_next(fd_run_cursor *cursor, const fd_runs *runs)
-{
-    for (int axis = runs->ndim - 1; axis >= 0; --axis) {
-        cursor->start += (uint64_t)runs->strides[axis];
-        if (++cursor->index[axis] < runs->shape[axis])
-            return;
-        cursor->start -= (uint64_t)(runs->shape[axis] * runs->strides[axis]);
-        cursor->index[axis] = 0;
-    }
-}
-
-/* words |= bits [from, from + count) of `bits`, placed from bit `at` on; only bits below
- * at + count are touched. Where `from` is not word-aligned, the word after the last one
- * holding a source bit is read too (its bits are masked off): `bits` needs it. */
-static inline void fd_or_bits(uint64_t *words, int64_t at, const uint64_t *bits, int64_t from,
-                              int64_t count)
-{
-    const unsigned in_shift = (unsigned)(from & 63), shift = (unsigned)(at & 63);
-    const uint64_t *source = bits + (from >> 6);
-    uint64_t *word = words + (at >> 6);
-    for (int64_t i = 0; i * 64 < count; ++i) {
-        uint64_t value = source[i] >> in_shift;
-        if (in_shift != 0)
-            value |= source[i + 1] << (64 - in_shift);
-        const int64_t remain = count - i * 64;
-        if (remain < 64)
-            value &= (UINT64_C(1) << remain) - 1;
-        word[i] |= value << shift;
-        if (shift != 0 && remain > 64 - (int64_t)shift)
-            word[i + 1] |= value >> (64 - shift);
-    }
-}
-
-/* Mask words per chunk of a block: 8 KiB of bits, on the stack. */
-#define FD_RUN_CHUNK_WORDS 1024
-/* A chunk whose runs lie densely in the global array (its global span at most twice its
- * elements) draws the span's words once and takes each run's bits out of them: a run
- * drawn as a range of its own costs a batch set-up and two partial words. */
-#define FD_RUN_SPAN_WORDS (2 * FD_RUN_CHUNK_WORDS)
-
-/* Local words [first, stop) of a block, as keep bits, into out[0 .. stop - first). */
-static inline void fd_runs_mask_words(uint64_t *out, const fd_mask_params *params,
-                                      const fd_runs *runs, int64_t first, int64_t stop)
-{
-    const int64_t run = runs->run;
-    const int64_t begin = first * 64, end = stop * 64 < params->n ? stop * 64 : params->n;
-    uint64_t bits[FD_RUN_SPAN_WORDS + 1];
-    memset(out, 0, (size_t)(stop - first) * sizeof out[0]);
-    if (begin >= end || run <= 0)
-        return;
-    fd_run_cursor cursor = fd_run_cursor_at(runs, begin / run);
-    const uint64_t span_start = cursor.start + (uint64_t)(begin % run);
-    const uint64_t span = fd_run_start(runs, (end - 1) / run) + (uint64_t)((end - 1) % run) + 1 -
-                          span_start;
-    const int dense = span <= (uint64_t)(64 * FD_RUN_SPAN_WORDS) &&
-                      span <= 2 * (uint64_t)(end - begin);
-    if (dense) {
-        fd_mask_params piece = *params;
-        piece.offset = span_start;
-        piece.n = (int64_t)span;
-        const int64_t count = fd_words_for(piece.n);
-        fd_mask_words_range(bits, &piece, 0, count);
-        bits[count] = 0;
-    }
-    for (int64_t r = begin / run; r * run < end; ++r, fd_run_cursor_next(&cursor, runs)) {
-        const int64_t low = r * run > begin ? r * run : begin;
-        const int64_t high = (r + 1) * run < end ? (r + 1) * run : end;
-        const uint64_t global = cursor.start + (uint64_t)(low - r * run);
-        if (dense) {
-            fd_or_bits(out, low - begin, bits, (int64_t)(global - span_start), high - low);
-            continue;
-        }
-        for (int64_t at = low; at < high; at += 64 * FD_RUN_CHUNK_WORDS) {
-            fd_mask_params piece = *params;
-            piece.offset = global + (uint64_t)(at - low);
-            piece.n = high - at < 64 * FD_RUN_CHUNK_WORDS ? high - at : 64 * FD_RUN_CHUNK_WORDS;
-            fd_mask_words_range(bits, &piece, 0, fd_words_for(piece.n));
-            fd_or_bits(out, at - begin, bits, 0, piece.n);
-        }
-    }
-}
-
-/* fd_dropout_range for local words [first, stop) of a block, a chunk of words at a
- * time: the chunk's keep bits from the runs (fd_runs_mask_words), then one pass over its
- * elements (fd_apply_mask_range, prefetching across runs). The range's words are its own,
- * so threads given whole word ranges never write one word together. */
-#define FD_DEFINE_RUN_KERNELS(SUFFIX, T, SCALE_T)                                           \
-    static inline void fd_dropout_runs_##SUFFIX(                                            \
-        const T *source, T *target, uint64_t *words, SCALE_T scale,                         \
-        const fd_mask_params *params, const fd_runs *runs, int64_t first, int64_t stop)     \
-    {                                                                                       \
-        uint64_t chunk[FD_RUN_CHUNK_WORDS];                                                 \
-        for (int64_t at = first; at < stop; at += FD_RUN_CHUNK_WORDS) {                     \
-            const int64_t count = stop - at < FD_RUN_CHUNK_WORDS ? stop - at                \
-                                                                 : FD_RUN_CHUNK_WORDS;     \
-            uint64_t *keep = words ? words + at : chunk;                                    \
-            fd_runs_mask_words(keep, params, runs, at, at + count);                         \
-            if (target)                                                                     \
-                fd_apply_mask_range_##SUFFIX(source + at * 64, target + at * 64, keep,      \
-                                             scale, params->n - at * 64, 0, count);         \
-        }                                                                                   \
-    }
-
-FD_DEFINE_RUN_KERNELS(f64, double, double)
-FD_DEFINE_RUN_KERNELS(f32, float, float)
-FD_DEFINE_RUN_KERNELS(f16, uint16_t, float)
-FD_DEFINE_RUN_KERNELS(bf16, fd_bfloat16, float)
-
 
 #endif /* FASTDROP_DROPOUT_H */

@@ -98,9 +98,36 @@ static inline int fd_one_block_decides(const fd_mask_params *params)
  * changes a word's bits. Elsewhere each word is computed alone. */
 #define FD_GROUP_WORDS 16
 
+/* Which path a call takes, for the test builds that record it (tests/simd/); nothing here. */
+#ifndef FD_PATH_TAKEN
+#define FD_PATH_TAKEN(name) ((void)0)
+#endif
+
+/* FD_HAVE_AVX2_PATH: whether the SIMD paths are compiled (x86-64 with GCC or Clang);
+ * -DFD_HAVE_AVX2_PATH=0 builds the portable path alone, as on any other CPU. */
+#ifndef FD_HAVE_AVX2_PATH
 #if (defined(__x86_64__) || defined(_M_X64)) && (defined(__GNUC__) || defined(__clang__))
 #define FD_HAVE_AVX2_PATH 1
+#else
+#define FD_HAVE_AVX2_PATH 0
+#endif
+#endif
+
+#if FD_HAVE_AVX2_PATH
+/* Three things a test build replaces to run every path on any x86-64 (tests/simd/): the
+ * intrinsics' header (an emulation), the target attribute of a function using them, and
+ * the CPU's features. */
+#ifdef FD_INTRINSICS_HEADER
+#include FD_INTRINSICS_HEADER
+#else
 #include <immintrin.h>
+#endif
+#ifndef FD_TARGET
+#define FD_TARGET(features) __attribute__((target(features)))
+#endif
+#ifndef FD_CPU_SUPPORTS
+#define FD_CPU_SUPPORTS(feature) __builtin_cpu_supports(feature)
+#endif
 
 /* The instruction set the kernels use: 0 portable, 1 AVX2, 2 AVX-512F, 3 AVX-512F with
  * BW, DQ and BF16 (which only the bfloat16 kernels use beyond 2). -1: not yet detected.
@@ -109,12 +136,12 @@ static int fd_simd_state = -1;
 
 static inline int fd_cpu_simd_level(void)
 {
-    if (__builtin_cpu_supports("avx512f"))
-        return __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512dq") &&
-                       __builtin_cpu_supports("avx512bf16")
+    if (FD_CPU_SUPPORTS("avx512f"))
+        return FD_CPU_SUPPORTS("avx512bw") && FD_CPU_SUPPORTS("avx512dq") &&
+                       FD_CPU_SUPPORTS("avx512bf16")
                    ? 3
                    : 2;
-    return __builtin_cpu_supports("avx2") ? 1 : 0;
+    return FD_CPU_SUPPORTS("avx2") ? 1 : 0;
 }
 
 /* The level in use: 0 portable, 1 AVX2, 2 AVX-512F, 3 with BF16 (nonzero: SIMD is on). */
@@ -281,21 +308,20 @@ static inline int fd_set_simd(int level)
 #define FD_VEC_BATCH(...) FD_VEC_MASK_BATCH_BODY(__VA_ARGS__)
 
 /* FD_GROUP_WORDS words with AVX2, in four chains. */
-__attribute__((target("avx2"))) static void fd_mask_words_16_avx2(
+FD_TARGET("avx2") static void fd_mask_words_16_avx2(
     const fd_mask_params *params, uint64_t word, uint64_t out[FD_GROUP_WORDS])
 FD_VEC_BATCH(FD_VEC_256, params, word, out, )
 
 /* Half a group with AVX2, in two chains. */
-__attribute__((target("avx2"))) static void fd_mask_words_8_avx2(
+FD_TARGET("avx2") static void fd_mask_words_8_avx2(
     const fd_mask_params *params, uint64_t word, uint64_t out[FD_GROUP_WORDS / 2])
 FD_VEC_BATCH(FD_VEC_256_HALF, params, word, out, )
 
 /* FD_GROUP_WORDS words on AVX-512F: half the instructions of the AVX2 batch per word. */
-__attribute__((target("avx512f"))) static void fd_mask_words_16_avx512(
+FD_TARGET("avx512f") static void fd_mask_words_16_avx512(
     const fd_mask_params *params, uint64_t word, uint64_t out[FD_GROUP_WORDS])
 FD_VEC_BATCH(FD_VEC_512, params, word, out, )
 #else
-#define FD_HAVE_AVX2_PATH 0
 static inline int fd_simd_enabled(void) { return 0; }
 static inline int fd_set_simd(int level) { (void)level; return 0; }
 #endif
@@ -307,18 +333,22 @@ static inline void fd_mask_words_ahead(const fd_mask_params *params, uint64_t wo
 #if FD_HAVE_AVX2_PATH
     if (!params->drop_all && params->threshold != 0 && fd_simd_enabled()) {
         if (fd_simd_enabled() >= 2) {
+            FD_PATH_TAKEN("words avx512");
             fd_mask_words_16_avx512(params, word, out);
         } else if (fd_one_block_decides(params)) {
             /* one Philox block decides every lane (p = 0.25, 0.5, 0.75): four chains
              * hide the multiplies' latency best */
+            FD_PATH_TAKEN("words avx2 x16");
             fd_mask_words_16_avx2(params, word, out);
         } else { /* more blocks: four chains' state spills, two chains' does not */
+            FD_PATH_TAKEN("words avx2 x8");
             fd_mask_words_8_avx2(params, word, out);
             fd_mask_words_8_avx2(params, word + FD_GROUP_WORDS / 2, out + FD_GROUP_WORDS / 2);
         }
         return;
     }
 #endif
+    FD_PATH_TAKEN("words scalar");
     for (int w = 0; w < FD_GROUP_WORDS; ++w)
         out[w] = fd_global_mask_word(params, word + (uint64_t)w);
 }

@@ -189,7 +189,7 @@ FD_DEFINE_NORMAL_BATCH(_portable, , FD_NORMAL_WORDS_SCALAR)
 #if FD_HAVE_AVX2_PATH
 /* Eight Philox blocks side by side in 64-bit vector lanes, two chains of four (as
  * fd_mask_words_16_avx2's four). */
-__attribute__((target("avx2"))) static inline void fd_normal_words_avx2(
+FD_TARGET("avx2") static inline void fd_normal_words_avx2(
     uint64_t seed, uint64_t stream, uint64_t block, uint64_t words[16])
 {
     const __m256i low32 = _mm256_set1_epi64x(0xFFFFFFFF);
@@ -222,7 +222,7 @@ __attribute__((target("avx2"))) static inline void fd_normal_words_avx2(
     for (int b = 0; b < FD_NORMAL_BATCH / 2; b += 8)                                        \
         fd_normal_words_avx2(seed, stream, (block) + (uint64_t)b, (words) + 2 * b);
 
-FD_DEFINE_NORMAL_BATCH(_avx2, __attribute__((target("avx2"))), FD_NORMAL_WORDS_AVX2)
+FD_DEFINE_NORMAL_BATCH(_avx2, FD_TARGET("avx2"), FD_NORMAL_WORDS_AVX2)
 #endif
 
 /* FD_NORMAL_BATCH standard normals of global elements 2 block, 2 block + 1, ... */
@@ -231,10 +231,12 @@ static inline void fd_standard_normals_batch(uint64_t seed, uint64_t stream, uin
 {
 #if FD_HAVE_AVX2_PATH
     if (fd_simd_enabled()) {
+        FD_PATH_TAKEN("normals avx2");
         fd_standard_normals_batch_avx2(seed, stream, block, z);
         return;
     }
 #endif
+    FD_PATH_TAKEN("normals portable");
     fd_standard_normals_batch_portable(seed, stream, block, z);
 }
 

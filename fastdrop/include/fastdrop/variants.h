@@ -16,7 +16,7 @@
  *       T (float for f16) first (docs/mask-stream.md, section 9).
  *   fd_gaussian_runs_<T>(source, target, sigma, seed, stream, runs, first, stop)
  *       the same for a block of a larger array: element i takes the global index its
- *       run gives it (fd_runs in dropout.h).
+ *       run gives it (fd_runs in runs.h).
  */
 #ifndef FASTDROP_VARIANTS_H
 #define FASTDROP_VARIANTS_H
@@ -25,6 +25,7 @@
 
 #include "dropout.h"
 #include "normal.h"
+#include "runs.h"
 
 /* How a mask of fewer elements covers an array. The array's axes are collapsed into
  * `ndim` axes (outermost first); along axis d the mask index advances by

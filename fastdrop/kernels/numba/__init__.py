@@ -7,8 +7,8 @@ loop or its parallel twin over ranges of whole mask words.
 Modules: ``philox`` (the block function), ``bits`` (float bit reinterpretation),
 ``half`` (float16 arithmetic), ``words`` (mask words, scalar and as an LLVM vector
 batch), ``normal`` (the Gaussian stream), ``llvm`` (prefetch and whole-word scaling
-intrinsics), ``dropout`` (the dropout loops), ``variants`` (noise shapes, alpha and
-Gaussian dropout).
+intrinsics), ``dropout`` (the dropout loops), ``runs`` (blocks of a larger array),
+``variants`` (noise shapes, alpha and Gaussian dropout).
 """
 import numba
 import numpy as np
@@ -19,13 +19,12 @@ from .dropout import (
     mask_parallel,
     mask_range,
     plain_range,
-    runs_parallel,
-    runs_range,
     stream_parallel,
     stream_range,
     words_parallel,
     words_range,
 )
+from .runs import runs_parallel, runs_range
 from .variants import (
     broadcast_parallel,
     broadcast_range,

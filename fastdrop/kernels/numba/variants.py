@@ -8,10 +8,11 @@ import numpy as np
 from numba import njit, prange
 
 from ..._config import NUMBA_CACHE
-from .dropout import apply_word, run_start, same_memory
+from .dropout import apply_word, same_memory
 from .half import kept, load, scale_by_noise, store
 from .normal import BATCH as NORMAL_BATCH
 from .normal import normal_block, standard_normal, standard_normals_batch
+from .runs import run_start
 
 _ZERO = np.uint64(0)
 _ONE = np.uint64(1)

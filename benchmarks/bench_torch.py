@@ -1,6 +1,9 @@
-"""The PyTorch section of the benchmark: fastdrop.torch against torch's own dropout.
+"""fastdrop.torch against torch's own dropout: the op, the cost of a call, training steps.
 
-``fastdrop bench --torch`` and ``benchmarks/test_bench_torch.py`` run it. Three parts:
+    PYTHONPATH=. python benchmarks/bench_torch.py [--sizes 2^22 2^24] [--markdown]
+    python -m pytest benchmarks/test_bench_torch.py --benchmark-only
+
+Three parts:
 
 1. **The op alone**, forward + backward through autograd
    (``torch.autograd.grad(dropout(x, p), x, g)``) on n elements, against
@@ -27,9 +30,10 @@ Samples of the versions compared are interleaved (`runner.time_callables`), one 
 each per round, and the best sample is each one's time. Times are reported, never
 asserted. Every function here imports torch when called.
 """
+import argparse
 import contextlib
 
-from .runner import size_label, time_callables
+from fastdrop.bench.runner import size_label, time_callables
 
 SEED, STREAM = 1234, 0
 DEFAULT_SIZES = (1 << 22, 1 << 24, 1 << 26)
@@ -63,8 +67,7 @@ def op_calls(n, p, dtype, threads):
     """{version: zero-argument call} for the op alone, forward + backward, on n elements."""
     import fastdrop
     import fastdrop.torch
-
-    from ..torch._tensors import as_array
+    from fastdrop.torch._tensors import as_array
 
     torch = _torch(threads)
     x, g = _tensor(torch, n, dtype, requires_grad=True), _tensor(torch, n, dtype)
@@ -197,7 +200,7 @@ MODELS = {"MLP 784-1024-1024-10, batch 128": mlp,
 
 def _without_dropout(torch, model):
     """model with each torch dropout module replaced by torch.nn.Identity, in place."""
-    from ..torch.modules import replace_torch_dropouts
+    from fastdrop.torch.modules import replace_torch_dropouts
 
     replace_torch_dropouts(model, lambda module: torch.nn.Identity())
     return model
@@ -253,7 +256,7 @@ def run(sizes=DEFAULT_SIZES, dtypes=DEFAULT_DTYPES, p=DEFAULT_P, threads=2, repe
     """The whole section: ``{"header", "ops", "call_us", "steps"}`` (steps may be [])."""
     import torch
 
-    from .runner import header
+    from fastdrop.bench.runner import header
 
     with _torch_threads(threads):
         return {"header": dict(header([threads]), torch_threads=threads,
@@ -276,8 +279,8 @@ def _torch_threads(threads):
 
 
 def targets(section):
-    """The integration's targets as `fastdrop.bench.targets` records."""
-    from .targets import target_record
+    """The integration's targets as records of benchmarks/targets.py."""
+    from targets import target_record
 
     records = []
     n, dtype, p, limit = SPEEDUP_TARGET
@@ -367,10 +370,37 @@ def format_section(section, markdown=False):
     """Every table of the section, with its header line."""
     head = section["header"]
     parts = [f"fastdrop.torch against torch {head['torch']}: {head['cpu']}, "
-             f"threads={head['torch_threads']}, {head['date']}, git {head['git']}",
+             f"threads={head['torch_threads']}, {head['date']}",
              "", "The op alone: forward + backward through autograd",
              op_table(section, markdown), "", call_table(section, markdown)]
     if section["steps"]:
         parts += ["", "Training steps (SGD with momentum, float32; median of interleaved rounds)",
                   step_table(section, markdown)]
     return "\n".join(parts)
+
+
+def main(argv=None):
+    """Measure the section with the command line's settings; print its tables and targets."""
+    from targets import add_script_arguments, print_and_save
+
+    from fastdrop.cli import arguments
+
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--sizes", nargs="+", type=arguments.size, default=list(DEFAULT_SIZES),
+                        metavar="N", help="element counts of the op alone (default 2^22 2^24 "
+                                          "2^26)")
+    parser.add_argument("--dtypes", nargs="+", choices=("float32", "bfloat16"),
+                        default=list(DEFAULT_DTYPES))
+    parser.add_argument("--p", type=arguments.number(0, 1, high_open=True), default=DEFAULT_P)
+    parser.add_argument("--threads", type=arguments.threads, default=2)
+    parser.add_argument("--no-steps", action="store_true", help="skip the training steps")
+    add_script_arguments(parser, repeat=5)
+    args = parser.parse_args(argv)
+    section = run(sizes=args.sizes, dtypes=args.dtypes, p=args.p, threads=args.threads,
+                  repeat=args.repeat, min_time=args.min_time, steps=not args.no_steps)
+    section["targets"] = targets(section)
+    print_and_save(section, args, format_section(section, markdown=args.markdown))
+
+
+if __name__ == "__main__":
+    main()

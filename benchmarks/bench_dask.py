@@ -1,4 +1,6 @@
-"""fastdrop.dask against in-memory fastdrop and dask's random numbers: ``fastdrop bench --dask``.
+"""fastdrop.dask against in-memory fastdrop and dask's random numbers (needs the dask extra).
+
+    PYTHONPATH=. python benchmarks/bench_dask.py [--sizes 2^26] [--chunks 2^20 2^22]
 
 A float32 array of n elements, shaped ``(n / 4096, 4096)``, goes into a dask array with
 ``da.from_array`` in chunks of whole rows (``CHUNKS`` elements each); each cell stores
@@ -21,11 +23,13 @@ builds its graph too, as a user's call does. The implementations:
 writing into the target's region, the kernel into a fresh output array, and the copy of
 a block into the target (docs/dask.md, where the time goes).
 """
+import argparse
 import math
+import sys
 
 import numpy as np
 
-from .runner import size_label, time_callables
+from fastdrop.bench.runner import size_label, time_callables
 
 SEED, STREAM, P = 1234, 0, 0.5
 SIZES = (1 << 26, 1 << 28)
@@ -157,7 +161,7 @@ def time_breakdown(n, chunks=CHUNKS, p=P, repeat=3, min_time=0.05):
 
 def target_records(n, times):
     """The issue's targets from `time_chunks`'s result, for chunks of `TARGET_CHUNKS` and more."""
-    from .targets import target_record
+    from targets import target_record
 
     records = []
     for chunk, cells in times.items():
@@ -189,7 +193,7 @@ def run(sizes=SIZES, chunks=CHUNKS, p=P, workers=WORKERS, repeat=3, min_time=0.0
     """
     import dask
 
-    from .runner import header
+    from fastdrop.bench.runner import header
 
     rows, records = [], []
     for n in sizes:
@@ -243,3 +247,28 @@ def format_section(run, markdown=False):
     lines += ["  ".join(cell.rjust(width) for cell, width in zip(cells, widths))
               for cells in rows]
     return "\n".join(lines)
+
+
+def main(argv=None):
+    """Measure with the command line's settings; print the table and the targets."""
+    from targets import add_script_arguments, print_and_save
+
+    from fastdrop.cli import arguments
+
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--sizes", nargs="+", type=arguments.size, default=list(SIZES),
+                        metavar="N", help="elements of the float32 array (default 2^26 2^28)")
+    parser.add_argument("--chunks", nargs="+", type=arguments.size, default=list(CHUNKS),
+                        metavar="N", help="elements per chunk (default 2^18 2^20 2^22 2^24)")
+    parser.add_argument("--p", type=arguments.number(0, 1, high_open=True), default=P)
+    parser.add_argument("--workers", type=arguments.threads, default=WORKERS,
+                        help="dask's threads, and the in-memory call's (default 2)")
+    add_script_arguments(parser, repeat=3)
+    args = parser.parse_args(argv)
+    section = run(sizes=args.sizes, chunks=args.chunks, p=args.p, workers=args.workers,
+                  repeat=args.repeat, min_time=args.min_time, progress=sys.stderr)
+    print_and_save(section, args, format_section(section, markdown=args.markdown))
+
+
+if __name__ == "__main__":
+    main()
