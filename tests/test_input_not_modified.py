@@ -12,7 +12,8 @@ compiled backends only (the reference has no size-dependent path).
 import numpy as np
 import pytest
 
-from tests.util import ALL_BACKENDS, ARRAY_FUNCTIONS, AWKWARD, FLOAT_DTYPES, unchanged
+import fastdrop
+from tests.util import ALL_BACKENDS, ARRAY_FUNCTIONS, AWKWARD, dtypes_on, unchanged
 
 
 def kinds_for(backend, entry, kinds=AWKWARD):
@@ -20,11 +21,16 @@ def kinds_for(backend, entry, kinds=AWKWARD):
             if entry.accepts(kind.shape) and not (kind.large and backend == "numpy")]
 
 
+def dtypes_for(backend, kind):
+    """Every dtype; the large size (split among threads) in `dtypes_on`'s."""
+    return dtypes_on(backend, fastdrop.get_num_threads() if kind.large else 1)
+
+
 @pytest.mark.parametrize("entry", ARRAY_FUNCTIONS, ids=str)
 @pytest.mark.parametrize("backend", ALL_BACKENDS)
 def test_out_of_place_writes_no_input(backend, entry, subtests):
     for kind in kinds_for(backend, entry):
-        for dtype in FLOAT_DTYPES:
+        for dtype in dtypes_for(backend, kind):
             with subtests.test(layout=str(kind), dtype=np.dtype(dtype).name):
                 x, owner = kind.make(dtype)
                 positional, keywords = entry.bind(x)
@@ -44,7 +50,7 @@ def test_out_of_place_writes_no_input(backend, entry, subtests):
 def test_in_place_writes_only_x(backend, entry, subtests):
     for kind in kinds_for(backend, entry, [kind for kind in AWKWARD if kind.writeable]):
         outside = ~kind.written()
-        for dtype in FLOAT_DTYPES:
+        for dtype in dtypes_for(backend, kind):
             with subtests.test(layout=str(kind), dtype=np.dtype(dtype).name):
                 x, owner = kind.make(dtype)
                 positional, keywords = entry.bind(x)

@@ -33,6 +33,16 @@ ALL_BACKENDS = tuple(available_backends())
 COMPILED_BACKENDS = tuple(name for name in ALL_BACKENDS if name != "numpy")
 
 
+def dtypes_on(backend, threads):
+    """The dtypes a call on ``threads`` threads is checked in: all, but one for parallel Numba.
+
+    Numba compiles each kernel once per dtype (seconds each); its parallel wrappers only
+    split the mask words among threads and call the serial kernels, which the one-thread
+    calls check in every dtype. So a parallel Numba call runs float32 alone.
+    """
+    return (np.float32,) if backend == "numba" and threads > 1 else FLOAT_DTYPES
+
+
 def bits(array):
     """An array's raw bytes in C order, so comparisons are bit for bit (NaN, -0.0 included)."""
     return np.ascontiguousarray(array).view(np.uint8)
