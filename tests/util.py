@@ -74,8 +74,8 @@ def require(module, extra):
     the test extra says what to install. ImportError (not only ModuleNotFoundError):
     fastdrop's integrations raise it, with the extra's name, when their host is missing.
     """
-    return pytest.importorskip(module, reason=f'needs {module}: pip install "fastdrop[{extra}]"',
-                               exc_type=ImportError)
+    reason = f'needs {module}: pip install "fastdrop-cpu[{extra}]"'
+    return pytest.importorskip(module, reason=reason, exc_type=ImportError)
 
 
 def for_each(subtests, check, /, *arguments, **axes):
