@@ -1,8 +1,8 @@
 """Shared fixtures: the backend registry drives every cross-backend test (the rest: util.py).
 
-Under pytest-xdist (the default: ``-n auto --dist loadgroup`` in pyproject.toml) the
-tests that run on the Numba backend share one worker, so each Numba kernel compiles
-once per run rather than once per worker.
+Under pytest-xdist (the default: ``-n auto`` in pyproject.toml) the tests that run on
+the Numba backend share one worker, so each Numba kernel compiles once per run rather
+than once per worker.
 """
 import pytest
 
@@ -28,14 +28,18 @@ def threads():
     fastdrop.set_num_threads(before)
 
 
-def runs_on_numba(item):
-    """Whether a collected test is parametrised with the Numba backend."""
-    callspec = getattr(item, "callspec", None)
-    return callspec is not None and any(
-        isinstance(value, str) and value == "numba" for value in callspec.params.values())
+def pytest_xdist_make_scheduler(config, log):
+    """pytest-xdist's scheduling with every test that names Numba on one worker.
 
+    Numba compiles each kernel once per process (seconds each), so its tests share a
+    worker and the compilation is paid once; the other tests spread over the workers.
+    (The ``xdist_group`` mark would say the same, but pytest-xdist 3.8 cannot read it
+    under pytest 9.)
+    """
+    from xdist.scheduler import LoadScopeScheduling
 
-def pytest_collection_modifyitems(config, items):
-    for item in items:
-        if runs_on_numba(item):
-            item.add_marker(pytest.mark.xdist_group("numba"))
+    class NumbaTestsTogether(LoadScopeScheduling):
+        def _split_scope(self, nodeid):
+            return "numba" if "numba" in nodeid else nodeid
+
+    return NumbaTestsTogether(config, log)
