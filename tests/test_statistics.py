@@ -429,9 +429,9 @@ def test_every_unbiased_function_keeps_the_mean(compiled_backend, entry):
     On ones, the mean of y is 1 within sampling error, with Var = p / (1 - p) per independent
     draw (a mask element, or an element of Gaussian noise); a 1% bias is rejected.
     """
-    x = np.ones(REGISTRY_SHAPE, np.float64)
+    x = np.ones(REGISTRY_SHAPE, np.float32)  # large: Numba's threads, float32 (dtypes_on)
     result = entry.output(entry.call(x, compiled_backend, p=REGISTRY_P, seed=4711, stream=2,
-                                     offset=0))
+                                     offset=0)).astype(np.float64)
     draws = result.size if entry.arithmetic != "inverted" else math.prod(
         entry.mask_shape(REGISTRY_SHAPE))
     z = (result.mean() - 1.0) / math.sqrt(REGISTRY_P / (1 - REGISTRY_P) / draws)
@@ -565,8 +565,9 @@ def check_alpha_dropout_keeps_zero_mean_and_unit_variance(any_backend, p):
 
     They are also within sampling error of exactly 0 and 1 (z tests on 10**6 elements).
     """
-    x = np.random.default_rng(2017).standard_normal(ALPHA_ELEMENTS)
+    x = np.random.default_rng(2017).standard_normal(ALPHA_ELEMENTS, dtype=np.float32)
     y, mask = fastdrop.alpha_dropout(x, p, seed=8, stream=int(p * 10), backend=any_backend)
+    x, y = x.astype(np.float64), y.astype(np.float64)  # float32 above: see dtypes_on
     assert abs(y.mean()) < 0.1 and abs(y.std() - 1.0) < 0.1
     mean_z, variance_z = mean_and_variance_z(y, 0.0, 1.0)
     assert abs(mean_z) < Z_BOUND and abs(variance_z) < Z_BOUND, (mean_z, variance_z)

@@ -33,14 +33,17 @@ ALL_BACKENDS = tuple(available_backends())
 COMPILED_BACKENDS = tuple(name for name in ALL_BACKENDS if name != "numpy")
 
 
-def dtypes_on(backend, threads):
-    """The dtypes a call on ``threads`` threads is checked in: all, but one for parallel Numba.
+def dtypes_on(backend, threads=1, read_only=False):
+    """The dtypes a call is checked in: all, but float32 alone where Numba compiles a twin.
 
-    Numba compiles each kernel once per dtype (seconds each); its parallel wrappers only
-    split the mask words among threads and call the serial kernels, which the one-thread
-    calls check in every dtype. So a parallel Numba call runs float32 alone.
+    Numba compiles each kernel once per dtype (seconds each), and again for each
+    parallel wrapper and for read-only input. The wrappers only split the mask words
+    among threads and call the serial kernels; a read-only array runs the same source;
+    and the one-thread calls on writeable arrays check every dtype. So a Numba call on
+    more than one thread, or on a read-only array, runs float32 alone.
     """
-    return (np.float32,) if backend == "numba" and threads > 1 else FLOAT_DTYPES
+    twin = threads > 1 or read_only
+    return (np.float32,) if backend == "numba" and twin else FLOAT_DTYPES
 
 
 def bits(array):
