@@ -111,9 +111,15 @@ def test_nan_stays_nan_with_its_sign_and_dropped_is_positive_zero():
 
 
 def exact_bfloat16(value):
-    """The bfloat16 nearest the float64 ``value`` (ties to even), by exact rationals."""
+    """The bfloat16 nearest the float64 ``value`` (ties to even), by exact rationals.
+
+    The candidates are the finite bfloat16 values next to it in sorted order (the
+    nearest is one of them); exact rationals decide between them.
+    """
     candidates = np.arange(1 << 16, dtype=np.uint16).view(BF16).astype(np.float64)
-    finite = candidates[np.isfinite(candidates)]
+    ordered = np.unique(candidates[np.isfinite(candidates)])
+    at = int(np.searchsorted(ordered, value))
+    finite = ordered[max(at - 2, 0):at + 2]
     target = Fraction(value)
     distances = [abs(Fraction(c) - target) for c in finite]
     best = min(distances)
