@@ -1,6 +1,7 @@
 # Tasks for working on fastdrop: `make <task>` from the repository root.
 #   install     the package in place, with the test and docs extras (builds the extension)
-#   test        the test suite (what CI runs)
+#   test        the test suite on every core, then the tests that compile (-m build), as CI
+#               runs them
 #   lint        ruff, with the configuration in pyproject.toml (CI runs it)
 #   docs        the documentation site, strict (any warning fails), into site/
 #   bench       the pytest-benchmark suite in benchmarks/, then the targets (minutes)
@@ -16,6 +17,7 @@ install:
 
 test:
 	$(PYTHON) -m pytest
+	$(PYTHON) -m pytest -m build
 
 lint:
 	ruff check .
