@@ -5,7 +5,8 @@ it imports and defines itself. A block that leaves files behind runs a second ti
 the same folder, so that pasting it twice works too. A block that needs an optional
 package (an extra) is skipped, with the extra's name, where that package is missing.
 Blocks that quote a whole example script (``--8<--``) are the scripts themselves:
-tests/test_examples.py runs those.
+tests/test_examples.py runs those; and a block marked ``<!-- example: path -->`` is a
+verbatim copy of a file of fastdrop/examples, which tests/test_embedding.py checks and runs.
 """
 import ast
 import os
@@ -21,6 +22,7 @@ import pytest
 REPO = Path(__file__).resolve().parent.parent
 # a fenced block opened by ```python at any indentation (admonitions indent theirs)
 PYTHON_BLOCK = re.compile(r"^([ \t]*)```python[^\n]*\n(.*?)^\1```[ \t]*$", re.S | re.M)
+EXAMPLE_COPY = "<!-- example: "  # the line before a verbatim copy of an example file
 # top-level module -> the extra that installs it (pyproject.toml's optional dependencies)
 EXTRAS = {"torch": "torch", "dask": "dask", "distributed": "dask", "zarr": "dask",
           "ml_dtypes": "bf16", "sklearn": "train", "matplotlib": "bench", "tqdm": "train",
@@ -37,7 +39,8 @@ def python_blocks(page):
     text = page.read_text()
     for match in PYTHON_BLOCK.finditer(text):
         code = textwrap.dedent(match.group(2))
-        if "--8<--" in code:
+        line_before = text[:match.start()].rstrip("\n").rpartition("\n")[2]
+        if "--8<--" in code or line_before.lstrip().startswith(EXAMPLE_COPY):
             continue
         yield text.count("\n", 0, match.start()) + 1, code
 
@@ -80,7 +83,8 @@ def test_the_block_finder_sees_indented_blocks_and_skips_quoted_scripts(tmp_path
     page = tmp_path / "page.md"
     page.write_text("text\n\n```python\nprint(1)\n```\n\n??? example\n\n    ```python\n"
                     "    print(2)\n    ```\n\n```python\n--8<-- \"examples/a.py\"\n```\n"
-                    "```pycon\n>>> 3\n```\n")
+                    "```pycon\n>>> 3\n```\n"
+                    "<!-- example: fastdrop/examples/a.py -->\n```python\nprint(4)\n```\n")
     assert list(python_blocks(page)) == [(3, "print(1)\n"), (9, "print(2)\n")]
     assert imported_modules("import fastdrop.torch\nfrom dask import array\nimport numpy") \
         == {"torch", "dask", "numpy"}
