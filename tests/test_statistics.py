@@ -229,8 +229,7 @@ def check_mean_of_dropout_draws_converges_to_input(compiled_backend, p):
 
 def test_no_dependence_between_neighbouring_elements(compiled_backend, subtests):
     for_each(subtests, check_no_dependence_between_neighbouring_elements, compiled_backend,
-             span=["from word 0", "across word 2**32"],
-             p=DEPENDENCE_P,
+             span=["from word 0", "across word 2**32"], p=DEPENDENCE_P,
              kind=["lanes", "words", "boundary"])
 
 
@@ -271,8 +270,7 @@ NEIGHBOURING_IDS = [(0, 1), (2**32 - 1, 2**32), (2**64 - 2, 2**64 - 1), (5, 5 + 
 
 def test_no_dependence_between_consecutive_streams(compiled_backend, subtests):
     for_each(subtests, check_no_dependence_between_consecutive_streams, compiled_backend,
-             streams=NEIGHBOURING_IDS,
-             p=DEPENDENCE_P)
+             streams=NEIGHBOURING_IDS, p=DEPENDENCE_P)
 
 
 def check_no_dependence_between_consecutive_streams(compiled_backend, streams, p):
@@ -287,8 +285,7 @@ def check_no_dependence_between_consecutive_streams(compiled_backend, streams, p
 
 def test_no_dependence_between_consecutive_seeds(compiled_backend, subtests):
     for_each(subtests, check_no_dependence_between_consecutive_seeds, compiled_backend,
-             seeds=NEIGHBOURING_IDS,
-             p=DEPENDENCE_P)
+             seeds=NEIGHBOURING_IDS, p=DEPENDENCE_P)
 
 
 def check_no_dependence_between_consecutive_seeds(compiled_backend, seeds, p):
