@@ -7,6 +7,7 @@
 import numpy as np
 
 from . import _fused_calls, reference
+from ._api import dropout_backward
 from ._backends import kernels as _kernels
 from ._config import get_num_threads
 from ._layout import deliver
@@ -92,6 +93,109 @@ def dropout_add(x, residual, p=0.5, *, seed=None, stream=None, offset=0, trainin
                                     inplace, out, dtype)
     return _dropout_then_add(kernels, call, x, None, training)
 
+
+
+def bias_dropout_add(x, bias, residual, p=0.5, *, seed=None, stream=None, offset=0,
+                     training=True, inplace=False, out=None, dtype=None, backend="auto"):
+    """A bias, dropout and a residual add, fused: ``residual + dropout(x + bias)`` in one pass.
+
+    What follows a Linear layer whose bias was left out of its matrix product. Bit for
+    bit the unfused composition ``residual + fastdrop.dropout(x + bias, p, ...)[0]``
+    (each sum rounded to the dtype), with dropout's mask for the same ``(seed, stream,
+    p, offset)``, on every backend and thread count; the bias is broadcast along x's
+    last axis, as a Linear's.
+
+    Parameters
+    ----------
+    x : array_like of float16, float32, float64 or bfloat16
+        The input, with at least one axis; any memory layout.
+    bias : array_like
+        x's dtype, shape ``(x.shape[-1],)``: element ``x[..., j]`` gets ``bias[j]``.
+    residual : array_like
+        x's dtype and shape (it is not broadcast).
+    p : float, default 0.5
+        Drop probability in [0, 1].
+    seed, stream, offset, training, inplace, out, dtype, backend
+        As in `dropout_add` (``training=False`` gives ``residual + (x + bias)``).
+
+    Returns
+    -------
+    y : ndarray
+        ``residual + dropout(x + bias)``: the residual itself when ``inplace``, ``out``
+        when given, else a new C-ordered array.
+    mask : DropoutMask or None
+        The keep bits, `fastdrop.dropout`'s for the same arguments; pass it to
+        `bias_dropout_add_backward`.
+
+    Raises
+    ------
+    ValueError
+        x is 0-d; the bias's shape is not ``(x.shape[-1],)``; the errors of
+        `dropout_add`.
+    TypeError
+        The bias's dtype is not x's; the errors of `dropout_add`.
+
+    Notes
+    -----
+    Arithmetic (docs/mask-stream.md, section 11): ``h = x + bias`` rounded to the
+    dtype, then dropout's ``h * s`` (rounded) or +0.0, then ``residual + d`` rounded;
+    float16 and bfloat16 add in float32 and round once. Never a fused multiply-add.
+
+    Examples
+    --------
+    >>> import numpy as np, fastdrop
+    >>> x, bias = np.ones((2, 3), np.float32), np.arange(3, dtype=np.float32)
+    >>> residual = np.zeros((2, 3), np.float32)
+    >>> y, mask = fastdrop.bias_dropout_add(x, bias, residual, 0.5, seed=1)
+    >>> dropped, _ = fastdrop.dropout(x + bias, 0.5, seed=1)
+    >>> bool(np.array_equal(y, residual + dropped))
+    True
+    """
+    kernels = _kernels(backend)
+    if kernels is None:
+        return reference.bias_dropout_add(x, bias, residual, p, seed=seed, stream=stream,
+                                          offset=offset, training=training, inplace=inplace,
+                                          out=out, dtype=dtype)
+    call, x, bias = _fused_calls.fused(x, residual, bias, p, seed, stream, offset, training,
+                                       inplace, out, dtype, with_bias=True)
+    return _dropout_then_add(kernels, call, x, bias, training)
+
+
+def bias_dropout_add_backward(grad, mask, *, dtype=None, backend="auto"):
+    """Gradients of `bias_dropout_add` with respect to x and the bias.
+
+    The residual's gradient is ``grad`` itself.
+
+    Parameters
+    ----------
+    grad : array_like of float16, float32, float64 or bfloat16
+        Gradient with respect to the output, of x's shape.
+    mask : DropoutMask
+        What `bias_dropout_add` returned.
+    dtype, backend
+        As in `dropout_backward`.
+
+    Returns
+    -------
+    grad_x : ndarray
+        ``dropout_backward(grad, mask)``: ``grad * s`` where kept, +0.0 where dropped.
+    grad_bias : ndarray, shape ``(x.shape[-1],)``
+        ``grad_x`` summed over every axis but the last: in float32 for float16,
+        bfloat16 and float32 (float64 for float64), by ``np.sum(..., axis=0)`` over the
+        ``(rows, features)`` view, rounded once to the dtype. The same bits on every
+        backend (the same sum of the same bits).
+
+    Raises
+    ------
+    TypeError
+        mask is not a DropoutMask; grad is not float16/32/64 or bfloat16.
+    ValueError
+        grad's shape is not the mask's, or is 0-d.
+    """
+    _kernels(backend)  # an unknown backend is refused before anything is computed
+    _fused_calls.check_bias_gradient(grad, mask, dtype)
+    grad_x = dropout_backward(grad, mask, dtype=dtype, backend=backend)
+    return grad_x, reference.sum_rows(grad_x)
 
 def _flat(array):
     """A 1-D C-contiguous view of the array, or a C-ordered copy where there is none."""

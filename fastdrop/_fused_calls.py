@@ -52,3 +52,18 @@ def fused(x, residual, bias, p, seed, stream, offset, training, inplace, out, dt
     seed, stream = streams.take(parsed) if training else (None, None)
     call = _calls.Call(sides, p, x_array.shape, x_array.size, offset, seed, stream)
     return call, x_kernel, bias_kernel
+
+
+def check_bias_gradient(grad, mask, dtype):
+    """The arguments of a bias's backward: a DropoutMask of grad's shape, with a last axis.
+
+    Only what `fastdrop.dropout_backward` would not refuse itself: it stretches a mask
+    over a larger grad, where the bias's gradient needs grad to be the forward's shape.
+    """
+    _calls.check_mask_object(mask)
+    shape = element_array(grad, "grad", check_dtype_request(dtype))[0].shape
+    if shape != mask.shape:
+        raise ValueError(f"grad has shape {shape}, expected the mask's shape {mask.shape} "
+                         f"(x's shape in the forward pass)")
+    if len(shape) == 0:
+        raise ValueError("bias_dropout_add_backward needs a grad with a last axis; it is 0-d")

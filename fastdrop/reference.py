@@ -34,6 +34,8 @@ __all__ = [
     "alpha_dropout_backward",
     "apply_mask",
     "bernoulli_mask",
+    "bias_dropout_add",
+    "bias_dropout_add_backward",
     "channel_dropout",
     "dropconnect",
     "dropout",
@@ -473,3 +475,37 @@ def dropout_add(x, residual, p=0.5, *, seed=None, stream=None, offset=0, trainin
                                     inplace, out, dtype)
     return _dropout_then_add(call, x, None, training)
 
+
+
+def bias_dropout_add(x, bias, residual, p=0.5, *, seed=None, stream=None, offset=0,
+                     training=True, inplace=False, out=None, dtype=None):
+    """residual + dropout(x + bias), unfused; see `fastdrop.bias_dropout_add`."""
+    call, x, bias = _fused_calls.fused(x, residual, bias, p, seed, stream, offset, training,
+                                       inplace, out, dtype, with_bias=True)
+    return _dropout_then_add(call, x, bias, training)
+
+
+def sum_rows(values):
+    """The sum over every axis but the last (a bias's gradient), as section 11 defines it.
+
+    float16 and bfloat16 widen to float32 (exactly); the (rows, features) view is summed
+    along its rows by ``np.sum(..., axis=0)`` in float32 (float64 for float64), NumPy's
+    order, and rounded once to the dtype.
+    """
+    if is_bfloat16(values.dtype):
+        return sum_rows(values.view(np.uint16)).view(values.dtype)
+    features = values.shape[-1]
+    rows = values.reshape(values.size // features if features else 0, features)
+    with np.errstate(all="ignore"):  # a sum may overflow the dtype: the specified inf
+        if values.dtype == np.uint16:  # bfloat16 bits
+            return float32_to_bfloat16(np.sum(bfloat16_to_float32(rows), axis=0))
+        if values.dtype == np.float16:
+            return np.sum(rows.astype(np.float32), axis=0).astype(np.float16)
+        return np.sum(rows, axis=0)
+
+
+def bias_dropout_add_backward(grad, mask, *, dtype=None):
+    """Gradients of x and of the bias; see `fastdrop.bias_dropout_add_backward`."""
+    _fused_calls.check_bias_gradient(grad, mask, dtype)
+    grad_x = dropout_backward(grad, mask, dtype=dtype)
+    return grad_x, sum_rows(grad_x)

@@ -33,10 +33,13 @@ NOT_IN_REGISTRY = {
     "philox4x32_10": "the block function, known answers in tests/test_philox.py",
     "reference": "the twins themselves",
     "dropout_add": "two arrays, in place into the second: tests/test_fused.py (below)",
+    "bias_dropout_add": "three arrays, in place into the third: tests/test_fused.py (below)",
+    "bias_dropout_add_backward": "returns two arrays: tests/test_fused.py (below)",
 }
 # Functions with a backend whose properties the registry cannot state yet (it assumes one
 # array, written in place), and the file that tests them instead.
-TESTED_ELSEWHERE = {"dropout_add": "tests/test_fused.py"}
+TESTED_ELSEWHERE = {name: "tests/test_fused.py"
+                    for name in ("dropout_add", "bias_dropout_add", "bias_dropout_add_backward")}
 
 
 def test_every_public_name_is_a_registry_function_or_listed_as_not_one():
