@@ -10,7 +10,7 @@ Specification: docs/mask-stream.md.
 """
 import numpy as np
 
-from . import _calls
+from . import _calls, _fused_calls
 from ._calls import check_mask_object
 from ._layout import block_indices
 from ._mask import pack_mask, unpack_mask
@@ -34,9 +34,12 @@ __all__ = [
     "alpha_dropout_backward",
     "apply_mask",
     "bernoulli_mask",
+    "bias_dropout_add",
+    "bias_dropout_add_backward",
     "channel_dropout",
     "dropconnect",
     "dropout",
+    "dropout_add",
     "dropout_backward",
     "dropout_backward_recompute",
     "feature_alpha_dropout",
@@ -436,3 +439,73 @@ def dropconnect(weight, p=0.5, *, seed=None, stream=None, offset=0, training=Tru
     """Dropout over a weight matrix, never in place; see `fastdrop.dropconnect`."""
     return dropout(check_weight(weight, dtype), p, seed=seed, stream=stream, offset=offset,
                    training=training, out=out, dtype=dtype)
+
+
+# ---------------------------------------------------------------- fused: dropout and an add
+
+
+def add_rounded(a, b):
+    """a + b rounded to the dtype (section 11): float16 and bfloat16 add in float32, round once."""
+    if is_bfloat16(a.dtype):
+        return add_rounded(a.view(np.uint16), b.view(np.uint16)).view(a.dtype)
+    with np.errstate(all="ignore"):  # inf - inf is NaN, a sum may overflow: specified results
+        if a.dtype == np.float16:
+            return (a.astype(np.float32) + b.astype(np.float32)).astype(np.float16)
+        if a.dtype == np.uint16:  # bfloat16 bits
+            return float32_to_bfloat16(bfloat16_to_float32(a) + bfloat16_to_float32(b))
+        return a + b
+
+
+def _dropout_then_add(call, x, bias, training):
+    """The unfused composition: (x + bias), its dropout, then the residual added."""
+    x = x.reshape(-1)
+    if bias is not None:
+        x = add_rounded(x, np.tile(bias, x.size // max(bias.size, 1)))
+    if not training:
+        return call.deliver(add_rounded(call.x.reshape(-1), x)), None
+    keep = call_keep(call)
+    dropped = scale_kept(x, keep, call.p)
+    return call.deliver(add_rounded(call.x.reshape(-1), dropped)), call.mask(pack_mask(keep))
+
+
+def dropout_add(x, residual, p=0.5, *, seed=None, stream=None, offset=0, training=True,
+                inplace=False, out=None, dtype=None):
+    """residual + dropout(x), unfused; see `fastdrop.dropout_add`."""
+    call, x, _ = _fused_calls.fused(x, residual, None, p, seed, stream, offset, training,
+                                    inplace, out, dtype)
+    return _dropout_then_add(call, x, None, training)
+
+
+
+def bias_dropout_add(x, bias, residual, p=0.5, *, seed=None, stream=None, offset=0,
+                     training=True, inplace=False, out=None, dtype=None):
+    """residual + dropout(x + bias), unfused; see `fastdrop.bias_dropout_add`."""
+    call, x, bias = _fused_calls.fused(x, residual, bias, p, seed, stream, offset, training,
+                                       inplace, out, dtype, with_bias=True)
+    return _dropout_then_add(call, x, bias, training)
+
+
+def sum_rows(values):
+    """The sum over every axis but the last (a bias's gradient), as section 11 defines it.
+
+    float16 and bfloat16 widen to float32 (exactly); the (rows, features) view is summed
+    along its rows by ``np.sum(..., axis=0)`` in float32 (float64 for float64), NumPy's
+    order, and rounded once to the dtype.
+    """
+    if is_bfloat16(values.dtype):
+        return sum_rows(values.view(np.uint16)).view(values.dtype)
+    features = values.shape[-1]
+    rows = values.reshape(values.size // features if features else 0, features)
+    with np.errstate(all="ignore"):  # a sum may overflow the dtype: the specified inf
+        if values.dtype == np.uint16:  # bfloat16 bits
+            return float32_to_bfloat16(np.sum(bfloat16_to_float32(rows), axis=0))
+        if values.dtype == np.float16:
+            return np.sum(rows.astype(np.float32), axis=0).astype(np.float16)
+        return np.sum(rows, axis=0)
+
+
+def bias_dropout_add_backward(grad, mask, *, dtype=None):
+    """Gradients of x and of the bias; see `fastdrop.bias_dropout_add_backward`."""
+    _fused_calls.check_bias_gradient(grad, mask, dtype)
+    grad_x = dropout_backward(grad, mask, dtype=dtype)
+    return grad_x, sum_rows(grad_x)

@@ -448,3 +448,82 @@ def scale_in_place(values, double scale, int threads):
         for chunk in prange(chunks, num_threads=chunks, schedule="static"):
             _scale_range(kind, data, element_scale, n, _chunk_start(total, chunks, chunk),
                          _chunk_start(total, chunks, chunk + 1))
+
+
+# ---------------------------------------------------------------- fused kernels (fused.h)
+
+cdef extern from "fastdrop/fused.h" nogil:
+    void fd_dropout_add_range_f64(const double *source, const double *residual,
+                                  const double *bias, int64_t features, double *target,
+                                  uint64_t *words, double scale, const fd_mask_params *params,
+                                  int64_t first, int64_t stop)
+    void fd_dropout_add_range_f32(const float *source, const float *residual, const float *bias,
+                                  int64_t features, float *target, uint64_t *words, float scale,
+                                  const fd_mask_params *params, int64_t first, int64_t stop)
+    void fd_dropout_add_range_f16(const uint16_t *source, const uint16_t *residual,
+                                  const uint16_t *bias, int64_t features, uint16_t *target,
+                                  uint64_t *words, float scale, const fd_mask_params *params,
+                                  int64_t first, int64_t stop)
+    void fd_dropout_add_range_bf16(const fd_bfloat16 *source, const fd_bfloat16 *residual,
+                                   const fd_bfloat16 *bias, int64_t features,
+                                   fd_bfloat16 *target, uint64_t *words, float scale,
+                                   const fd_mask_params *params, int64_t first, int64_t stop)
+
+
+cdef void _dropout_add_range(Kind kind, const void *source, const void *residual,
+                             const void *bias, int64_t features, void *target, uint64_t *words,
+                             double scale, const fd_mask_params *params, int64_t first,
+                             int64_t stop) noexcept nogil:
+    if kind == F64:
+        fd_dropout_add_range_f64(<const double *>source, <const double *>residual,
+                                 <const double *>bias, features, <double *>target, words, scale,
+                                 params, first, stop)
+    elif kind == F32:
+        fd_dropout_add_range_f32(<const float *>source, <const float *>residual,
+                                 <const float *>bias, features, <float *>target, words,
+                                 <float>scale, params, first, stop)
+    elif kind == F16:
+        fd_dropout_add_range_f16(<const uint16_t *>source, <const uint16_t *>residual,
+                                 <const uint16_t *>bias, features, <uint16_t *>target, words,
+                                 <float>scale, params, first, stop)
+    else:
+        fd_dropout_add_range_bf16(<const fd_bfloat16 *>source, <const fd_bfloat16 *>residual,
+                                  <const fd_bfloat16 *>bias, features, <fd_bfloat16 *>target,
+                                  words, <float>scale, params, first, stop)
+
+
+def dropout_add(source, residual, bias, target, words, int64_t n, double scale,
+                uint64_t threshold, bint drop_all, uint64_t seed, uint64_t stream,
+                uint64_t offset, int threads):
+    """target = residual + dropout(source (+ bias)) with keep bits from the stream.
+
+    1-D C-contiguous arrays of one element type; ``bias`` None or the last axis's
+    values (element i reads ``bias[i % bias.size]``); ``words`` None (no mask stored)
+    or room for ceil(n / 64) words. ``target`` may be ``residual`` (in place).
+    """
+    if n == 0:
+        return
+    cdef fd_mask_params params
+    params.seed, params.stream, params.threshold = seed, stream, threshold
+    params.drop_all, params.offset, params.n = drop_all, offset, n
+    cdef int chunks = _chunk_count(n, threads)
+    cdef Kind kind = _kind(source)
+    cdef double element_scale = _element_scale(source, kind, scale)
+    cdef const void *source_data = _data(source)
+    cdef const void *residual_data = _data(residual)
+    cdef const void *bias_data = _data(bias)
+    cdef int64_t features = 0 if bias is None else bias.size
+    cdef void *target_data = _data(target)
+    cdef uint64_t *word_data = <uint64_t *>_data(words)
+    cdef int64_t total = fd_words_for(n)
+    cdef int chunk
+    with nogil:
+        if chunks == 1:
+            _dropout_add_range(kind, source_data, residual_data, bias_data, features,
+                               target_data, word_data, element_scale, &params, 0, total)
+        else:
+            for chunk in prange(chunks, num_threads=chunks, schedule="static"):
+                _dropout_add_range(kind, source_data, residual_data, bias_data, features,
+                                   target_data, word_data, element_scale, &params,
+                                   _chunk_start(total, chunks, chunk),
+                                   _chunk_start(total, chunks, chunk + 1))

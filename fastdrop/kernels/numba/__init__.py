@@ -24,6 +24,7 @@ from .dropout import (
     words_parallel,
     words_range,
 )
+from .fused import dropout_add_parallel, dropout_add_range
 from .runs import runs_parallel, runs_range
 from .variants import (
     broadcast_parallel,
@@ -183,3 +184,21 @@ def gaussian_runs(source, target, sigma, seed, stream, runs, threads):
     args = (source, target, np.float64(sigma), np.uint64(seed), np.uint64(stream),
             np.uint64(base), shape, strides, np.int64(run))
     _run(gaussian_runs_range, gaussian_runs_parallel, args, n, threads, units=n)
+
+
+def dropout_add(source, residual, bias, target, words, n, scale, threshold, drop_all, seed,
+                stream, offset, threads):
+    """target = residual + dropout(source (+ bias)) with keep bits from the stream (1-D arrays).
+
+    ``bias`` None or the last axis's values (element i reads ``bias[i % bias.size]``);
+    ``words`` None (no mask stored) or room for ceil(n / 64) words; ``target`` may be
+    ``residual`` (in place).
+    """
+    if n == 0:
+        return
+    source = kernel_view(source)
+    bias = source[:0] if bias is None else kernel_view(bias)
+    args = (source, kernel_view(residual), bias, kernel_view(target),
+            _NO_WORDS if words is None else words, kernel_scale(residual.dtype, scale),
+            np.uint64(seed), np.uint64(stream), np.uint64(threshold), bool(drop_all), offset, n)
+    _run(dropout_add_range, dropout_add_parallel, args, n, threads)
