@@ -13,9 +13,9 @@ from ._config import _state as _threads
 from ._config import get_num_threads
 from ._mask import DropoutMask, words_for
 from ._validate import channel_noise_shape, check_weight
+from .kernels.interface import MaskParams, NoiseParams
 from .maskstream.spec import (
     alpha_dropout_constants,
-    dropout_constants,
     dropout_scale,
     gaussian_sigma,
     stream_parameters,
@@ -147,8 +147,9 @@ def dropout(x, p=0.5, *, seed=None, stream=None, offset=0, training=True, inplac
         threshold, drop_all, scale, stream = usual
         if stream is None:
             seed, stream = streams.resolve(seed, None)
-        y, words = kernels.dropout_plain(x, inplace, threshold, drop_all, scale, seed, stream,
-                                         offset, _threads.threads)
+        y, words = kernels.dropout_plain(
+            x, inplace, scale, MaskParams(seed, stream, threshold, drop_all, offset, x.size),
+            _threads.threads)
         return y, DropoutMask._of_checked_call(words, x.shape, p, seed, stream, offset)
     call = _calls.masked(x, p, seed, stream, offset, inplace, out, noise_shape, broadcast_dims,
                          training, dtype, origin, global_shape)
@@ -180,9 +181,27 @@ def usual_dropout(kernels, x, p, seed, offset, inplace, usual):
     threshold, drop_all, scale, stream = usual
     if stream is None:
         seed, stream = streams.resolve(seed, None)
-    y, words = kernels.dropout_plain(x, inplace, threshold, drop_all, scale, seed, stream, offset,
-                                     _threads.threads)
+    y, words = kernels.dropout_plain(
+        x, inplace, scale, MaskParams(seed, stream, threshold, drop_all, offset, x.size),
+        _threads.threads)
     return y, DropoutMask._of_checked_call(words, x.shape, p, seed, stream, offset)
+
+
+def _placed(call, contiguous, by_runs):
+    """(kernel, offset, runs): ``contiguous`` and the first global index, or ``by_runs``.
+
+    The contiguous kernel serves every call whose elements are one range of global
+    indices (`fastdrop._calls.Call.start`), a block of whole rows included; ``runs`` is
+    what follows the record among the kernel's arguments: nothing, or the block's runs.
+    """
+    start = call.start
+    return (contiguous, start, ()) if start is not None else (by_runs, 0, (call.runs,))
+
+
+def _mask_params(call, offset):
+    """The `MaskParams` record of the call's keep bits, element 0 at global index ``offset``."""
+    threshold, drop_all = stream_parameters(call.p)
+    return MaskParams(call.seed, call.stream, threshold, drop_all, offset, call.m)
 
 
 def _scale_by_stream(kernels, call, words):
@@ -190,30 +209,17 @@ def _scale_by_stream(kernels, call, words):
 
     The bits are stored unless words is None.
     """
-    threshold, drop_all, scale = dropout_constants(call.p)
-    kernel, where = _placed(call, kernels.scale_by_stream, kernels.scale_by_runs)
+    kernel, offset, runs = _placed(call, kernels.scale_by_stream, kernels.scale_by_runs)
     return call.finish(_layout.elementwise(
-        call.x, call.target, kernel, words, call.m, scale, threshold, drop_all, call.seed,
-        call.stream, where, get_num_threads()))
-
-
-def _placed(call, contiguous, by_runs):
-    """(kernel, where): ``contiguous`` and the first global index, or ``by_runs`` and the runs.
-
-    The contiguous kernel serves every call whose elements are one range of global
-    indices (`fastdrop._calls.Call.start`), a block of whole rows included.
-    """
-    start = call.start
-    return (contiguous, start) if start is not None else (by_runs, call.runs)
+        call.x, call.target, kernel, words, dropout_scale(call.p), _mask_params(call, offset),
+        *runs, get_num_threads()))
 
 
 def _draw_words(kernels, call):
     """The packed keep bits of the call's m mask elements."""
     words = np.empty(words_for(call.m), dtype=np.uint64)
-    threshold, drop_all = stream_parameters(call.p)
-    kernel, where = _placed(call, kernels.scale_by_stream, kernels.scale_by_runs)
-    kernel(None, None, words, call.m, 0.0, threshold, drop_all, call.seed, call.stream, where,
-           get_num_threads())
+    kernel, offset, runs = _placed(call, kernels.scale_by_stream, kernels.scale_by_runs)
+    kernel(None, None, words, 0.0, _mask_params(call, offset), *runs, get_num_threads())
     return words
 
 
@@ -227,9 +233,9 @@ def _apply_words(kernels, call, words, scale, affine):
     if affine is None and call.m == x.size:
         y = _layout.elementwise(x, call.target, kernels.scale_by_mask, words, scale, threads)
     else:
-        sizes, mask_strides = _layout.broadcast_layout(x.shape, call.mask_shape)
-        y = _layout.elementwise(x, call.target, kernels.apply_broadcast, words, sizes,
-                                mask_strides, scale, affine, threads)
+        y = _layout.elementwise(x, call.target, kernels.apply_broadcast, words,
+                                _layout.broadcast_layout(x.shape, call.mask_shape), scale,
+                                affine, threads)
     return call.finish(y)
 
 
@@ -702,11 +708,17 @@ def gaussian_dropout(x, p=0.5, *, seed=None, stream=None, offset=0, training=Tru
     return _multiply_noise(kernels, call), call.noise()
 
 
+def _noise_params(call, offset):
+    """The `NoiseParams` record of the call's multipliers, element 0 at global index ``offset``."""
+    return NoiseParams(call.seed, call.stream, gaussian_sigma(call.p), offset)
+
+
 def _multiply_noise(kernels, call):
     """x's elements times the call's Gaussian multipliers, regenerated from its stream."""
-    kernel, where = _placed(call, kernels.gaussian, kernels.gaussian_runs)
-    return call.finish(_layout.elementwise(call.x, call.target, kernel, gaussian_sigma(call.p),
-                                           call.seed, call.stream, where, get_num_threads()))
+    kernel, offset, runs = _placed(call, kernels.gaussian, kernels.gaussian_runs)
+    return call.finish(_layout.elementwise(call.x, call.target, kernel,
+                                           _noise_params(call, offset), *runs,
+                                           get_num_threads()))
 
 
 def gaussian_dropout_backward(grad, noise, *, inplace=False, out=None, dtype=None,
@@ -780,9 +792,8 @@ def gaussian_noise(n, p, *, seed, stream=None, offset=0, origin=None, global_sha
     call = _calls.count(n, p, seed, stream, offset, gaussian=True, origin=origin,
                         global_shape=global_shape)
     noise = np.ones(call.m, dtype=np.float64)
-    kernel, where = _placed(call, kernels.gaussian, kernels.gaussian_runs)
-    kernel(noise, noise, gaussian_sigma(call.p), call.seed, call.stream, where,
-           get_num_threads())
+    kernel, offset, runs = _placed(call, kernels.gaussian, kernels.gaussian_runs)
+    kernel(noise, noise, _noise_params(call, offset), *runs, get_num_threads())
     return noise
 
 

@@ -60,7 +60,7 @@ class Call:
         Stored keep bits, for calls that apply a mask.
     scale : float or None
         The multiplier of kept elements, for calls that apply a mask.
-    runs : tuple or None
+    runs : BlockRuns or None
         For a block of a larger array: the runs of global indices its mask (or noise)
         elements take (`fastdrop._layout.block_runs`); None for a whole array, whose
         element i has global index ``offset + i``.
@@ -88,8 +88,7 @@ class Call:
         """
         if self.runs is None:
             return self.offset
-        base, outer_shape, _, _ = self.runs
-        return base if len(outer_shape) == 0 else None
+        return self.runs.base if len(self.runs.outer_shape) == 0 else None
 
     @property
     def stretched(self):

@@ -15,6 +15,7 @@ import pytest
 import fastdrop
 from fastdrop import _backends, reference
 from fastdrop._backends import backend_available
+from fastdrop.kernels.records import MaskParams
 from fastdrop.maskstream.spec import dropout_constants
 from tests.util import FLOAT_DTYPES, bits, sample
 
@@ -67,9 +68,9 @@ def test_plain_calls_take_the_one_step_and_match_the_reference(shape, p, seed, s
     usual = usual_call(x, p, seed, stream, offset, inplace, request is not None)
     assert usual == dropout_constants(p) + (0 if stream is None else stream,)
     threshold, drop_all, scale, _ = usual
-    y, words = _backends.kernels(backend).dropout_plain(
-        x.copy() if inplace else x, inplace, threshold, drop_all, scale, seed,
-        0 if stream is None else stream, offset, 2)
+    params = MaskParams(seed, 0 if stream is None else stream, threshold, drop_all, offset, x.size)
+    y, words = _backends.kernels(backend).dropout_plain(x.copy() if inplace else x, inplace, scale,
+                                                        params, 2)
     assert y.shape == x.shape and y.dtype == x.dtype and y.flags.c_contiguous
     assert np.array_equal(bits(y), bits(expected))
     assert np.array_equal(words, expected_mask.words)
