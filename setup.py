@@ -29,6 +29,8 @@ from setuptools.command.build_ext import build_ext
 EXTENSIONS = {
     "fastdrop.kernels.records": "fastdrop/kernels/records.py",
     "fastdrop.kernels.cython.kernels": "fastdrop/kernels/cython/kernels.pyx",
+    "fastdrop._checks": "fastdrop/_checks.py",
+    "fastdrop.streams": "fastdrop/streams.py",
     "fastdrop._fastpath": "fastdrop/_fastpath.pyx",
 }
 INCLUDE_DIR = "fastdrop/include"

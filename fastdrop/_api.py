@@ -6,12 +6,12 @@ they must agree with bit for bit.
 
 import numpy as np
 
-from . import _calls, _layout, reference, streams
+from . import _calls, _layout, reference
 from ._backends import kernels as _kernels
 from ._calls import check_mask_object
 from ._config import _state as _threads
 from ._config import get_num_threads
-from ._mask import DropoutMask, words_for
+from ._mask import words_for
 from ._validate import channel_noise_shape, check_weight
 from .kernels.interface import MaskParams, NoiseParams
 from .maskstream.spec import (
@@ -22,9 +22,9 @@ from .maskstream.spec import (
 )
 
 try:  # compiled at install time, with the Cython backend
-    from ._fastpath import usual_backward, usual_call
+    from ._fastpath import usual_backward, usual_dropout
 except ImportError:  # not built: every call takes the general path
-    usual_backward = usual_call = None
+    usual_backward = usual_dropout = None
 
 
 def dropout(x, p=0.5, *, seed=None, stream=None, offset=0, training=True, inplace=False,
@@ -139,18 +139,12 @@ def dropout(x, p=0.5, *, seed=None, stream=None, offset=0, training=True, inplac
                                  training=training, inplace=inplace, out=out,
                                  noise_shape=noise_shape, broadcast_dims=broadcast_dims,
                                  dtype=dtype, origin=origin, global_shape=global_shape)
-    usual = (usual_call(x, p, seed, stream, offset, inplace, dtype is not None)
-             if training is True and out is None and noise_shape is None
-             and broadcast_dims is None and _plain_request(dtype) and origin is None
-             and global_shape is None and usual_call is not None else None)
-    if usual is not None:  # usual_dropout's steps, inline: a call's cost matters here
-        threshold, drop_all, scale, stream = usual
-        if stream is None:
-            seed, stream = streams.resolve(seed, None)
-        y, words = kernels.dropout_plain(
-            x, inplace, scale, MaskParams(seed, stream, threshold, drop_all, offset, x.size),
-            _threads.threads)
-        return y, DropoutMask._of_checked_call(words, x.shape, p, seed, stream, offset)
+    if (training is True and out is None and noise_shape is None and broadcast_dims is None
+            and origin is None and global_shape is None and usual_dropout is not None):
+        usual = usual_dropout(kernels, x, p, seed, stream, offset, inplace, dtype,
+                              _threads.threads)
+        if usual is not None:  # the call was usual: done in one kernel step
+            return usual
     call = _calls.masked(x, p, seed, stream, offset, inplace, out, noise_shape, broadcast_dims,
                          training, dtype, origin, global_shape)
     if not training:
@@ -162,29 +156,6 @@ def dropout(x, p=0.5, *, seed=None, stream=None, offset=0, training=True, inplac
         words = np.empty(words_for(call.m), dtype=np.uint64)
         y = _scale_by_stream(kernels, call, words)
     return y, call.mask(words)
-
-
-def _plain_request(dtype):
-    """Whether a call's ``dtype=`` allows the one-step path: None or the string "bfloat16".
-
-    With "bfloat16" `fastdrop._fastpath` takes only uint16 arrays (bfloat16 bit patterns).
-    """
-    return dtype is None or (type(dtype) is str and dtype == "bfloat16")
-
-
-def usual_dropout(kernels, x, p, seed, offset, inplace, usual):
-    """The usual call in one kernel step, once `fastdrop._fastpath.usual_call` said yes.
-
-    ``usual`` is what it returned; a stream is taken from the source (seed None or a
-    Generator) only now. Generator.dropout calls this directly for its usual calls.
-    """
-    threshold, drop_all, scale, stream = usual
-    if stream is None:
-        seed, stream = streams.resolve(seed, None)
-    y, words = kernels.dropout_plain(
-        x, inplace, scale, MaskParams(seed, stream, threshold, drop_all, offset, x.size),
-        _threads.threads)
-    return y, DropoutMask._of_checked_call(words, x.shape, p, seed, stream, offset)
 
 
 def _placed(call, contiguous, by_runs):
@@ -397,15 +368,10 @@ def dropout_backward(grad, mask, *, p=None, inplace=False, out=None, dtype=None,
         grad is not float16/32/64, or the words are not a 1-D uint64 array.
     """
     kernels = _kernels(backend)
-    usual = (usual_backward(grad, mask, p, inplace, dtype is not None)
-             if kernels is not None and out is None and _plain_request(dtype)
-             and usual_backward is not None else None)
-    if usual is not None:  # one kernel call: the usual backward of a small call is cheap too
-        words, scale = usual
-        flat = grad.reshape(-1)
-        result = flat if inplace else np.empty_like(flat)
-        kernels.scale_by_mask(flat, result, words, scale, _threads.threads)
-        return grad if inplace else result.reshape(grad.shape)
+    if kernels is not None and out is None and usual_backward is not None:
+        usual = usual_backward(kernels, grad, mask, p, inplace, dtype, _threads.threads)
+        if usual is not None:  # the call was usual: done in one kernel step
+            return usual
     return _apply_stored_mask(grad, "grad", mask, p, None, inplace, out, dtype, backend)
 
 

@@ -1,13 +1,15 @@
 """Call preparation, shared by the public API and the reference.
 
 Each public function starts by turning its arguments into one `Call` record: every
-value checked (`fastdrop._validate`), in an order that leaves no trace on error, and
+value checked (`fastdrop._checks`, `fastdrop._validate`), in an order that leaves no
+trace on error (the usual call's one step, `fastdrop._fastpath`, keeps it), and
 only then a stream taken (`fastdrop.streams`). What follows -- the kernels, or the
 reference's plain NumPy -- takes the record's checked values.
 """
 import numpy as np
 
 from . import _layout, streams
+from ._checks import check_offset, check_p, check_seed, check_stream
 from ._mask import DropoutMask, GaussianNoise, words_for
 from ._validate import (
     check_block,
@@ -15,12 +17,8 @@ from ._validate import (
     check_dtype_request,
     check_gaussian_p,
     check_noise_shape,
-    check_offset,
     check_out,
-    check_p,
     check_scale,
-    check_seed,
-    check_stream,
     element_array,
     is_bfloat16,
     shape_size,
