@@ -6,25 +6,25 @@ they must agree with bit for bit.
 
 import numpy as np
 
-from . import _calls, _layout, reference, streams
+from . import _calls, _layout, reference
 from ._backends import kernels as _kernels
 from ._calls import check_mask_object
 from ._config import _state as _threads
 from ._config import get_num_threads
-from ._mask import DropoutMask, words_for
+from ._mask import words_for
 from ._validate import channel_noise_shape, check_weight
+from .kernels.interface import MaskParams, NoiseParams
 from .maskstream.spec import (
     alpha_dropout_constants,
-    dropout_constants,
     dropout_scale,
     gaussian_sigma,
     stream_parameters,
 )
 
 try:  # compiled at install time, with the Cython backend
-    from ._fastpath import usual_backward, usual_call
+    from ._fastpath import usual_backward, usual_dropout
 except ImportError:  # not built: every call takes the general path
-    usual_backward = usual_call = None
+    usual_backward = usual_dropout = None
 
 
 def dropout(x, p=0.5, *, seed=None, stream=None, offset=0, training=True, inplace=False,
@@ -139,17 +139,12 @@ def dropout(x, p=0.5, *, seed=None, stream=None, offset=0, training=True, inplac
                                  training=training, inplace=inplace, out=out,
                                  noise_shape=noise_shape, broadcast_dims=broadcast_dims,
                                  dtype=dtype, origin=origin, global_shape=global_shape)
-    usual = (usual_call(x, p, seed, stream, offset, inplace, dtype is not None)
-             if training is True and out is None and noise_shape is None
-             and broadcast_dims is None and _plain_request(dtype) and origin is None
-             and global_shape is None and usual_call is not None else None)
-    if usual is not None:  # usual_dropout's steps, inline: a call's cost matters here
-        threshold, drop_all, scale, stream = usual
-        if stream is None:
-            seed, stream = streams.resolve(seed, None)
-        y, words = kernels.dropout_plain(x, inplace, threshold, drop_all, scale, seed, stream,
-                                         offset, _threads.threads)
-        return y, DropoutMask._of_checked_call(words, x.shape, p, seed, stream, offset)
+    if (training is True and out is None and noise_shape is None and broadcast_dims is None
+            and origin is None and global_shape is None and usual_dropout is not None):
+        usual = usual_dropout(kernels, x, p, seed, stream, offset, inplace, dtype,
+                              _threads.threads)
+        if usual is not None:  # the call was usual: done in one kernel step
+            return usual
     call = _calls.masked(x, p, seed, stream, offset, inplace, out, noise_shape, broadcast_dims,
                          training, dtype, origin, global_shape)
     if not training:
@@ -163,26 +158,21 @@ def dropout(x, p=0.5, *, seed=None, stream=None, offset=0, training=True, inplac
     return y, call.mask(words)
 
 
-def _plain_request(dtype):
-    """Whether a call's ``dtype=`` allows the one-step path: None or the string "bfloat16".
+def _placed(call, contiguous, by_runs):
+    """(kernel, offset, runs): ``contiguous`` and the first global index, or ``by_runs``.
 
-    With "bfloat16" `fastdrop._fastpath` takes only uint16 arrays (bfloat16 bit patterns).
+    The contiguous kernel serves every call whose elements are one range of global
+    indices (`fastdrop._calls.Call.start`), a block of whole rows included; ``runs`` is
+    what follows the record among the kernel's arguments: nothing, or the block's runs.
     """
-    return dtype is None or (type(dtype) is str and dtype == "bfloat16")
+    start = call.start
+    return (contiguous, start, ()) if start is not None else (by_runs, 0, (call.runs,))
 
 
-def usual_dropout(kernels, x, p, seed, offset, inplace, usual):
-    """The usual call in one kernel step, once `fastdrop._fastpath.usual_call` said yes.
-
-    ``usual`` is what it returned; a stream is taken from the source (seed None or a
-    Generator) only now. Generator.dropout calls this directly for its usual calls.
-    """
-    threshold, drop_all, scale, stream = usual
-    if stream is None:
-        seed, stream = streams.resolve(seed, None)
-    y, words = kernels.dropout_plain(x, inplace, threshold, drop_all, scale, seed, stream, offset,
-                                     _threads.threads)
-    return y, DropoutMask._of_checked_call(words, x.shape, p, seed, stream, offset)
+def _mask_params(call, offset):
+    """The `MaskParams` record of the call's keep bits, element 0 at global index ``offset``."""
+    threshold, drop_all = stream_parameters(call.p)
+    return MaskParams(call.seed, call.stream, threshold, drop_all, offset, call.m)
 
 
 def _scale_by_stream(kernels, call, words):
@@ -190,30 +180,17 @@ def _scale_by_stream(kernels, call, words):
 
     The bits are stored unless words is None.
     """
-    threshold, drop_all, scale = dropout_constants(call.p)
-    kernel, where = _placed(call, kernels.scale_by_stream, kernels.scale_by_runs)
+    kernel, offset, runs = _placed(call, kernels.scale_by_stream, kernels.scale_by_runs)
     return call.finish(_layout.elementwise(
-        call.x, call.target, kernel, words, call.m, scale, threshold, drop_all, call.seed,
-        call.stream, where, get_num_threads()))
-
-
-def _placed(call, contiguous, by_runs):
-    """(kernel, where): ``contiguous`` and the first global index, or ``by_runs`` and the runs.
-
-    The contiguous kernel serves every call whose elements are one range of global
-    indices (`fastdrop._calls.Call.start`), a block of whole rows included.
-    """
-    start = call.start
-    return (contiguous, start) if start is not None else (by_runs, call.runs)
+        call.x, call.target, kernel, words, dropout_scale(call.p), _mask_params(call, offset),
+        *runs, get_num_threads()))
 
 
 def _draw_words(kernels, call):
     """The packed keep bits of the call's m mask elements."""
     words = np.empty(words_for(call.m), dtype=np.uint64)
-    threshold, drop_all = stream_parameters(call.p)
-    kernel, where = _placed(call, kernels.scale_by_stream, kernels.scale_by_runs)
-    kernel(None, None, words, call.m, 0.0, threshold, drop_all, call.seed, call.stream, where,
-           get_num_threads())
+    kernel, offset, runs = _placed(call, kernels.scale_by_stream, kernels.scale_by_runs)
+    kernel(None, None, words, 0.0, _mask_params(call, offset), *runs, get_num_threads())
     return words
 
 
@@ -227,9 +204,9 @@ def _apply_words(kernels, call, words, scale, affine):
     if affine is None and call.m == x.size:
         y = _layout.elementwise(x, call.target, kernels.scale_by_mask, words, scale, threads)
     else:
-        sizes, mask_strides = _layout.broadcast_layout(x.shape, call.mask_shape)
-        y = _layout.elementwise(x, call.target, kernels.apply_broadcast, words, sizes,
-                                mask_strides, scale, affine, threads)
+        y = _layout.elementwise(x, call.target, kernels.apply_broadcast, words,
+                                _layout.broadcast_layout(x.shape, call.mask_shape), scale,
+                                affine, threads)
     return call.finish(y)
 
 
@@ -391,15 +368,10 @@ def dropout_backward(grad, mask, *, p=None, inplace=False, out=None, dtype=None,
         grad is not float16/32/64, or the words are not a 1-D uint64 array.
     """
     kernels = _kernels(backend)
-    usual = (usual_backward(grad, mask, p, inplace, dtype is not None)
-             if kernels is not None and out is None and _plain_request(dtype)
-             and usual_backward is not None else None)
-    if usual is not None:  # one kernel call: the usual backward of a small call is cheap too
-        words, scale = usual
-        flat = grad.reshape(-1)
-        result = flat if inplace else np.empty_like(flat)
-        kernels.scale_by_mask(flat, result, words, scale, _threads.threads)
-        return grad if inplace else result.reshape(grad.shape)
+    if kernels is not None and out is None and usual_backward is not None:
+        usual = usual_backward(kernels, grad, mask, p, inplace, dtype, _threads.threads)
+        if usual is not None:  # the call was usual: done in one kernel step
+            return usual
     return _apply_stored_mask(grad, "grad", mask, p, None, inplace, out, dtype, backend)
 
 
@@ -702,11 +674,17 @@ def gaussian_dropout(x, p=0.5, *, seed=None, stream=None, offset=0, training=Tru
     return _multiply_noise(kernels, call), call.noise()
 
 
+def _noise_params(call, offset):
+    """The `NoiseParams` record of the call's multipliers, element 0 at global index ``offset``."""
+    return NoiseParams(call.seed, call.stream, gaussian_sigma(call.p), offset)
+
+
 def _multiply_noise(kernels, call):
     """x's elements times the call's Gaussian multipliers, regenerated from its stream."""
-    kernel, where = _placed(call, kernels.gaussian, kernels.gaussian_runs)
-    return call.finish(_layout.elementwise(call.x, call.target, kernel, gaussian_sigma(call.p),
-                                           call.seed, call.stream, where, get_num_threads()))
+    kernel, offset, runs = _placed(call, kernels.gaussian, kernels.gaussian_runs)
+    return call.finish(_layout.elementwise(call.x, call.target, kernel,
+                                           _noise_params(call, offset), *runs,
+                                           get_num_threads()))
 
 
 def gaussian_dropout_backward(grad, noise, *, inplace=False, out=None, dtype=None,
@@ -780,9 +758,8 @@ def gaussian_noise(n, p, *, seed, stream=None, offset=0, origin=None, global_sha
     call = _calls.count(n, p, seed, stream, offset, gaussian=True, origin=origin,
                         global_shape=global_shape)
     noise = np.ones(call.m, dtype=np.float64)
-    kernel, where = _placed(call, kernels.gaussian, kernels.gaussian_runs)
-    kernel(noise, noise, gaussian_sigma(call.p), call.seed, call.stream, where,
-           get_num_threads())
+    kernel, offset, runs = _placed(call, kernels.gaussian, kernels.gaussian_runs)
+    kernel(noise, noise, _noise_params(call, offset), *runs, get_num_threads())
     return noise
 
 

@@ -12,6 +12,7 @@ from ._backends import kernels as _kernels
 from ._config import get_num_threads
 from ._layout import deliver
 from ._mask import words_for
+from .kernels.interface import MaskParams
 from .maskstream.spec import dropout_constants
 
 
@@ -231,7 +232,8 @@ def _dropout_then_add(kernels, call, x, bias, training):
         residual_flat = _readable_beside(residual_flat, result)
     else:
         result = np.empty(call.m, dtype=residual.dtype)
-    kernels.dropout_add(source, residual_flat, bias, result, words, call.m, scale, threshold,
-                        drop_all, seed, stream, call.offset, get_num_threads())
+    params = MaskParams(seed, stream, threshold, drop_all, call.offset, call.m)
+    kernels.dropout_add(source, residual_flat, bias, result, words, scale, params,
+                        get_num_threads())
     y = call.finish(written if written is not None else deliver(result, residual, target))
     return y, (call.mask(words) if training else None)

@@ -1,8 +1,9 @@
-"""Numba backend: the kernel interface of `fastdrop._backends` on Numba-compiled loops.
+"""Numba backend: the kernel interface of `fastdrop.kernels.interface` on Numba-compiled loops.
 
 Functions here take checked machine values on 1-D C-contiguous arrays (the public
-API validates, lays arrays out and computes T and s once) and run a serial range
-loop or its parallel twin over ranges of whole mask words.
+API validates, lays arrays out and makes the interface's records once per call),
+unpack the records into the loops' arguments, and run a serial range loop or its
+parallel twin over ranges of whole mask words.
 
 Modules: ``philox`` (the block function), ``bits`` (float bit reinterpretation),
 ``half`` (float16 arithmetic), ``words`` (mask words, scalar and as an LLVM vector
@@ -72,15 +73,16 @@ def _run(serial, parallel, args, n, threads, units=None):
         numba.set_num_threads(previous)
 
 
-def dropout_plain(x, inplace, threshold, drop_all, scale, seed, stream, offset, threads):
+def dropout_plain(x, inplace, scale, params, threads):
     """Fused forward of a whole C-contiguous array, in place or into a new array: ``(y, words)``.
 
     The API's one-step path for the usual call: x is an ndarray, C-contiguous, aligned,
-    native float16/32/64 or uint16 bfloat16 bits (writeable in place); T, drop_all, s,
-    seed, stream and offset are checked. A single thread's work goes straight to
+    native float16/32/64 or uint16 bfloat16 bits (writeable in place) of ``params.n``
+    elements; every value is checked. A single thread's work goes straight to
     `plain_range` with Python numbers, which Numba's dispatcher types fastest.
     """
-    n = x.size
+    seed, stream, threshold, offset, n = (params.seed, params.stream, params.threshold,
+                                          params.offset, params.n)
     words = np.empty((n + 63) >> 6, dtype=np.uint64)
     target = x if inplace else np.empty(x.shape, dtype=x.dtype)
     source = x if x.ndim == 1 else x.reshape(-1)
@@ -89,24 +91,23 @@ def dropout_plain(x, inplace, threshold, drop_all, scale, seed, stream, offset, 
         # keys and T >= 2**63 as the int64 of their bits: one compiled signature
         plain_range(source, result, words, scale, seed if seed < _TOP else seed - _KEYS,
                     stream if stream < _TOP else stream - _KEYS,
-                    threshold if threshold < _TOP else threshold - _KEYS, drop_all, offset)
+                    threshold if threshold < _TOP else threshold - _KEYS, params.drop_all, offset)
     else:
-        scale_by_stream(source, result, words, n, scale, threshold, drop_all, seed, stream,
-                        offset, threads)
+        scale_by_stream(source, result, words, scale, params, threads)
     return target, words
 
 
 _TOP, _KEYS = 2**63, 2**64  # a 64-bit unsigned value v >= 2**63 is the int64 v - 2**64
 
 
-def scale_by_stream(source, target, words, n, scale, threshold, drop_all, seed, stream, offset,
-                    threads):
+def scale_by_stream(source, target, words, scale, params, threads):
     """Mask words from the stream, and/or target = source * keep * scale (1-D contiguous arrays).
 
     ``source``/``target`` may be None (mask only); ``words`` may be None (recompute, no mask).
     """
-    stream_args = (np.uint64(seed), np.uint64(stream), np.uint64(threshold), bool(drop_all),
-                   offset, n)  # Python ints < 2**63: typed int64, no conversion
+    n = params.n
+    stream_args = (np.uint64(params.seed), np.uint64(params.stream), np.uint64(params.threshold),
+                   bool(params.drop_all), params.offset, n)  # ints < 2**63: typed int64
     if source is None:
         _run(words_range, words_parallel, (words,) + stream_args, n, threads)
         return
@@ -116,13 +117,12 @@ def scale_by_stream(source, target, words, n, scale, threshold, drop_all, seed, 
     _run(stream_range, stream_parallel, args, n, threads)
 
 
-def scale_by_runs(source, target, words, n, scale, threshold, drop_all, seed, stream, runs,
-                  threads):
+def scale_by_runs(source, target, words, scale, params, runs, threads):
     """`scale_by_stream` for a block of a larger array: global indices from ``runs``.
 
-    ``runs`` is `fastdrop._layout.block_runs`'s (base, outer_shape, outer_strides, run).
+    ``runs`` is a `BlockRuns` record.
     """
-    base, shape, strides, run = runs
+    n = params.n
     if source is None:  # mask words alone: the loops take empty element arrays
         source = target = _NO_ELEMENTS
         element_scale = np.float32(0.0)
@@ -130,8 +130,9 @@ def scale_by_runs(source, target, words, n, scale, threshold, drop_all, seed, st
         element_scale = kernel_scale(source.dtype, scale)
         source, target = kernel_view(source), kernel_view(target)
     args = (source, target, _NO_WORDS if words is None else words, element_scale,
-            np.uint64(seed), np.uint64(stream), np.uint64(threshold), bool(drop_all),
-            np.uint64(base), shape, strides, np.int64(run), np.int64(n))
+            np.uint64(params.seed), np.uint64(params.stream), np.uint64(params.threshold),
+            bool(params.drop_all), np.uint64(runs.base), runs.outer_shape, runs.outer_strides,
+            np.int64(runs.run), np.int64(n))
     _run(runs_range, runs_parallel, args, n, threads)
 
 
@@ -144,8 +145,8 @@ def scale_by_mask(source, target, words, scale, threads):
     _run(mask_range, mask_parallel, args, n, threads)
 
 
-def apply_broadcast(source, target, words, sizes, mask_strides, scale, affine, threads):
-    """target = source with stored keep bits stretched over it by (sizes, mask_strides).
+def apply_broadcast(source, target, words, layout, scale, affine, threads):
+    """target = source with stored keep bits stretched over it by a `BroadcastLayout`.
 
     ``affine`` None: kept x * scale, dropped +0.0; else alpha dropout's (a, b, c).
     """
@@ -158,47 +159,51 @@ def apply_broadcast(source, target, words, sizes, mask_strides, scale, affine, t
     elif source.dtype == np.uint16:  # bfloat16 bits: the exact value's top half
         dropped = np.int16(np.uint16(np.float32(dropped).view(np.uint32) >> 16))
     source, target = kernel_view(source), kernel_view(target)
-    args = (source, target, words, sizes, mask_strides, is_affine, element_scale,
+    args = (source, target, words, layout.sizes, layout.mask_strides, is_affine, element_scale,
             type(element_scale)(shift), dropped)
     _run(broadcast_range, broadcast_parallel, args, n, threads, units=n)
 
 
-def gaussian(source, target, sigma, seed, stream, offset, threads):
-    """target = source * (1 + sigma * z) with z from the Gaussian noise stream (1-D arrays)."""
+def gaussian(source, target, params, threads):
+    """target = source * (1 + sigma * z) with z from the Gaussian noise stream (1-D arrays).
+
+    ``params`` is a `NoiseParams` record.
+    """
     n = source.size
     if n == 0:
         return
     source, target = kernel_view(source), kernel_view(target)
-    args = (source, target, np.float64(sigma), np.uint64(seed), np.uint64(stream),
-            np.uint64(offset))
+    args = (source, target, np.float64(params.sigma), np.uint64(params.seed),
+            np.uint64(params.stream), np.uint64(params.offset))
     _run(gaussian_range, gaussian_parallel, args, n, threads, units=n)
 
 
-def gaussian_runs(source, target, sigma, seed, stream, runs, threads):
+def gaussian_runs(source, target, params, runs, threads):
     """`gaussian` for a block of a larger array: global indices from ``runs``."""
     n = source.size
     if n == 0:
         return
-    base, shape, strides, run = runs
     source, target = kernel_view(source), kernel_view(target)
-    args = (source, target, np.float64(sigma), np.uint64(seed), np.uint64(stream),
-            np.uint64(base), shape, strides, np.int64(run))
+    args = (source, target, np.float64(params.sigma), np.uint64(params.seed),
+            np.uint64(params.stream), np.uint64(runs.base), runs.outer_shape,
+            runs.outer_strides, np.int64(runs.run))
     _run(gaussian_runs_range, gaussian_runs_parallel, args, n, threads, units=n)
 
 
-def dropout_add(source, residual, bias, target, words, n, scale, threshold, drop_all, seed,
-                stream, offset, threads):
+def dropout_add(source, residual, bias, target, words, scale, params, threads):
     """target = residual + dropout(source (+ bias)) with keep bits from the stream (1-D arrays).
 
     ``bias`` None or the last axis's values (element i reads ``bias[i % bias.size]``);
     ``words`` None (no mask stored) or room for ceil(n / 64) words; ``target`` may be
     ``residual`` (in place).
     """
+    n = params.n
     if n == 0:
         return
     source = kernel_view(source)
     bias = source[:0] if bias is None else kernel_view(bias)
     args = (source, kernel_view(residual), bias, kernel_view(target),
             _NO_WORDS if words is None else words, kernel_scale(residual.dtype, scale),
-            np.uint64(seed), np.uint64(stream), np.uint64(threshold), bool(drop_all), offset, n)
+            np.uint64(params.seed), np.uint64(params.stream), np.uint64(params.threshold),
+            bool(params.drop_all), params.offset, n)
     _run(dropout_add_range, dropout_add_parallel, args, n, threads)
