@@ -110,7 +110,8 @@ def dropout(x, p=0.5, *, seed=None, stream=None, offset=0, training=True, inplac
     TypeError
         x is not float16/32/64 or bfloat16 (integer -- uint16 without
         ``dtype="bfloat16"`` --, bool, complex, object) or is a masked array; p,
-        seed, stream or offset of the wrong type; ``out`` of the wrong dtype; a
+        seed, stream or offset of the wrong type; ``training`` or ``inplace`` not a
+        bool (``numpy.bool_`` is one; 1 or "no" is not); ``out`` of the wrong dtype; a
         ``dtype`` other than "bfloat16".
 
     Notes

@@ -9,7 +9,7 @@ reference's plain NumPy -- takes the record's checked values.
 import numpy as np
 
 from . import _layout, streams
-from ._checks import check_offset, check_p, check_seed, check_stream
+from ._checks import check_bool, check_offset, check_p, check_seed, check_stream
 from ._mask import DropoutMask, GaussianNoise, words_for
 from ._validate import (
     check_block,
@@ -180,6 +180,7 @@ def arrays(x, name, inplace, out, dtype):
 
     ``(kernel x, kernel target, caller's array, returned, copy_back, view)``; see `Call`.
     """
+    inplace = check_bool(inplace, "inplace")
     request = check_dtype_request(dtype)
     if inplace and out is not None:
         raise ValueError("pass either inplace=True or out=, not both")
@@ -224,6 +225,7 @@ def _mask_geometry(shape, noise_shape, broadcast_dims, offset, origin, global_sh
 def masked(x, p, seed, stream, offset, inplace, out, noise_shape, broadcast_dims, training,
            dtype=None, origin=None, global_shape=None):
     """A call that draws a keep mask (dropout and its variants); a stream taken if training."""
+    training = check_bool(training, "training")
     p = check_p(p)
     sides = arrays(x, "x", inplace, out, dtype)
     mask_shape, m, offset, runs, block = _mask_geometry(sides[0].shape, noise_shape,
@@ -245,6 +247,7 @@ def _data_geometry(shape, offset, origin, global_shape):
 def gaussian(x, p, seed, stream, offset, inplace, out, training, dtype=None, origin=None,
              global_shape=None):
     """A Gaussian dropout call (p in [0, 1)); a stream taken if training."""
+    training = check_bool(training, "training")
     p = check_gaussian_p(p)
     sides = arrays(x, "x", inplace, out, dtype)
     parsed = streams.parse(seed, stream)

@@ -1,4 +1,4 @@
-"""The checks of a call's scalars: p, seed, stream and offset.
+"""The checks of a call's scalars: p, seed, stream, offset and the bool flags.
 
 One source for both of the API's paths: the general one (`fastdrop._calls`,
 `fastdrop.streams`) calls these functions from Python, and the usual call's one step
@@ -30,6 +30,20 @@ def check_p(p):
     if math.isnan(value) or not 0.0 <= value <= 1.0:
         raise ValueError(f"p must lie in [0, 1], got p={p!r}")
     return value
+
+
+def check_bool(value, name):
+    """A flag (``training``, ``inplace``): True or False, a Python bool or a numpy.bool_.
+
+    Anything else -- 1, "no", None -- is a TypeError, as PyTorch refuses it: a truthy
+    value taken as True would, say, write in place where the caller meant a string
+    option.
+    """
+    if value is True or value is False:  # the common case, checked first
+        return value
+    if isinstance(value, np.bool_):
+        return bool(value)
+    raise TypeError(f"{name} must be a bool, got {value!r}")
 
 
 def check_integer(value, name, low, high):

@@ -3,7 +3,8 @@
 
 A call is usual when its arrays need no layout work: x (or grad) an exact ndarray,
 C-contiguous, aligned, native float16/32/64 -- or, with ``dtype="bfloat16"``, uint16
-bfloat16 bit patterns -- and writeable in place; the API sends only calls with no
+bfloat16 bit patterns -- and writeable in place, with ``inplace`` True or False itself
+(not a value a bool check must judge); the API sends only calls with no
 ``out=``, noise shape or block here. For such a call the body runs the general path's
 own checks of its scalars (`fastdrop._checks` and `fastdrop.streams`, compiled with
 this extension), in the general path's order, so a bad value raises the same
@@ -33,6 +34,12 @@ cdef tuple _last_constants = (None, None)
 cdef tuple _last_scale = (None, None)
 
 
+cdef inline bint _usual_flag(flag):
+    """``flag`` is True or False itself; any other value (a numpy.bool_, a wrong type) is
+    left to the general path, whose `fastdrop._checks.check_bool` takes or refuses it."""
+    return flag is True or flag is False
+
+
 cdef bint _usual_array(x, bint inplace, dtype):
     """x needs no layout work: see the module docstring (``dtype`` the call's ``dtype=``)."""
     if type(x) is not cnp.ndarray:
@@ -59,7 +66,7 @@ cdef bint _usual_words(words, Py_ssize_t n):
             and cnp.PyArray_SIZE(array) == (n + 63) // 64)
 
 
-def usual_dropout(kernels, x, p, seed, stream, offset, bint inplace, dtype, int threads):
+def usual_dropout(kernels, x, p, seed, stream, offset, inplace, dtype, int threads):
     """``dropout(x, p, seed=seed, stream=stream, offset=offset, inplace=inplace, dtype=dtype)``.
 
     In one call of ``kernels.dropout_plain``, or None (nothing checked, nothing taken)
@@ -71,7 +78,7 @@ def usual_dropout(kernels, x, p, seed, stream, offset, bint inplace, dtype, int 
         ``(y, mask)`` as `fastdrop.dropout` returns them, or None.
     """
     global _last_constants
-    if not _usual_array(x, inplace, dtype):
+    if not _usual_flag(inplace) or not _usual_array(x, inplace, dtype):
         return None
     p = check_p(p)
     cdef Py_ssize_t n = cnp.PyArray_SIZE(<cnp.ndarray>x)
@@ -86,7 +93,7 @@ def usual_dropout(kernels, x, p, seed, stream, offset, bint inplace, dtype, int 
     return y, _mask_of_checked_call(words, x.shape, p, seed, stream, offset)
 
 
-def usual_backward(kernels, grad, mask, p, bint inplace, dtype, int threads):
+def usual_backward(kernels, grad, mask, p, inplace, dtype, int threads):
     """``dropout_backward(grad, mask, p=p, inplace=inplace, dtype=dtype)``.
 
     In one call of ``kernels.scale_by_mask``, or None (nothing checked) where the call
@@ -99,7 +106,7 @@ def usual_backward(kernels, grad, mask, p, bint inplace, dtype, int threads):
         The gradient as `fastdrop.dropout_backward` returns it, or None.
     """
     global _last_scale
-    if not _usual_array(grad, inplace, dtype):
+    if not _usual_flag(inplace) or not _usual_array(grad, inplace, dtype):
         return None
     if type(mask) is DropoutMask:
         if p is not None or mask.shape != grad.shape:

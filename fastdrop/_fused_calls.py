@@ -7,6 +7,7 @@ argument is checked here, in an order that leaves no trace on error, before a st
 is taken (`fastdrop._calls`' rules).
 """
 from . import _calls, streams
+from ._checks import check_bool
 from ._validate import check_dtype_request, check_offset, check_p, element_array
 
 
@@ -37,6 +38,7 @@ def fused(x, residual, bias, p, seed, stream, offset, training, inplace, out, dt
     None; its mask has x's shape. The residual must have x's dtype and shape (no
     broadcasting: the residual is the buffer a result the size of x may go into).
     """
+    training = check_bool(training, "training")
     p = check_p(p)
     request = check_dtype_request(dtype)
     x_array, x_kernel = element_array(x, "x", request)

@@ -398,7 +398,9 @@ def _forward(function, x, p, seed, stream, offset, training, out, threads, backe
     threads = check_threads(threads)
     parsed = streams.parse(seed, stream)  # checked; a stream is taken only after every check
     keywords = dict(options, offset=offset, backend=backend)
-    probe = _BlockCall(function, (p,), dict(keywords, seed=0, stream=0), x.shape)
+    # training too: the in-memory function checks it (a bool), as every other argument
+    probe = _BlockCall(function, (p,), dict(keywords, seed=0, stream=0, training=training),
+                       x.shape)
     _, example = _probe(probe, x)
     if out is not None:
         _check_target(out, x)
