@@ -12,6 +12,9 @@ Defaults:
   (Numba's ``cache=True``), so later processes skip the JIT warm-up. On by default;
   ``FASTDROP_NUMBA_CACHE=0`` turns it off (read once, when the Numba backend is
   first imported), e.g. for a read-only install or to rule out a stale cache.
+- ``FASTDROP_QUIET``: set to 1, the Numba backend says nothing before it compiles its
+  kernels for a new type (by default one line on stderr, once per type and process,
+  since a compilation takes seconds to a minute; loads from the cache say nothing).
 """
 import contextlib
 import operator
@@ -23,6 +26,7 @@ MIN_ELEMENTS_PER_THREAD = 1 << 17
 SERIAL_ELEMENTS = 2 * MIN_ELEMENTS_PER_THREAD
 ENV_THREADS = "FASTDROP_NUM_THREADS"
 ENV_NUMBA_CACHE = "FASTDROP_NUMBA_CACHE"
+ENV_QUIET = "FASTDROP_QUIET"
 NUMBA_CACHE = os.environ.get(ENV_NUMBA_CACHE, "1").strip().lower() not in ("0", "false", "no",
                                                                            "off")
 

@@ -10,11 +10,19 @@ Modules: ``philox`` (the block function), ``bits`` (float bit reinterpretation),
 batch), ``normal`` (the Gaussian stream), ``llvm`` (prefetch and whole-word scaling
 intrinsics), ``dropout`` (the dropout loops), ``runs`` (blocks of a larger array),
 ``variants`` (noise shapes, alpha and Gaussian dropout).
+
+Before Numba compiles an entry loop for a new type (seconds to a minute; a load from
+Numba's disk cache takes milliseconds and says nothing), one line on stderr says so,
+once per type and process, unless ``FASTDROP_QUIET=1`` (`fastdrop._config`).
 """
+import os
+import sys
+
 import numba
 import numpy as np
+from numba.core import event
 
-from ..._config import SERIAL_ELEMENTS
+from ..._config import ENV_QUIET, NUMBA_CACHE, SERIAL_ELEMENTS
 from ..common import chunk_count, kernel_mask_op, kernel_scale
 from .dropout import (
     mask_parallel,
@@ -38,6 +46,45 @@ from .variants import (
 
 _NO_WORDS = np.empty(0, dtype=np.uint64)
 _NO_ELEMENTS = np.empty(0, dtype=np.float32)
+_ENTRY_LOOPS = frozenset((
+    plain_range, stream_range, stream_parallel, words_range, words_parallel, mask_range,
+    mask_parallel, runs_range, runs_parallel, broadcast_range, broadcast_parallel,
+    gaussian_range, gaussian_parallel, gaussian_runs_range, gaussian_runs_parallel,
+    dropout_add_range, dropout_add_parallel))
+# what a loop's first array holds, by its Numba dtype (kernel_view's bit-pattern views)
+_TYPE_NAMES = {"uint16": "float16", "int16": "bfloat16", "uint64": "packed masks"}
+
+
+class _CompileNotice(event.Listener):
+    """One line on stderr before an entry loop compiles for a type not yet announced.
+
+    Numba's "numba:compile" event starts only where no compiled or cached code fits the
+    arguments, so a load from the disk cache never reaches it.
+    """
+
+    def __init__(self):
+        self.announced = set()
+
+    def on_start(self, compile_event):
+        details = compile_event.data
+        if details["dispatcher"] not in _ENTRY_LOOPS:
+            return
+        arrays = [arg for arg in details["args"] if isinstance(arg, numba.types.Array)]
+        dtype = str(arrays[0].dtype) if arrays else "its scalars"
+        name = _TYPE_NAMES.get(dtype, dtype)
+        if name in self.announced or os.environ.get(ENV_QUIET, "").strip() not in ("", "0"):
+            return
+        self.announced.add(name)
+        kept = "cached on disk" if NUMBA_CACHE else "not cached: FASTDROP_NUMBA_CACHE=0"
+        sys.stderr.write(f"fastdrop: Numba is compiling the kernels for {name} "
+                         f"(once per type; {kept}) ...\n")
+        sys.stderr.flush()
+
+    def on_end(self, compile_event):
+        pass
+
+
+event.register("numba:compile", _CompileNotice())
 
 
 def kernel_view(array):
