@@ -73,7 +73,7 @@ __all__ = [
 ]
 
 
-def get_include():
+def get_include() -> str:
     """Folder holding fastdrop's C headers (``fastdrop/dropout.h`` and friends).
 
     Add it to ``include_dirs`` to use fastdrop from C or Cython, like

@@ -3,6 +3,9 @@
 Nothing here computes a mask; the kernels do, and `fastdrop.reference` is what
 they must agree with bit for bit.
 """
+from __future__ import annotations
+
+from typing import Any
 
 import numpy as np
 
@@ -11,7 +14,19 @@ from ._backends import kernels as _kernels
 from ._calls import check_mask_object
 from ._config import _state as _threads
 from ._config import get_num_threads
-from ._mask import words_for
+from ._mask import DropoutMask, GaussianNoise, MaskedResult, NoiseResult, words_for
+from ._typing import (
+    ArrayLike,
+    Axes,
+    Backend,
+    Bool,
+    DtypeRequest,
+    Int,
+    NDArray,
+    Probability,
+    Seed,
+    Shape,
+)
 from ._validate import channel_noise_shape, check_weight
 from .kernels.interface import MaskParams, NoiseParams
 from .maskstream.spec import (
@@ -27,9 +42,12 @@ except ImportError:  # not built: every call takes the general path
     usual_backward = usual_dropout = None
 
 
-def dropout(x, p=0.5, *, seed=None, stream=None, offset=0, training=True, inplace=False,
-            out=None, noise_shape=None, broadcast_dims=None, dtype=None, origin=None,
-            global_shape=None, backend="auto"):
+def dropout(x: ArrayLike, p: Probability = 0.5, *, seed: Seed = None, stream: Int | None = None,
+            offset: Int = 0, training: Bool = True, inplace: Bool = False,
+            out: NDArray[Any] | None = None, noise_shape: Shape | None = None,
+            broadcast_dims: Axes | None = None, dtype: DtypeRequest = None,
+            origin: Shape | None = None, global_shape: Shape | None = None,
+            backend: Backend = "auto") -> MaskedResult:
     """Inverted dropout with an exact, reproducible, bit-packed mask.
 
     Each element is dropped (set to +0.0) with probability ``p`` and otherwise
@@ -211,9 +229,12 @@ def _apply_words(kernels, call, words, scale, affine):
     return call.finish(y)
 
 
-def channel_dropout(x, p=0.5, *, channel_axis=1, batch_axis=0, seed=None, stream=None, offset=0,
-                    training=True, inplace=False, out=None, dtype=None, origin=None,
-                    global_shape=None, backend="auto"):
+def channel_dropout(x: ArrayLike, p: Probability = 0.5, *, channel_axis: Int = 1,
+                    batch_axis: Int | None = 0, seed: Seed = None, stream: Int | None = None,
+                    offset: Int = 0, training: Bool = True, inplace: Bool = False,
+                    out: NDArray[Any] | None = None, dtype: DtypeRequest = None,
+                    origin: Shape | None = None, global_shape: Shape | None = None,
+                    backend: Backend = "auto") -> MaskedResult:
     """Channel (spatial) dropout: each channel of each sample is kept or dropped whole.
 
     The equivalent of PyTorch's ``Dropout1d``/``Dropout2d``/``Dropout3d`` and
@@ -267,8 +288,10 @@ def channel_dropout(x, p=0.5, *, channel_axis=1, batch_axis=0, seed=None, stream
                    origin=origin, global_shape=global_shape, backend=backend)
 
 
-def apply_mask(x, mask, *, p=None, scale=None, inplace=False, out=None, dtype=None,
-               backend="auto"):
+def apply_mask(x: ArrayLike, mask: DropoutMask | NDArray[np.uint64], *,
+               p: Probability | None = None, scale: float | None = None, inplace: Bool = False,
+               out: NDArray[Any] | None = None, dtype: DtypeRequest = None,
+               backend: Backend = "auto") -> NDArray[Any]:
     """Apply a stored mask to an array: ``x * keep * s`` (s = 1/(1-p) unless given).
 
     The building block of variational (recurrent) dropout: draw one mask with
@@ -335,8 +358,10 @@ def _apply_stored_mask(x, name, mask, p, scale, inplace, out, dtype, backend):
     return _apply_words(kernels, call, np.ascontiguousarray(call.words), call.scale, None)
 
 
-def dropout_backward(grad, mask, *, p=None, inplace=False, out=None, dtype=None,
-                     backend="auto"):
+def dropout_backward(grad: ArrayLike, mask: DropoutMask | NDArray[np.uint64], *,
+                     p: Probability | None = None, inplace: Bool = False,
+                     out: NDArray[Any] | None = None, dtype: DtypeRequest = None,
+                     backend: Backend = "auto") -> NDArray[Any]:
     """Gradient of dropout from its packed mask: ``grad * keep / (1 - p)``.
 
     Parameters
@@ -376,9 +401,12 @@ def dropout_backward(grad, mask, *, p=None, inplace=False, out=None, dtype=None,
     return _apply_stored_mask(grad, "grad", mask, p, None, inplace, out, dtype, backend)
 
 
-def dropout_backward_recompute(grad, p, *, seed, stream, offset=0, noise_shape=None,
-                               inplace=False, out=None, dtype=None, origin=None,
-                               global_shape=None, backend="auto"):
+def dropout_backward_recompute(grad: ArrayLike, p: Probability, *, seed: Int, stream: Int,
+                               offset: Int = 0, noise_shape: Shape | None = None,
+                               inplace: Bool = False, out: NDArray[Any] | None = None,
+                               dtype: DtypeRequest = None, origin: Shape | None = None,
+                               global_shape: Shape | None = None,
+                               backend: Backend = "auto") -> NDArray[Any]:
     """Gradient of dropout with the mask regenerated from (seed, stream, offset): no mask stored.
 
     Bit for bit equal to `dropout_backward` with the mask of
@@ -427,8 +455,9 @@ def dropout_backward_recompute(grad, p, *, seed, stream, offset=0, noise_shape=N
     return _scale_by_stream(kernels, call, None)
 
 
-def bernoulli_mask(n, p, *, seed, stream=None, offset=0, origin=None, global_shape=None,
-                   backend="auto"):
+def bernoulli_mask(n: Int | Shape, p: Probability, *, seed: Seed, stream: Int | None = None,
+                   offset: Int = 0, origin: Shape | None = None, global_shape: Shape | None = None,
+                   backend: Backend = "auto") -> NDArray[np.uint64]:
     """Packed keep bits of ``n`` elements with global indices ``offset .. offset + n - 1``.
 
     Parameters
@@ -476,9 +505,12 @@ def bernoulli_mask(n, p, *, seed, stream=None, offset=0, origin=None, global_sha
                                              global_shape=global_shape))
 
 
-def alpha_dropout(x, p=0.5, *, seed=None, stream=None, offset=0, training=True, inplace=False,
-                  out=None, noise_shape=None, broadcast_dims=None, dtype=None, origin=None,
-                  global_shape=None, backend="auto"):
+def alpha_dropout(x: ArrayLike, p: Probability = 0.5, *, seed: Seed = None,
+                  stream: Int | None = None, offset: Int = 0, training: Bool = True,
+                  inplace: Bool = False, out: NDArray[Any] | None = None,
+                  noise_shape: Shape | None = None, broadcast_dims: Axes | None = None,
+                  dtype: DtypeRequest = None, origin: Shape | None = None,
+                  global_shape: Shape | None = None, backend: Backend = "auto") -> MaskedResult:
     """Alpha dropout for self-normalising (SELU) networks: keeps zero mean and unit variance.
 
     A dropped element is set to SELU's negative saturation value
@@ -543,9 +575,12 @@ def alpha_dropout(x, p=0.5, *, seed=None, stream=None, offset=0, training=True, 
     return y, call.mask(words)
 
 
-def feature_alpha_dropout(x, p=0.5, *, channel_axis=1, batch_axis=0, seed=None, stream=None,
-                          offset=0, training=True, inplace=False, out=None, dtype=None,
-                          origin=None, global_shape=None, backend="auto"):
+def feature_alpha_dropout(x: ArrayLike, p: Probability = 0.5, *, channel_axis: Int = 1,
+                          batch_axis: Int | None = 0, seed: Seed = None, stream: Int | None = None,
+                          offset: Int = 0, training: Bool = True, inplace: Bool = False,
+                          out: NDArray[Any] | None = None, dtype: DtypeRequest = None,
+                          origin: Shape | None = None, global_shape: Shape | None = None,
+                          backend: Backend = "auto") -> MaskedResult:
     """Alpha dropout of whole channels (PyTorch's ``FeatureAlphaDropout``).
 
     `alpha_dropout` with the noise shape of `channel_dropout`: each channel of
@@ -580,8 +615,9 @@ def feature_alpha_dropout(x, p=0.5, *, channel_axis=1, batch_axis=0, seed=None, 
                          origin=origin, global_shape=global_shape, backend=backend)
 
 
-def alpha_dropout_backward(grad, mask, *, inplace=False, out=None, dtype=None,
-                           backend="auto"):
+def alpha_dropout_backward(grad: ArrayLike, mask: DropoutMask, *, inplace: Bool = False,
+                           out: NDArray[Any] | None = None, dtype: DtypeRequest = None,
+                           backend: Backend = "auto") -> NDArray[Any]:
     """Gradient of `alpha_dropout`: ``grad * a`` where kept, +0.0 where dropped.
 
     Parameters
@@ -611,8 +647,11 @@ def alpha_dropout_backward(grad, mask, *, inplace=False, out=None, dtype=None,
     return _apply_stored_mask(grad, "grad", mask, None, scale, inplace, out, dtype, backend)
 
 
-def gaussian_dropout(x, p=0.5, *, seed=None, stream=None, offset=0, training=True, inplace=False,
-                     out=None, dtype=None, origin=None, global_shape=None, backend="auto"):
+def gaussian_dropout(x: ArrayLike, p: Probability = 0.5, *, seed: Seed = None,
+                     stream: Int | None = None, offset: Int = 0, training: Bool = True,
+                     inplace: Bool = False, out: NDArray[Any] | None = None,
+                     dtype: DtypeRequest = None, origin: Shape | None = None,
+                     global_shape: Shape | None = None, backend: Backend = "auto") -> NoiseResult:
     """Gaussian dropout: multiply every element by noise drawn from N(1, p / (1 - p)).
 
     The multiplicative Gaussian noise of Srivastava et al. (2014, section 10)
@@ -688,8 +727,9 @@ def _multiply_noise(kernels, call):
                                            get_num_threads()))
 
 
-def gaussian_dropout_backward(grad, noise, *, inplace=False, out=None, dtype=None,
-                              backend="auto"):
+def gaussian_dropout_backward(grad: ArrayLike, noise: GaussianNoise, *, inplace: Bool = False,
+                              out: NDArray[Any] | None = None, dtype: DtypeRequest = None,
+                              backend: Backend = "auto") -> NDArray[Any]:
     """Gradient of `gaussian_dropout`: grad times the same noise, regenerated.
 
     Parameters
@@ -722,8 +762,9 @@ def gaussian_dropout_backward(grad, noise, *, inplace=False, out=None, dtype=Non
     return _multiply_noise(kernels, _calls.stored_noise(grad, noise, inplace, out, dtype))
 
 
-def gaussian_noise(n, p, *, seed, stream=None, offset=0, origin=None, global_shape=None,
-                   backend="auto"):
+def gaussian_noise(n: Int | Shape, p: Probability, *, seed: Seed, stream: Int | None = None,
+                   offset: Int = 0, origin: Shape | None = None, global_shape: Shape | None = None,
+                   backend: Backend = "auto") -> NDArray[np.float64]:
     """The float64 multipliers ``1 + sigma * z_i`` `gaussian_dropout` uses for n elements.
 
     Parameters
@@ -764,8 +805,10 @@ def gaussian_noise(n, p, *, seed, stream=None, offset=0, origin=None, global_sha
     return noise
 
 
-def dropconnect(weight, p=0.5, *, seed=None, stream=None, offset=0, training=True, out=None,
-                dtype=None, backend="auto"):
+def dropconnect(weight: ArrayLike, p: Probability = 0.5, *, seed: Seed = None,
+                stream: Int | None = None, offset: Int = 0, training: Bool = True,
+                out: NDArray[Any] | None = None, dtype: DtypeRequest = None,
+                backend: Backend = "auto") -> MaskedResult:
     """DropConnect (Wan et al. 2013): drop individual weights, not activations.
 
     Returns ``weight * keep / (1 - p)`` as a new array (or in ``out``); the

@@ -4,6 +4,10 @@
 `fastdrop.dropout`'s and the result the unfused composition's, bit for bit
 (docs/mask-stream.md, section 11); `fastdrop.reference` runs the composition itself.
 """
+from __future__ import annotations
+
+from typing import Any
+
 import numpy as np
 
 from . import _fused_calls, reference
@@ -11,13 +15,16 @@ from ._api import dropout_backward
 from ._backends import kernels as _kernels
 from ._config import get_num_threads
 from ._layout import deliver
-from ._mask import words_for
+from ._mask import DropoutMask, MaskedResult, words_for
+from ._typing import ArrayLike, Backend, Bool, DtypeRequest, Int, NDArray, Probability, Seed
 from .kernels.interface import MaskParams
 from .maskstream.spec import dropout_constants
 
 
-def dropout_add(x, residual, p=0.5, *, seed=None, stream=None, offset=0, training=True,
-                inplace=False, out=None, dtype=None, backend="auto"):
+def dropout_add(x: ArrayLike, residual: ArrayLike, p: Probability = 0.5, *, seed: Seed = None,
+                stream: Int | None = None, offset: Int = 0, training: Bool = True,
+                inplace: Bool = False, out: NDArray[Any] | None = None, dtype: DtypeRequest = None,
+                backend: Backend = "auto") -> MaskedResult:
     """Dropout then a residual add, fused: ``residual + dropout(x)`` in one pass.
 
     The sub-layer output of a transformer block. Bit for bit the unfused composition
@@ -96,8 +103,10 @@ def dropout_add(x, residual, p=0.5, *, seed=None, stream=None, offset=0, trainin
 
 
 
-def bias_dropout_add(x, bias, residual, p=0.5, *, seed=None, stream=None, offset=0,
-                     training=True, inplace=False, out=None, dtype=None, backend="auto"):
+def bias_dropout_add(x: ArrayLike, bias: ArrayLike, residual: ArrayLike, p: Probability = 0.5, *,
+                     seed: Seed = None, stream: Int | None = None, offset: Int = 0,
+                     training: Bool = True, inplace: Bool = False, out: NDArray[Any] | None = None,
+                     dtype: DtypeRequest = None, backend: Backend = "auto") -> MaskedResult:
     """A bias, dropout and a residual add, fused: ``residual + dropout(x + bias)`` in one pass.
 
     What follows a Linear layer whose bias was left out of its matrix product. Bit for
@@ -162,7 +171,8 @@ def bias_dropout_add(x, bias, residual, p=0.5, *, seed=None, stream=None, offset
     return _dropout_then_add(kernels, call, x, bias, training)
 
 
-def bias_dropout_add_backward(grad, mask, *, dtype=None, backend="auto"):
+def bias_dropout_add_backward(grad: ArrayLike, mask: DropoutMask, *, dtype: DtypeRequest = None,
+                              backend: Backend = "auto") -> tuple[NDArray[Any], NDArray[Any]]:
     """Gradients of `bias_dropout_add` with respect to x and the bias.
 
     The residual's gradient is ``grad`` itself.
