@@ -19,7 +19,7 @@ import warnings
 import torch
 from torch.utils._python_dispatch import _get_current_dispatch_mode
 
-from . import _ops, _tensors
+from . import _build, _ops, _tensors
 
 __all__ = ["alpha_dropout", "dropout", "dropout1d", "dropout2d", "dropout3d",
            "feature_alpha_dropout", "next_key"]
@@ -119,6 +119,11 @@ def _dropout(input, p, training, inplace, feature, alpha, generator, recompute, 
         return input.copy_(y) if inplace else y
     if inplace:
         _check_inplace(input)
+    if feature is None and not alpha:
+        cpp = _build.ops()
+        if cpp is not None:  # the C++ path: key, autograd node and kernels in one call
+            return cpp.dropout(input, p, recompute, inplace, generator,
+                               _tensors.cpp_threads(input))
     seed, stream = _tensors.draw_key_values(generator)
     if input.requires_grad and torch.is_grad_enabled():
         return _ops.eager_dropout(input, (p, seed, stream, shared_dims, alpha, recompute,

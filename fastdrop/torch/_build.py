@@ -1,0 +1,249 @@
+"""The C++ per-call path: built on first use against the installed torch, cached per torch version.
+
+fastdrop's wheel builds without torch, so its C++ operators (``csrc/ops.cpp``, calling
+the kernels of ``fastdrop/include``) are compiled on the user's machine by
+``torch.utils.cpp_extension`` against whatever torch is installed, the first time an
+eager call needs them or ahead of time with ``fastdrop build-torch-ops`` (``python -m
+fastdrop.torch.build``). The library is cached under
+``$XDG_CACHE_HOME/fastdrop/torch_ops/<torch version>-<python>-<hash>`` (``~/.cache``
+by default, ``FASTDROP_CACHE_DIR`` overrides the root): one build per torch version,
+Python version and source, shared by every process; a file lock makes concurrent first
+uses build it once. ``FASTDROP_TORCH_CPP=0`` keeps the Python path. If the build fails
+(no C++ compiler, no ninja) the Python path is used, with a one-line notice on stderr, and
+later processes use it without trying again until the build command is run.
+"""
+import contextlib
+import hashlib
+import importlib.metadata
+import importlib.util
+import os
+import shutil
+import sys
+import sysconfig
+import tempfile
+from pathlib import Path
+
+import fastdrop
+
+ENV_SWITCH = "FASTDROP_TORCH_CPP"
+ENV_CACHE = "FASTDROP_CACHE_DIR"
+MODULE = "fastdrop_torch_ops"
+SOURCE = Path(__file__).resolve().parent / "csrc" / "ops.cpp"
+# as setup.py builds the Cython kernels: no fused multiply-add (NumPy's rounding), never
+# -march=native (the kernels pick their instruction set at run time)
+CFLAGS = ("-O3", "-ffp-contract=off", "-fno-math-errno", "-fno-trapping-math")
+_FAILED = "build-failed.txt"
+
+_state = {"module": None, "tried": False, "forced": None, "reason": None}
+
+
+def _header_dir():
+    return Path(fastdrop.get_include())
+
+
+def torch_version():
+    """The installed torch's version, read without importing it."""
+    return importlib.metadata.version("torch")
+
+
+def cache_key():
+    """``<torch version>-<python tag>-<hash of the sources and flags>``: one build each."""
+    digest = hashlib.sha256()
+    for path in [SOURCE, *sorted(_header_dir().glob("fastdrop/*.h"))]:
+        digest.update(path.name.encode() + b"\0" + path.read_bytes())
+    digest.update(" ".join(CFLAGS).encode())
+    python = sys.implementation.cache_tag
+    return f"{torch_version()}-{python}-{digest.hexdigest()[:16]}"
+
+
+def cache_root():
+    """Where builds live: FASTDROP_CACHE_DIR, $XDG_CACHE_HOME/fastdrop or ~/.cache/fastdrop."""
+    configured = os.environ.get(ENV_CACHE, "").strip()
+    if configured:
+        return Path(configured) / "torch_ops"
+    base = os.environ.get("XDG_CACHE_HOME", "").strip() or Path.home() / ".cache"
+    return Path(base) / "fastdrop" / "torch_ops"
+
+
+def build_dir():
+    """The build folder of the installed torch and these sources."""
+    return cache_root() / cache_key()
+
+
+def library_path():
+    """The compiled library's path (it exists once built)."""
+    return build_dir() / (MODULE + sysconfig.get_config_var("EXT_SUFFIX"))
+
+
+def switched_off():
+    """Whether FASTDROP_TORCH_CPP turns the C++ path off (0, false, no, off)."""
+    return os.environ.get(ENV_SWITCH, "").strip().lower() in ("0", "false", "no", "off")
+
+
+@contextlib.contextmanager
+def _locked(folder):
+    """An exclusive lock on ``folder``'s lock file, so concurrent processes build once."""
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    with open(folder.parent / (folder.name + ".lock"), "w") as handle:
+        try:
+            import fcntl
+        except ImportError:  # pragma: no cover - no flock here (Windows): build unlocked
+            yield
+            return
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def build(force=False, quiet=False):
+    """Compile the C++ operators for the installed torch, unless already built; return the path.
+
+    Parameters
+    ----------
+    force : bool, default False
+        Build again even if a library or a failed attempt is cached.
+    quiet : bool, default False
+        No progress line on stderr.
+
+    Returns
+    -------
+    pathlib.Path
+        The compiled library.
+
+    Raises
+    ------
+    Exception
+        Whatever the compiler or ``torch.utils.cpp_extension`` raises (it is recorded, so
+        first uses in later processes fall back to the Python path without trying again).
+    """
+    folder, library = build_dir(), library_path()
+    with _locked(folder):
+        if library.exists() and not force:
+            return library
+        failed = folder / _FAILED
+        if failed.exists() and not force:
+            raise RuntimeError(failed.read_text().strip())
+        if not quiet:
+            print(f"fastdrop: compiling the C++ torch ops for torch {torch_version()} "
+                  "(once, ~1 min) ...", file=sys.stderr, flush=True)
+        folder.mkdir(parents=True, exist_ok=True)
+        failed.unlink(missing_ok=True)
+        try:
+            _compile(folder, library)
+        except BaseException as error:
+            first_line = (str(error).strip().splitlines() or [type(error).__name__])[0]
+            failed.write_text(f"{type(error).__name__}: {first_line}\n")
+            raise
+    return library
+
+
+def _compile(folder, library):
+    """torch.utils.cpp_extension's build, in a scratch folder, moved into place at the end."""
+    from torch.utils import cpp_extension
+
+    with tempfile.TemporaryDirectory(dir=folder) as scratch:
+        # load imports the module, which registers the operators: a second copy of the
+        # library in this process would register them again, a fatal error, so it is kept
+        sys.modules[MODULE] = cpp_extension.load(name=MODULE, sources=[str(SOURCE)],
+                           extra_include_paths=[str(_header_dir())], extra_cflags=list(CFLAGS),
+                           build_directory=scratch, is_python_module=True, verbose=False)
+        built = next(Path(scratch).glob(MODULE + ".[ps][oy]*"))  # .so, or .pyd on Windows
+        shutil.copy2(built, str(library) + ".partial")
+        os.replace(str(library) + ".partial", library)
+
+
+def _import(library):
+    """The compiled module (its import registers the ``fastdrop_cpp`` operators), with fakes.
+
+    Imported once per process (the build's own import counts).
+    """
+    module = sys.modules.get(MODULE)
+    if module is None:
+        spec = importlib.util.spec_from_file_location(MODULE, library)
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        sys.modules[MODULE] = module
+    if not getattr(module, "_fakes_registered", False):
+        _register_fakes()
+        module._fakes_registered = True
+    return module
+
+
+def _register_fakes():
+    """Shape rules for tracing (compile, export, fake tensors): a result like the input."""
+    import torch
+
+    def like_first(tensor, *_unused, **_options):
+        return torch.empty_like(tensor)
+
+    def itself(tensor, *_unused, **_options):
+        return tensor
+
+    def result_and_words(tensor, p, seed, stream, keep_words, threads=0):
+        words = (tensor.numel() + 63) // 64 if keep_words else 0
+        return torch.empty_like(tensor), tensor.new_empty(words, dtype=torch.int64)
+
+    for name in ("dropout", "dropout_backward", "dropout_backward_recompute"):
+        torch.library.register_fake(f"fastdrop_cpp::{name}")(like_first)
+    torch.library.register_fake("fastdrop_cpp::dropout_")(itself)
+    torch.library.register_fake("fastdrop_cpp::dropout_keyed")(result_and_words)
+
+
+def ops():
+    """The compiled module if the C++ path is on (building it on first use), else None."""
+    if _state["forced"] is not None:
+        return _state["module"] if _state["forced"] else None
+    if not _state["tried"]:
+        _load()
+    return _state["module"]
+
+
+def _load():
+    _state["tried"] = True
+    if switched_off():
+        _state["reason"] = f"{ENV_SWITCH}=0"
+        return
+    try:
+        _state["module"] = _import(build())
+    except Exception as error:  # never an error: the Python path does the same work
+        reason = (str(error).strip().splitlines() or [type(error).__name__])[0]
+        _state["reason"] = f"the C++ build failed: {reason}"
+        print(f"fastdrop: using the Python path of fastdrop.torch ({_state['reason']}; "
+              "retry with `fastdrop build-torch-ops`)", file=sys.stderr, flush=True)
+
+
+@contextlib.contextmanager
+def path(name):
+    """Force the eager path in a with-block: ``"cpp"`` or ``"python"`` (the tests use both).
+
+    ``"cpp"`` loads (or builds) the C++ operators and raises if they cannot be had.
+    """
+    if name not in ("cpp", "python"):
+        raise ValueError(f"path must be 'cpp' or 'python', got {name!r}")
+    if name == "cpp" and _state["module"] is None:
+        _state["module"] = _import(build())
+    before = _state["forced"]
+    _state["forced"] = name == "cpp"
+    try:
+        yield
+    finally:
+        _state["forced"] = before
+
+
+def describe():
+    """One line saying which eager path fastdrop.torch takes (for ``fastdrop info``)."""
+    if _state["tried"] or _state["forced"] is not None:
+        if ops() is not None:
+            return f"C++ (built for torch {torch_version()})"
+        return f"Python ({_state['reason']})"
+    if switched_off():
+        return f"Python ({ENV_SWITCH}=0)"
+    if library_path().exists():
+        return f"C++ (built for torch {torch_version()}: {build_dir()})"
+    failed = build_dir() / _FAILED
+    if failed.exists():
+        return f"Python (the C++ build failed: {failed.read_text().strip()})"
+    return ("Python until the first call builds the C++ ops "
+            "(or now: fastdrop build-torch-ops)")
