@@ -43,11 +43,13 @@ def _setup(threads):
     return torch, fastdrop.torch, _build
 
 
-def _steps(torch, fastdrop_torch, build_state, p):
-    """{version: y -> dropout(y)}: each fastdrop.torch version forces its path (a dict store)."""
+def _steps(torch, fastdrop_torch, build, p):
+    """{version: y -> dropout(y)}: each fastdrop.torch version sets its path (one store)."""
+    entry = build.first_use()
+
     def on_path(cpp):
         def step(y):
-            build_state["forced"] = cpp
+            build.eager = entry if cpp else None
             return fastdrop_torch.dropout(y, p)
         return step
 
@@ -60,14 +62,14 @@ def call_costs(threads=2, p=P, repeat=7, min_time=0.05):
     torch, fastdrop_torch, build = _setup(threads)
     x = torch.full((SMALL_N,), 1.5, requires_grad=True)
     g = torch.full((SMALL_N,), 1.5)
-    steps = _steps(torch, fastdrop_torch, build._state, p)
+    steps = _steps(torch, fastdrop_torch, build, p)
 
     calls = {(name, length): autograd_chain(torch, x, g, step, length)
              for name, step in steps.items() for length in (1, CHAIN)}
     try:
         timings = time_callables(calls, repeat=repeat, min_time=min_time)
     finally:
-        build._state["forced"] = None
+        build.eager = build.UNLOADED
     return {name: (timings[name, 1].best * 1e6,
                    (timings[name, CHAIN].best - timings[name, 1].best) / (CHAIN - 1) * 1e6)
             for name in steps}
@@ -84,11 +86,11 @@ def crossover(sizes=SIZES, dtypes=("float32", "bfloat16"), threads=2, p=P, repea
                 x = torch.full((n,), 1.5, dtype=getattr(torch, dtype), requires_grad=True)
                 g = torch.full((n,), 1.5, dtype=getattr(torch, dtype))
                 calls = {name: (lambda step=step, x=x, g=g: torch.autograd.grad(step(x), x, g))
-                         for name, step in _steps(torch, fastdrop_torch, build._state, p).items()}
+                         for name, step in _steps(torch, fastdrop_torch, build, p).items()}
                 timings = time_callables(calls, repeat=repeat, min_time=min_time)
                 rows.append((n, dtype, {name: t.best for name, t in timings.items()}))
     finally:
-        build._state["forced"] = None
+        build.eager = build.UNLOADED
     return rows
 
 

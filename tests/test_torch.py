@@ -1309,11 +1309,11 @@ def test_torch_path_off_by_environment_and_a_failed_build_falls_back(monkeypatch
 
     The call then runs on the Python path, with the same result.
     """
-    monkeypatch.setattr(_build, "_state", dict(_build._state, tried=False, forced=None,
-                                               module=None))
+    monkeypatch.setattr(_build, "_state", {"reason": None})
+    monkeypatch.setattr(_build, "eager", _build.UNLOADED)
     monkeypatch.setenv(_build.ENV_SWITCH, "0")
     assert _build.ops() is None and "FASTDROP_TORCH_CPP=0" in _build.describe()
-    monkeypatch.setattr(_build, "_state", dict(_build._state, tried=False, module=None))
+    monkeypatch.setattr(_build, "eager", _build.UNLOADED)
     monkeypatch.delenv(_build.ENV_SWITCH)
 
     def no_compiler(*_args, **_kwargs):

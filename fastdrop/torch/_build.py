@@ -34,7 +34,7 @@ SOURCE = Path(__file__).resolve().parent / "csrc" / "ops.cpp"
 CFLAGS = ("-O3", "-ffp-contract=off", "-fno-math-errno", "-fno-trapping-math")
 _FAILED = "build-failed.txt"
 
-_state = {"module": None, "tried": False, "forced": None, "reason": None}
+_state = {"reason": None}  # why the Python path is taken
 
 
 def _header_dir():
@@ -191,27 +191,39 @@ def _register_fakes():
     torch.library.register_fake("fastdrop_cpp::dropout_keyed")(result_and_words)
 
 
+UNLOADED = "unloaded"
+# The C++ path's entry (fastdrop_torch_ops.dropout) while that path is on, None on the
+# Python path, UNLOADED until the first call that could take it (`first_use`).
+eager = UNLOADED
+
+
+def first_use():
+    """`eager` after loading the C++ path (building it if need be) on the first call."""
+    global eager
+    if eager is UNLOADED:
+        module = _load()
+        eager = None if module is None else module.dropout
+    return eager
+
+
 def ops():
-    """The compiled module if the C++ path is on (building it on first use), else None."""
-    if _state["forced"] is not None:
-        return _state["module"] if _state["forced"] else None
-    if not _state["tried"]:
-        _load()
-    return _state["module"]
+    """The compiled module while the C++ path is on (loaded on first use), else None."""
+    return None if first_use() is None else sys.modules[MODULE]
 
 
 def _load():
-    _state["tried"] = True
+    """The compiled module, or None (FASTDROP_TORCH_CPP=0, or a failed build: one notice)."""
     if switched_off():
         _state["reason"] = f"{ENV_SWITCH}=0"
-        return
+        return None
     try:
-        _state["module"] = _import(build())
+        return _import(build())
     except Exception as error:  # never an error: the Python path does the same work
         reason = (str(error).strip().splitlines() or [type(error).__name__])[0]
         _state["reason"] = f"the C++ build failed: {reason}"
         print(f"fastdrop: using the Python path of fastdrop.torch ({_state['reason']}; "
               "retry with `fastdrop build-torch-ops`)", file=sys.stderr, flush=True)
+        return None
 
 
 @contextlib.contextmanager
@@ -220,24 +232,26 @@ def path(name):
 
     ``"cpp"`` loads (or builds) the C++ operators and raises if they cannot be had.
     """
+    global eager
     if name not in ("cpp", "python"):
         raise ValueError(f"path must be 'cpp' or 'python', got {name!r}")
-    if name == "cpp" and _state["module"] is None:
-        _state["module"] = _import(build())
-    before = _state["forced"]
-    _state["forced"] = name == "cpp"
+    entry = None
+    if name == "cpp":
+        module = sys.modules.get(MODULE) or _import(build())
+        entry = module.dropout
+    before, eager = eager, entry
     try:
         yield
     finally:
-        _state["forced"] = before
+        eager = before
 
 
 def describe():
     """One line saying which eager path fastdrop.torch takes (for ``fastdrop info``)."""
-    if _state["tried"] or _state["forced"] is not None:
-        if ops() is not None:
+    if eager is not UNLOADED:
+        if eager is not None:
             return f"C++ (built for torch {torch_version()})"
-        return f"Python ({_state['reason']})"
+        return f"Python ({_state['reason'] or 'chosen'})"
     if switched_off():
         return f"Python ({ENV_SWITCH}=0)"
     if library_path().exists():

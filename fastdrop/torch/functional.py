@@ -120,10 +120,9 @@ def _dropout(input, p, training, inplace, feature, alpha, generator, recompute, 
     if inplace:
         _check_inplace(input)
     if feature is None and not alpha:
-        cpp = _build.ops()
+        cpp = _build.first_use()
         if cpp is not None:  # the C++ path: key, autograd node and kernels in one call
-            return cpp.dropout(input, p, recompute, inplace, generator,
-                               _tensors.cpp_threads(input))
+            return cpp(input, p, recompute, inplace, generator, _tensors.cpp_threads(input))
     seed, stream = _tensors.draw_key_values(generator)
     if input.requires_grad and torch.is_grad_enabled():
         return _ops.eager_dropout(input, (p, seed, stream, shared_dims, alpha, recompute,
@@ -198,6 +197,14 @@ def dropout(input, p=0.5, training=True, inplace=False, *, generator=None, recom
     >>> sorted(set(y.tolist())) in ([0.0, 2.0], [0.0], [2.0])
     True
     """
+    cpp = _build.eager
+    if cpp is _build.UNLOADED:
+        cpp = _build.first_use()
+    # the usual call straight to C++: what _dropout would check and decide, in fewer steps
+    if (cpp is not None and training and not inplace and type(p) is float and 0.0 < p <= 1.0
+            and not _traced(input)):
+        _tensors.check_input(input, "dropout")
+        return cpp(input, p, recompute, False, generator, _tensors.cpp_threads(input))
     _tensors.check_p(p)
     return _dropout(input, p, training, inplace, None, False, generator, recompute, "dropout")
 

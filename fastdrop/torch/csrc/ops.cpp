@@ -495,6 +495,8 @@ at::Tensor call_dropout(const at::Tensor& x, double p, bool recompute, bool inpl
                                int64_t);
   using InplaceSignature = at::Tensor&(at::Tensor&, double, bool, std::optional<at::Generator>,
                                        int64_t);
+  if (x.numel() == 0)  // nothing to drop, no key drawn: the input itself, as torch returns it
+    return x;
   if (inplace) {
     static const auto op = find_op<InplaceSignature>("fastdrop_cpp::dropout_");
     at::Tensor target = x;
