@@ -6,7 +6,7 @@ def register(subparsers):
     parser = subparsers.add_parser(
         "build-torch-ops", help="compile fastdrop.torch's C++ operators for the installed torch")
     parser.add_argument("--force", action="store_true",
-                        help="build again even if a build (or a failed one) is cached")
+                        help="build again even if built (a failed build is always retried)")
     parser.set_defaults(handler=run)
 
 

@@ -17,6 +17,7 @@ import hashlib
 import importlib.metadata
 import importlib.util
 import os
+import re
 import shutil
 import sys
 import sysconfig
@@ -97,15 +98,18 @@ def _locked(folder):
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 
-def build(force=False, quiet=False):
+def build(force=False, quiet=False, retry=False):
     """Compile the C++ operators for the installed torch, unless already built; return the path.
 
     Parameters
     ----------
     force : bool, default False
-        Build again even if a library or a failed attempt is cached.
+        Build again even if a library is cached.
     quiet : bool, default False
         No progress line on stderr.
+    retry : bool, default False
+        Try again where a failed attempt is cached (first uses do not: they take the
+        Python path at once).
 
     Returns
     -------
@@ -123,7 +127,7 @@ def build(force=False, quiet=False):
         if library.exists() and not force:
             return library
         failed = folder / _FAILED
-        if failed.exists() and not force:
+        if failed.exists() and not (force or retry):
             raise RuntimeError(failed.read_text().strip())
         if not quiet:
             print(f"fastdrop: compiling the C++ torch ops for torch {torch_version()} "
@@ -133,17 +137,56 @@ def build(force=False, quiet=False):
         try:
             _compile(folder, library)
         except BaseException as error:
-            first_line = (str(error).strip().splitlines() or [type(error).__name__])[0]
-            failed.write_text(f"{type(error).__name__}: {first_line}\n")
+            with open(folder / "build.log", "a") as log:
+                log.write(f"\n{type(error).__name__}: {error}\n")
+            failed.write_text(f"{type(error).__name__}: {short_reason(error)} "
+                              f"(log: {folder / 'build.log'})\n")
             raise
     return library
 
 
+@contextlib.contextmanager
+def _output_to(log):
+    """The process's stdout and stderr (file descriptors 1 and 2) into ``log`` in the block.
+
+    The compiler's and torch's messages go to the build log, not between the user's lines.
+    """
+    sys.stdout.flush()
+    sys.stderr.flush()
+    saved = [os.dup(1), os.dup(2)]
+    try:
+        with open(log, "w") as handle:
+            os.dup2(handle.fileno(), 1)
+            os.dup2(handle.fileno(), 2)
+            yield
+    finally:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        for descriptor, original in zip((1, 2), saved):
+            os.dup2(original, descriptor)
+            os.close(original)
+
+
+def short_reason(error):
+    """An error in one short line, cut at 160 characters.
+
+    A failed compile's message starts with the commands run: the compiler's (or the
+    shell's) first complaint says more.
+    """
+    lines = str(error).strip().splitlines() or [type(error).__name__]
+    line = next((text for text in lines[1:]
+                 if re.search(r"error|not found|no such file", text, re.IGNORECASE)), lines[0])
+    return line if len(line) <= 160 else line[:157] + "..."
+
+
 def _compile(folder, library):
-    """torch.utils.cpp_extension's build, in a scratch folder, moved into place at the end."""
+    """torch.utils.cpp_extension's build, in a scratch folder, moved into place at the end.
+
+    Its output goes to ``build.log`` in the folder.
+    """
     from torch.utils import cpp_extension
 
-    with tempfile.TemporaryDirectory(dir=folder) as scratch:
+    with tempfile.TemporaryDirectory(dir=folder) as scratch, _output_to(folder / "build.log"):
         # load imports the module, which registers the operators: a second copy of the
         # library in this process would register them again, a fatal error, so it is kept
         sys.modules[MODULE] = cpp_extension.load(name=MODULE, sources=[str(SOURCE)],
@@ -219,8 +262,7 @@ def _load():
     try:
         return _import(build())
     except Exception as error:  # never an error: the Python path does the same work
-        reason = (str(error).strip().splitlines() or [type(error).__name__])[0]
-        _state["reason"] = f"the C++ build failed: {reason}"
+        _state["reason"] = f"the C++ build failed: {short_reason(error)}"
         print(f"fastdrop: using the Python path of fastdrop.torch ({_state['reason']}; "
               "retry with `fastdrop build-torch-ops`)", file=sys.stderr, flush=True)
         return None

@@ -16,7 +16,8 @@ def main(argv=None):
     Parameters
     ----------
     argv : list of str, optional
-        ``["--force"]`` builds again even if a build (or a failed one) is cached.
+        ``["--force"]`` builds again even if a build is cached (a failed build is always
+        tried again).
 
     Returns
     -------
@@ -25,17 +26,18 @@ def main(argv=None):
     """
     parser = argparse.ArgumentParser(prog="python -m fastdrop.torch.build",
                                      description="Build fastdrop.torch's C++ operators.")
-    parser.add_argument("--force", action="store_true", help="build again even if cached")
+    parser.add_argument("--force", action="store_true", help="build again even if built")
     return run(parser.parse_args(argv).force)
 
 
 def run(force):
     """The build, with one line on stdout (the library) or stderr (why it failed)."""
     try:
-        library = _build.build(force=force)
+        library = _build.build(force=force, retry=True)
         _build._import(library)  # it loads into this torch
     except Exception as error:
-        print(f"fastdrop: the C++ torch ops did not build: {error}", file=sys.stderr)
+        print(f"fastdrop: the C++ torch ops did not build: {_build.short_reason(error)} "
+              f"(log: {_build.build_dir() / 'build.log'})", file=sys.stderr)
         return 1
     print(f"fastdrop: C++ torch ops for torch {_build.torch_version()}: {library}")
     return 0
