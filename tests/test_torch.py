@@ -1206,20 +1206,20 @@ def test_the_cpp_path_is_available():
     assert _build.describe().startswith("C++")
 
 
-def cpp_and_python(function, *args, **kwargs):
-    """function's outcome on each eager path, each from torch.manual_seed(SEED)."""
+def cpp_and_python(call, /, *args, **kwargs):
+    """call's outcome on each eager path, each from torch.manual_seed(SEED)."""
     outcomes = []
     for path in ("python", "cpp"):
         with _build.path(path):
             torch.manual_seed(SEED)
-            outcomes.append(function(*args, **kwargs))
+            outcomes.append(call(*args, **kwargs))
     return outcomes
 
 
-def forward_backward_bits(x, p, recompute, generator=None):
-    """(y's bits, the gradient's bits, the generator's state after) of dropout and its backward."""
+def forward_backward_bits(x, p, recompute, generator=None, function=ft.dropout):
+    """(y's bits, the gradient's bits, the generator's state after) of a call and its backward."""
     x = x.detach().clone().requires_grad_()
-    y = ft.dropout(x, p, generator=generator, recompute=recompute)
+    y = function(x, p, True, generator=generator, recompute=recompute)
     grad = torch.linspace(-3, 3, x.numel(), dtype=x.dtype).reshape(x.shape)
     y.backward(grad)
     source = torch.default_generator if generator is None else generator
@@ -1241,6 +1241,19 @@ def test_cpp_and_python_paths_give_the_same_bits_and_gradients(subtests):
                 for recompute in (False, True):
                     with subtests.test(dtype=dtype, p=p, n=n, recompute=recompute):
                         python, cpp = cpp_and_python(forward_backward_bits, x, p, recompute)
+                        assert all(np.array_equal(a, b) for a, b in zip(python[:2], cpp[:2]))
+                        assert torch.equal(python[2], cpp[2])
+    for variant in VARIANTS[1:]:  # the channel and alpha variants, each dtype
+        shape = variant.cases[0][0]
+        for dtype in DTYPES:
+            for p in (0.1, 0.42, 1 - 2**-17, 1.0):
+                x = values(shape, dtype)
+                for recompute in (False, True):
+                    with subtests.test(variant=str(variant), dtype=dtype, p=p,
+                                       recompute=recompute), warnings.catch_warnings():
+                        warnings.simplefilter("ignore")  # dropout2d's 3-D warning
+                        python, cpp = cpp_and_python(forward_backward_bits, x, p, recompute,
+                                                     function=variant.ours)
                         assert all(np.array_equal(a, b) for a, b in zip(python[:2], cpp[:2]))
                         assert torch.equal(python[2], cpp[2])
     for threads in (1, 2):  # the split over threads changes no bit
@@ -1274,14 +1287,19 @@ def test_cpp_operators_pass_opcheck_and_gradcheck(subtests):
         words = torch.empty(2, dtype=torch.int64).random_()
         calls = [(CPP_OPS.dropout_keyed.default, (x.detach(), P, *signed, True)),
                  (CPP_OPS.dropout_keyed.default, (x.detach(), P, *signed, False)),
+                 (CPP_OPS.dropout_keyed.default, (x.detach(), P, *signed, True, 0, [2, 3])),
+                 (CPP_OPS.dropout_keyed.default, (x.detach(), P, *signed, True, 0, [], True)),
                  (CPP_OPS.dropout_backward.default, (x, words, P)),
-                 (CPP_OPS.dropout_backward_recompute.default, (x, P, *signed))]
+                 (CPP_OPS.dropout_backward.default, (x, words, P, 0, [2, 3], True)),
+                 (CPP_OPS.dropout_backward_recompute.default, (x, P, *signed)),
+                 (CPP_OPS.dropout_backward_recompute.default, (x, P, *signed, 0, [1], True))]
         for op, arguments in calls:
             with subtests.test(op=str(op), dtype=dtype, layout=layout):
                 torch.library.opcheck(op, arguments)
         # the eager entry draws a key per call: traced graphs take fastdrop's Python
         # operators (whose key draw is an operator of its own), so no AOT test here
-        for arguments in ((x, P), (x, P, True, torch.Generator().manual_seed(1))):
+        for arguments in ((x, P), (x, P, True, torch.Generator().manual_seed(1)),
+                          (x, P, False, None, 0, [2, 3], True)):
             with subtests.test(op="dropout", dtype=dtype, layout=layout):
                 torch.library.opcheck(CPP_OPS.dropout.default, arguments,
                                       test_utils=EAGER_OPCHECKS)

@@ -218,14 +218,17 @@ def _register_fakes():
     """Shape rules for tracing (compile, export, fake tensors): a result like the input."""
     import torch
 
+    from ._tensors import word_count
+
     def like_first(tensor, *_unused, **_options):
         return torch.empty_like(tensor)
 
     def itself(tensor, *_unused, **_options):
         return tensor
 
-    def result_and_words(tensor, p, seed, stream, keep_words, threads=0):
-        words = (tensor.numel() + 63) // 64 if keep_words else 0
+    def result_and_words(tensor, p, seed, stream, keep_words, threads=0, shared_dims=(),
+                         alpha=False):
+        words = word_count(tensor.shape, tuple(shared_dims)) if keep_words else 0
         return torch.empty_like(tensor), tensor.new_empty(words, dtype=torch.int64)
 
     for name in ("dropout", "dropout_backward", "dropout_backward_recompute"):

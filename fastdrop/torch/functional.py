@@ -119,10 +119,10 @@ def _dropout(input, p, training, inplace, feature, alpha, generator, recompute, 
         return input.copy_(y) if inplace else y
     if inplace:
         _check_inplace(input)
-    if feature is None and not alpha:
-        cpp = _build.first_use()
-        if cpp is not None:  # the C++ path: key, autograd node and kernels in one call
-            return cpp(input, p, recompute, inplace, generator, _tensors.cpp_threads(input))
+    cpp = _build.first_use()
+    if cpp is not None:  # the C++ path: key, autograd node and kernels in one call
+        return cpp(input, p, recompute, inplace, generator, _tensors.cpp_threads(input),
+                   shared_dims, alpha)
     seed, stream = _tensors.draw_key_values(generator)
     if input.requires_grad and torch.is_grad_enabled():
         return _ops.eager_dropout(input, (p, seed, stream, shared_dims, alpha, recompute,
