@@ -450,8 +450,10 @@ void save_variant(AutogradContext* ctx, double p, int64_t threads, at::IntArrayR
                   bool alpha) {
   ctx->saved_data["p"] = p;
   ctx->saved_data["threads"] = threads;
-  ctx->saved_data["shared"] = shared.vec();
-  ctx->saved_data["alpha"] = alpha;
+  if (!shared.empty() || alpha) {  // absent for plain dropout: fewer entries on every call
+    ctx->saved_data["shared"] = shared.vec();
+    ctx->saved_data["alpha"] = alpha;
+  }
 }
 
 // The backward operator's gradient (through the dispatcher: with create_graph its own
@@ -461,8 +463,10 @@ at::Tensor backward_of(AutogradContext* ctx, const at::Tensor& grad) {
   auto& saved = ctx->saved_data;
   const double p = saved["p"].toDouble();
   const int64_t threads = saved["threads"].toInt();
-  const std::vector<int64_t> shared = saved["shared"].toIntVector();
-  const bool alpha = saved["alpha"].toBool();
+  const bool plain = !saved.count("shared");
+  const std::vector<int64_t> shared =
+      plain ? std::vector<int64_t>() : saved["shared"].toIntVector();
+  const bool alpha = !plain && saved["alpha"].toBool();
   if (saved.count("seed"))
     return recompute_op().call(grad, p, saved["seed"].toInt(), saved["stream"].toInt(), threads,
                                shared, alpha);
