@@ -1266,6 +1266,15 @@ def test_cpp_and_python_paths_give_the_same_bits_and_gradients(subtests):
             finally:
                 torch.set_num_threads(before)
             assert np.array_equal(python[0], cpp[0]) and np.array_equal(python[1], cpp[1])
+    with subtests.test("errors"):  # the checks are shared; a bad generator is torch's error
+        x = values((500,), torch.float32)
+        for generator in ("not a generator", 3):
+            errors = []
+            for path in ("python", "cpp"):
+                with _build.path(path), pytest.raises(TypeError) as error:
+                    ft.dropout(x, 0.3, generator=generator)
+                errors.append(str(error.value))
+            assert errors[0] == errors[1]
     with subtests.test("generator="):
         x = values((500,), torch.float32)
         python, cpp = cpp_and_python(

@@ -120,7 +120,9 @@ def _dropout(input, p, training, inplace, feature, alpha, generator, recompute, 
     if inplace:
         _check_inplace(input)
     cpp = _build.first_use()
-    if cpp is not None:  # the C++ path: key, autograd node and kernels in one call
+    # the C++ path: key, autograd node and kernels in one call (anything but a Generator
+    # as generator= gets the Python path's error, torch's own)
+    if cpp is not None and (generator is None or isinstance(generator, torch.Generator)):
         return cpp(input, p, recompute, inplace, generator, _tensors.cpp_threads(input),
                    shared_dims, alpha)
     seed, stream = _tensors.draw_key_values(generator)
@@ -202,6 +204,7 @@ def dropout(input, p=0.5, training=True, inplace=False, *, generator=None, recom
         cpp = _build.first_use()
     # the usual call straight to C++: what _dropout would check and decide, in fewer steps
     if (cpp is not None and training and not inplace and type(p) is float and 0.0 < p <= 1.0
+            and (generator is None or type(generator) is torch.Generator)
             and not _traced(input)):
         _tensors.check_input(input, "dropout")
         return cpp(input, p, recompute, False, generator, _tensors.cpp_threads(input))
