@@ -11,8 +11,10 @@
 
 Masks are fastdrop's (docs/mask-stream.md) for a (seed, stream) drawn from torch's
 generator; autograd keeps 1 bit per element (or, with ``recompute=True``, the key
-alone). Needs PyTorch (``pip install "fastdrop-cpu[torch]"``); ``import fastdrop`` never
-imports it. docs/torch.md has the details.
+alone). Eager calls run in C++ (``csrc/ops.cpp``), compiled against the installed torch
+on first use or by ``fastdrop build-torch-ops``, and otherwise in Python, with the same
+results (`fastdrop.torch._build`). Needs PyTorch (``pip install "fastdrop-cpu[torch]"``);
+``import fastdrop`` never imports it. docs/torch.md has the details.
 """
 try:
     import torch  # noqa: F401
