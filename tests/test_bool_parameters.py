@@ -149,3 +149,23 @@ def test_every_flag_is_one_the_tests_above_cover():
              for parameter in inspect.signature(function).parameters.values()
              if isinstance(parameter.default, bool) and parameter.name not in FLAGS]
     assert other == []
+
+
+def test_fastdrop_torch_refuses_a_non_bool_training_as_torch_does(subtests):
+    """fastdrop.torch follows torch here: its functions take only a bool ``training``."""
+    torch = pytest.importorskip("torch", reason="needs the torch extra")
+    import torch.nn.functional as F
+
+    import fastdrop.torch as ft
+
+    for name in ("dropout", "dropout1d", "dropout2d", "dropout3d", "alpha_dropout",
+                 "feature_alpha_dropout"):
+        x = torch.ones(2, 3, 4, 5) if name != "dropout1d" else torch.ones(2, 3, 4)
+        before = x.clone()
+        for value in (1, "no", None, np.True_):
+            with subtests.test(function=name, training=value):
+                with pytest.raises(TypeError):  # torch's own refusal: the reference
+                    getattr(F, name)(x, 0.5, training=value)
+                with pytest.raises(TypeError, match="must be bool"):
+                    getattr(ft, name)(x, 0.5, training=value, inplace=True)
+                assert torch.equal(x, before)

@@ -97,6 +97,9 @@ def _dropout(input, p, training, inplace, feature, alpha, generator, recompute, 
     ``feature`` is None (one bit per element) or the first axis a channel's bit is
     shared along: 2 for (N, C, ...) input, 1 for unbatched (C, ...) input.
     """
+    if type(training) is not bool:  # as torch's argument parser: not even np.bool_ or 1
+        raise TypeError(f"{where}(): argument 'train' (position 3) must be bool, not "
+                        f"{type(training).__name__}")
     _tensors.check_p_is_a_number(p)
     if not training or p == 0:
         return input
@@ -203,7 +206,8 @@ def dropout(input, p=0.5, training=True, inplace=False, *, generator=None, recom
     if cpp is _build.UNLOADED:
         cpp = _build.first_use()
     # the usual call straight to C++: what _dropout would check and decide, in fewer steps
-    if (cpp is not None and training and not inplace and type(p) is float and 0.0 < p <= 1.0
+    if (cpp is not None and training is True and not inplace and type(p) is float
+            and 0.0 < p <= 1.0
             and (generator is None or type(generator) is torch.Generator)
             and not _traced(input)):
         _tensors.check_input(input, "dropout")
