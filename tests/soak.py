@@ -334,7 +334,11 @@ class Caller:
             keys = dict(seed=self.private, offset=offset)
             seed, stream = self.private.seed, self.private.state["stream"]
         description.update(p=p, seed=seed, stream=stream, offset=offset)
-        result = getattr(fastdrop, function)(n, p, **keys, backend=backend)
+        if "stream" not in keys and rng.random() < 0.5:  # the Generator's method
+            result = getattr(keys.pop("seed"), function)(n, p, **self._given(
+                backend=backend, **keys))
+        else:
+            result = getattr(fastdrop, function)(n, p, **keys, backend=backend)
         if function == "bernoulli_mask":
             return words_problem(result, n, p, seed, stream, offset, rng)
         if result.shape != (n,) or result.dtype != np.float64:
@@ -387,9 +391,13 @@ class Caller:
         words = None
         if function in FORWARD:
             training = rng.random() > 0.03
-            y, record = getattr(fastdrop, function)(
-                x.array, p, seed=seed, stream=stream, offset=offset, training=training,
-                backend=backend, **written, **options)
+            keywords = self._given(offset=offset, training=training, backend=backend,
+                                   **written, **options)
+            if isinstance(seed, fastdrop.Generator) and rng.random() < 0.5:  # its method
+                y, record = getattr(seed, function)(x.array, p, **keywords)
+            else:
+                y, record = getattr(fastdrop, function)(x.array, p, seed=seed, stream=stream,
+                                                        **keywords)
             if not training:
                 return self._untrained(y, record, x, out) or self._fences(x, out, None,
                                                                           unchanged)
@@ -434,6 +442,13 @@ class Caller:
         if y is not out.array or not np.array_equal(bits(y), bits(x.array)):
             return "training=False did not copy x into out"
         return ""
+
+    @staticmethod
+    def _given(**keywords):
+        """The keywords that differ from their defaults: a call as short as a user's."""
+        defaults = dict(offset=0, training=True, backend="auto", inplace=False)
+        return {key: value for key, value in keywords.items()
+                if key not in defaults or value != defaults[key]}
 
     def _layout(self, shape, n):
         rng = self.rng
