@@ -270,7 +270,7 @@ def draw_offset(n, rng):
         return int(rng.integers(0, 1000))
     if choice < 0.95:
         return int(rng.integers(0, 2**63 - n))
-    return 2**63 - n
+    return 2**63 - max(n, 1)  # the largest the API takes: offset + n <= 2**63, offset < 2**63
 
 
 class Caller:
@@ -646,13 +646,19 @@ def soak(seconds, seed, threads=4, backends=("auto",), checkpoints=1, memory_lim
     rss = [resident_bytes()]
     start = time.monotonic()
 
+    reported = set()
+
     def checkpoint():
         rss.append(resident_bytes())
         if label:
+            failures = [failure for part in stats for failure in part.failures]
             print(f"{label}: {time.monotonic() - start:.0f} s, "
                   f"{sum(part.calls - part.warm_up_calls for part in stats)} calls, "
-                  f"{sum(len(part.failures) for part in stats)} mismatches, RSS "
-                  f"{rss[-1] / 2**20:.0f} MiB", flush=True)
+                  f"{len(failures)} mismatches, RSS {rss[-1] / 2**20:.0f} MiB", flush=True)
+            for failure in failures:  # each as soon as it is seen, for a long run
+                if failure not in reported:
+                    reported.add(failure)
+                    print(f"{label}:   {failure}", flush=True)
 
     barrier = threading.Barrier(threads, action=checkpoint)
 
