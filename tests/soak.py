@@ -368,11 +368,12 @@ class Caller:
             out = Fenced(shape, dtype, self._layout(shape, n))
             fill(out.array, rng)
         p = draw_p(rng, below_one="gaussian" in function)
-        seed, stream, offset = self._keys(n)
         options = {} if dtype_argument is None else {"dtype": dtype_argument}
+        mask_shape = shape
         if channel:
             options.update(self._channel_axes(ndim))
-        mask_shape = shape
+            kept = {options.get("channel_axis", 1) % ndim, options.get("batch_axis", 0)}
+            mask_shape = tuple(size if axis in kept else 1 for axis, size in enumerate(shape))
         if function in ("dropout", "alpha_dropout", "dropout_backward",
                         "dropout_backward_recompute", "alpha_dropout_backward",
                         "apply_mask") and ndim and rng.random() < 0.25:
@@ -381,6 +382,8 @@ class Caller:
                 options["noise_shape"] = mask_shape
         if function == "apply_mask" and rng.random() < 0.3:
             options["scale"] = float(rng.standard_normal())
+        # the offset counts mask elements: an empty x may still have a channel mask
+        seed, stream, offset = self._keys(math.prod(mask_shape))
         description.update(mode=mode, layout=layout, p=p, offset=offset, options=options,
                            mask_shape=mask_shape)
         parts = blocks(shape, rng)
@@ -469,8 +472,6 @@ class Caller:
         if function == "gaussian_dropout":
             return "" if isinstance(record, fastdrop.GaussianNoise) and record.shape == shape \
                 and record.offset == offset and record.p == p else f"noise record {record}"
-        if function in ("channel_dropout", "feature_alpha_dropout"):
-            mask_shape = record.shape
         if record.shape != mask_shape or record.offset != offset or record.p != p:
             return f"mask record {record}"
         return words_problem(record.words, math.prod(mask_shape), p, seed, stream, offset,
@@ -586,13 +587,14 @@ def compiled_signatures():
                for value in vars(module).values() if isinstance(value, CPUDispatcher))
 
 
-def warm_up(callers, backends, settle=200):
-    """Calls until the steady state: every kernel compiled, every thread's pool started.
+def warm_up(callers, backends):
+    """Calls until the steady state: every kernel compiled, every thread's pools filled.
 
     Every function, dtype and mode on every backend, small and (Numba, whose kernels
-    compile per dtype and path) parallel-sized; then, with Numba, random calls until
-    ``settle`` calls in a row compiled nothing new.
+    compile per dtype and path) parallel-sized; then random calls, until 200 in a row
+    (25 without Numba) compiled nothing new.
     """
+    settle = 200 if "numba" in backends else 25
     plan = [dict(function=function, element=element, backend=backend, mode=mode, n=n,
                  layout="contiguous", threads=2)
             for backend in backends for function in FUNCTIONS for element in ELEMENTS
@@ -605,7 +607,7 @@ def warm_up(callers, backends, settle=200):
         for call in part:
             caller.call(**call)
         quiet = 0
-        while "numba" in backends and quiet < settle:
+        while quiet < settle:
             before = compiled_signatures()
             caller.call()
             quiet = quiet + 1 if compiled_signatures() == before else 0
