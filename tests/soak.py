@@ -382,11 +382,14 @@ class Caller:
                 options["noise_shape"] = mask_shape
         if function == "apply_mask" and rng.random() < 0.3:
             options["scale"] = float(rng.standard_normal())
-        # the offset counts mask elements: an empty x may still have a channel mask
-        seed, stream, offset = self._keys(math.prod(mask_shape))
+        # The offset counts mask elements (an empty x may still have a channel mask), but
+        # the reference on a block (origin=) takes offset + x.size <= 2**63 even with a
+        # smaller mask: a limit of fastdrop's block calls, so such offsets go to whole checks.
+        parts = blocks(shape, rng)
+        m = math.prod(mask_shape)
+        seed, stream, offset = self._keys(m if parts == [None] else max(n, m))
         description.update(mode=mode, layout=layout, p=p, offset=offset, options=options,
                            mask_shape=mask_shape)
-        parts = blocks(shape, rng)
         before = [x.array.copy() if part is None else x.array[part].copy() for part in parts]
         unchanged = digest(x.array) if mode != "inplace" else None
         written = {"inplace": {"inplace": True}, "out": {"out": getattr(out, "array", None)},
