@@ -1,4 +1,9 @@
-"""Shared fixtures: the backend registry drives every cross-backend test (the rest: util.py)."""
+"""Shared fixtures: the backend registry drives every cross-backend test (the rest: util.py).
+
+Under pytest-xdist (the default: ``-n auto`` in pyproject.toml) the tests that run on
+the Numba backend share one worker, so each Numba kernel compiles once per run rather
+than once per worker.
+"""
 import pytest
 
 import fastdrop
@@ -21,3 +26,20 @@ def threads():
     before = fastdrop.get_num_threads()
     yield
     fastdrop.set_num_threads(before)
+
+
+def pytest_xdist_make_scheduler(config, log):
+    """pytest-xdist's scheduling with every test that names Numba on one worker.
+
+    Numba compiles each kernel once per process (seconds each), so its tests share a
+    worker and the compilation is paid once; the other tests spread over the workers.
+    (The ``xdist_group`` mark would say the same, but pytest-xdist 3.8 cannot read it
+    under pytest 9.)
+    """
+    from xdist.scheduler import LoadScopeScheduling
+
+    class NumbaTestsTogether(LoadScopeScheduling):
+        def _split_scope(self, nodeid):
+            return "numba" if "numba" in nodeid else nodeid
+
+    return NumbaTestsTogether(config, log)

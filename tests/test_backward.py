@@ -3,13 +3,16 @@ import numpy as np
 import pytest
 
 import fastdrop
-from tests.util import FLOAT_DTYPES, bits
+from tests.util import FLOAT_DTYPES, bits, for_each
 
 
 @pytest.mark.parametrize("dtype", FLOAT_DTYPES)
-@pytest.mark.parametrize("p", [0.0, 0.2, 0.5, 0.85, 1.0])
-@pytest.mark.parametrize("offset", [0, 33])
-def test_backward_is_grad_times_mask_over_keep_probability(any_backend, dtype, p, offset):
+def test_backward_is_grad_times_mask_over_keep_probability(any_backend, dtype, subtests):
+    for_each(subtests, check_backward, any_backend, dtype, p=(0.0, 0.2, 0.5, 0.85, 1.0),
+             offset=(0, 33))
+
+
+def check_backward(any_backend, dtype, p, offset):
     rng = np.random.default_rng(7)
     x = rng.standard_normal((300, 70)).astype(dtype)
     grad = rng.standard_normal((300, 70)).astype(dtype)

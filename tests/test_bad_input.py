@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 
 import fastdrop
-from tests.util import REGISTRY, Unchanged, reference_words
+from tests.util import REGISTRY, Unchanged, reference_words, unchanged
 
 SMALL = (5, 13)  # 65 elements: two mask words, the second one partly used
 N = math.prod(SMALL)
@@ -514,19 +514,25 @@ DROPCONNECT_CASES = [case(*args, seeded=True) for args in [
      lambda a, b: dropconnect(a, b, a.x, out=a.keep(np.zeros((3, 2, 4, 5), np.float32)))),
 ]]
 
-EXPLICIT_CASES = (ARRAY_CASES + P_WITH_MASK_CASES + MASK_CASES + NOISE_CASES + CHANNEL_CASES
-                  + RECORD_CASES + APPLY_CASES + DROPCONNECT_CASES)
-ALL_CASES = GRID_CASES + EXPLICIT_CASES
+# name -> cases: the grid of each registry entry, then the explicit cases by theme
+GROUPS = {entry.name: grid_cases(entry) for entry in REGISTRY}
+EXPLICIT_GROUPS = {"explicit-arrays": ARRAY_CASES, "explicit-p-with-mask": P_WITH_MASK_CASES,
+                   "explicit-masks": MASK_CASES, "explicit-noise_shape": NOISE_CASES,
+                   "explicit-channel-axes": CHANNEL_CASES, "explicit-records": RECORD_CASES,
+                   "explicit-apply_mask": APPLY_CASES, "explicit-dropconnect": DROPCONNECT_CASES}
+GROUPS.update(EXPLICIT_GROUPS)
+ALL_CASES = [c for cases in GROUPS.values() for c in cases]
 assert len({c[0] for c in ALL_CASES}) == len(ALL_CASES), "case ids must be unique"
-PARAMS = [pytest.param(seed_kind, shape, error, fragment, call, id=f"{case_id}-{seed_kind}")
-          for case_id, error, fragment, call, seeded, shape in ALL_CASES
-          for seed_kind in (("int", "generator", "default") if seeded else ("int",))]
+SEED_KINDS = ("int", "generator", "default")
 
 
-@pytest.mark.parametrize("backend", fastdrop.available_backends())
-@pytest.mark.parametrize("seed_kind, shape, error, fragment, call", PARAMS)
-def test_bad_input_raises_writes_nothing_and_takes_no_stream(backend, seed_kind, shape, error,
-                                                             fragment, call):
+def seed_kinds(seeded):
+    """A seeded case runs with an int, a Generator and the default Generator."""
+    return SEED_KINDS if seeded else ("int",)
+
+
+def check_refused(backend, seed_kind, shape, error, fragment, call):
+    """``call`` raises exactly ``error`` naming ``fragment``, writes nothing, takes no stream."""
     arrays = Arrays(shape, seed_kind)
     with pytest.raises(error) as raised:
         call(arrays, backend)
@@ -535,34 +541,76 @@ def test_bad_input_raises_writes_nothing_and_takes_no_stream(backend, seed_kind,
     assert not arrays.changed(), "an array was written, or a Generator handed out a stream"
 
 
-# ---------------------------------------------------------------- the checks have power
+@pytest.mark.parametrize("group", list(GROUPS))
+def test_bad_input_raises_writes_nothing_and_takes_no_stream(group, subtests):
+    """Every case of a group, through the public entry (``backend="auto"``).
 
-
-@pytest.mark.parametrize("backend", fastdrop.available_backends())
-@pytest.mark.parametrize("entry", [e for e in REGISTRY if e.draws_stream], ids=str)
-def test_the_stream_check_can_fail_a_valid_call_takes_one_stream(backend, entry):
-    """The checks above have power: the same calls with valid arguments take one stream.
-
-    They take exactly one stream from the Generator, or from the default Generator with
-    seed=None.
+    The checks run before a backend is chosen, so the grid runs once: its calls take
+    the compiled check of the usual call (`fastdrop._fastpath`: C-contiguous x, in
+    place or a new array) and the general path (out=, views, noise shapes, records).
+    test_every_backend_is_reached_and_refuses_bad_input runs a sample on each backend.
     """
-    arrays = Arrays(BATCH, "generator")
-    grid_call(entry, None)(arrays, backend)
-    assert arrays.generator.state["stream"] == 1
-    arrays = Arrays(BATCH, "default")
-    before = fastdrop.default_generator().state["stream"]
-    grid_call(entry, None)(arrays, backend)
-    assert fastdrop.default_generator().state["stream"] == before + 1
+    for case_id, error, fragment, call, seeded, shape in GROUPS[group]:
+        for seed_kind in seed_kinds(seeded):
+            with subtests.test(case=f"{case_id}-{seed_kind}"):
+                check_refused("auto", seed_kind, shape, error, fragment, call)
+
+
+# ---------------------------------------------------------------- every backend is reached
+
+# The kinds of grid case each backend runs (a case id is the entry's name, "-", the kind).
+ROUTING_KINDS = {"backend='cuda'", "p=1.5", "p='half'", "p=1.5-out", "inplace-read-only",
+                 "out-float64", "offset=-1", "seed=-1", "stream=-1", "stream-with-a-Generator",
+                 "seed=None", "n=-1", "x=int64", "grad=int64", "weight=int64"}
+
+
+def routing_cases():
+    """A sample of every group: the grid's ROUTING_KINDS and each explicit group's first case."""
+    sample = []
+    for group, cases in GROUPS.items():
+        if group in EXPLICIT_GROUPS:
+            sample.append(cases[0])
+        else:
+            sample += [c for c in cases if c[0][len(group) + 1:] in ROUTING_KINDS]
+    return sample
 
 
 @pytest.mark.parametrize("backend", fastdrop.available_backends())
-@pytest.mark.parametrize("entry", [e for e in REGISTRY if e.takes_array], ids=str)
-def test_a_valid_call_writes_its_target(backend, entry):
-    """The write check has power: with valid arguments the same calls write x or out."""
-    for target in [t for t in targets(entry) if t is not None]:
-        arrays = Arrays(BATCH)
-        grid_call(entry, target)(arrays, backend)
-        assert arrays.changed(), target
+def test_every_backend_is_reached_and_refuses_bad_input(backend, subtests):
+    """Each backend still refuses bad input before writing, and is reached by a valid call.
+
+    The refusals: a sample of the cases above with ``backend`` (the reference's whole
+    functions check their arguments as the API does). The valid calls (the same calls
+    with valid arguments) show that the checks can fail: they write x or out, and take
+    exactly one stream from a Generator, or from the default Generator with seed=None.
+    """
+    for case_id, error, fragment, call, seeded, shape in routing_cases():
+        for seed_kind in seed_kinds(seeded):
+            with subtests.test(case=f"{case_id}-{seed_kind}"):
+                check_refused(backend, seed_kind, shape, error, fragment, call)
+    for entry in REGISTRY:
+        with subtests.test(valid=entry.name):
+            for target in [t for t in targets(entry) if t is not None]:
+                arrays = Arrays(BATCH)
+                grid_call(entry, target)(arrays, backend)
+                assert arrays.changed(), target
+            if entry.draws_stream:
+                arrays = Arrays(BATCH, "generator")
+                grid_call(entry, None)(arrays, backend)
+                assert arrays.generator.state["stream"] == 1
+                arrays = Arrays(BATCH, "default")
+                before = fastdrop.default_generator().state["stream"]
+                grid_call(entry, None)(arrays, backend)
+                assert fastdrop.default_generator().state["stream"] == before + 1
+
+
+def test_the_routing_sample_covers_every_group_and_kind():
+    """Every group and every kind of ROUTING_KINDS has a case in the per-backend sample."""
+    sample = {c[0] for c in routing_cases()}
+    for group, cases in GROUPS.items():
+        assert any(c[0] in sample for c in cases), group
+    for kind in ROUTING_KINDS:
+        assert any(name.endswith(f"-{kind}") for name in sample), kind
 
 
 # ---------------------------------------------------------------- the whole path
@@ -650,44 +698,46 @@ def test_limits_of_the_variants_are_accepted(backend):
     fastdrop.dropconnect(np.ones(3), 0.5, seed=1, backend=backend)
 
 
-@pytest.mark.parametrize("backend", fastdrop.available_backends())
-@pytest.mark.parametrize("kwargs, error", [
-    (dict(seed=-1), ValueError), (dict(seed=1.5), TypeError), (dict(stream=3), ValueError),
-    (dict(seed=1, stream=2**64), ValueError), (dict(seed=1, offset=-1), ValueError),
-])
-def test_training_off_still_checks_every_argument(backend, kwargs, error):
-    """dropout(training=False) validates like training=True and writes nothing on error."""
-    x = np.arange(6, dtype=np.float32)
-    out = np.full(6, 9.0, np.float32)
-    with pytest.raises(error):
-        fastdrop.dropout(x, 0.5, training=False, out=out, backend=backend, **kwargs)
-    assert np.all(out == 9.0)
+TRAINING_OFF_CASES = {
+    "seed=-1": (lambda x, b, out: fastdrop.dropout(x, 0.5, seed=-1, training=False, out=out,
+                                                   backend=b), ValueError),
+    "seed=1.5": (lambda x, b, out: fastdrop.dropout(x, 0.5, seed=1.5, training=False, out=out,
+                                                    backend=b), TypeError),
+    "stream-without-seed": (lambda x, b, out: fastdrop.dropout(x, 0.5, stream=3, training=False,
+                                                               out=out, backend=b), ValueError),
+    "stream=2**64": (lambda x, b, out: fastdrop.dropout(x, 0.5, seed=1, stream=2**64,
+                                                        training=False, out=out, backend=b),
+                     ValueError),
+    "offset=-1": (lambda x, b, out: fastdrop.dropout(x, 0.5, seed=1, offset=-1, training=False,
+                                                     out=out, backend=b), ValueError),
+    "dropout-noise_shape": (lambda x, b, out: fastdrop.dropout(
+        x, 0.5, seed=1, noise_shape=(5,), training=False, backend=b), ValueError),
+    "dropout-broadcast_dims": (lambda x, b, out: fastdrop.dropout(
+        x, 0.5, seed=1, broadcast_dims=7, training=False, backend=b), ValueError),
+    "alpha": (lambda x, b, out: fastdrop.alpha_dropout(
+        x, 0.5, seed=1, noise_shape=(5,), training=False, backend=b), ValueError),
+    "channel-N-C": (lambda x, b, out: fastdrop.channel_dropout(
+        x[0], 0.5, seed=1, training=False, backend=b), ValueError),
+    "feature_alpha-channel-is-batch": (lambda x, b, out: fastdrop.feature_alpha_dropout(
+        x, 0.5, seed=1, channel_axis=0, training=False, backend=b), ValueError),
+    "gaussian-p=1": (lambda x, b, out: fastdrop.gaussian_dropout(
+        x, 1.0, seed=1, training=False, backend=b), ValueError),
+    "gaussian-seed": (lambda x, b, out: fastdrop.gaussian_dropout(
+        x, 0.5, seed=-1, training=False, backend=b), ValueError),
+    "dropconnect-0-d": (lambda x, b, out: fastdrop.dropconnect(
+        x[0, 0, 0], 0.5, seed=1, training=False, backend=b), ValueError),
+}
 
 
 @pytest.mark.parametrize("backend", fastdrop.available_backends())
-@pytest.mark.parametrize("call, error", [
-    (lambda x, b: fastdrop.dropout(x, 0.5, seed=1, noise_shape=(5,), training=False,
-                                   backend=b), ValueError),
-    (lambda x, b: fastdrop.dropout(x, 0.5, seed=1, broadcast_dims=7, training=False,
-                                   backend=b), ValueError),
-    (lambda x, b: fastdrop.alpha_dropout(x, 0.5, seed=1, noise_shape=(5,), training=False,
-                                         backend=b), ValueError),
-    (lambda x, b: fastdrop.channel_dropout(x[0], 0.5, seed=1, training=False, backend=b),
-     ValueError),
-    (lambda x, b: fastdrop.feature_alpha_dropout(x, 0.5, seed=1, channel_axis=0,
-                                                 training=False, backend=b), ValueError),
-    (lambda x, b: fastdrop.gaussian_dropout(x, 1.0, seed=1, training=False, backend=b),
-     ValueError),
-    (lambda x, b: fastdrop.gaussian_dropout(x, 0.5, seed=-1, training=False, backend=b),
-     ValueError),
-    (lambda x, b: fastdrop.dropconnect(x[0, 0, 0], 0.5, seed=1, training=False, backend=b),
-     ValueError),
-], ids=["dropout-noise_shape", "dropout-broadcast_dims", "alpha", "channel-N-C",
-        "feature_alpha-channel-is-batch", "gaussian-p=1", "gaussian-seed", "dropconnect-0-d"])
-def test_training_off_still_checks_the_variants_arguments(backend, call, error):
-    """With training=False the variants validate as in training and write nothing on error."""
-    x = np.arange(24, dtype=np.float32).reshape(2, 3, 4)
-    before = x.copy()
-    with pytest.raises(error):
-        call(x, backend)
-    assert np.array_equal(x, before)
+def test_training_off_still_checks_every_argument(backend, subtests):
+    """With training=False every function validates as in training and writes nothing on error.
+
+    The reference (``backend="numpy"``) runs its own whole functions, so each backend runs.
+    """
+    for name, (call, error) in TRAINING_OFF_CASES.items():
+        with subtests.test(case=name):
+            x = np.arange(24, dtype=np.float32).reshape(2, 3, 4)
+            out = np.full(x.shape, 9.0, np.float32)
+            with unchanged(x, out), pytest.raises(error):
+                call(x, backend, out)

@@ -19,9 +19,9 @@ import pytest
 import fastdrop
 from fastdrop import reference
 from fastdrop.maskstream.spec import dropout_scale, round_to_bfloat16
-from tests.util import ALL_BACKENDS, COMPILED_BACKENDS, bits
+from tests.util import ALL_BACKENDS, COMPILED_BACKENDS, bits, require
 
-ml_dtypes = pytest.importorskip("ml_dtypes")
+ml_dtypes = require("ml_dtypes", "bf16")
 BF16 = np.dtype(ml_dtypes.bfloat16)
 EVERY_PATTERN = np.tile(np.arange(1 << 16, dtype=np.uint16), 3)  # 3 x 65536, offsets differ
 PS = [0.1, 1 / 3, 0.5, 0.9, 1 - 2**-20]
@@ -111,9 +111,15 @@ def test_nan_stays_nan_with_its_sign_and_dropped_is_positive_zero():
 
 
 def exact_bfloat16(value):
-    """The bfloat16 nearest the float64 ``value`` (ties to even), by exact rationals."""
+    """The bfloat16 nearest the float64 ``value`` (ties to even), by exact rationals.
+
+    The candidates are the finite bfloat16 values next to it in sorted order (the
+    nearest is one of them); exact rationals decide between them.
+    """
     candidates = np.arange(1 << 16, dtype=np.uint16).view(BF16).astype(np.float64)
-    finite = candidates[np.isfinite(candidates)]
+    ordered = np.unique(candidates[np.isfinite(candidates)])
+    at = int(np.searchsorted(ordered, value))
+    finite = ordered[max(at - 2, 0):at + 2]
     target = Fraction(value)
     distances = [abs(Fraction(c) - target) for c in finite]
     best = min(distances)
@@ -230,7 +236,7 @@ def test_outputs_equal_torchs_for_the_same_keep_bits():
     Dropped elements differ only in form: torch gives x * 0 (-0.0 for negative x, NaN
     for inf and NaN), fastdrop +0.0; NaN is 0x7FC0 in torch, 0x7FC0 with its sign here.
     """
-    torch = pytest.importorskip("torch")
+    torch = require("torch", "torch")
     x = torch.from_numpy(EVERY_PATTERN[:1 << 16].astype(np.int16)).view(torch.bfloat16)
     finite = np.isfinite(EVERY_PATTERN[:1 << 16].view(BF16).astype(np.float32))
     for p in list(np.linspace(0.01, 0.99, 99)) + [1 / 3, 1 - 2**-10]:

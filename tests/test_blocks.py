@@ -14,7 +14,7 @@ import pytest
 
 import fastdrop
 from fastdrop import reference
-from tests.util import ALL_BACKENDS, FLOAT_DTYPES, bits, sample
+from tests.util import ALL_BACKENDS, FLOAT_DTYPES, bits, for_each, sample
 
 GLOBAL_SHAPES = [(1000,), (13, 97), (4, 5, 67), (3, 4, 5, 7)]
 OFFSETS = [0, 2**40 + 3]
@@ -60,11 +60,13 @@ def noise_shape_of(shape):
     return tuple(extent if axis in (0, len(shape) - 1) else 1 for axis, extent in enumerate(shape))
 
 
-@pytest.mark.parametrize("offset", OFFSETS)
-@pytest.mark.parametrize("global_shape", GLOBAL_SHAPES, ids=str)
 @pytest.mark.parametrize("name", list(CALLS))
 @pytest.mark.parametrize("backend", ALL_BACKENDS)
-def test_every_block_gets_its_part_of_the_whole(backend, name, global_shape, offset):
+def test_every_block_gets_its_part_of_the_whole(backend, name, subtests):
+    for_each(subtests, check_blocks, backend, name, global_shape=GLOBAL_SHAPES, offset=OFFSETS)
+
+
+def check_blocks(backend, name, global_shape, offset):
     function, options = CALLS[name]
     options = dict(options)
     if "noise_shape" in options:
@@ -162,21 +164,24 @@ def test_threads_split_blocks_by_words_without_changing_a_bit(backend, threads):
             assert np.array_equal(mask.words, results[0][1].words)
 
 
-BAD_BLOCKS = [
-    ("origin without global_shape", dict(origin=(0, 0)), ValueError, "together"),
-    ("global_shape without origin", dict(global_shape=(10, 10)), ValueError, "together"),
-    ("too few entries", dict(origin=(0,), global_shape=(10, 10)), ValueError, "one entry"),
-    ("past the end", dict(origin=(8, 0), global_shape=(10, 10)), ValueError, "does not fit"),
-    ("negative origin", dict(origin=(-1, 0), global_shape=(10, 10)), ValueError, "origin"),
-    ("float entries", dict(origin=(0.5, 0), global_shape=(10, 10)), TypeError, "integers"),
-    ("past 2**63", dict(origin=(0, 0), global_shape=(2**62, 4)), ValueError, r"2\*\*63"),
-]
+BAD_BLOCKS = {  # name -> (block arguments, error, message fragment)
+    "origin without global_shape": (dict(origin=(0, 0)), ValueError, "together"),
+    "global_shape without origin": (dict(global_shape=(10, 10)), ValueError, "together"),
+    "too few entries": (dict(origin=(0,), global_shape=(10, 10)), ValueError, "one entry"),
+    "past the end": (dict(origin=(8, 0), global_shape=(10, 10)), ValueError, "does not fit"),
+    "negative origin": (dict(origin=(-1, 0), global_shape=(10, 10)), ValueError, "origin"),
+    "float entries": (dict(origin=(0.5, 0), global_shape=(10, 10)), TypeError, "integers"),
+    "past 2**63": (dict(origin=(0, 0), global_shape=(2**62, 4)), ValueError, r"2\*\*63"),
+}
 
 
 @pytest.mark.parametrize("backend", ALL_BACKENDS)
-@pytest.mark.parametrize("case", BAD_BLOCKS, ids=lambda case: case[0])
-def test_bad_blocks_raise_and_write_nothing(case, backend):
-    _, where, error, fragment = case
+def test_bad_blocks_raise_and_write_nothing(backend, subtests):
+    for_each(subtests, check_bad_block, backend, case=BAD_BLOCKS)
+
+
+def check_bad_block(backend, case):
+    where, error, fragment = BAD_BLOCKS[case]
     x = sample((3, 4), np.float32)
     before = x.copy()
     gen = fastdrop.Generator(1)

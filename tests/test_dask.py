@@ -2,8 +2,8 @@
 
 A function of fastdrop.dask on a dask array must equal the in-memory function on
 ``x.compute()``: for 1-, 2- and 4-d arrays cut every way (the last axis at
-non-multiples of 64, single elements, uneven last chunks), on every backend and dtype,
-under the threaded, process and distributed schedulers, and when tasks run again.
+non-multiples of 64, single elements, uneven last chunks), in every dtype, through every
+backend, under the threaded, process and distributed schedulers, and when tasks run again.
 Bad input is refused when the function is called, before any task runs, with the
 in-memory messages; a failed call takes no stream and writes nothing.
 """
@@ -27,12 +27,14 @@ from tests.util import (
     assert_bits_equal,
     broadcast_dims_of,
     channel_noise,
+    for_each,
+    require,
     sample,
 )
 
-dask = pytest.importorskip("dask")
-da = pytest.importorskip("dask.array")
-fdd = pytest.importorskip("fastdrop.dask")
+dask = require("dask", "dask")
+da = require("dask.array", "dask")
+fdd = require("fastdrop.dask", "dask")
 
 P, SEED, STREAM = 0.4, 0x5EED_F00D_0123_4567, 41
 BIG_OFFSET = 2**40 + 3
@@ -149,16 +151,20 @@ def compute_all(arrays, scheduler="sync"):
 
 # ------------------------------------------------------------------ invariance
 
-def _invariance_params():
-    for shape in CHUNKINGS:
-        for case in CASES:
-            if len(shape) >= case.min_ndim:
-                yield pytest.param(case, shape, id=f"{case}-{'x'.join(map(str, shape))}")
+# The chunkings and dtypes run on the default backend: the dask layer places each block
+# (origin=, global_shape=) the same way whichever backend computes it, and
+# tests/test_blocks.py checks every backend on blocks; the per-backend tests below
+# (backward, out=) show that each backend is reached through this layer.
 
 
-@pytest.mark.parametrize("backend", ALL_BACKENDS)
-@pytest.mark.parametrize(("case", "shape"), list(_invariance_params()))
-def test_every_chunking_gives_the_in_memory_result(case, shape, backend):
+@pytest.mark.parametrize("case", CASES, ids=str)
+def test_every_chunking_gives_the_in_memory_result(case, subtests):
+    """Each shape's chunkings (subtests: the blocks' global indices are worked out alike)."""
+    for_each(subtests, check_every_chunking, case, "auto",
+             shape=[shape for shape in CHUNKINGS if len(shape) >= case.min_ndim])
+
+
+def check_every_chunking(case, backend, shape):
     values = sample(shape, np.float32)
     expected = case.memory(values, BIG_OFFSET)
     tested = chunkings(shape, backend)
@@ -172,10 +178,10 @@ DTYPE_CASES = ("dropout", "dropout-noise_shape", "alpha_dropout", "gaussian_drop
                "dropout_backward_recompute", "gaussian_dropout_backward")
 
 
-@pytest.mark.parametrize("backend", ALL_BACKENDS)
 @pytest.mark.parametrize("dtype", [dtype for dtype in FLOAT_DTYPES if dtype is not np.float32],
                          ids=lambda dtype: np.dtype(dtype).name)
-def test_every_dtype_gives_the_in_memory_result(dtype, backend):
+def test_every_dtype_gives_the_in_memory_result(dtype):
+    backend = "auto"
     shape = (5, 90)
     values = sample(shape, dtype)
     for name in DTYPE_CASES:
@@ -380,7 +386,7 @@ def package_on_path():
 @pytest.fixture(scope="module")
 def client(package_on_path):
     """A two-process local cluster on 127.0.0.1, stopped after this module's tests."""
-    distributed = pytest.importorskip("distributed")
+    distributed = require("distributed", "dask")
     with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
                                   host="127.0.0.1", dashboard_address="127.0.0.1:0",
                                   protocol="tcp://", silence_logs=40) as cluster, \
@@ -443,7 +449,7 @@ def test_a_distributed_cluster_gives_the_same_bits(client, package_on_path):
 
 def test_tasks_run_again_after_a_worker_is_lost_give_the_same_bits(client):
     """Blocks held by a restarted worker are recomputed on demand, from the same graph."""
-    distributed = pytest.importorskip("distributed")
+    distributed = require("distributed", "dask")
     values = sample((64, 300), np.float32)
     y, _ = fdd.dropout(da.from_array(values, chunks=(8, 75)), P, seed=fastdrop.Generator(8))
     expected, _ = fastdrop.dropout(values, P, seed=8, stream=0)
@@ -543,36 +549,39 @@ def watched():
     return values, x, ran
 
 
-BAD_ARGUMENTS = [  # (name, function, p, keywords, exception, fragment)
-    ("p above 1", "dropout", 1.5, {}, ValueError, r"p=1\.5"),
-    ("p NaN", "alpha_dropout", float("nan"), {}, ValueError, "p=nan"),
-    ("p a string", "dropout", "0.5", {}, TypeError, "real number"),
-    ("gaussian p 1", "gaussian_dropout", 1.0, {}, ValueError, "p < 1"),
-    ("seed negative", "dropout", 0.5, dict(seed=-1), ValueError, "seed=-1"),
-    ("seed float", "dropout", 0.5, dict(seed=1.0), TypeError, "seed"),
-    ("stream too large", "dropout", 0.5, dict(seed=1, stream=2**64), ValueError, "stream"),
-    ("stream without a seed", "dropout", 0.5, dict(seed=None, stream=3), ValueError,
-     "without an integer seed"),
-    ("offset negative", "dropout", 0.5, dict(offset=-1), ValueError, "offset"),
-    ("offset past 2**63", "gaussian_dropout", 0.5, dict(offset=2**63 - 10), ValueError,
-     r"2\*\*63"),
-    ("noise shape", "dropout", 0.5, dict(noise_shape=(5, 1)), ValueError, "does not broadcast"),
-    ("noise shape and broadcast_dims", "dropout", 0.5, dict(noise_shape=(6, 1), broadcast_dims=1),
-     ValueError, "either"),
-    ("broadcast axis", "alpha_dropout", 0.5, dict(broadcast_dims=2), ValueError, "out of range"),
-    ("channel dropout of 2-d", "channel_dropout", 0.5, {}, ValueError, "3 or more"),
-    ("channel axis", "feature_alpha_dropout", 0.5, dict(batch_axis=None, channel_axis=2),
-     ValueError, "channel_axis=2"),
-    ("backend", "dropout", 0.5, dict(backend="cuda"), ValueError, "unknown backend"),
-    ("dtype request", "dropout", 0.5, dict(dtype="float8"), TypeError, "dtype="),
-    ("recompute without a stream", "dropout_backward_recompute", 0.5, dict(seed=1, stream=None),
-     TypeError, "stream"),
-]
+BAD_ARGUMENTS = {  # name -> (function, p, keywords, exception, fragment)
+    "p above 1": ("dropout", 1.5, {}, ValueError, r"p=1\.5"),
+    "p NaN": ("alpha_dropout", float("nan"), {}, ValueError, "p=nan"),
+    "p a string": ("dropout", "0.5", {}, TypeError, "real number"),
+    "gaussian p 1": ("gaussian_dropout", 1.0, {}, ValueError, "p < 1"),
+    "seed negative": ("dropout", 0.5, dict(seed=-1), ValueError, "seed=-1"),
+    "seed float": ("dropout", 0.5, dict(seed=1.0), TypeError, "seed"),
+    "stream too large": ("dropout", 0.5, dict(seed=1, stream=2**64), ValueError, "stream"),
+    "stream without a seed": ("dropout", 0.5, dict(seed=None, stream=3), ValueError,
+        "without an integer seed"),
+    "offset negative": ("dropout", 0.5, dict(offset=-1), ValueError, "offset"),
+    "offset past 2**63": ("gaussian_dropout", 0.5, dict(offset=2**63 - 10), ValueError,
+        r"2\*\*63"),
+    "noise shape": ("dropout", 0.5, dict(noise_shape=(5, 1)), ValueError, "does not broadcast"),
+    "noise shape and broadcast_dims": ("dropout", 0.5, dict(noise_shape=(6, 1), broadcast_dims=1),
+        ValueError, "either"),
+    "broadcast axis": ("alpha_dropout", 0.5, dict(broadcast_dims=2), ValueError, "out of range"),
+    "channel dropout of 2-d": ("channel_dropout", 0.5, {}, ValueError, "3 or more"),
+    "channel axis": ("feature_alpha_dropout", 0.5, dict(batch_axis=None, channel_axis=2),
+        ValueError, "channel_axis=2"),
+    "backend": ("dropout", 0.5, dict(backend="cuda"), ValueError, "unknown backend"),
+    "dtype request": ("dropout", 0.5, dict(dtype="float8"), TypeError, "dtype="),
+    "recompute without a stream": ("dropout_backward_recompute", 0.5, dict(seed=1, stream=None),
+        TypeError, "stream"),
+}
 
 
-@pytest.mark.parametrize("case", BAD_ARGUMENTS, ids=lambda case: case[0])
-def test_bad_arguments_raise_the_in_memory_error_when_called(case, watched):
-    _, function, p, keywords, error, fragment = case
+def test_bad_arguments_raise_the_in_memory_error_when_called(watched, subtests):
+    for_each(subtests, check_bad_arguments, watched, case=BAD_ARGUMENTS)
+
+
+def check_bad_arguments(watched, case):
+    function, p, keywords, error, fragment = BAD_ARGUMENTS[case]
     values, x, ran = watched
     keywords = {"seed": 1, **keywords}
     with pytest.raises(error, match=fragment) as in_memory:
@@ -583,12 +592,15 @@ def test_bad_arguments_raise_the_in_memory_error_when_called(case, watched):
     assert ran == []  # raised by the call itself: no task of x ran
 
 
-@pytest.mark.parametrize("source", ["generator", "default"])
-@pytest.mark.parametrize("case", [case for case in BAD_ARGUMENTS if "seed" not in case[3]
-                                  and case[1] != "dropout_backward_recompute"],
-                         ids=lambda case: case[0])
-def test_a_failed_call_takes_no_stream(case, source, watched):
-    _, function, p, keywords, error, fragment = case
+def test_a_failed_call_takes_no_stream(watched, subtests):
+    for_each(subtests, check_failed_call_takes_no_stream, watched,
+             case=[name for name, (function, _, keywords, _, _) in BAD_ARGUMENTS.items()
+                   if "seed" not in keywords and function != "dropout_backward_recompute"],
+             source=["generator", "default"])
+
+
+def check_failed_call_takes_no_stream(watched, case, source):
+    function, p, keywords, error, fragment = BAD_ARGUMENTS[case]
     _, x, ran = watched
     taken_from = fastdrop.Generator(4) if source == "generator" else fastdrop.default_generator()
     before = taken_from.state
@@ -664,7 +676,7 @@ def test_a_bad_out_or_scheduler_writes_nothing(watched):
 
 
 def test_nothing_reaches_a_zarr_store_from_a_bad_call(tmp_path, watched):
-    zarr = pytest.importorskip("zarr")
+    zarr = require("zarr", "dask")
     values, x, ran = watched
     store = zarr.open_array(str(tmp_path / "out.zarr"), mode="w", shape=values.shape,
                             chunks=(4, 37), dtype=np.float32, fill_value=-1.0)
@@ -681,7 +693,7 @@ def test_nothing_reaches_a_zarr_store_from_a_bad_call(tmp_path, watched):
 
 
 def test_the_dask_page_examples_run_and_say_what_they_claim(tmp_path, monkeypatch):
-    zarr = pytest.importorskip("zarr")
+    zarr = require("zarr", "dask")
     page = Path(__file__).resolve().parent.parent / "docs" / "dask.md"
     blocks = [block for block in re.findall(r"```python\n(.*?)```", page.read_text(), flags=re.S)
               if "--8<--" not in block]  # the example's script, quoted whole, runs in its test

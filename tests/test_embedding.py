@@ -1,4 +1,9 @@
-"""Embedding fastdrop in users' own compiled code: Numba, Cython and C, against the reference."""
+"""Embedding fastdrop in users' own compiled code: Numba, Cython and C, against the reference.
+
+The tests that compile an extension are marked ``build`` (minutes of CPU): the default
+run leaves them out, ``python -m pytest -m build`` runs them (CI does, in a step of its own).
+"""
+import functools
 import os
 import shutil
 import subprocess
@@ -12,6 +17,7 @@ import pytest
 import fastdrop
 from fastdrop import reference
 from tests.package_copy import build_copy, run_in_copy
+from tests.util import for_each
 
 REPO = Path(__file__).resolve().parent.parent
 EXAMPLES = Path(fastdrop.__file__).parent / "examples"
@@ -32,9 +38,12 @@ def test_numba_example_matches_reference():
     assert np.array_equal(words, mask.words)
 
 
-@pytest.mark.parametrize("dtype", [np.float32, np.float64])
-@pytest.mark.parametrize("offset", [0, 45])
-def test_numba_module_functions_inside_a_users_parallel_loop(dtype, offset):
+@functools.cache
+def users_parallel_loop():
+    """A user's ``@njit(parallel=True)`` function calling every fastdrop.numba range function.
+
+    Made once per test session, so each dtype compiles once.
+    """
     numba = pytest.importorskip("numba")
     import fastdrop.numba as fdn
 
@@ -56,6 +65,18 @@ def test_numba_module_functions_inside_a_users_parallel_loop(dtype, offset):
             fdn.dropout_backward_recompute_range(grad, back_recomputed, p, seed, stream, offset,
                                                  first, stop)
         return words, mask_only, y, back, back_recomputed
+
+    return run_all
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_numba_module_functions_inside_a_users_parallel_loop(dtype, subtests):
+    for_each(subtests, check_users_parallel_loop, dtype, offset=(0, 45))
+
+
+def check_users_parallel_loop(dtype, offset):
+    run_all = users_parallel_loop()
+    import fastdrop.numba as fdn
 
     rng = np.random.default_rng(1)
     x = rng.standard_normal(10_001).astype(dtype)
@@ -105,6 +126,7 @@ def _build_extension(tmp_path, pyx_path, module):
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
 
 
+@pytest.mark.build
 def test_cython_example_compiles_against_the_package_and_matches_reference(tmp_path):
     _build_extension(tmp_path, EXAMPLES / "cython_embedding.pyx", "cython_embedding")
     script = textwrap.dedent("""
@@ -167,6 +189,7 @@ def test_required_openmp_was_built_in():
     assert cython_kernels.openmp_enabled()
 
 
+@pytest.mark.build
 @needs_cython_backend
 def test_serial_build_without_openmp_gives_the_same_masks(tmp_path):
     """Build the Cython backend with OpenMP disabled and compare its output with the reference."""

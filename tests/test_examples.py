@@ -20,6 +20,7 @@ import pytest
 
 import fastdrop
 from fastdrop.nn import suggest_dropout
+from tests.util import require
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 # Subprocesses import the same fastdrop as this test run.
@@ -62,9 +63,9 @@ def _quick_run(name):
 def quick_run(name):
     """(module, result) of ``main(["--quick"])``, run once per test session."""
     if name in USES_DIGITS:
-        pytest.importorskip("sklearn", reason="the digits examples need scikit-learn")
+        require("sklearn", "train")  # the digits examples
     for module in NEEDS.get(name, ()):
-        pytest.importorskip(module, reason=f"{name} needs the dask extra")
+        require(module, "dask")
     module, result = _quick_run(name)
     return module, copy.deepcopy(result)
 
@@ -272,7 +273,7 @@ def test_checks_fail_when_the_property_does_not_hold(name):
 
 
 def test_script_prints_plots_and_saves_json(tmp_path):
-    pytest.importorskip("matplotlib")
+    require("matplotlib", "train")
     plot, numbers = tmp_path / "inverted.png", tmp_path / "inverted.json"
     completed = subprocess.run(
         [sys.executable, str(EXAMPLES / "inverted_dropout.py"), "--quick", "--plot", str(plot),
@@ -285,7 +286,7 @@ def test_script_prints_plots_and_saves_json(tmp_path):
 
 
 def test_make_plots_writes_one_png_per_example(tmp_path):
-    pytest.importorskip("matplotlib")
+    require("matplotlib", "train")
     arguments = ["--only", "adaptive_l2", "--quick", "--output", str(tmp_path)]
     results = load("make_plots").main(arguments)
     assert list(results) == ["adaptive_l2"]

@@ -62,19 +62,31 @@ def cases(section):
 # ---------------------------------------------------------------- mask words
 
 
-@cases("mask_words")
-def test_bernoulli_mask_words(case, any_backend):
-    words = fastdrop.bernoulli_mask(case["n"], float.fromhex(case["p"]), backend=any_backend,
+def each_case(subtests, cases, check, *args):
+    """``check(case, *args)`` for each case of the data file, a subtest named by its case id."""
+    for case in cases:
+        with subtests.test(case=case_id(case)):
+            check(case, *args)
+
+
+def test_bernoulli_mask_words(any_backend, subtests):
+    each_case(subtests, VECTORS["mask_words"], check_bernoulli_mask_words, any_backend)
+
+
+def check_bernoulli_mask_words(case, backend):
+    words = fastdrop.bernoulli_mask(case["n"], float.fromhex(case["p"]), backend=backend,
                                     **coordinates(case))
     assert [f"0x{int(w):016x}" for w in words] == case["words"]
 
 
-@cases("mask_words")
-def test_dropout_mask_words(case, any_backend):
+def test_dropout_mask_words(any_backend, subtests):
+    each_case(subtests, VECTORS["mask_words"], check_dropout_mask_words, any_backend)
+
+
+def check_dropout_mask_words(case, backend):
     """The fused kernels draw the same words, and keep exactly the elements they mark."""
     n, p = case["n"], float.fromhex(case["p"])
-    y, mask = fastdrop.dropout(np.ones(n, np.float32), p, backend=any_backend,
-                               **coordinates(case))
+    y, mask = fastdrop.dropout(np.ones(n, np.float32), p, backend=backend, **coordinates(case))
     assert [f"0x{int(w):016x}" for w in mask.words] == case["words"]
     assert np.array_equal(y != 0, fastdrop.unpack_mask(words_of(case["words"]), n))
 
@@ -82,9 +94,12 @@ def test_dropout_mask_words(case, any_backend):
 THRESHOLD_CASES = [case for case in VECTORS["mask_words"] if "why" in case]
 
 
-@pytest.mark.parametrize("case", THRESHOLD_CASES, ids=case_id)
 @pytest.mark.parametrize("dtype", FLOAT_DTYPES)
-def test_threshold_lanes_in_every_call(case, dtype, any_backend):
+def test_threshold_lanes_in_every_call(dtype, any_backend, subtests):
+    each_case(subtests, THRESHOLD_CASES, check_threshold_lanes, dtype, any_backend)
+
+
+def check_threshold_lanes(case, dtype, any_backend):
     """A lane with U = T is kept, one just below T dropped, whichever path computes T from p."""
     n, p, at = case["n"], float.fromhex(case["p"]), coordinates(case)
     keep = fastdrop.unpack_mask(words_of(case["words"]), n)
@@ -132,8 +147,11 @@ def test_large_dropout(case, backend, thread_count, threads):
 # ---------------------------------------------------------------- Gaussian noise
 
 
-@cases("gaussian_noise")
-def test_gaussian_noise(case, any_backend):
+def test_gaussian_noise(any_backend, subtests):
+    each_case(subtests, VECTORS["gaussian_noise"], check_gaussian_noise, any_backend)
+
+
+def check_gaussian_noise(case, any_backend):
     noise = fastdrop.gaussian_noise(case["n"], float.fromhex(case["p"]), backend=any_backend,
                                     **coordinates(case))
     assert noise.dtype == np.float64
@@ -205,30 +223,28 @@ VALUE_CALLS = {
     _gaussian_dropout_backward: "gaussian_dropout_backward",
 }
 
-VALUE_CASES = [
-    pytest.param(dtype, case, call, answer, id=f"{dtype}-{case_id(case)}-{call.__name__[1:]}")
-    for dtype, entry in VECTORS["values"].items()
-    for case in entry["cases"]
-    for call, answer in VALUE_CALLS.items()
-    if answer in case  # Gaussian dropout has no answers for p = 1
-]
-
-
-@pytest.mark.parametrize("dtype, case, call, answer", VALUE_CASES)
-def test_output_values(dtype, case, call, answer, any_backend):
+@pytest.mark.parametrize("dtype", list(VECTORS["values"]))
+def test_output_values(dtype, any_backend, subtests):
     entry = VECTORS["values"][dtype]
-    x, grad = floats_of(entry["input"], dtype), floats_of(entry["grad"], dtype)
-    result = call(x, grad, float.fromhex(case["p"]), words_of(case["words"]), any_backend,
-                  coordinates(case))
-    assert result.dtype == np.dtype(dtype)
-    assert bits_hex(result) == case[answer]
+    for case in entry["cases"]:
+        for call, answer in VALUE_CALLS.items():
+            if answer not in case:  # Gaussian dropout has no answers for p = 1
+                continue
+            with subtests.test(case=case_id(case), call=call.__name__[1:]):
+                x, grad = floats_of(entry["input"], dtype), floats_of(entry["grad"], dtype)
+                result = call(x, grad, float.fromhex(case["p"]), words_of(case["words"]),
+                              any_backend, coordinates(case))
+                assert result.dtype == np.dtype(dtype)
+                assert bits_hex(result) == case[answer]
 
 
 @pytest.mark.parametrize("dtype", list(VECTORS["values"]))
-@pytest.mark.parametrize("function", [fastdrop.dropout, fastdrop.alpha_dropout])
-def test_output_masks(dtype, function, any_backend):
+def test_output_masks(dtype, any_backend, subtests):
     """dropout and alpha_dropout return the frozen words for the value inputs too."""
     x = floats_of(VECTORS["values"][dtype]["input"], dtype)
-    for case in VECTORS["values"][dtype]["cases"]:
-        _, mask = function(x, float.fromhex(case["p"]), backend=any_backend, **coordinates(case))
-        assert [f"0x{int(w):016x}" for w in mask.words] == case["words"]
+    for function in (fastdrop.dropout, fastdrop.alpha_dropout):
+        for case in VECTORS["values"][dtype]["cases"]:
+            with subtests.test(function=function.__name__, case=case_id(case)):
+                _, mask = function(x, float.fromhex(case["p"]), backend=any_backend,
+                                   **coordinates(case))
+                assert [f"0x{int(w):016x}" for w in mask.words] == case["words"]

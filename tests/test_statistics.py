@@ -38,7 +38,7 @@ from fastdrop.maskstream.spec import (
     SELU_SCALE,
     alpha_dropout_constants,
 )
-from tests.util import registry
+from tests.util import for_each, registry
 
 ALPHA = 1e-6
 Z_BOUND = stats.norm.isf(ALPHA / 2)  # two-sided bound of a N(0, 1) statistic
@@ -119,16 +119,24 @@ def copy_from_neighbours(words, kind, fraction, rng):
 # ---------------------------------------------------------------- 1. the kept fraction is 1 - p
 
 
-@pytest.mark.parametrize("p", [0.1, 1 / 3, 0.5, 0.9, 0.123456789, 0.001, 0.999])
-def test_kept_fraction_matches_p(compiled_backend, p):
+def test_kept_fraction_matches_p(compiled_backend, subtests):
+    for_each(subtests, check_kept_fraction_matches_p, compiled_backend,
+             p=[0.1, 1 / 3, 0.5, 0.9, 0.123456789, 0.001, 0.999])
+
+
+def check_kept_fraction_matches_p(compiled_backend, p):
     """Of 10**6 elements, the number kept passes an exact two-sided binomial test for 1 - p."""
     words = mask_words(compiled_backend, MASK_ELEMENTS, p, seed=20240601)
     kept = int(fastdrop.unpack_mask(words, MASK_ELEMENTS).sum())
     assert stats.binomtest(kept, MASK_ELEMENTS, 1.0 - p).pvalue > ALPHA
 
 
-@pytest.mark.parametrize("p", [0.1, 0.5, 0.9])
-def test_kept_fraction_test_rejects_a_wrong_p(compiled_backend, p):
+def test_kept_fraction_test_rejects_a_wrong_p(compiled_backend, subtests):
+    for_each(subtests, check_kept_fraction_test_rejects_a_wrong_p, compiled_backend,
+             p=[0.1, 0.5, 0.9])
+
+
+def check_kept_fraction_test_rejects_a_wrong_p(compiled_backend, p):
     """The binomial test has power: the same 10**6 elements reject a p off by 0.005."""
     words = mask_words(compiled_backend, MASK_ELEMENTS, p, seed=20240601)
     kept = int(fastdrop.unpack_mask(words, MASK_ELEMENTS).sum())
@@ -144,8 +152,11 @@ def lane_uniformity_pvalue(words, p):
     return stats.chi2.sf(statistic, 64)
 
 
-@pytest.mark.parametrize("p", DEPENDENCE_P)
-def test_every_lane_keeps_the_same_fraction(compiled_backend, p):
+def test_every_lane_keeps_the_same_fraction(compiled_backend, subtests):
+    for_each(subtests, check_every_lane_keeps_the_same_fraction, compiled_backend, p=DEPENDENCE_P)
+
+
+def check_every_lane_keeps_the_same_fraction(compiled_backend, p):
     """No bit position of a mask word is favoured: per-lane kept counts agree with 1 - p."""
     words = mask_words(compiled_backend, 64 * 2**17, p, seed=99)
     assert lane_uniformity_pvalue(words, p) > ALPHA
@@ -170,8 +181,12 @@ def scaled_chi2_pvalue(statistic, mean, variance):
     return 2.0 * min(tail, 1.0 - tail)
 
 
-@pytest.mark.parametrize("p", [0.1, 0.5, 0.9])
-def test_mean_of_dropout_draws_converges_to_input(compiled_backend, p):
+def test_mean_of_dropout_draws_converges_to_input(compiled_backend, subtests):
+    for_each(subtests, check_mean_of_dropout_draws_converges_to_input, compiled_backend,
+             p=[0.1, 0.5, 0.9])
+
+
+def check_mean_of_dropout_draws_converges_to_input(compiled_backend, p):
     """The average of K dropout outputs (streams 0..K-1) converges to h at the rate sqrt(var / K).
 
     Each output element is h_i * B / (1 - p) with B ~ Bernoulli(1 - p), so the mean of K
@@ -212,10 +227,14 @@ def test_mean_of_dropout_draws_converges_to_input(compiled_backend, p):
 # ---------------------------------------------------------------- 3. independence
 
 
-@pytest.mark.parametrize("kind", ["lanes", "words", "boundary"])
-@pytest.mark.parametrize("p", DEPENDENCE_P)
-@pytest.mark.parametrize("span", ["from word 0", "across word 2**32"])
-def test_no_dependence_between_neighbouring_elements(compiled_backend, kind, p, span):
+def test_no_dependence_between_neighbouring_elements(compiled_backend, subtests):
+    for_each(subtests, check_no_dependence_between_neighbouring_elements, compiled_backend,
+             span=["from word 0", "across word 2**32"],
+             p=DEPENDENCE_P,
+             kind=["lanes", "words", "boundary"])
+
+
+def check_no_dependence_between_neighbouring_elements(compiled_backend, span, p, kind):
     """Neighbours are independent.
 
     Adjacent lanes in a word, the same lane in consecutive words, and the bit-63 / bit-0
@@ -230,8 +249,12 @@ def test_no_dependence_between_neighbouring_elements(compiled_backend, kind, p, 
         assert pair_pvalue(first, second, p) > ALPHA
 
 
-@pytest.mark.parametrize("kind", ["lanes", "words", "boundary"])
-def test_neighbour_test_detects_copied_bits(compiled_backend, kind):
+def test_neighbour_test_detects_copied_bits(compiled_backend, subtests):
+    for_each(subtests, check_neighbour_test_detects_copied_bits, compiled_backend,
+             kind=["lanes", "words", "boundary"])
+
+
+def check_neighbour_test_detects_copied_bits(compiled_backend, kind):
     """The neighbour test has power: it rejects the mask with 2% of bits copied from a neighbour."""
     p = 0.123456789
     words = mask_words(compiled_backend, 64 * NEIGHBOUR_WORDS[kind], p, seed=8128, stream=5)
@@ -246,9 +269,13 @@ def test_neighbour_test_detects_copied_bits(compiled_backend, kind):
 NEIGHBOURING_IDS = [(0, 1), (2**32 - 1, 2**32), (2**64 - 2, 2**64 - 1), (5, 5 + 2**32)]
 
 
-@pytest.mark.parametrize("p", DEPENDENCE_P)
-@pytest.mark.parametrize("streams", NEIGHBOURING_IDS, ids=str)
-def test_no_dependence_between_consecutive_streams(compiled_backend, p, streams):
+def test_no_dependence_between_consecutive_streams(compiled_backend, subtests):
+    for_each(subtests, check_no_dependence_between_consecutive_streams, compiled_backend,
+             streams=NEIGHBOURING_IDS,
+             p=DEPENDENCE_P)
+
+
+def check_no_dependence_between_consecutive_streams(compiled_backend, streams, p):
     """The same element in streams s and t (s + 1, or s + 2**32) is independent.
 
     A new call gets a new mask.
@@ -258,9 +285,13 @@ def test_no_dependence_between_consecutive_streams(compiled_backend, p, streams)
     assert pair_pvalue(bit_matrix(first), bit_matrix(second), p) > ALPHA
 
 
-@pytest.mark.parametrize("p", DEPENDENCE_P)
-@pytest.mark.parametrize("seeds", NEIGHBOURING_IDS, ids=str)
-def test_no_dependence_between_consecutive_seeds(compiled_backend, p, seeds):
+def test_no_dependence_between_consecutive_seeds(compiled_backend, subtests):
+    for_each(subtests, check_no_dependence_between_consecutive_seeds, compiled_backend,
+             seeds=NEIGHBOURING_IDS,
+             p=DEPENDENCE_P)
+
+
+def check_no_dependence_between_consecutive_seeds(compiled_backend, seeds, p):
     """The same element and stream under seeds s and t (s + 1, or s + 2**32) is independent."""
     first, second = (mask_words(compiled_backend, MASK_ELEMENTS, p, seed=seed, stream=7)
                      for seed in seeds)
@@ -285,9 +316,13 @@ def exact_threshold(p):
     return math.floor(Fraction(p) * 2**64)
 
 
-@pytest.mark.parametrize("p", [0.25, 0.375, 2**-20, 0.5 + 2**-40, 0.123456789, 1 - 2**-53])
-@pytest.mark.parametrize("first_word", [0, 2**32 - 100])
-def test_keep_bits_are_exact_uniform_comparisons(compiled_backend, p, first_word):
+def test_keep_bits_are_exact_uniform_comparisons(compiled_backend, subtests):
+    for_each(subtests, check_keep_bits_are_exact_uniform_comparisons, compiled_backend,
+             first_word=[0, 2**32 - 100],
+             p=[0.25, 0.375, 2**-20, 0.5 + 2**-40, 0.123456789, 1 - 2**-53])
+
+
+def check_keep_bits_are_exact_uniform_comparisons(compiled_backend, first_word, p):
     """Each element is kept iff its 64-bit uniform U >= floor(p * 2**64), with U from the reference.
 
     Dyadic p = k / 2**m are exact (e.g. 0.375 drops exactly the lanes whose top three bits of
@@ -394,9 +429,9 @@ def test_every_unbiased_function_keeps_the_mean(compiled_backend, entry):
     On ones, the mean of y is 1 within sampling error, with Var = p / (1 - p) per independent
     draw (a mask element, or an element of Gaussian noise); a 1% bias is rejected.
     """
-    x = np.ones(REGISTRY_SHAPE, np.float64)
+    x = np.ones(REGISTRY_SHAPE, np.float32)  # large: Numba's threads, float32 (dtypes_on)
     result = entry.output(entry.call(x, compiled_backend, p=REGISTRY_P, seed=4711, stream=2,
-                                     offset=0))
+                                     offset=0)).astype(np.float64)
     draws = result.size if entry.arithmetic != "inverted" else math.prod(
         entry.mask_shape(REGISTRY_SHAPE))
     z = (result.mean() - 1.0) / math.sqrt(REGISTRY_P / (1 - REGISTRY_P) / draws)
@@ -433,8 +468,12 @@ def mean_and_variance_z(y, mean, variance):
 CHANNELS = (400, 500)  # 2 * 10**5 (sample, channel) pairs
 
 
-@pytest.mark.parametrize("p", [0.2, 0.5])
-def test_channel_dropout_zeroes_whole_channels_at_rate_p(any_backend, p):
+def test_channel_dropout_zeroes_whole_channels_at_rate_p(any_backend, subtests):
+    for_each(subtests, check_channel_dropout_zeroes_whole_channels_at_rate_p, any_backend,
+             p=[0.2, 0.5])
+
+
+def check_channel_dropout_zeroes_whole_channels_at_rate_p(any_backend, p):
     """Every channel of every sample is all +0.0 or all 1/(1-p) (PyTorch's Dropout2d test).
 
     The number of dropped channels is Binomial(N*C, p).
@@ -467,8 +506,12 @@ def test_channel_masks_of_consecutive_samples_are_independent(any_backend):
     assert independence_pvalue(copied[0::2].ravel(), copied[1::2].ravel()) < ALPHA
 
 
-@pytest.mark.parametrize("layout", ["NCL", "NLC-channel-last", "CL-unbatched"])
-def test_feature_alpha_dropout_sets_whole_channels(any_backend, layout):
+def test_feature_alpha_dropout_sets_whole_channels(any_backend, subtests):
+    for_each(subtests, check_feature_alpha_dropout_sets_whole_channels, any_backend,
+             layout=["NCL", "NLC-channel-last", "CL-unbatched"])
+
+
+def check_feature_alpha_dropout_sets_whole_channels(any_backend, layout):
     """Each channel is either all a*x + b or all the dropped value c.
 
     The dropped fraction is Binomial(channels, p).
@@ -512,14 +555,19 @@ def test_alpha_dropout_constants_are_those_of_the_selu_paper():
 ALPHA_ELEMENTS = 10**6
 
 
-@pytest.mark.parametrize("p", [0.2, 0.5, 0.8])
-def test_alpha_dropout_keeps_zero_mean_and_unit_variance(any_backend, p):
+def test_alpha_dropout_keeps_zero_mean_and_unit_variance(any_backend, subtests):
+    for_each(subtests, check_alpha_dropout_keeps_zero_mean_and_unit_variance, any_backend,
+             p=[0.2, 0.5, 0.8])
+
+
+def check_alpha_dropout_keeps_zero_mean_and_unit_variance(any_backend, p):
     """On standard normal input: mean and std within 0.1 of 0 and 1 (the acceptance bound).
 
     They are also within sampling error of exactly 0 and 1 (z tests on 10**6 elements).
     """
-    x = np.random.default_rng(2017).standard_normal(ALPHA_ELEMENTS)
+    x = np.random.default_rng(2017).standard_normal(ALPHA_ELEMENTS, dtype=np.float32)
     y, mask = fastdrop.alpha_dropout(x, p, seed=8, stream=int(p * 10), backend=any_backend)
+    x, y = x.astype(np.float64), y.astype(np.float64)  # float32 above: see dtypes_on
     assert abs(y.mean()) < 0.1 and abs(y.std() - 1.0) < 0.1
     mean_z, variance_z = mean_and_variance_z(y, 0.0, 1.0)
     assert abs(mean_z) < Z_BOUND and abs(variance_z) < Z_BOUND, (mean_z, variance_z)
@@ -576,8 +624,12 @@ def logistic_like(z):
     return np.log(u / (1 - u)) * math.sqrt(3) / math.pi
 
 
-@pytest.mark.parametrize("p", [0.2, 0.9])
-def test_gaussian_noise_is_normal_with_variance_p_over_1_minus_p(any_backend, p):
+def test_gaussian_noise_is_normal_with_variance_p_over_1_minus_p(any_backend, subtests):
+    for_each(subtests, check_gaussian_noise_is_normal_with_variance_p_over_1_minus_p, any_backend,
+             p=[0.2, 0.9])
+
+
+def check_gaussian_noise_is_normal_with_variance_p_over_1_minus_p(any_backend, p):
     sigma2 = p / (1 - p)
     sigma = math.sqrt(sigma2)
     noise = fastdrop.gaussian_noise(NOISE_ELEMENTS, p, seed=1234, stream=5, backend=any_backend)
@@ -651,8 +703,12 @@ def test_normal_transform_agrees_with_scipy_ndtri_to_1e_14():
     assert np.max(np.abs(z_float32 - expected) / np.abs(expected)) > 1e-14
 
 
-@pytest.mark.parametrize("offset", [0, 1, 2**33 - 7, 2**62 + 1])
-def test_noise_stream_is_ndtri_of_the_documented_philox_words(any_backend, offset):
+def test_noise_stream_is_ndtri_of_the_documented_philox_words(any_backend, subtests):
+    for_each(subtests, check_noise_stream_is_ndtri_of_the_documented_philox_words, any_backend,
+             offset=[0, 1, 2**33 - 7, 2**62 + 1])
+
+
+def check_noise_stream_is_ndtri_of_the_documented_philox_words(any_backend, offset):
     """Element i's normal, recomputed with the Philox block function alone and scipy's ndtri.
 
     Element i takes the 64-bit word i % 2 of Philox block i // 2 with counter

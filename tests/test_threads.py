@@ -12,7 +12,7 @@ import pytest
 
 import fastdrop
 from fastdrop._config import SERIAL_ELEMENTS
-from tests.util import COMPILED_BACKENDS, FLOAT_DTYPES
+from tests.util import COMPILED_BACKENDS, dtypes_on
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parent.parent
 
@@ -175,8 +175,8 @@ def large_input(dtype):
 
 
 @pytest.mark.skipif(not COMPILED_BACKENDS, reason="no compiled backend installed")
-@pytest.mark.parametrize("backend", COMPILED_BACKENDS)
-@pytest.mark.parametrize("dtype", FLOAT_DTYPES)
+@pytest.mark.parametrize("backend, dtype", [(backend, dtype) for backend in COMPILED_BACKENDS
+                                            for dtype in dtypes_on(backend, 2)])
 def test_results_do_not_depend_on_thread_count(backend, dtype, restore_threads):
     if backend == "numba":
         import numba

@@ -23,9 +23,9 @@ import numpy as np
 import pytest
 
 import fastdrop
-from tests.util import bits, sample
+from tests.util import bits, for_each, require, sample
 
-torch = pytest.importorskip("torch")
+torch = require("torch", "torch")
 
 from torch.nn.modules.dropout import _DropoutNd  # noqa: E402
 from torch.utils._python_dispatch import TorchDispatchMode  # noqa: E402
@@ -256,11 +256,23 @@ BITS_CASES = [(variant, shape, shared, layout) for variant in VARIANTS
               for shape, shared in variant.cases for layout in layouts(shape)]
 
 
+def case_name(case):
+    variant, shape, shared, layout = case
+    return f"{variant}-{'x'.join(map(str, shape)) or '0d'}-{layout}"
+
+
 @pytest.mark.parametrize("recompute", [False, True], ids=["mask", "recompute"])
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
-@pytest.mark.parametrize("case", BITS_CASES,
-                         ids=lambda c: f"{c[0]}-{'x'.join(map(str, c[1])) or '0d'}-{c[3]}")
-def test_bits_equal_the_numpy_api_on_both_paths(case, dtype, recompute):
+@pytest.mark.parametrize("variant", VARIANTS, ids=str)
+def test_bits_equal_the_numpy_api_on_both_paths(variant, dtype, recompute, subtests):
+    """Every shape and memory layout of a variant (subtests: one conversion path)."""
+    for case in BITS_CASES:
+        if case[0] is variant:
+            with subtests.test(case=case_name(case)):
+                check_bits_on_both_paths(case, dtype, recompute)
+
+
+def check_bits_on_both_paths(case, dtype, recompute):
     variant, shape, shared, layout = case
     grad = make(shape, "contiguous", dtype, salt=1)
     for path in (*EAGER_PATHS, "operators"):
@@ -644,11 +656,14 @@ def outcome(function, x, p, training):
     return result, [(w.category, str(w.message)) for w in caught]
 
 
-@pytest.mark.parametrize("training", [True, False], ids=["train", "eval"])
-@pytest.mark.parametrize("p", [-0.1, 0.5, 1.0, 1.5, float("nan")])
 @pytest.mark.parametrize("variant", VARIANTS, ids=str)
+def test_errors_and_warnings_equal_torchs_for_every_rank(variant, subtests):
+    for_each(subtests, check_errors_and_warnings, variant, p=[-0.1, 0.5, 1.0, 1.5, float("nan")],
+             training=[True, False])
+
+
 @on_each_eager_path
-def test_errors_and_warnings_equal_torchs_for_every_rank(variant, p, training):
+def check_errors_and_warnings(variant, p, training):
     mismatches = []
     for shape in SHAPES_OF_EVERY_RANK:
         x = values(shape, torch.float32)
@@ -1018,11 +1033,15 @@ def test_contiguous_input_is_not_copied_and_the_result_is_fastdrops_array(fastdr
 # ---------------------------------------------------------------- 9. in place, modes, autocast
 
 
-@pytest.mark.parametrize("layout", ["contiguous", "transposed", "strided"])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
 @pytest.mark.parametrize("variant", VARIANTS, ids=str)
+def test_in_place_writes_the_same_bits_and_bumps_the_version(variant, dtype, subtests):
+    for_each(subtests, check_in_place_writes, variant, dtype,
+             layout=["contiguous", "transposed", "strided"])
+
+
 @on_each_eager_path
-def test_in_place_writes_the_same_bits_and_bumps_the_version(variant, dtype, layout):
+def check_in_place_writes(variant, dtype, layout):
     shape, _ = variant.cases[0]
     torch.manual_seed(SEED)
     expected = variant.ours(make(shape, layout, dtype), P, True)
@@ -1067,10 +1086,13 @@ def inplace_refusals():
 
 
 @pytest.mark.filterwarnings("ignore:dropout")
-@pytest.mark.parametrize("kind", list(inplace_refusals()))
 @pytest.mark.parametrize("variant", VARIANTS, ids=str)
+def test_in_place_refusals_are_torchs_and_write_nothing(variant, subtests):
+    for_each(subtests, check_in_place_refusal, variant, kind=list(inplace_refusals()))
+
+
 @on_each_eager_path
-def test_in_place_refusals_are_torchs_and_write_nothing(variant, kind):
+def check_in_place_refusal(variant, kind):
     x = inplace_refusals()[kind]
     before, state = tensor_bits(x), torch.get_rng_state()
     with pytest.raises(RuntimeError) as ours:

@@ -8,11 +8,13 @@ function that takes arrays or draws masks has an entry.
 """
 import dataclasses
 import functools
+import itertools
 import math
 import zlib
 from typing import Callable
 
 import numpy as np
+import pytest
 
 import fastdrop
 from fastdrop import reference
@@ -29,6 +31,19 @@ FLOAT_DTYPES = (np.float16, np.float32, np.float64) + ((BFLOAT16,) if BFLOAT16 e
 ALL_BACKENDS = tuple(available_backends())
 # Compiled backends are compared with the reference; "numpy" *is* the reference.
 COMPILED_BACKENDS = tuple(name for name in ALL_BACKENDS if name != "numpy")
+
+
+def dtypes_on(backend, threads=1, read_only=False):
+    """The dtypes a call is checked in: all, but float32 alone where Numba compiles a twin.
+
+    Numba compiles each kernel once per dtype (seconds each), and again for each
+    parallel wrapper and for read-only input. The wrappers only split the mask words
+    among threads and call the serial kernels; a read-only array runs the same source;
+    and the one-thread calls on writeable arrays check every dtype. So a Numba call on
+    more than one thread, or on a read-only array, runs float32 alone.
+    """
+    twin = threads > 1 or read_only
+    return (np.float32,) if backend == "numba" and twin else FLOAT_DTYPES
 
 
 def bits(array):
@@ -53,6 +68,31 @@ def assert_same_record(record, expected):
     if isinstance(expected, fastdrop.DropoutMask):
         assert record.words.dtype == np.uint64
         assert np.array_equal(record.words, expected.words)
+
+
+def require(module, extra):
+    """``module`` imported, or the test (or, at module level, the file) skipped.
+
+    The reason names the extra of pyproject.toml that installs it, so a run with only
+    the test extra says what to install. ImportError (not only ModuleNotFoundError):
+    fastdrop's integrations raise it, with the extra's name, when their host is missing.
+    """
+    reason = f'needs {module}: pip install "fastdrop-cpu[{extra}]"'
+    return pytest.importorskip(module, reason=reason, exc_type=ImportError)
+
+
+def for_each(subtests, check, /, *arguments, **axes):
+    """``check(*arguments, **case)`` for every combination of the axes' values, each a subtest.
+
+    A failure names its case (``p=0.5, offset=3``) and the other cases still run: the
+    loop of a test whose cases share one code path (bottleneck's and numpy's habit),
+    where parametrising would multiply test IDs.
+    """
+    names = list(axes)
+    for values in itertools.product(*axes.values()):
+        case = dict(zip(names, values))
+        with subtests.test(**case):
+            check(*arguments, **case)
 
 
 # ---------------------------------------------------------------- samples
