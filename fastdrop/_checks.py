@@ -73,7 +73,8 @@ def check_stream(stream):
 
 def check_offset(offset, n):
     """The global index of a call's first element, so that offset + n <= 2**63."""
-    if type(offset) is int and 0 <= offset and offset + n <= MAX_ELEMENTS:  # the common case
+    # the common case; offset < 2**63 too, which offset + n alone misses when n = 0
+    if type(offset) is int and 0 <= offset < MAX_ELEMENTS and offset + n <= MAX_ELEMENTS:
         return offset
     offset = check_integer(offset, "offset", 0, MAX_ELEMENTS - 1)
     if offset + n > MAX_ELEMENTS:

@@ -7,6 +7,7 @@ function with a flag is covered: the registry of tests/util.py, the fused operat
 the Generator's methods, the reference's twins and fastdrop.dask's forward calls; a
 signature scan finds any new flag.
 """
+import importlib
 import inspect
 
 import numpy as np
@@ -14,7 +15,7 @@ import pytest
 
 import fastdrop
 from fastdrop import reference
-from tests.util import REGISTRY, unchanged
+from tests.util import REGISTRY, require, unchanged
 
 SHAPE = (2, 3, 4, 5)  # channel functions need three axes or more
 NOT_BOOLS = [1, 0, "no", None, 1.0, np.int64(1), [True]]
@@ -117,7 +118,7 @@ def test_the_reference_twins_refuse_non_bools(subtests):
 
 @pytest.mark.parametrize("backend", fastdrop.available_backends())
 def test_dask_forward_calls_refuse_non_bools(backend, subtests):
-    da = pytest.importorskip("dask.array")
+    da = require("dask.array", "dask")
     import fastdrop.dask
 
     for name in ("dropout", "channel_dropout", "alpha_dropout", "feature_alpha_dropout",
@@ -131,13 +132,20 @@ def test_dask_forward_calls_refuse_non_bools(backend, subtests):
 
 
 def public_functions():
-    """(name, function) of every public function and Generator method of fastdrop."""
-    import fastdrop.dask
+    """(name, function) of every public function and Generator method of fastdrop.
 
+    fastdrop.dask's where the dask extra is installed (its functions import dask).
+    """
     found = [(name, getattr(fastdrop, name)) for name in fastdrop.__all__]
     found += [(f"reference.{name}", value) for name, value in vars(reference).items()
               if not name.startswith("_") and inspect.isfunction(value)]
-    found += [(f"dask.{name}", getattr(fastdrop.dask, name)) for name in fastdrop.dask.__all__]
+    try:
+        dask_functions = importlib.import_module("fastdrop.dask")
+    except ImportError:
+        pass
+    else:
+        found += [(f"dask.{name}", getattr(dask_functions, name))
+                  for name in dask_functions.__all__]
     found += [(f"Generator.{name}", value) for name, value in vars(fastdrop.Generator).items()
               if not name.startswith("_") and inspect.isfunction(value)]
     return [(name, value) for name, value in found if inspect.isfunction(value)]
@@ -153,7 +161,7 @@ def test_every_flag_is_one_the_tests_above_cover():
 
 def test_fastdrop_torch_refuses_a_non_bool_training_as_torch_does(subtests):
     """fastdrop.torch follows torch here: its functions take only a bool ``training``."""
-    torch = pytest.importorskip("torch", reason="needs the torch extra")
+    torch = require("torch", "torch")
     import torch.nn.functional as F
 
     import fastdrop.torch as ft

@@ -24,6 +24,7 @@ from tests.util import (
     LAYOUTS,
     assert_bits_equal,
     assert_same_record,
+    require,
     sample,
     unchanged,
 )
@@ -395,7 +396,7 @@ def test_the_docs_page_example_runs():
     assert namespace["out"] is namespace["residual"]
     exec(compile(blocks[1], "docs/fused.md", "exec"), namespace)  # noqa: S102
     assert namespace["grad_bias"].shape == (64,)
-    pytest.importorskip("torch")
+    require("torch", "torch")
     for block in blocks[2:]:  # fastdrop.torch
         exec(compile(block, "docs/fused.md", "exec"), namespace)  # noqa: S102
     assert namespace["bias"].grad.shape == (64,)

@@ -8,11 +8,12 @@ unfused torch composition with ``fastdrop.torch.dropout``; their operators pass
 import numpy as np
 import pytest
 
-torch = pytest.importorskip("torch")
+from tests.util import assert_bits_equal, require
+
+torch = require("torch", "torch")
 
 import fastdrop  # noqa: E402
 import fastdrop.torch  # noqa: E402
-from tests.util import assert_bits_equal  # noqa: E402
 
 OPS = torch.ops.fastdrop
 DTYPES = (torch.float16, torch.float32, torch.float64, torch.bfloat16)
