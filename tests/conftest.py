@@ -2,12 +2,28 @@
 
 Under pytest-xdist (the default: ``-n auto`` in pyproject.toml) the tests that run on
 the Numba backend share one worker, so each Numba kernel compiles once per run rather
-than once per worker.
+than once per worker. NumPy's BLAS runs one thread in every test process and in the
+processes they start: the workers already use every core, and a second BLAS thread
+only spins between the small products of the tests (4x the CPU time of a training
+example on a busy machine). OpenMP's threads wait passively, for the same reason.
 """
+import os
+
 import pytest
 
 import fastdrop
 from tests.util import ALL_BACKENDS, COMPILED_BACKENDS
+
+
+def pytest_configure(config):
+    os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")  # the processes tests start
+    # OpenMP threads sleep rather than spin between kernels (read when OpenMP loads)
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    try:
+        from threadpoolctl import threadpool_limits
+    except ImportError:  # (a scikit-learn dependency) this process keeps its BLAS threads
+        return
+    threadpool_limits(limits=1, user_api="blas")
 
 
 @pytest.fixture(params=COMPILED_BACKENDS)

@@ -5,7 +5,6 @@ properties again from the returned numbers, with the tolerances stated here, som
 against quantities recomputed independently of the example's code. One test per
 example, a test that no example goes untested, and tests that the checks can fail.
 """
-import contextlib
 import copy
 import functools
 import importlib.util
@@ -40,24 +39,10 @@ def load(name):
     return module
 
 
-def one_blas_thread():
-    """A context with BLAS on one thread, when threadpoolctl (a scikit-learn dependency) is there.
-
-    The examples multiply small matrices; on a 2-core machine shared with other jobs a
-    second BLAS thread spinning between products only slows them down.
-    """
-    try:
-        from threadpoolctl import threadpool_limits
-    except ImportError:
-        return contextlib.nullcontext()
-    return threadpool_limits(limits=1, user_api="blas")
-
-
 @functools.cache
 def _quick_run(name):
-    module = load(name)
-    with one_blas_thread():
-        return module, module.main(["--quick"])
+    module = load(name)  # BLAS on one thread: tests/conftest.py
+    return module, module.main(["--quick"])
 
 
 def quick_run(name):
