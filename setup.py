@@ -24,9 +24,13 @@ import textwrap
 from setuptools import setup
 from setuptools.command.build_ext import build_ext
 
-# module name -> Cython source
+# module name -> Cython source; the .py sources are plain Python that runs as it is
+# where nothing is built (their .pxd files type them for the compiled build)
 EXTENSIONS = {
+    "fastdrop.kernels.records": "fastdrop/kernels/records.py",
     "fastdrop.kernels.cython.kernels": "fastdrop/kernels/cython/kernels.pyx",
+    "fastdrop._checks": "fastdrop/_checks.py",
+    "fastdrop.streams": "fastdrop/streams.py",
     "fastdrop._fastpath": "fastdrop/_fastpath.pyx",
 }
 INCLUDE_DIR = "fastdrop/include"

@@ -102,6 +102,16 @@ def measure_ops(sizes=DEFAULT_SIZES, dtypes=DEFAULT_DTYPES, p=DEFAULT_P, threads
     return rows
 
 
+def autograd_chain(torch, x, g, step, length):
+    """A call running ``length`` steps (``y = step(y)``) from x in a row, then their backward."""
+    def run():
+        y = x
+        for _ in range(length):
+            y = step(y)
+        return torch.autograd.grad(y, x, g)
+    return run
+
+
 def chain_calls(threads, n=SMALL_N, p=0.5):
     """{(version, length): call}: ``length`` dropouts in a row on n elements, then backward."""
     import fastdrop
@@ -127,12 +137,7 @@ def chain_calls(threads, n=SMALL_N, p=0.5):
                 PYTHON_FUNCTION: Times1.apply}
 
     def chain(step, length):
-        def run():
-            y = x
-            for _ in range(length):
-                y = step(y)
-            return torch.autograd.grad(y, x, g)
-        return run
+        return autograd_chain(torch, x, g, step, length)
 
     def numpy_chain(length):
         def run():

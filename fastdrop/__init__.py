@@ -31,6 +31,7 @@ from ._api import (
 )
 from ._backends import available_backends
 from ._config import get_num_threads, num_threads, set_num_threads
+from ._fused_api import bias_dropout_add, bias_dropout_add_backward, dropout_add
 from ._mask import DropoutMask, GaussianNoise, pack_mask, unpack_mask
 from .generator import Generator, default_generator
 from .rng import philox4x32_10
@@ -48,10 +49,13 @@ __all__ = [
     "apply_mask",
     "available_backends",
     "bernoulli_mask",
+    "bias_dropout_add",
+    "bias_dropout_add_backward",
     "channel_dropout",
     "default_generator",
     "dropconnect",
     "dropout",
+    "dropout_add",
     "dropout_backward",
     "dropout_backward_recompute",
     "feature_alpha_dropout",
@@ -69,7 +73,7 @@ __all__ = [
 ]
 
 
-def get_include():
+def get_include() -> str:
     """Folder holding fastdrop's C headers (``fastdrop/dropout.h`` and friends).
 
     Add it to ``include_dirs`` to use fastdrop from C or Cython, like

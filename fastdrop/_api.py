@@ -3,33 +3,51 @@
 Nothing here computes a mask; the kernels do, and `fastdrop.reference` is what
 they must agree with bit for bit.
 """
+from __future__ import annotations
+
+from typing import Any
 
 import numpy as np
 
-from . import _calls, _layout, reference, streams
+from . import _calls, _layout, reference
 from ._backends import kernels as _kernels
 from ._calls import check_mask_object
 from ._config import _state as _threads
 from ._config import get_num_threads
-from ._mask import DropoutMask, words_for
+from ._mask import DropoutMask, GaussianNoise, MaskedResult, NoiseResult, words_for
+from ._typing import (
+    ArrayLike,
+    Axes,
+    Backend,
+    Bool,
+    DtypeRequest,
+    Int,
+    NDArray,
+    Probability,
+    Seed,
+    Shape,
+)
 from ._validate import channel_noise_shape, check_weight
+from .kernels.interface import MaskParams, NoiseParams
 from .maskstream.spec import (
     alpha_dropout_constants,
-    dropout_constants,
     dropout_scale,
     gaussian_sigma,
     stream_parameters,
 )
 
 try:  # compiled at install time, with the Cython backend
-    from ._fastpath import usual_backward, usual_call
+    from ._fastpath import usual_backward, usual_dropout
 except ImportError:  # not built: every call takes the general path
-    usual_backward = usual_call = None
+    usual_backward = usual_dropout = None
 
 
-def dropout(x, p=0.5, *, seed=None, stream=None, offset=0, training=True, inplace=False,
-            out=None, noise_shape=None, broadcast_dims=None, dtype=None, origin=None,
-            global_shape=None, backend="auto"):
+def dropout(x: ArrayLike, p: Probability = 0.5, *, seed: Seed = None, stream: Int | None = None,
+            offset: Int = 0, training: Bool = True, inplace: Bool = False,
+            out: NDArray[Any] | None = None, noise_shape: Shape | None = None,
+            broadcast_dims: Axes | None = None, dtype: DtypeRequest = None,
+            origin: Shape | None = None, global_shape: Shape | None = None,
+            backend: Backend = "auto") -> MaskedResult:
     """Inverted dropout with an exact, reproducible, bit-packed mask.
 
     Each element is dropped (set to +0.0) with probability ``p`` and otherwise
@@ -110,7 +128,8 @@ def dropout(x, p=0.5, *, seed=None, stream=None, offset=0, training=True, inplac
     TypeError
         x is not float16/32/64 or bfloat16 (integer -- uint16 without
         ``dtype="bfloat16"`` --, bool, complex, object) or is a masked array; p,
-        seed, stream or offset of the wrong type; ``out`` of the wrong dtype; a
+        seed, stream or offset of the wrong type; ``training`` or ``inplace`` not a
+        bool (``numpy.bool_`` is one; 1 or "no" is not); ``out`` of the wrong dtype; a
         ``dtype`` other than "bfloat16".
 
     Notes
@@ -139,17 +158,12 @@ def dropout(x, p=0.5, *, seed=None, stream=None, offset=0, training=True, inplac
                                  training=training, inplace=inplace, out=out,
                                  noise_shape=noise_shape, broadcast_dims=broadcast_dims,
                                  dtype=dtype, origin=origin, global_shape=global_shape)
-    usual = (usual_call(x, p, seed, stream, offset, inplace, dtype is not None)
-             if training is True and out is None and noise_shape is None
-             and broadcast_dims is None and _plain_request(dtype) and origin is None
-             and global_shape is None and usual_call is not None else None)
-    if usual is not None:  # usual_dropout's steps, inline: a call's cost matters here
-        threshold, drop_all, scale, stream = usual
-        if stream is None:
-            seed, stream = streams.resolve(seed, None)
-        y, words = kernels.dropout_plain(x, inplace, threshold, drop_all, scale, seed, stream,
-                                         offset, _threads.threads)
-        return y, DropoutMask._of_checked_call(words, x.shape, p, seed, stream, offset)
+    if (training is True and out is None and noise_shape is None and broadcast_dims is None
+            and origin is None and global_shape is None and usual_dropout is not None):
+        usual = usual_dropout(kernels, x, p, seed, stream, offset, inplace, dtype,
+                              _threads.threads)
+        if usual is not None:  # the call was usual: done in one kernel step
+            return usual
     call = _calls.masked(x, p, seed, stream, offset, inplace, out, noise_shape, broadcast_dims,
                          training, dtype, origin, global_shape)
     if not training:
@@ -163,26 +177,21 @@ def dropout(x, p=0.5, *, seed=None, stream=None, offset=0, training=True, inplac
     return y, call.mask(words)
 
 
-def _plain_request(dtype):
-    """Whether a call's ``dtype=`` allows the one-step path: None or the string "bfloat16".
+def _placed(call, contiguous, by_runs):
+    """(kernel, offset, runs): ``contiguous`` and the first global index, or ``by_runs``.
 
-    With "bfloat16" `fastdrop._fastpath` takes only uint16 arrays (bfloat16 bit patterns).
+    The contiguous kernel serves every call whose elements are one range of global
+    indices (`fastdrop._calls.Call.start`), a block of whole rows included; ``runs`` is
+    what follows the record among the kernel's arguments: nothing, or the block's runs.
     """
-    return dtype is None or (type(dtype) is str and dtype == "bfloat16")
+    start = call.start
+    return (contiguous, start, ()) if start is not None else (by_runs, 0, (call.runs,))
 
 
-def usual_dropout(kernels, x, p, seed, offset, inplace, usual):
-    """The usual call in one kernel step, once `fastdrop._fastpath.usual_call` said yes.
-
-    ``usual`` is what it returned; a stream is taken from the source (seed None or a
-    Generator) only now. Generator.dropout calls this directly for its usual calls.
-    """
-    threshold, drop_all, scale, stream = usual
-    if stream is None:
-        seed, stream = streams.resolve(seed, None)
-    y, words = kernels.dropout_plain(x, inplace, threshold, drop_all, scale, seed, stream, offset,
-                                     _threads.threads)
-    return y, DropoutMask._of_checked_call(words, x.shape, p, seed, stream, offset)
+def _mask_params(call, offset):
+    """The `MaskParams` record of the call's keep bits, element 0 at global index ``offset``."""
+    threshold, drop_all = stream_parameters(call.p)
+    return MaskParams(call.seed, call.stream, threshold, drop_all, offset, call.m)
 
 
 def _scale_by_stream(kernels, call, words):
@@ -190,30 +199,17 @@ def _scale_by_stream(kernels, call, words):
 
     The bits are stored unless words is None.
     """
-    threshold, drop_all, scale = dropout_constants(call.p)
-    kernel, where = _placed(call, kernels.scale_by_stream, kernels.scale_by_runs)
+    kernel, offset, runs = _placed(call, kernels.scale_by_stream, kernels.scale_by_runs)
     return call.finish(_layout.elementwise(
-        call.x, call.target, kernel, words, call.m, scale, threshold, drop_all, call.seed,
-        call.stream, where, get_num_threads()))
-
-
-def _placed(call, contiguous, by_runs):
-    """(kernel, where): ``contiguous`` and the first global index, or ``by_runs`` and the runs.
-
-    The contiguous kernel serves every call whose elements are one range of global
-    indices (`fastdrop._calls.Call.start`), a block of whole rows included.
-    """
-    start = call.start
-    return (contiguous, start) if start is not None else (by_runs, call.runs)
+        call.x, call.target, kernel, words, dropout_scale(call.p), _mask_params(call, offset),
+        *runs, get_num_threads()))
 
 
 def _draw_words(kernels, call):
     """The packed keep bits of the call's m mask elements."""
     words = np.empty(words_for(call.m), dtype=np.uint64)
-    threshold, drop_all = stream_parameters(call.p)
-    kernel, where = _placed(call, kernels.scale_by_stream, kernels.scale_by_runs)
-    kernel(None, None, words, call.m, 0.0, threshold, drop_all, call.seed, call.stream, where,
-           get_num_threads())
+    kernel, offset, runs = _placed(call, kernels.scale_by_stream, kernels.scale_by_runs)
+    kernel(None, None, words, 0.0, _mask_params(call, offset), *runs, get_num_threads())
     return words
 
 
@@ -227,15 +223,18 @@ def _apply_words(kernels, call, words, scale, affine):
     if affine is None and call.m == x.size:
         y = _layout.elementwise(x, call.target, kernels.scale_by_mask, words, scale, threads)
     else:
-        sizes, mask_strides = _layout.broadcast_layout(x.shape, call.mask_shape)
-        y = _layout.elementwise(x, call.target, kernels.apply_broadcast, words, sizes,
-                                mask_strides, scale, affine, threads)
+        y = _layout.elementwise(x, call.target, kernels.apply_broadcast, words,
+                                _layout.broadcast_layout(x.shape, call.mask_shape), scale,
+                                affine, threads)
     return call.finish(y)
 
 
-def channel_dropout(x, p=0.5, *, channel_axis=1, batch_axis=0, seed=None, stream=None, offset=0,
-                    training=True, inplace=False, out=None, dtype=None, origin=None,
-                    global_shape=None, backend="auto"):
+def channel_dropout(x: ArrayLike, p: Probability = 0.5, *, channel_axis: Int = 1,
+                    batch_axis: Int | None = 0, seed: Seed = None, stream: Int | None = None,
+                    offset: Int = 0, training: Bool = True, inplace: Bool = False,
+                    out: NDArray[Any] | None = None, dtype: DtypeRequest = None,
+                    origin: Shape | None = None, global_shape: Shape | None = None,
+                    backend: Backend = "auto") -> MaskedResult:
     """Channel (spatial) dropout: each channel of each sample is kept or dropped whole.
 
     The equivalent of PyTorch's ``Dropout1d``/``Dropout2d``/``Dropout3d`` and
@@ -289,8 +288,10 @@ def channel_dropout(x, p=0.5, *, channel_axis=1, batch_axis=0, seed=None, stream
                    origin=origin, global_shape=global_shape, backend=backend)
 
 
-def apply_mask(x, mask, *, p=None, scale=None, inplace=False, out=None, dtype=None,
-               backend="auto"):
+def apply_mask(x: ArrayLike, mask: DropoutMask | NDArray[np.uint64], *,
+               p: Probability | None = None, scale: float | None = None, inplace: Bool = False,
+               out: NDArray[Any] | None = None, dtype: DtypeRequest = None,
+               backend: Backend = "auto") -> NDArray[Any]:
     """Apply a stored mask to an array: ``x * keep * s`` (s = 1/(1-p) unless given).
 
     The building block of variational (recurrent) dropout: draw one mask with
@@ -357,8 +358,10 @@ def _apply_stored_mask(x, name, mask, p, scale, inplace, out, dtype, backend):
     return _apply_words(kernels, call, np.ascontiguousarray(call.words), call.scale, None)
 
 
-def dropout_backward(grad, mask, *, p=None, inplace=False, out=None, dtype=None,
-                     backend="auto"):
+def dropout_backward(grad: ArrayLike, mask: DropoutMask | NDArray[np.uint64], *,
+                     p: Probability | None = None, inplace: Bool = False,
+                     out: NDArray[Any] | None = None, dtype: DtypeRequest = None,
+                     backend: Backend = "auto") -> NDArray[Any]:
     """Gradient of dropout from its packed mask: ``grad * keep / (1 - p)``.
 
     Parameters
@@ -391,21 +394,19 @@ def dropout_backward(grad, mask, *, p=None, inplace=False, out=None, dtype=None,
         grad is not float16/32/64, or the words are not a 1-D uint64 array.
     """
     kernels = _kernels(backend)
-    usual = (usual_backward(grad, mask, p, inplace, dtype is not None)
-             if kernels is not None and out is None and _plain_request(dtype)
-             and usual_backward is not None else None)
-    if usual is not None:  # one kernel call: the usual backward of a small call is cheap too
-        words, scale = usual
-        flat = grad.reshape(-1)
-        result = flat if inplace else np.empty_like(flat)
-        kernels.scale_by_mask(flat, result, words, scale, _threads.threads)
-        return grad if inplace else result.reshape(grad.shape)
+    if kernels is not None and out is None and usual_backward is not None:
+        usual = usual_backward(kernels, grad, mask, p, inplace, dtype, _threads.threads)
+        if usual is not None:  # the call was usual: done in one kernel step
+            return usual
     return _apply_stored_mask(grad, "grad", mask, p, None, inplace, out, dtype, backend)
 
 
-def dropout_backward_recompute(grad, p, *, seed, stream, offset=0, noise_shape=None,
-                               inplace=False, out=None, dtype=None, origin=None,
-                               global_shape=None, backend="auto"):
+def dropout_backward_recompute(grad: ArrayLike, p: Probability, *, seed: Int, stream: Int,
+                               offset: Int = 0, noise_shape: Shape | None = None,
+                               inplace: Bool = False, out: NDArray[Any] | None = None,
+                               dtype: DtypeRequest = None, origin: Shape | None = None,
+                               global_shape: Shape | None = None,
+                               backend: Backend = "auto") -> NDArray[Any]:
     """Gradient of dropout with the mask regenerated from (seed, stream, offset): no mask stored.
 
     Bit for bit equal to `dropout_backward` with the mask of
@@ -454,8 +455,9 @@ def dropout_backward_recompute(grad, p, *, seed, stream, offset=0, noise_shape=N
     return _scale_by_stream(kernels, call, None)
 
 
-def bernoulli_mask(n, p, *, seed, stream=None, offset=0, origin=None, global_shape=None,
-                   backend="auto"):
+def bernoulli_mask(n: Int | Shape, p: Probability, *, seed: Seed, stream: Int | None = None,
+                   offset: Int = 0, origin: Shape | None = None, global_shape: Shape | None = None,
+                   backend: Backend = "auto") -> NDArray[np.uint64]:
     """Packed keep bits of ``n`` elements with global indices ``offset .. offset + n - 1``.
 
     Parameters
@@ -503,9 +505,12 @@ def bernoulli_mask(n, p, *, seed, stream=None, offset=0, origin=None, global_sha
                                              global_shape=global_shape))
 
 
-def alpha_dropout(x, p=0.5, *, seed=None, stream=None, offset=0, training=True, inplace=False,
-                  out=None, noise_shape=None, broadcast_dims=None, dtype=None, origin=None,
-                  global_shape=None, backend="auto"):
+def alpha_dropout(x: ArrayLike, p: Probability = 0.5, *, seed: Seed = None,
+                  stream: Int | None = None, offset: Int = 0, training: Bool = True,
+                  inplace: Bool = False, out: NDArray[Any] | None = None,
+                  noise_shape: Shape | None = None, broadcast_dims: Axes | None = None,
+                  dtype: DtypeRequest = None, origin: Shape | None = None,
+                  global_shape: Shape | None = None, backend: Backend = "auto") -> MaskedResult:
     """Alpha dropout for self-normalising (SELU) networks: keeps zero mean and unit variance.
 
     A dropped element is set to SELU's negative saturation value
@@ -570,9 +575,12 @@ def alpha_dropout(x, p=0.5, *, seed=None, stream=None, offset=0, training=True, 
     return y, call.mask(words)
 
 
-def feature_alpha_dropout(x, p=0.5, *, channel_axis=1, batch_axis=0, seed=None, stream=None,
-                          offset=0, training=True, inplace=False, out=None, dtype=None,
-                          origin=None, global_shape=None, backend="auto"):
+def feature_alpha_dropout(x: ArrayLike, p: Probability = 0.5, *, channel_axis: Int = 1,
+                          batch_axis: Int | None = 0, seed: Seed = None, stream: Int | None = None,
+                          offset: Int = 0, training: Bool = True, inplace: Bool = False,
+                          out: NDArray[Any] | None = None, dtype: DtypeRequest = None,
+                          origin: Shape | None = None, global_shape: Shape | None = None,
+                          backend: Backend = "auto") -> MaskedResult:
     """Alpha dropout of whole channels (PyTorch's ``FeatureAlphaDropout``).
 
     `alpha_dropout` with the noise shape of `channel_dropout`: each channel of
@@ -607,8 +615,9 @@ def feature_alpha_dropout(x, p=0.5, *, channel_axis=1, batch_axis=0, seed=None, 
                          origin=origin, global_shape=global_shape, backend=backend)
 
 
-def alpha_dropout_backward(grad, mask, *, inplace=False, out=None, dtype=None,
-                           backend="auto"):
+def alpha_dropout_backward(grad: ArrayLike, mask: DropoutMask, *, inplace: Bool = False,
+                           out: NDArray[Any] | None = None, dtype: DtypeRequest = None,
+                           backend: Backend = "auto") -> NDArray[Any]:
     """Gradient of `alpha_dropout`: ``grad * a`` where kept, +0.0 where dropped.
 
     Parameters
@@ -638,8 +647,11 @@ def alpha_dropout_backward(grad, mask, *, inplace=False, out=None, dtype=None,
     return _apply_stored_mask(grad, "grad", mask, None, scale, inplace, out, dtype, backend)
 
 
-def gaussian_dropout(x, p=0.5, *, seed=None, stream=None, offset=0, training=True, inplace=False,
-                     out=None, dtype=None, origin=None, global_shape=None, backend="auto"):
+def gaussian_dropout(x: ArrayLike, p: Probability = 0.5, *, seed: Seed = None,
+                     stream: Int | None = None, offset: Int = 0, training: Bool = True,
+                     inplace: Bool = False, out: NDArray[Any] | None = None,
+                     dtype: DtypeRequest = None, origin: Shape | None = None,
+                     global_shape: Shape | None = None, backend: Backend = "auto") -> NoiseResult:
     """Gaussian dropout: multiply every element by noise drawn from N(1, p / (1 - p)).
 
     The multiplicative Gaussian noise of Srivastava et al. (2014, section 10)
@@ -702,15 +714,22 @@ def gaussian_dropout(x, p=0.5, *, seed=None, stream=None, offset=0, training=Tru
     return _multiply_noise(kernels, call), call.noise()
 
 
+def _noise_params(call, offset):
+    """The `NoiseParams` record of the call's multipliers, element 0 at global index ``offset``."""
+    return NoiseParams(call.seed, call.stream, gaussian_sigma(call.p), offset)
+
+
 def _multiply_noise(kernels, call):
     """x's elements times the call's Gaussian multipliers, regenerated from its stream."""
-    kernel, where = _placed(call, kernels.gaussian, kernels.gaussian_runs)
-    return call.finish(_layout.elementwise(call.x, call.target, kernel, gaussian_sigma(call.p),
-                                           call.seed, call.stream, where, get_num_threads()))
+    kernel, offset, runs = _placed(call, kernels.gaussian, kernels.gaussian_runs)
+    return call.finish(_layout.elementwise(call.x, call.target, kernel,
+                                           _noise_params(call, offset), *runs,
+                                           get_num_threads()))
 
 
-def gaussian_dropout_backward(grad, noise, *, inplace=False, out=None, dtype=None,
-                              backend="auto"):
+def gaussian_dropout_backward(grad: ArrayLike, noise: GaussianNoise, *, inplace: Bool = False,
+                              out: NDArray[Any] | None = None, dtype: DtypeRequest = None,
+                              backend: Backend = "auto") -> NDArray[Any]:
     """Gradient of `gaussian_dropout`: grad times the same noise, regenerated.
 
     Parameters
@@ -743,8 +762,9 @@ def gaussian_dropout_backward(grad, noise, *, inplace=False, out=None, dtype=Non
     return _multiply_noise(kernels, _calls.stored_noise(grad, noise, inplace, out, dtype))
 
 
-def gaussian_noise(n, p, *, seed, stream=None, offset=0, origin=None, global_shape=None,
-                   backend="auto"):
+def gaussian_noise(n: Int | Shape, p: Probability, *, seed: Seed, stream: Int | None = None,
+                   offset: Int = 0, origin: Shape | None = None, global_shape: Shape | None = None,
+                   backend: Backend = "auto") -> NDArray[np.float64]:
     """The float64 multipliers ``1 + sigma * z_i`` `gaussian_dropout` uses for n elements.
 
     Parameters
@@ -780,14 +800,15 @@ def gaussian_noise(n, p, *, seed, stream=None, offset=0, origin=None, global_sha
     call = _calls.count(n, p, seed, stream, offset, gaussian=True, origin=origin,
                         global_shape=global_shape)
     noise = np.ones(call.m, dtype=np.float64)
-    kernel, where = _placed(call, kernels.gaussian, kernels.gaussian_runs)
-    kernel(noise, noise, gaussian_sigma(call.p), call.seed, call.stream, where,
-           get_num_threads())
+    kernel, offset, runs = _placed(call, kernels.gaussian, kernels.gaussian_runs)
+    kernel(noise, noise, _noise_params(call, offset), *runs, get_num_threads())
     return noise
 
 
-def dropconnect(weight, p=0.5, *, seed=None, stream=None, offset=0, training=True, out=None,
-                dtype=None, backend="auto"):
+def dropconnect(weight: ArrayLike, p: Probability = 0.5, *, seed: Seed = None,
+                stream: Int | None = None, offset: Int = 0, training: Bool = True,
+                out: NDArray[Any] | None = None, dtype: DtypeRequest = None,
+                backend: Backend = "auto") -> MaskedResult:
     """DropConnect (Wan et al. 2013): drop individual weights, not activations.
 
     Returns ``weight * keep / (1 - p)`` as a new array (or in ``out``); the

@@ -1,26 +1,15 @@
 """The backend registry: one list of backends feeds dispatch, tests, benchmarks and `fastdrop info`.
 
-A compiled backend is a package (one folder under fastdrop/kernels/) exposing the
-private kernel interface, on 1-D C-contiguous arrays (float16 as uint16 bit
-patterns) and checked machine values -- the public API has validated every
-argument and computed T = floor(p * 2**64) and s = 1/(1-p) once:
-
-- ``scale_by_stream(source, target, words, n, scale, threshold, drop_all, seed, stream,
-  offset, threads)``: keep bits from the stream into ``words`` and/or target =
-  source * keep * scale (source/target None: mask only; words None: recompute);
-- ``scale_by_mask(source, target, words, scale, threads)``: the same from stored words;
-- ``apply_broadcast(source, target, words, sizes, mask_strides, scale, affine, threads)``:
-  a mask stretched over the array (noise shapes, alpha dropout);
-- ``gaussian(source, target, sigma, seed, stream, offset, threads)``: Gaussian noise;
-- ``dropout_plain(x, inplace, threshold, drop_all, scale, seed, stream, offset, threads)``:
-  the usual forward call on a whole C-contiguous array in one step, allocating the
-  words and (out of place) the result; returns ``(y, words)``.
-
-``"numpy"`` is the reference: the API runs whole public functions from
-`fastdrop.reference` instead.
+A compiled backend is a module (one folder under fastdrop/kernels/) with the entry
+points of `fastdrop.kernels.interface.KernelBackend`, which take 1-D C-contiguous
+arrays and the checked values of one call in a record of `fastdrop.kernels.records`
+(tests/test_kernel_interface.py checks each backend against it). ``"numpy"`` is the
+reference: the API runs whole public functions from `fastdrop.reference` instead.
 """
 import importlib
 import importlib.util
+
+from .kernels.interface import KernelBackend
 
 # name -> (module with the kernel interface, module that must be importable for it)
 _COMPILED = {
@@ -61,7 +50,7 @@ def resolve_backend(backend):
 _loaded = {}  # backend argument -> kernel module (None for the reference)
 
 
-def kernels(backend):
+def kernels(backend) -> KernelBackend | None:
     """The kernel module of a compiled backend, or None for the NumPy reference."""
     try:
         return _loaded[backend]

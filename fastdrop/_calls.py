@@ -1,13 +1,15 @@
 """Call preparation, shared by the public API and the reference.
 
 Each public function starts by turning its arguments into one `Call` record: every
-value checked (`fastdrop._validate`), in an order that leaves no trace on error, and
+value checked (`fastdrop._checks`, `fastdrop._validate`), in an order that leaves no
+trace on error (the usual call's one step, `fastdrop._fastpath`, keeps it), and
 only then a stream taken (`fastdrop.streams`). What follows -- the kernels, or the
 reference's plain NumPy -- takes the record's checked values.
 """
 import numpy as np
 
 from . import _layout, streams
+from ._checks import check_bool, check_offset, check_p, check_seed, check_stream
 from ._mask import DropoutMask, GaussianNoise, words_for
 from ._validate import (
     check_block,
@@ -15,12 +17,8 @@ from ._validate import (
     check_dtype_request,
     check_gaussian_p,
     check_noise_shape,
-    check_offset,
     check_out,
-    check_p,
     check_scale,
-    check_seed,
-    check_stream,
     element_array,
     is_bfloat16,
     shape_size,
@@ -60,7 +58,7 @@ class Call:
         Stored keep bits, for calls that apply a mask.
     scale : float or None
         The multiplier of kept elements, for calls that apply a mask.
-    runs : tuple or None
+    runs : BlockRuns or None
         For a block of a larger array: the runs of global indices its mask (or noise)
         elements take (`fastdrop._layout.block_runs`); None for a whole array, whose
         element i has global index ``offset + i``.
@@ -88,8 +86,7 @@ class Call:
         """
         if self.runs is None:
             return self.offset
-        base, outer_shape, _, _ = self.runs
-        return base if len(outer_shape) == 0 else None
+        return self.runs.base if len(self.runs.outer_shape) == 0 else None
 
     @property
     def stretched(self):
@@ -183,6 +180,7 @@ def arrays(x, name, inplace, out, dtype):
 
     ``(kernel x, kernel target, caller's array, returned, copy_back, view)``; see `Call`.
     """
+    inplace = check_bool(inplace, "inplace")
     request = check_dtype_request(dtype)
     if inplace and out is not None:
         raise ValueError("pass either inplace=True or out=, not both")
@@ -227,6 +225,7 @@ def _mask_geometry(shape, noise_shape, broadcast_dims, offset, origin, global_sh
 def masked(x, p, seed, stream, offset, inplace, out, noise_shape, broadcast_dims, training,
            dtype=None, origin=None, global_shape=None):
     """A call that draws a keep mask (dropout and its variants); a stream taken if training."""
+    training = check_bool(training, "training")
     p = check_p(p)
     sides = arrays(x, "x", inplace, out, dtype)
     mask_shape, m, offset, runs, block = _mask_geometry(sides[0].shape, noise_shape,
@@ -248,6 +247,7 @@ def _data_geometry(shape, offset, origin, global_shape):
 def gaussian(x, p, seed, stream, offset, inplace, out, training, dtype=None, origin=None,
              global_shape=None):
     """A Gaussian dropout call (p in [0, 1)); a stream taken if training."""
+    training = check_bool(training, "training")
     p = check_gaussian_p(p)
     sides = arrays(x, "x", inplace, out, dtype)
     parsed = streams.parse(seed, stream)

@@ -12,17 +12,22 @@ Defaults:
   (Numba's ``cache=True``), so later processes skip the JIT warm-up. On by default;
   ``FASTDROP_NUMBA_CACHE=0`` turns it off (read once, when the Numba backend is
   first imported), e.g. for a read-only install or to rule out a stale cache.
+- ``FASTDROP_QUIET``: set to 1, the Numba backend says nothing before it compiles its
+  kernels for a new type (by default one line on stderr, once per type and process,
+  since a compilation takes seconds to a minute; loads from the cache say nothing).
 """
 import contextlib
 import operator
 import os
 import threading
 import warnings
+from typing import Iterator, SupportsIndex
 
 MIN_ELEMENTS_PER_THREAD = 1 << 17
 SERIAL_ELEMENTS = 2 * MIN_ELEMENTS_PER_THREAD
 ENV_THREADS = "FASTDROP_NUM_THREADS"
 ENV_NUMBA_CACHE = "FASTDROP_NUMBA_CACHE"
+ENV_QUIET = "FASTDROP_QUIET"
 NUMBA_CACHE = os.environ.get(ENV_NUMBA_CACHE, "1").strip().lower() not in ("0", "false", "no",
                                                                            "off")
 
@@ -60,7 +65,7 @@ class _ThreadSettings(threading.local):
 _state = _ThreadSettings()
 
 
-def set_num_threads(n):
+def set_num_threads(n: SupportsIndex) -> None:
     """Set how many threads fastdrop's kernels use (in the calling Python thread).
 
     Parameters
@@ -98,7 +103,7 @@ def _check_threads(n):
     return n
 
 
-def get_num_threads():
+def get_num_threads() -> int:
     """Number of threads fastdrop's kernels use in the calling Python thread.
 
     Returns
@@ -111,7 +116,7 @@ def get_num_threads():
 
 
 @contextlib.contextmanager
-def num_threads(n):
+def num_threads(n: SupportsIndex) -> Iterator[int]:
     """Run fastdrop's kernels on ``n`` threads inside a ``with`` block, in this Python thread.
 
     The setting before the block is restored when it ends, also on an exception.
@@ -137,12 +142,12 @@ def num_threads(n):
     ...     fastdrop.get_num_threads()
     1
     """
-    n = _check_threads(n)
+    threads = _check_threads(n)
     had_own = "threads" in _state.__dict__
     before = _state.threads
-    _state.threads = n
+    _state.threads = threads
     try:
-        yield n
+        yield threads
     finally:
         if had_own:
             _state.threads = before

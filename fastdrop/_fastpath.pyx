@@ -1,128 +1,128 @@
 # cython: language_level=3, boundscheck=False, wraparound=False
-"""The public API's check of the usual dropout call, compiled: the first step of the one-step path.
+"""The usual call in one kernel step: the one body `dropout` and `dropout_backward` try first.
 
-`fastdrop.dropout` calls `usual_call` before anything else. Where it says yes the
-call needs at most its stream taken from a source (`fastdrop.streams.resolve`)
-before one kernel call allocates and runs. It accepts a subset of what the general
-path's checks (`fastdrop._calls`, `fastdrop.streams.parse`) accept -- its key test
-mirrors parse's first branch -- and says no to anything else, which then takes the
-general path and gets its error messages; so it cannot change what a call does, only
-how fast a usual one starts. Compiled because its tests cost more in Python than a
-small array's dropout itself.
+A call is usual when its arrays need no layout work: x (or grad) an exact ndarray,
+C-contiguous, aligned, native float16/32/64 -- or, with ``dtype="bfloat16"``, uint16
+bfloat16 bit patterns -- and writeable in place, with ``inplace`` True or False itself
+(not a value a bool check must judge); the API sends only calls with no
+``out=``, noise shape or block here. For such a call the body runs the general path's
+own checks of its scalars (`fastdrop._checks` and `fastdrop.streams`, compiled with
+this extension), in the general path's order, so a bad value raises the same
+error; then it takes the stream and makes one kernel call. Any other call is declined
+(None), untouched, and takes the general path (`fastdrop._calls`). Compiled because
+these steps in Python cost more than a small array's dropout; without the extension
+every call takes the general path.
 """
 import numpy as np
 
 cimport numpy as cnp
 
+from fastdrop._checks cimport check_offset, check_p
+from fastdrop.kernels.records cimport MaskParams
+from fastdrop.streams cimport resolve
+
 from fastdrop._mask import DropoutMask
-from fastdrop.maskstream.spec import MAX_ELEMENTS, MAX_SEED, MAX_STREAM
 from fastdrop.maskstream.spec import dropout_constants, dropout_scale
-from fastdrop.streams import StreamSource
 
 cnp.import_array()
 
-cdef object _MAX_ELEMENTS = MAX_ELEMENTS
-cdef object _MAX_SEED = MAX_SEED
-cdef object _MAX_STREAM = MAX_STREAM
 cdef int _NPY_HALF = np.dtype(np.float16).num  # not in Cython's numpy declarations
-# the last p's (T, drop_all, s) from the spec: calls repeat p (held with the GIL)
-cdef double _last_p = -1.0
-cdef object _last_constants = None
-cdef double _last_backward_p = -1.0
-cdef double _last_scale = 0.0
+cdef object _mask_of_checked_call = DropoutMask._of_checked_call
+# (p, what the spec derives from it) of the last call: calls repeat p; one reference,
+# so a reader never pairs one p with another's constants
+cdef tuple _last_constants = (None, None)
+cdef tuple _last_scale = (None, None)
 
 
-cdef bint _usual_array(x, bint inplace, bint bits16):
-    """x an exact ndarray, C-contiguous, aligned, native float16/32/64 -- or, where
-    ``bits16`` (``dtype="bfloat16"``), uint16 bfloat16 bit patterns -- writeable in place."""
+cdef inline bint _usual_flag(flag):
+    """``flag`` is True or False itself; any other value (a numpy.bool_, a wrong type) is
+    left to the general path, whose `fastdrop._checks.check_bool` takes or refuses it."""
+    return flag is True or flag is False
+
+
+cdef bint _usual_array(x, bint inplace, dtype):
+    """x needs no layout work: see the module docstring (``dtype`` the call's ``dtype=``)."""
     if type(x) is not cnp.ndarray:
         return False
     cdef cnp.ndarray array = <cnp.ndarray>x
     cdef int kind = cnp.PyArray_TYPE(array)
-    if bits16:
-        if kind != cnp.NPY_UINT16:
+    if dtype is None:
+        if kind != cnp.NPY_FLOAT and kind != cnp.NPY_DOUBLE and kind != _NPY_HALF:
             return False
-    elif kind != cnp.NPY_FLOAT and kind != cnp.NPY_DOUBLE and kind != _NPY_HALF:
+    elif type(dtype) is not str or dtype != "bfloat16" or kind != cnp.NPY_UINT16:
         return False
     if not cnp.PyArray_ISCARRAY_RO(array) or not cnp.PyArray_ISNOTSWAPPED(array):
         return False
     return not inplace or cnp.PyArray_ISWRITEABLE(array)
 
 
-def usual_call(x, p, seed, stream, offset, bint inplace, bint bits16=False):
-    """Whether ``dropout(x, p, seed=seed, stream=stream, offset=offset, inplace=inplace)`` is usual.
-
-    Usual: x an ndarray (exact type), C-contiguous, aligned, float16/32/64 in native
-    byte order -- or, with ``bits16`` (the call's ``dtype="bfloat16"``), uint16 bfloat16
-    bit patterns -- (writeable in place); p a float in [0, 1]; offset an int with
-    0 <= offset <= 2**63 - x.size; seed an int in [0, 2**64) with stream None (0) or
-    such an int, or seed None or a StreamSource with stream None.
-
-    Returns
-    -------
-    tuple or None
-        ``(T, drop_all, s, stream)`` -- T, drop_all and s from
-        `fastdrop.maskstream.spec.dropout_constants`, and the stream of an int seed
-        (None where a stream must be taken from a source) -- or None if the call is
-        not usual.
-    """
-    global _last_p, _last_constants
-    if type(p) is not float or type(offset) is not int or not _usual_array(x, inplace, bits16):
-        return None
-    cdef double drop = p
-    if not 0.0 <= drop <= 1.0 or not 0 <= offset <= _MAX_ELEMENTS - cnp.PyArray_SIZE(x):
-        return None
-    if type(seed) is int:
-        if not 0 <= seed <= _MAX_SEED:
-            return None
-        if stream is None:
-            stream = 0
-        elif type(stream) is not int or not 0 <= stream <= _MAX_STREAM:
-            return None
-    elif stream is not None or not (seed is None or isinstance(seed, StreamSource)):
-        return None
-    if drop != _last_p:
-        _last_constants, _last_p = dropout_constants(p), drop
-    threshold, drop_all, scale = _last_constants
-    return threshold, drop_all, scale, stream
+cdef bint _usual_words(words, Py_ssize_t n):
+    """Raw keep bits the kernel can read as they are: n elements' uint64 words, 1-D, C order."""
+    if type(words) is not cnp.ndarray:
+        return False
+    cdef cnp.ndarray array = <cnp.ndarray>words
+    return (cnp.PyArray_TYPE(array) == cnp.NPY_UINT64 and cnp.PyArray_NDIM(array) == 1
+            and cnp.PyArray_ISCARRAY_RO(array) and cnp.PyArray_ISNOTSWAPPED(array)
+            and cnp.PyArray_SIZE(array) == (n + 63) // 64)
 
 
-def usual_backward(grad, mask, p, bint inplace, bint bits16=False):
-    """Whether ``dropout_backward(grad, mask, p=p, inplace=inplace)`` is usual.
+def usual_dropout(kernels, x, p, seed, stream, offset, inplace, dtype, int threads):
+    """``dropout(x, p, seed=seed, stream=stream, offset=offset, inplace=inplace, dtype=dtype)``.
 
-    Usual: grad as `usual_call` takes x (``bits16``: uint16 bfloat16 bit patterns); mask
-    a DropoutMask of grad's exact shape with p None, or raw words (an exact uint64
-    ndarray, 1-D, C-contiguous, ceil(n/64) of them) with p a float in [0, 1].
+    In one call of ``kernels.dropout_plain``, or None (nothing checked, nothing taken)
+    where x is not usual.
 
     Returns
     -------
     tuple or None
-        ``(words, s)`` -- the mask's words and s from
-        `fastdrop.maskstream.spec.dropout_scale` -- or None if the call is not usual.
+        ``(y, mask)`` as `fastdrop.dropout` returns them, or None.
     """
-    global _last_backward_p, _last_scale
-    if not _usual_array(grad, inplace, bits16):
+    global _last_constants
+    if not _usual_flag(inplace) or not _usual_array(x, inplace, dtype):
+        return None
+    p = check_p(p)
+    cdef Py_ssize_t n = cnp.PyArray_SIZE(<cnp.ndarray>x)
+    offset = check_offset(offset, n)
+    seed, stream = resolve(seed, stream)
+    last = _last_constants
+    if last[0] != p:
+        last = _last_constants = (p, dropout_constants(p))
+    threshold, drop_all, scale = last[1]
+    y, words = kernels.dropout_plain(
+        x, inplace, scale, MaskParams(seed, stream, threshold, drop_all, offset, n), threads)
+    return y, _mask_of_checked_call(words, x.shape, p, seed, stream, offset)
+
+
+def usual_backward(kernels, grad, mask, p, inplace, dtype, int threads):
+    """``dropout_backward(grad, mask, p=p, inplace=inplace, dtype=dtype)``.
+
+    In one call of ``kernels.scale_by_mask``, or None (nothing checked) where the call
+    is not usual: grad as `usual_dropout` takes x, and a DropoutMask of grad's shape
+    (p None) or raw words with p, whose words the kernel can read as they are.
+
+    Returns
+    -------
+    ndarray or None
+        The gradient as `fastdrop.dropout_backward` returns it, or None.
+    """
+    global _last_scale
+    if not _usual_flag(inplace) or not _usual_array(grad, inplace, dtype):
         return None
     if type(mask) is DropoutMask:
         if p is not None or mask.shape != grad.shape:
             return None
         words, p = mask.words, mask.p
-    elif type(p) is float:
-        words = mask
+    elif p is None:
+        return None
     else:
+        words = mask
+    if not _usual_words(words, cnp.PyArray_SIZE(<cnp.ndarray>grad)):
         return None
-    if type(words) is not cnp.ndarray:
-        return None
-    cdef cnp.ndarray word_array = <cnp.ndarray>words
-    if (cnp.PyArray_TYPE(word_array) != cnp.NPY_UINT64 or cnp.PyArray_NDIM(word_array) != 1
-            or not cnp.PyArray_ISCARRAY_RO(word_array)
-            or not cnp.PyArray_ISNOTSWAPPED(word_array)):
-        return None
-    if cnp.PyArray_SIZE(word_array) != (cnp.PyArray_SIZE(grad) + 63) // 64:
-        return None
-    cdef double drop = p
-    if not 0.0 <= drop <= 1.0:
-        return None
-    if drop != _last_backward_p:
-        _last_scale, _last_backward_p = dropout_scale(p), drop
-    return words, _last_scale
+    p = check_p(p)
+    last = _last_scale
+    if last[0] != p:
+        last = _last_scale = (p, dropout_scale(p))
+    flat = grad.reshape(-1)
+    result = flat if inplace else np.empty_like(flat)
+    kernels.scale_by_mask(flat, result, words, last[1], threads)
+    return grad if inplace else result.reshape(grad.shape)

@@ -6,6 +6,8 @@ C-ordered copy, so every layout gives the values of its C-contiguous copy.
 """
 import numpy as np
 
+from .kernels.records import BlockRuns, BroadcastLayout
+
 
 def deliver(result, x, target):
     """Put a C-ordered result where the caller asked: ``target``, or a new array of x's shape."""
@@ -40,17 +42,15 @@ def elementwise(x, target, kernel, *arguments):
 
 
 def block_runs(shape, origin, global_shape, offset):
-    """The runs of global indices a block's elements take.
-
-    Returned as ``(base, outer_shape, outer_strides, run)``.
+    """The runs of global indices a block's elements take: a `BlockRuns` record.
 
     A block of ``shape`` at ``origin`` in a C-order array of ``global_shape`` gives its
     element at local index j the global index ``offset + ravel(origin + j,
     global_shape)``. In C order its elements form runs of ``run`` consecutive global
     indices: the last axis, merged with the axes before it for as long as the block
     spans them whole. Run r (C order over the other, outer axes) starts at ``base +
-    sum(i_d * outer_strides[d])``, i the run's index in ``outer_shape``. Everything
-    as int64 arrays for the kernels (``outer_*`` may be empty: one run).
+    sum(i_d * outer_strides[d])``, i the run's index in ``outer_shape`` (int64 arrays
+    for the kernels; empty for one run).
     """
     strides = [1] * len(global_shape)
     for axis in range(len(global_shape) - 2, -1, -1):
@@ -61,17 +61,16 @@ def block_runs(shape, origin, global_shape, offset):
     run = int(np.prod(shape[max(axis, 0):], dtype=np.int64)) if shape else 1
     base = offset + sum(start * stride for start, stride in zip(origin, strides))
     outer = max(axis, 0)
-    return (base, np.array(shape[:outer], dtype=np.int64),
-            np.array(strides[:outer], dtype=np.int64), run)
+    return BlockRuns(base, np.array(shape[:outer], dtype=np.int64),
+                     np.array(strides[:outer], dtype=np.int64), run)
 
 
 def block_indices(runs):
     """The global index of each element of a block, in C order (a flat uint64 array)."""
-    base, outer_shape, outer_strides, run = runs
-    starts = np.zeros(1, dtype=np.uint64) + np.uint64(base)
-    for extent, stride in zip(outer_shape, outer_strides):
+    starts = np.zeros(1, dtype=np.uint64) + np.uint64(runs.base)
+    for extent, stride in zip(runs.outer_shape, runs.outer_strides):
         starts = (starts[:, None] + np.arange(extent, dtype=np.uint64) * np.uint64(stride)).ravel()
-    return (starts[:, None] + np.arange(run, dtype=np.uint64)).ravel()
+    return (starts[:, None] + np.arange(runs.run, dtype=np.uint64)).ravel()
 
 
 def block_of_mask(shape, origin, global_shape, mask_global_shape):
@@ -86,7 +85,7 @@ def block_of_mask(shape, origin, global_shape, mask_global_shape):
 
 
 def broadcast_layout(shape, mask_shape):
-    """The kernels' view of a mask stretched over an array: (sizes, mask_strides) as int64.
+    """The kernels' view of a mask stretched over an array: a `BroadcastLayout` record.
 
     Axes of length 1 are dropped and neighbouring axes of the same kind (mask varies
     along them, or is shared) are merged, so the last axis is the longest run of
@@ -110,4 +109,4 @@ def broadcast_layout(shape, mask_shape):
         if merged[axis][1]:
             mask_strides[axis] = stride
             stride *= merged[axis][0]
-    return sizes, mask_strides
+    return BroadcastLayout(sizes, mask_strides)

@@ -1,8 +1,12 @@
 """Packed masks: the DropoutMask record and packing to and from uint64 words."""
+from __future__ import annotations
+
 import math
+from typing import Any, Optional, Tuple
 
 import numpy as np
 
+from ._typing import ArrayLike, Int, NDArray, Probability, Shape
 from ._validate import check_count
 from .maskstream.spec import WORD_BITS
 
@@ -12,7 +16,7 @@ def words_for(n):
     return -(-n // WORD_BITS)
 
 
-def pack_mask(keep):
+def pack_mask(keep: ArrayLike) -> NDArray[np.uint64]:
     """Pack a boolean keep-mask into uint64 words (bit i of word i // 64 is element i).
 
     Parameters
@@ -40,7 +44,7 @@ def pack_mask(keep):
     return packed.view("<u8").astype(np.uint64)
 
 
-def unpack_mask(words, n):
+def unpack_mask(words: ArrayLike, n: Int) -> NDArray[np.bool_]:
     """Unpack uint64 mask words into ``n`` booleans (True = kept).
 
     Parameters
@@ -81,7 +85,14 @@ class _CallRecord:
     # _block is set only for a block of a larger array: (origin, global_shape)
     __slots__ = ("shape", "p", "seed", "stream", "offset", "_block")
 
-    def __init__(self, *, shape, p, seed, stream, offset, block=None):
+    shape: tuple[int, ...]
+    p: float
+    seed: int
+    stream: int
+    offset: int
+
+    def __init__(self, *, shape: Shape, p: Probability, seed: Int, stream: Int, offset: Int,
+                 block: tuple[Shape, Shape] | None = None) -> None:
         self._record(shape, p, seed, stream, offset)
         if block is not None:
             self._block = (tuple(block[0]), tuple(block[1]))
@@ -95,18 +106,18 @@ class _CallRecord:
         self.offset = int(offset)
 
     @property
-    def n(self):
+    def n(self) -> int:
         """Number of elements."""
         return math.prod(self.shape)
 
     @property
-    def origin(self):
+    def origin(self) -> tuple[int, ...] | None:
         """Where the block starts in the global array, or None for a whole array."""
         block = getattr(self, "_block", None)
         return None if block is None else block[0]
 
     @property
-    def global_shape(self):
+    def global_shape(self) -> tuple[int, ...] | None:
         """The shape of the global array the block lies in, or None for a whole array."""
         block = getattr(self, "_block", None)
         return None if block is None else block[1]
@@ -145,7 +156,10 @@ class DropoutMask(_CallRecord):
 
     __slots__ = ("words",)
 
-    def __init__(self, words, *, shape, p, seed, stream, offset, block=None):
+    words: NDArray[np.uint64]
+
+    def __init__(self, words: NDArray[np.uint64], *, shape: Shape, p: Probability, seed: Int,
+                 stream: Int, offset: Int, block: tuple[Shape, Shape] | None = None) -> None:
         _CallRecord.__init__(self, shape=shape, p=p, seed=seed, stream=stream, offset=offset,
                              block=block)
         self.words = words
@@ -163,15 +177,15 @@ class DropoutMask(_CallRecord):
         return mask
 
     @property
-    def nbytes(self):
+    def nbytes(self) -> int:
         """Bytes held by the packed words."""
         return self.words.nbytes
 
-    def unpack(self):
+    def unpack(self) -> NDArray[np.bool_]:
         """The keep mask as booleans in the input's shape."""
         return unpack_mask(self.words, self.n).reshape(self.shape)
 
-    def __repr__(self):
+    def __repr__(self) -> str:
         return f"DropoutMask({self._fields()}, nbytes={self.nbytes})"
 
 
@@ -196,5 +210,11 @@ class GaussianNoise(_CallRecord):
 
     __slots__ = ()
 
-    def __repr__(self):
+    def __repr__(self) -> str:
         return f"GaussianNoise({self._fields()})"
+
+
+# What a forward call returns: the result, and the record that regenerates its mask or
+# noise (None with training=False).
+MaskedResult = Tuple[NDArray[Any], Optional[DropoutMask]]
+NoiseResult = Tuple[NDArray[Any], Optional[GaussianNoise]]

@@ -1,68 +1,21 @@
 """Checks of argument values, shared by the public API and the reference.
 
 Each check returns the value in the type the layers below take (a float p, an int
-offset, an ndarray) or raises TypeError/ValueError naming the offending value. The
+offset, an ndarray) or raises TypeError/ValueError naming the offending value; the
+scalar checks (p, seed, stream, offset) live in `fastdrop._checks`. The
 callers (`fastdrop._calls`) run them before anything is written or a stream taken,
 so bad input leaves the caller's arrays and generators unchanged.
 """
 import math
 import numbers
-import operator
 import sys
 
 import numpy as np
 
-from .maskstream.spec import MAX_ELEMENTS, MAX_SEED, MAX_STREAM, dropout_scale
+from ._checks import check_integer, check_offset, check_p
+from .maskstream.spec import MAX_ELEMENTS, dropout_scale
 
 FLOAT_DTYPES = (np.dtype(np.float16), np.dtype(np.float32), np.dtype(np.float64))
-
-
-def check_p(p):
-    """The drop probability as a float in [0, 1]."""
-    if type(p) is float and 0.0 <= p <= 1.0:  # the common case, checked first for speed
-        return p
-    if (isinstance(p, (bool, np.bool_))
-            or not isinstance(p, (numbers.Real, np.floating, np.integer))):
-        raise TypeError(f"p must be a real number in [0, 1], got {p!r}")
-    value = float(p)
-    if math.isnan(value) or not 0.0 <= value <= 1.0:
-        raise ValueError(f"p must lie in [0, 1], got p={p!r}")
-    return value
-
-
-def check_integer(value, name, low, high):
-    """An integer in [low, high] (Python int, NumPy integer; not bool, not float)."""
-    if type(value) is int and low <= value <= high:  # the common case, checked first
-        return value
-    if isinstance(value, (bool, np.bool_)):
-        raise TypeError(f"{name} must be an integer, got {value!r}")
-    try:
-        result = operator.index(value)
-    except TypeError:
-        raise TypeError(f"{name} must be an integer, got {value!r}") from None
-    if not low <= result <= high:
-        raise ValueError(f"{name} must lie in [{low}, {high}], got {name}={result}")
-    return result
-
-
-def check_seed(seed):
-    """A 64-bit seed: an integer in [0, 2**64)."""
-    return check_integer(seed, "seed", 0, MAX_SEED)
-
-
-def check_stream(stream):
-    """A 64-bit stream: an integer in [0, 2**64)."""
-    return check_integer(stream, "stream", 0, MAX_STREAM)
-
-
-def check_offset(offset, n):
-    """The global index of a call's first element, so that offset + n <= 2**63."""
-    if type(offset) is int and 0 <= offset and offset + n <= MAX_ELEMENTS:  # the common case
-        return offset
-    offset = check_integer(offset, "offset", 0, MAX_ELEMENTS - 1)
-    if offset + n > MAX_ELEMENTS:
-        raise ValueError(f"offset + n must not exceed 2**63, got offset={offset}, n={n}")
-    return offset
 
 
 def check_count(n):

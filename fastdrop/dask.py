@@ -376,18 +376,21 @@ def _check_target(out, x):
 
 # ------------------------------------------------------------------------ the builders
 
-def _build(x, call, threads, out):
-    """The lazy result of ``call`` on every block of x, or, with ``out``, out filled."""
-    meta = np.empty((0,) * x.ndim, dtype=x.dtype)
+def _build(x, call, threads, out, meta):
+    """The lazy result of ``call`` on every block of x, or, with ``out``, out filled.
+
+    ``meta`` is the call's result on an empty block (`_probe`): its dtype is what every
+    block computes -- native byte order for a big-endian x, as in memory.
+    """
     if out is None:
         name = f"fastdrop-{call.function}-{tokenize(x, call, threads)}"
-        return x.map_blocks(_run_block, call=call, threads=threads, name=name, dtype=x.dtype,
-                            meta=meta)
+        return x.map_blocks(_run_block, call=call, threads=threads, name=name,
+                            dtype=meta.dtype, meta=meta)
     target = _Target(out)
     name = f"fastdrop-{call.function}-into-{tokenize(x, call, threads, target)}"
     written = x.map_blocks(_run_block, call=call, threads=threads, target=target, name=name,
                            chunks=tuple((0,) * len(sizes) for sizes in x.chunks),
-                           dtype=x.dtype, meta=meta)
+                           dtype=meta.dtype, meta=meta)
     written.compute()
     return out
 
@@ -398,8 +401,10 @@ def _forward(function, x, p, seed, stream, offset, training, out, threads, backe
     threads = check_threads(threads)
     parsed = streams.parse(seed, stream)  # checked; a stream is taken only after every check
     keywords = dict(options, offset=offset, backend=backend)
-    probe = _BlockCall(function, (p,), dict(keywords, seed=0, stream=0), x.shape)
-    _, example = _probe(probe, x)
+    # training too: the in-memory function checks it (a bool), as every other argument
+    probe = _BlockCall(function, (p,), dict(keywords, seed=0, stream=0, training=training),
+                       x.shape)
+    meta, example = _probe(probe, x)
     if out is not None:
         _check_target(out, x)
     if not training:
@@ -409,7 +414,7 @@ def _forward(function, x, p, seed, stream, offset, training, out, threads, backe
     seed, stream = streams.take(parsed)
     call = _BlockCall(function, (example.p,),  # the checked values, as the keys' token sees them
                       dict(keywords, seed=seed, stream=stream, offset=example.offset), x.shape)
-    y = _build(x, call, threads, out)
+    y = _build(x, call, threads, out, meta)
     if isinstance(example, fastdrop.GaussianNoise):
         record = DaskGaussianNoise(shape=x.shape, p=example.p, seed=seed, stream=stream,
                                    offset=example.offset, chunks=x.chunks)
@@ -427,10 +432,10 @@ def _backward(function, grad, out, threads, arguments, keywords, record=None):
     if record is not None:
         _check_record(record, grad, function)
     call = _BlockCall(function, arguments, keywords, grad.shape, record)
-    _probe(call, grad)
+    meta = _probe(call, grad)
     if out is not None:
         _check_target(out, grad)
-    return _build(grad, call, threads, out)
+    return _build(grad, call, threads, out, meta)
 
 
 def _check_record(record, grad, function):

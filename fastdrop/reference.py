@@ -8,12 +8,34 @@ the early stopping the kernels use.
 
 Specification: docs/mask-stream.md.
 """
+from __future__ import annotations
+
+from typing import Any
+
 import numpy as np
 
-from . import _calls
+from . import _calls, _fused_calls
 from ._calls import check_mask_object
 from ._layout import block_indices
-from ._mask import pack_mask, unpack_mask
+from ._mask import (
+    DropoutMask,
+    GaussianNoise,
+    MaskedResult,
+    NoiseResult,
+    pack_mask,
+    unpack_mask,
+)
+from ._typing import (
+    ArrayLike,
+    Axes,
+    Bool,
+    DtypeRequest,
+    Int,
+    NDArray,
+    Probability,
+    Seed,
+    Shape,
+)
 from ._validate import channel_noise_shape, check_weight, is_bfloat16
 from .maskstream import normal
 from .maskstream.spec import (
@@ -34,9 +56,12 @@ __all__ = [
     "alpha_dropout_backward",
     "apply_mask",
     "bernoulli_mask",
+    "bias_dropout_add",
+    "bias_dropout_add_backward",
     "channel_dropout",
     "dropconnect",
     "dropout",
+    "dropout_add",
     "dropout_backward",
     "dropout_backward_recompute",
     "feature_alpha_dropout",
@@ -68,7 +93,9 @@ def random_words(seed, stream, words):
     key = tuple(np.uint64(half) for half in split64(seed))
     result = np.empty((words.size, WORD_BITS), dtype=np.uint64)
     for block in range(_BLOCKS_PER_WORD):
-        counter = tuple(np.broadcast_to(np.uint64(c) if np.isscalar(c) else c, words.shape)
+        # numpy's stubs narrow a scalar c to types np.uint64 may not take: not ours
+        counter = tuple(np.broadcast_to(np.uint64(c) if np.isscalar(c) else c,  # type: ignore[arg-type]
+                                        words.shape)
                         for c in block_counter(words, stream, block))
         x0, x1, x2, x3 = philox_rounds(counter, key, 10)
         result[:, 2 * block] = x0 | (x1 << np.uint64(32))
@@ -186,7 +213,9 @@ def scale_kept(x, keep, p, scale=None):
     return np.where(keep, kept, x.dtype.type(0))
 
 
-def bernoulli_mask(n, p, *, seed, stream=None, offset=0, origin=None, global_shape=None):
+def bernoulli_mask(n: Int | Shape, p: Probability, *, seed: Seed, stream: Int | None = None,
+                   offset: Int = 0, origin: Shape | None = None,
+                   global_shape: Shape | None = None) -> NDArray[np.uint64]:
     """Packed keep bits of ``n`` elements starting at global index ``offset``.
 
     See `fastdrop.bernoulli_mask`.
@@ -200,8 +229,11 @@ def broadcast_keep(keep, mask_shape, shape):
     return np.broadcast_to(keep.reshape(mask_shape), shape).reshape(-1)
 
 
-def dropout(x, p=0.5, *, seed=None, stream=None, offset=0, training=True, inplace=False, out=None,
-            noise_shape=None, broadcast_dims=None, dtype=None, origin=None, global_shape=None):
+def dropout(x: ArrayLike, p: Probability = 0.5, *, seed: Seed = None, stream: Int | None = None,
+            offset: Int = 0, training: Bool = True, inplace: Bool = False,
+            out: NDArray[Any] | None = None, noise_shape: Shape | None = None,
+            broadcast_dims: Axes | None = None, dtype: DtypeRequest = None,
+            origin: Shape | None = None, global_shape: Shape | None = None) -> MaskedResult:
     """Inverted dropout; see `fastdrop.dropout`."""
     call = _calls.masked(x, p, seed, stream, offset, inplace, out, noise_shape, broadcast_dims,
                          training, dtype, origin, global_shape)
@@ -212,9 +244,11 @@ def dropout(x, p=0.5, *, seed=None, stream=None, offset=0, training=True, inplac
     return call.deliver(y), call.mask(pack_mask(keep))
 
 
-def channel_dropout(x, p=0.5, *, channel_axis=1, batch_axis=0, seed=None, stream=None, offset=0,
-                    training=True, inplace=False, out=None, dtype=None, origin=None,
-                    global_shape=None):
+def channel_dropout(x: ArrayLike, p: Probability = 0.5, *, channel_axis: Int = 1,
+                    batch_axis: Int | None = 0, seed: Seed = None, stream: Int | None = None,
+                    offset: Int = 0, training: Bool = True, inplace: Bool = False,
+                    out: NDArray[Any] | None = None, dtype: DtypeRequest = None,
+                    origin: Shape | None = None, global_shape: Shape | None = None) -> MaskedResult:
     """Whole channels dropped together; see `fastdrop.channel_dropout`."""
     noise_shape = channel_noise_shape(np.shape(x) if global_shape is None else global_shape,
                                       channel_axis, batch_axis)
@@ -223,7 +257,10 @@ def channel_dropout(x, p=0.5, *, channel_axis=1, batch_axis=0, seed=None, stream
                    global_shape=global_shape)
 
 
-def apply_mask(x, mask, *, p=None, scale=None, inplace=False, out=None, dtype=None, name="x"):
+def apply_mask(x: ArrayLike, mask: DropoutMask | NDArray[np.uint64], *,
+               p: Probability | None = None, scale: float | None = None, inplace: Bool = False,
+               out: NDArray[Any] | None = None, dtype: DtypeRequest = None,
+               name: str = "x") -> NDArray[Any]:
     """x * keep * s with keep from a stored mask; see `fastdrop.apply_mask`.
 
     ``name`` is what error messages call x (dropout's backward says "grad").
@@ -233,14 +270,18 @@ def apply_mask(x, mask, *, p=None, scale=None, inplace=False, out=None, dtype=No
     return call.deliver(scale_kept(call.x.reshape(-1), keep, call.p, call.scale))
 
 
-def dropout_backward(grad, mask, *, p=None, inplace=False, out=None, dtype=None):
+def dropout_backward(grad: ArrayLike, mask: DropoutMask | NDArray[np.uint64], *,
+                     p: Probability | None = None, inplace: Bool = False,
+                     out: NDArray[Any] | None = None, dtype: DtypeRequest = None) -> NDArray[Any]:
     """grad * keep / (1 - p) from a packed mask; see `fastdrop.dropout_backward`."""
     return apply_mask(grad, mask, p=p, inplace=inplace, out=out, dtype=dtype, name="grad")
 
 
-def dropout_backward_recompute(grad, p, *, seed, stream, offset=0, noise_shape=None,
-                               inplace=False, out=None, dtype=None, origin=None,
-                               global_shape=None):
+def dropout_backward_recompute(grad: ArrayLike, p: Probability, *, seed: Int, stream: Int,
+                               offset: Int = 0, noise_shape: Shape | None = None,
+                               inplace: Bool = False, out: NDArray[Any] | None = None,
+                               dtype: DtypeRequest = None, origin: Shape | None = None,
+                               global_shape: Shape | None = None) -> NDArray[Any]:
     """grad * keep / (1 - p) with keep regenerated from (seed, stream, offset).
 
     See `fastdrop.dropout_backward_recompute`.
@@ -276,9 +317,12 @@ def alpha_affine(x, keep, p):
     return np.where(keep, kept, x.dtype.type(c))
 
 
-def alpha_dropout(x, p=0.5, *, seed=None, stream=None, offset=0, training=True, inplace=False,
-                  out=None, noise_shape=None, broadcast_dims=None, dtype=None, origin=None,
-                  global_shape=None):
+def alpha_dropout(x: ArrayLike, p: Probability = 0.5, *, seed: Seed = None,
+                  stream: Int | None = None, offset: Int = 0, training: Bool = True,
+                  inplace: Bool = False, out: NDArray[Any] | None = None,
+                  noise_shape: Shape | None = None, broadcast_dims: Axes | None = None,
+                  dtype: DtypeRequest = None, origin: Shape | None = None,
+                  global_shape: Shape | None = None) -> MaskedResult:
     """Alpha dropout for SELU networks; see `fastdrop.alpha_dropout`."""
     call = _calls.masked(x, p, seed, stream, offset, inplace, out, noise_shape, broadcast_dims,
                          training, dtype, origin, global_shape)
@@ -293,9 +337,12 @@ def alpha_dropout(x, p=0.5, *, seed=None, stream=None, offset=0, training=True, 
     return call.deliver(y), mask
 
 
-def feature_alpha_dropout(x, p=0.5, *, channel_axis=1, batch_axis=0, seed=None, stream=None,
-                          offset=0, training=True, inplace=False, out=None, dtype=None,
-                          origin=None, global_shape=None):
+def feature_alpha_dropout(x: ArrayLike, p: Probability = 0.5, *, channel_axis: Int = 1,
+                          batch_axis: Int | None = 0, seed: Seed = None, stream: Int | None = None,
+                          offset: Int = 0, training: Bool = True, inplace: Bool = False,
+                          out: NDArray[Any] | None = None, dtype: DtypeRequest = None,
+                          origin: Shape | None = None,
+                          global_shape: Shape | None = None) -> MaskedResult:
     """Alpha dropout of whole channels; see `fastdrop.feature_alpha_dropout`."""
     noise_shape = channel_noise_shape(np.shape(x) if global_shape is None else global_shape,
                                       channel_axis, batch_axis)
@@ -304,7 +351,9 @@ def feature_alpha_dropout(x, p=0.5, *, channel_axis=1, batch_axis=0, seed=None, 
                          origin=origin, global_shape=global_shape)
 
 
-def alpha_dropout_backward(grad, mask, *, inplace=False, out=None, dtype=None):
+def alpha_dropout_backward(grad: ArrayLike, mask: DropoutMask, *, inplace: Bool = False,
+                           out: NDArray[Any] | None = None,
+                           dtype: DtypeRequest = None) -> NDArray[Any]:
     """grad * a where kept, +0.0 where dropped; see `fastdrop.alpha_dropout_backward`."""
     check_mask_object(mask)
     return apply_mask(grad, mask, scale=alpha_dropout_constants(mask.p)[0] if mask.p != 0.0
@@ -366,7 +415,8 @@ def standard_normals_at(indices, seed, stream):
     indices = np.asarray(indices, dtype=np.uint64)
     blocks = indices >> np.uint64(1)
     key = tuple(np.uint64(half) for half in split64(seed))
-    counter = tuple(np.broadcast_to(np.uint64(c) if np.isscalar(c) else c, blocks.shape)
+    counter = tuple(np.broadcast_to(np.uint64(c) if np.isscalar(c) else c,  # type: ignore[arg-type]
+                                    blocks.shape)
                     for c in normal_counter(blocks, stream))
     x0, x1, x2, x3 = philox_rounds(counter, key, 10)
     odd = (indices & np.uint64(1)).astype(bool)
@@ -403,15 +453,20 @@ def multiply_noise(x, noise):
         return x * noise.astype(x.dtype)
 
 
-def gaussian_noise(n, p, *, seed, stream=None, offset=0, origin=None, global_shape=None):
+def gaussian_noise(n: Int | Shape, p: Probability, *, seed: Seed, stream: Int | None = None,
+                   offset: Int = 0, origin: Shape | None = None,
+                   global_shape: Shape | None = None) -> NDArray[np.float64]:
     """The multipliers of `gaussian_dropout` in float64; see `fastdrop.gaussian_noise`."""
     call = _calls.count(n, p, seed, stream, offset, gaussian=True, origin=origin,
                         global_shape=global_shape)
     return call_multipliers(call).reshape(-1)
 
 
-def gaussian_dropout(x, p=0.5, *, seed=None, stream=None, offset=0, training=True, inplace=False,
-                     out=None, dtype=None, origin=None, global_shape=None):
+def gaussian_dropout(x: ArrayLike, p: Probability = 0.5, *, seed: Seed = None,
+                     stream: Int | None = None, offset: Int = 0, training: Bool = True,
+                     inplace: Bool = False, out: NDArray[Any] | None = None,
+                     dtype: DtypeRequest = None, origin: Shape | None = None,
+                     global_shape: Shape | None = None) -> NoiseResult:
     """Multiplicative N(1, p/(1-p)) noise; see `fastdrop.gaussian_dropout`."""
     call = _calls.gaussian(x, p, seed, stream, offset, inplace, out, training, dtype, origin,
                            global_shape)
@@ -421,7 +476,9 @@ def gaussian_dropout(x, p=0.5, *, seed=None, stream=None, offset=0, training=Tru
     return call.deliver(multiply_noise(call.x.reshape(-1), noise)), call.noise()
 
 
-def gaussian_dropout_backward(grad, noise, *, inplace=False, out=None, dtype=None):
+def gaussian_dropout_backward(grad: ArrayLike, noise: GaussianNoise, *, inplace: Bool = False,
+                              out: NDArray[Any] | None = None,
+                              dtype: DtypeRequest = None) -> NDArray[Any]:
     """grad times the same noise; see `fastdrop.gaussian_dropout_backward`."""
     call = _calls.stored_noise(grad, noise, inplace, out, dtype)
     multipliers = call_multipliers(call)
@@ -431,8 +488,84 @@ def gaussian_dropout_backward(grad, noise, *, inplace=False, out=None, dtype=Non
 # ---------------------------------------------------------------- DropConnect
 
 
-def dropconnect(weight, p=0.5, *, seed=None, stream=None, offset=0, training=True, out=None,
-                dtype=None):
+def dropconnect(weight: ArrayLike, p: Probability = 0.5, *, seed: Seed = None,
+                stream: Int | None = None, offset: Int = 0, training: Bool = True,
+                out: NDArray[Any] | None = None, dtype: DtypeRequest = None) -> MaskedResult:
     """Dropout over a weight matrix, never in place; see `fastdrop.dropconnect`."""
     return dropout(check_weight(weight, dtype), p, seed=seed, stream=stream, offset=offset,
                    training=training, out=out, dtype=dtype)
+
+
+# ---------------------------------------------------------------- fused: dropout and an add
+
+
+def add_rounded(a, b):
+    """a + b rounded to the dtype (section 11): float16 and bfloat16 add in float32, round once."""
+    if is_bfloat16(a.dtype):
+        return add_rounded(a.view(np.uint16), b.view(np.uint16)).view(a.dtype)
+    with np.errstate(all="ignore"):  # inf - inf is NaN, a sum may overflow: specified results
+        if a.dtype == np.float16:
+            return (a.astype(np.float32) + b.astype(np.float32)).astype(np.float16)
+        if a.dtype == np.uint16:  # bfloat16 bits
+            return float32_to_bfloat16(bfloat16_to_float32(a) + bfloat16_to_float32(b))
+        return a + b
+
+
+def _dropout_then_add(call, x, bias, training):
+    """The unfused composition: (x + bias), its dropout, then the residual added."""
+    x = x.reshape(-1)
+    if bias is not None:
+        x = add_rounded(x, np.tile(bias, x.size // max(bias.size, 1)))
+    if not training:
+        return call.deliver(add_rounded(call.x.reshape(-1), x)), None
+    keep = call_keep(call)
+    dropped = scale_kept(x, keep, call.p)
+    return call.deliver(add_rounded(call.x.reshape(-1), dropped)), call.mask(pack_mask(keep))
+
+
+def dropout_add(x: ArrayLike, residual: ArrayLike, p: Probability = 0.5, *, seed: Seed = None,
+                stream: Int | None = None, offset: Int = 0, training: Bool = True,
+                inplace: Bool = False, out: NDArray[Any] | None = None,
+                dtype: DtypeRequest = None) -> MaskedResult:
+    """residual + dropout(x), unfused; see `fastdrop.dropout_add`."""
+    call, x, _ = _fused_calls.fused(x, residual, None, p, seed, stream, offset, training,
+                                    inplace, out, dtype)
+    return _dropout_then_add(call, x, None, training)
+
+
+
+def bias_dropout_add(x: ArrayLike, bias: ArrayLike, residual: ArrayLike, p: Probability = 0.5, *,
+                     seed: Seed = None, stream: Int | None = None, offset: Int = 0,
+                     training: Bool = True, inplace: Bool = False, out: NDArray[Any] | None = None,
+                     dtype: DtypeRequest = None) -> MaskedResult:
+    """residual + dropout(x + bias), unfused; see `fastdrop.bias_dropout_add`."""
+    call, x, bias = _fused_calls.fused(x, residual, bias, p, seed, stream, offset, training,
+                                       inplace, out, dtype, with_bias=True)
+    return _dropout_then_add(call, x, bias, training)
+
+
+def sum_rows(values):
+    """The sum over every axis but the last (a bias's gradient), as section 11 defines it.
+
+    float16 and bfloat16 widen to float32 (exactly); the (rows, features) view is summed
+    along its rows by ``np.sum(..., axis=0)`` in float32 (float64 for float64), NumPy's
+    order, and rounded once to the dtype.
+    """
+    if is_bfloat16(values.dtype):
+        return sum_rows(values.view(np.uint16)).view(values.dtype)
+    features = values.shape[-1]
+    rows = values.reshape(values.size // features if features else 0, features)
+    with np.errstate(all="ignore"):  # a sum may overflow the dtype: the specified inf
+        if values.dtype == np.uint16:  # bfloat16 bits
+            return float32_to_bfloat16(np.sum(bfloat16_to_float32(rows), axis=0))
+        if values.dtype == np.float16:
+            return np.sum(rows.astype(np.float32), axis=0).astype(np.float16)
+        return np.sum(rows, axis=0)
+
+
+def bias_dropout_add_backward(grad: ArrayLike, mask: DropoutMask, *,
+                              dtype: DtypeRequest = None) -> tuple[NDArray[Any], NDArray[Any]]:
+    """Gradients of x and of the bias; see `fastdrop.bias_dropout_add_backward`."""
+    _fused_calls.check_bias_gradient(grad, mask, dtype)
+    grad_x = dropout_backward(grad, mask, dtype=dtype)
+    return grad_x, sum_rows(grad_x)

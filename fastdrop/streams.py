@@ -9,7 +9,10 @@ the first two for every call, once:
 
 `parse` checks the pair without taking a stream and `take` takes it: callers check
 every other argument in between, so a failed call takes no stream. Nothing here
-knows arrays or kernels.
+knows arrays or kernels. Like `fastdrop._checks`, whose seed and stream checks it
+uses, this file is compiled by Cython where the extension is built (``streams.pxd``
+makes `parse`, `take` and `resolve` C-callable for the usual call's one step) and runs
+as plain Python elsewhere.
 
 **Processes.** After ``os.fork()`` the child's default source is a new one, seeded
 from OS entropy on first use (as Python's `random` reseeds): forked workers that pass
@@ -23,8 +26,8 @@ import secrets
 import sysconfig
 import threading
 
-from ._validate import check_seed, check_stream
-from .maskstream.spec import MAX_SEED, MAX_STREAM
+from ._checks import check_seed, check_stream
+from .maskstream.spec import MAX_STREAM
 
 __all__ = ["StreamSource", "default_source", "parse", "resolve", "take"]
 
@@ -183,11 +186,6 @@ def parse(seed, stream):
     ValueError
         seed or stream outside [0, 2**64); a stream given with a source or None.
     """
-    if type(seed) is int and 0 <= seed <= MAX_SEED:  # the common case, checked first
-        if stream is None:
-            return seed, 0
-        if type(stream) is int and 0 <= stream <= MAX_STREAM:
-            return seed, stream
     if seed is None or isinstance(seed, StreamSource):
         if stream is not None:
             raise ValueError(f"stream={stream!r} was given without an integer seed; "
@@ -212,9 +210,4 @@ def resolve(seed, stream):
 
     For callers that have checked every other argument already.
     """
-    if stream is None:  # the calls that take a stream from a source, a step shorter
-        if seed is None:
-            return (_default or _make_default()).reserve_stream()
-        if isinstance(seed, StreamSource):
-            return seed.reserve_stream()
     return take(parse(seed, stream))

@@ -741,3 +741,14 @@ def test_training_off_still_checks_every_argument(backend, subtests):
             out = np.full(x.shape, 9.0, np.float32)
             with unchanged(x, out), pytest.raises(error):
                 call(x, backend, out)
+
+
+def test_offset_two_to_the_63_is_refused_for_empty_arrays_too(subtests):
+    """offset < 2**63 holds for n = 0 as well (offset + n <= 2**63 alone would allow it)."""
+    for backend in fastdrop.available_backends():
+        with subtests.test(backend=backend):
+            with pytest.raises(ValueError, match=f"offset={2**63}"):
+                fastdrop.dropout(np.ones((2, 0), np.float32), 0.5, seed=1, offset=2**63,
+                                 backend=backend)
+            with pytest.raises(ValueError, match=f"offset={2**63}"):
+                fastdrop.bernoulli_mask(0, 0.3, seed=5, stream=7, offset=2**63, backend=backend)

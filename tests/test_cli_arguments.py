@@ -69,6 +69,7 @@ CASES = [
                                       if name not in fastdrop.available_backends()]),
     # fastdrop info
     explicit_value_to_flag("info", "--json"),
+    explicit_value_to_flag("build-torch-ops", "--force"),
     # fastdrop train
     *bad_values("train", "--data", ["{missing}/data.npz", "{folder}", "{text}", "{npy}",
                                     "{no_y}", "{bad_labels}", "{single_class}"]),

@@ -195,6 +195,19 @@ def test_every_dtype_gives_the_in_memory_result(dtype):
             assert_bits_equal(result, expected, (name, chunks))
 
 
+def test_big_endian_blocks_declare_the_native_dtype_they_compute(subtests):
+    # in memory a '>f4' x gives a native '<f4' y; the lazy array must declare that dtype
+    shape, chunks = (2, 2, 3, 67), (1, 2, 2, 37)
+    for dtype in (">f4", ">f8", ">f2"):
+        values = sample(shape, np.dtype(dtype).newbyteorder("=")).astype(dtype)
+        for case in CASES:
+            with subtests.test(dtype=dtype, case=case.name):
+                expected = case.memory(values, 0)
+                assert expected.dtype.isnative
+                da.utils.assert_eq(case.lazy(da.from_array(values, chunks=chunks), "auto", 0),
+                                   expected, scheduler="sync")
+
+
 @pytest.mark.skipif(BFLOAT16 is None, reason="ml_dtypes is not installed (the bf16 extra)")
 def test_uint16_blocks_read_as_bfloat16_bits():
     values = sample((7, 90), BFLOAT16).view(np.uint16)

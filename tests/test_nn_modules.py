@@ -18,6 +18,7 @@ from fastdrop.nn import (
     gradcheck,
     suggest_dropout,
 )
+from tests.util import require
 
 
 def data(rows=8, features=5, classes=3, seed=0):
@@ -242,7 +243,7 @@ def torch_twin(model, torch):
 
 @pytest.mark.parametrize("activation", ["relu", "tanh"])
 def test_mlp_forward_backward_matches_torch(activation):
-    torch = pytest.importorskip("torch")
+    torch = require("torch", "torch")
     model = MLP([6, 32, 16, 4], activation=activation, dtype=np.float64, seed=0)
     X, y = data(10, 6, classes=4)
     loss = cross_entropy(model(X), y)
@@ -260,7 +261,7 @@ def test_mlp_forward_backward_matches_torch(activation):
 
 @pytest.mark.parametrize("dtype, tolerance", [(np.float64, 1e-12), (np.float32, 1e-5)])
 def test_cross_entropy_matches_torch(dtype, tolerance):
-    torch = pytest.importorskip("torch")
+    torch = require("torch", "torch")
     rng = np.random.default_rng(3)
     logits = (rng.standard_normal((16, 7)) * np.array([1, 10, 100, 1, 1, 1, 1])).astype(dtype)
     labels = rng.integers(0, 7, 16)
@@ -277,7 +278,7 @@ def test_cross_entropy_matches_torch(dtype, tolerance):
 
 @pytest.mark.parametrize("recompute", [False, True])
 def test_dropout_mlp_matches_torch_with_fastdrops_masks(recompute):
-    torch = pytest.importorskip("torch")
+    torch = require("torch", "torch")
     model = MLP([6, 96, 80, 3], dropout=[0.2, 0.5, 0.5], recompute=recompute, dtype=np.float64,
                 seed=0)
     X, y = data(12, 6)
@@ -310,7 +311,7 @@ def test_dropout_mlp_matches_torch_with_fastdrops_masks(recompute):
 
 @pytest.mark.parametrize("name", ["sgd", "adam"])
 def test_optimiser_steps_match_torch(name):
-    torch = pytest.importorskip("torch")
+    torch = require("torch", "torch")
     rng = np.random.default_rng(0)
     start = rng.standard_normal((4, 3))
     ours = Tensor(start.copy(), requires_grad=True)

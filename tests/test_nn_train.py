@@ -24,6 +24,7 @@ from fastdrop.nn import (
     predict,
     predict_mc,
 )
+from tests.util import require
 
 
 def blobs(n=240, features=8, classes=3, seed=0):
@@ -35,7 +36,7 @@ def blobs(n=240, features=8, classes=3, seed=0):
 
 
 def test_fit_on_digits_reaches_95_percent():
-    datasets = pytest.importorskip("sklearn.datasets")
+    datasets = require("sklearn.datasets", "train")
     digits = datasets.load_digits()
     X, y = digits.data / 16.0, digits.target
     order = np.random.default_rng(0).permutation(len(X))
@@ -154,8 +155,8 @@ def run_train(*arguments):
 
 
 def test_train_on_digits_writes_plot_and_json(tmp_path):
-    pytest.importorskip("sklearn")
-    pytest.importorskip("matplotlib")
+    require("sklearn", "train")
+    require("matplotlib", "train")
     plot, metrics = tmp_path / "curves.png", tmp_path / "metrics.json"
     assert run_train("--plot", plot, "--json", metrics, "--check-descent") == 0
     assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

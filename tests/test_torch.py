@@ -8,6 +8,7 @@ itself; nothing here recomputes a mask.
 """
 import contextlib
 import dataclasses
+import functools
 import inspect
 import math
 import os
@@ -30,6 +31,7 @@ from torch.nn.modules.dropout import _DropoutNd  # noqa: E402
 from torch.utils._python_dispatch import TorchDispatchMode  # noqa: E402
 
 import fastdrop.torch as ft  # noqa: E402  (needs torch)
+from fastdrop.torch import _build  # noqa: E402
 
 F = torch.nn.functional
 OPS = torch.ops.fastdrop
@@ -38,6 +40,41 @@ DTYPES = (torch.float16, torch.float32, torch.float64, torch.bfloat16)
 P = 0.4
 SEED = 1234
 UINT64 = (1 << 64) - 1
+
+
+def cpp_path_available():
+    """Whether the C++ eager path runs here (building it once if it is not cached yet).
+
+    FASTDROP_TORCH_CPP=0 runs the file on the Python path alone; =1 requires the C++ path
+    (CI builds it first), so a failed build fails the run instead of narrowing it.
+    """
+    if _build.switched_off():
+        return False
+    try:
+        with _build.path("cpp"):
+            return True
+    except Exception:
+        if os.environ.get(_build.ENV_SWITCH) == "1":
+            raise
+        return False
+
+
+CPP = cpp_path_available()
+EAGER_PATHS = ("python", "cpp") if CPP else ("python",)  # fastdrop.torch's two eager paths
+
+
+def on_each_eager_path(test):
+    """Run the test's body once on each eager path (Python, C++), naming the path on failure."""
+    @functools.wraps(test)
+    def on_each(*args, **kwargs):
+        for path in EAGER_PATHS:
+            try:
+                with _build.path(path):
+                    test(*args, **kwargs)
+            except BaseException as error:
+                error.add_note(f"on the {path} path of fastdrop.torch")
+                raise
+    return on_each
 
 
 @dataclasses.dataclass(frozen=True)
@@ -200,7 +237,7 @@ def mask_words(words, count, path):
     torch.export never sees a length of 1).
     """
     words = words.numpy()
-    if path == "eager":
+    if path != "operators":
         assert words.size == count
     else:
         assert words.size == max(2, count) and not words[count:].any()
@@ -208,8 +245,8 @@ def mask_words(words, count, path):
 
 
 def path_context(path):
-    """The eager twins, or the operators (forced by a dispatch mode)."""
-    return RecordOps() if path == "operators" else contextlib.nullcontext()
+    """An eager path ("python", "cpp"), or the operators (forced by a dispatch mode)."""
+    return RecordOps() if path == "operators" else _build.path(path)
 
 
 # ---------------------------------------------------------------- 1. bits
@@ -238,7 +275,7 @@ def test_bits_equal_the_numpy_api_on_both_paths(variant, dtype, recompute, subte
 def check_bits_on_both_paths(case, dtype, recompute):
     variant, shape, shared, layout = case
     grad = make(shape, "contiguous", dtype, salt=1)
-    for path in ("eager", "operators"):
+    for path in (*EAGER_PATHS, "operators"):
         x = make(shape, layout, dtype).requires_grad_()
         assert x.is_contiguous() == (layout == "contiguous")
         before = tensor_bits(x)
@@ -258,7 +295,7 @@ def check_bits_on_both_paths(case, dtype, recompute):
         assert np.array_equal(tensor_bits(x), before), context
         if recompute:  # eager: nothing; operators: the 16-byte key
             assert [(t.dtype, t.numel()) for t in kept] == \
-                ([] if path == "eager" else [(torch.int64, 2)]), context
+                ([] if path != "operators" else [(torch.int64, 2)]), context
         else:  # the one tensor kept is the mask's packed words
             assert len(kept) == 1 and kept[0].dtype == torch.int64, context
             assert np.array_equal(mask_words(kept[0], mask.words.size, path),
@@ -308,6 +345,7 @@ def test_draw_key_is_next_key_and_next_key_consumes_nothing():
 
 
 @pytest.mark.parametrize("variant", VARIANTS, ids=str)
+@on_each_eager_path
 def test_sum_backward_with_an_expanded_gradient(variant):
     """y.sum().backward() hands backward a stride-0 gradient."""
     shape, shared = variant.cases[0]
@@ -320,6 +358,7 @@ def test_sum_backward_with_an_expanded_gradient(variant):
                               bits(reference(variant, x, P, key, shared, ones)[2]))
 
 
+@on_each_eager_path
 def test_successive_calls_draw_new_masks():
     x = torch.ones(1000)
     torch.manual_seed(SEED)
@@ -367,6 +406,7 @@ def test_opcheck_draw_key():
 
 @pytest.mark.parametrize("recompute", [False, True], ids=["mask", "recompute"])
 @pytest.mark.parametrize("variant", VARIANTS, ids=str)
+@on_each_eager_path
 def test_gradcheck_and_gradgradcheck(variant, recompute):
     shape, shared = variant.cases[0]
     x = torch.randn(shape, dtype=torch.float64, generator=torch.Generator().manual_seed(1),
@@ -531,6 +571,7 @@ def test_signatures_are_torchs_plus_generator_and_recompute(variant):
 
 
 @pytest.mark.parametrize("variant", VARIANTS, ids=str)
+@on_each_eager_path
 def test_identity_when_off_and_empty_input(variant):
     shape, _ = variant.cases[0]
     x = values(shape, torch.float32)
@@ -550,6 +591,7 @@ def test_identity_when_off_and_empty_input(variant):
 
 @pytest.mark.parametrize("recompute", [False, True], ids=["mask", "recompute"])
 @pytest.mark.parametrize("variant", VARIANTS, ids=str)
+@on_each_eager_path
 def test_p_one_gives_zeros_and_zero_gradients(variant, recompute):
     shape, _ = variant.cases[0]
     x = values(shape, torch.float32).requires_grad_()
@@ -620,6 +662,7 @@ def test_errors_and_warnings_equal_torchs_for_every_rank(variant, subtests):
              training=[True, False])
 
 
+@on_each_eager_path
 def check_errors_and_warnings(variant, p, training):
     mismatches = []
     for shape in SHAPES_OF_EVERY_RANK:
@@ -676,6 +719,7 @@ def test_modules_are_torchs_twins(variant):
 
 @pytest.mark.parametrize("recompute", [False, True], ids=["mask", "recompute"])
 @pytest.mark.parametrize("variant", VARIANTS, ids=str)
+@on_each_eager_path
 def test_module_forward_is_the_function_in_training_and_identity_in_eval(variant, recompute):
     shape, _ = variant.cases[0]
     module = variant.our_module(P, recompute=recompute)
@@ -790,12 +834,14 @@ def train_weights(seed, steps=5, model_seed=0):
     return [p.detach().clone() for p in model.parameters()]
 
 
+@on_each_eager_path
 def test_same_seed_same_weights_other_seed_other_weights():
     first, second, other = train_weights(1), train_weights(1), train_weights(2)
     assert all(torch.equal(a, b) for a, b in zip(first, second))
     assert not all(torch.equal(a, b) for a, b in zip(first, other))
 
 
+@on_each_eager_path
 def test_generator_decides_the_masks_whatever_the_default_generator_does():
     x = torch.ones(1000)
     torch.manual_seed(1)
@@ -815,6 +861,7 @@ def test_generator_decides_the_masks_whatever_the_default_generator_does():
 
 
 @pytest.mark.parametrize("recompute", [False, True], ids=["mask", "recompute"])
+@on_each_eager_path
 def test_checkpoint_gives_the_same_gradients(recompute):
     torch.manual_seed(0)
     block = torch.nn.Sequential(torch.nn.Linear(6, 16), ft.Dropout(0.3, recompute=recompute),
@@ -839,7 +886,7 @@ def test_checkpoint_gives_the_same_gradients(recompute):
 # ---------------------------------------------------------------- 8. memory
 
 
-@pytest.mark.parametrize("path", ["eager", "operators"])
+@pytest.mark.parametrize("path", [*EAGER_PATHS, "operators"])
 @pytest.mark.parametrize("n", [1, 63, 64, 65, 1000, 4099])
 def test_autograd_keeps_one_bit_per_element_or_only_the_key(n, path):
     x = torch.randn(n, requires_grad=True)
@@ -847,7 +894,7 @@ def test_autograd_keeps_one_bit_per_element_or_only_the_key(n, path):
         with path_context(path), kept_for_backward() as kept:
             variant.ours(x, P, True)
         words = math.ceil(n / 64)
-        assert nbytes(kept) == 8 * (words if path == "eager" else max(2, words))
+        assert nbytes(kept) == 8 * (words if path != "operators" else max(2, words))
         with path_context(path), kept_for_backward() as kept:
             variant.ours(x, P, True, recompute=True)
         assert nbytes(kept) <= 16
@@ -906,7 +953,8 @@ def fastdrop_calls(monkeypatch):
                  "dropout_backward_recompute", "bernoulli_mask"):
         monkeypatch.setattr(fastdrop, name, recording(name, getattr(fastdrop, name)))
     monkeypatch.delenv("FASTDROP_NUM_THREADS", raising=False)
-    return calls
+    with _build.path("python"):  # the path that calls fastdrop's NumPy API
+        yield calls
 
 
 def in_fresh_thread(function):
@@ -992,6 +1040,7 @@ def test_in_place_writes_the_same_bits_and_bumps_the_version(variant, dtype, sub
              layout=["contiguous", "transposed", "strided"])
 
 
+@on_each_eager_path
 def check_in_place_writes(variant, dtype, layout):
     shape, _ = variant.cases[0]
     torch.manual_seed(SEED)
@@ -1004,7 +1053,7 @@ def check_in_place_writes(variant, dtype, layout):
     assert x._version > version
 
 
-@pytest.mark.parametrize("path", ["eager", "operators"])
+@pytest.mark.parametrize("path", [*EAGER_PATHS, "operators"])
 @pytest.mark.parametrize("recompute", [False, True], ids=["mask", "recompute"])
 @pytest.mark.parametrize("variant", VARIANTS, ids=str)
 def test_in_place_on_a_non_leaf_has_the_right_gradient(variant, recompute, path):
@@ -1042,6 +1091,7 @@ def test_in_place_refusals_are_torchs_and_write_nothing(variant, subtests):
     for_each(subtests, check_in_place_refusal, variant, kind=list(inplace_refusals()))
 
 
+@on_each_eager_path
 def check_in_place_refusal(variant, kind):
     x = inplace_refusals()[kind]
     before, state = tensor_bits(x), torch.get_rng_state()
@@ -1054,6 +1104,7 @@ def check_in_place_refusal(variant, kind):
     assert str(ours.value) == str(theirs.value)
 
 
+@on_each_eager_path
 def test_in_place_on_a_leaf_under_no_grad_is_allowed_as_in_torch():
     leaf = torch.randn(50, requires_grad=True)
     expected_key = ft.next_key()
@@ -1067,6 +1118,7 @@ def test_in_place_on_a_leaf_under_no_grad_is_allowed_as_in_torch():
 
 
 @pytest.mark.parametrize("variant", VARIANTS, ids=str)
+@on_each_eager_path
 def test_no_grad_and_inference_mode(variant):
     shape, shared = variant.cases[0]
     x = values(shape, torch.float32).requires_grad_()
@@ -1110,6 +1162,7 @@ def test_autocast_bfloat16_model_trains():
 
 
 @pytest.mark.parametrize("variant", VARIANTS, ids=str)
+@on_each_eager_path
 def test_bad_input_raises_and_changes_nothing(variant):
     shape, _ = variant.cases[0]
     state = torch.get_rng_state()
@@ -1162,3 +1215,198 @@ def test_without_torch_the_error_names_the_extra_and_fastdrop_still_imports():
     file, message = result.stdout.splitlines()[:2]
     assert Path(file).resolve().parent.parent == PACKAGE_ROOT
     assert message.startswith("ImportError:") and "fastdrop-cpu[torch]" in message, message
+
+
+# ---------------------------------------------------------------- 12. the C++ path
+
+
+def test_the_cpp_path_is_available():
+    """Reported, not hidden: where it cannot be built, the file runs on the Python path alone."""
+    if not CPP:
+        pytest.skip(f"the C++ path of fastdrop.torch is not available here: {_build.describe()}")
+    assert _build.ops() is not None or _build.switched_off()
+    assert _build.describe().startswith("C++")
+
+
+def cpp_and_python(call, /, *args, **kwargs):
+    """call's outcome on each eager path, each from torch.manual_seed(SEED)."""
+    outcomes = []
+    for path in ("python", "cpp"):
+        with _build.path(path):
+            torch.manual_seed(SEED)
+            outcomes.append(call(*args, **kwargs))
+    return outcomes
+
+
+def forward_backward_bits(x, p, recompute, generator=None, function=ft.dropout):
+    """(y's bits, the gradient's bits, the generator's state after) of a call and its backward."""
+    x = x.detach().clone().requires_grad_()
+    y = function(x, p, True, generator=generator, recompute=recompute)
+    grad = torch.linspace(-3, 3, x.numel(), dtype=x.dtype).reshape(x.shape)
+    y.backward(grad)
+    source = torch.default_generator if generator is None else generator
+    return tensor_bits(y), tensor_bits(x.grad), source.get_state()
+
+
+@pytest.mark.skipif(not CPP, reason="the C++ path is not available (test_the_cpp_path_...)")
+def test_cpp_and_python_paths_give_the_same_bits_and_gradients(subtests):
+    """The same output, gradient and generator state on both paths.
+
+    Every dtype, p's whose scale rounds differently per dtype, sizes around a word, large
+    calls split over threads, and generator=.
+    """
+    sizes = (1, 63, 64, 65, 1000, 3 * 2**17 + 5)
+    for dtype in DTYPES:
+        for p in (0.1, 0.25, 0.42, 0.5, 0.9, 1 - 2**-17, 1.0):
+            for n in sizes:
+                x = values((n,), dtype)
+                for recompute in (False, True):
+                    with subtests.test(dtype=dtype, p=p, n=n, recompute=recompute):
+                        python, cpp = cpp_and_python(forward_backward_bits, x, p, recompute)
+                        assert all(np.array_equal(a, b) for a, b in zip(python[:2], cpp[:2]))
+                        assert torch.equal(python[2], cpp[2])
+    for variant in VARIANTS[1:]:  # the channel and alpha variants, each dtype
+        shape = variant.cases[0][0]
+        for dtype in DTYPES:
+            for p in (0.1, 0.42, 1 - 2**-17, 1.0):
+                x = values(shape, dtype)
+                for recompute in (False, True):
+                    with subtests.test(variant=str(variant), dtype=dtype, p=p,
+                                       recompute=recompute), warnings.catch_warnings():
+                        warnings.simplefilter("ignore")  # dropout2d's 3-D warning
+                        python, cpp = cpp_and_python(forward_backward_bits, x, p, recompute,
+                                                     function=variant.ours)
+                        assert all(np.array_equal(a, b) for a, b in zip(python[:2], cpp[:2]))
+                        assert torch.equal(python[2], cpp[2])
+    for threads in (1, 2):  # the split over threads changes no bit
+        with subtests.test(threads=threads):
+            before = torch.get_num_threads()
+            torch.set_num_threads(threads)
+            try:
+                x = values((3 * 2**17 + 5,), torch.float32)
+                python, cpp = cpp_and_python(forward_backward_bits, x, 0.3, False)
+            finally:
+                torch.set_num_threads(before)
+            assert np.array_equal(python[0], cpp[0]) and np.array_equal(python[1], cpp[1])
+    with subtests.test("errors"):  # the checks are shared; a bad generator is torch's error
+        x = values((500,), torch.float32)
+        for generator in ("not a generator", 3):
+            errors = []
+            for path in ("python", "cpp"):
+                with _build.path(path), pytest.raises(TypeError) as error:
+                    ft.dropout(x, 0.3, generator=generator)
+                errors.append(str(error.value))
+            assert errors[0] == errors[1]
+    with subtests.test("generator="):
+        x = values((500,), torch.float32)
+        python, cpp = cpp_and_python(
+            lambda: forward_backward_bits(x, 0.3, False, torch.Generator().manual_seed(3)))
+        assert np.array_equal(python[0], cpp[0]) and torch.equal(python[2], cpp[2])
+
+
+CPP_OPS = torch.ops.fastdrop_cpp if CPP else None
+EAGER_OPCHECKS = ("test_schema", "test_autograd_registration", "test_faketensor")
+
+
+@pytest.mark.skipif(not CPP, reason="the C++ path is not available (test_the_cpp_path_...)")
+def test_cpp_operators_pass_opcheck_and_gradcheck(subtests):
+    key = ft.next_key()
+    signed = as_key_tensor(*key).tolist()
+    for dtype, layout in ((torch.float32, "contiguous"), (torch.float64, "transposed"),
+                          (torch.bfloat16, "strided"), (torch.float16, "channels_last")):
+        x = make((2, 3, 4, 5), layout, dtype, finite=True).requires_grad_(dtype.is_floating_point)
+        words = torch.empty(2, dtype=torch.int64).random_()
+        calls = [(CPP_OPS.dropout_keyed.default, (x.detach(), P, *signed, True)),
+                 (CPP_OPS.dropout_keyed.default, (x.detach(), P, *signed, False)),
+                 (CPP_OPS.dropout_keyed.default, (x.detach(), P, *signed, True, 0, [2, 3])),
+                 (CPP_OPS.dropout_keyed.default, (x.detach(), P, *signed, True, 0, [], True)),
+                 (CPP_OPS.dropout_backward.default, (x, words, P)),
+                 (CPP_OPS.dropout_backward.default, (x, words, P, 0, [2, 3], True)),
+                 (CPP_OPS.dropout_backward_recompute.default, (x, P, *signed)),
+                 (CPP_OPS.dropout_backward_recompute.default, (x, P, *signed, 0, [1], True))]
+        for op, arguments in calls:
+            with subtests.test(op=str(op), dtype=dtype, layout=layout):
+                torch.library.opcheck(op, arguments)
+        # the eager entry draws a key per call: traced graphs take fastdrop's Python
+        # operators (whose key draw is an operator of its own), so no AOT test here
+        for arguments in ((x, P), (x, P, True, torch.Generator().manual_seed(1)),
+                          (x, P, False, None, 0, [2, 3], True)):
+            with subtests.test(op="dropout", dtype=dtype, layout=layout):
+                torch.library.opcheck(CPP_OPS.dropout.default, arguments,
+                                      test_utils=EAGER_OPCHECKS)
+    with subtests.test("tags"):
+        assert torch.Tag.nondeterministic_seeded in CPP_OPS.dropout.default.tags
+    x = torch.randn(3, 5, 7, dtype=torch.float64, requires_grad=True)
+    for recompute in (False, True):
+        with subtests.test("gradcheck", recompute=recompute), _build.path("cpp"):
+            def eager(x, recompute=recompute):  # a fresh generator: the same mask each time
+                return ft.dropout(x, P, generator=torch.Generator().manual_seed(11),
+                                  recompute=recompute)
+            assert torch.autograd.gradcheck(eager, (x,))
+            assert torch.autograd.gradgradcheck(eager, (x,))
+    grad = torch.randn(3, 5, 7, dtype=torch.float64, requires_grad=True)
+    words = torch.tensor([0x5A5A5A5A5A5A5A5A, -1], dtype=torch.int64)  # any words: linear
+    with subtests.test("backward operators"):
+        assert torch.autograd.gradgradcheck(
+            lambda g: CPP_OPS.dropout_backward(g, words, P), (grad,))
+        assert torch.autograd.gradgradcheck(
+            lambda g: CPP_OPS.dropout_backward_recompute(g, P, *signed), (grad,))
+
+
+def test_torch_path_off_by_environment_and_a_failed_build_falls_back(monkeypatch, capsys):
+    """FASTDROP_TORCH_CPP=0 keeps the Python path; a failed build is a notice, never an error.
+
+    The call then runs on the Python path, with the same result.
+    """
+    monkeypatch.setattr(_build, "_state", {"reason": None})
+    monkeypatch.setattr(_build, "eager", _build.UNLOADED)
+    monkeypatch.setenv(_build.ENV_SWITCH, "0")
+    assert _build.ops() is None and "FASTDROP_TORCH_CPP=0" in _build.describe()
+    monkeypatch.setattr(_build, "eager", _build.UNLOADED)
+    monkeypatch.delenv(_build.ENV_SWITCH)
+
+    def no_compiler(*_args, **_kwargs):
+        raise RuntimeError("error: no C++ compiler found\nmore detail")
+
+    monkeypatch.setattr(_build, "build", no_compiler)
+    x = values((100,), torch.float32)
+    torch.manual_seed(SEED)
+    key = ft.next_key()
+    y = ft.dropout(x, P)
+    notice = capsys.readouterr().err
+    assert notice.count("\n") == 1 and "Python path" in notice and "no C++ compiler" in notice
+    assert np.array_equal(tensor_bits(y), bits(fastdrop.dropout(x.numpy(), P, seed=key[0],
+                                                                stream=key[1])[0]))
+    ft.dropout(x, P)
+    assert capsys.readouterr().err == ""  # once a process
+    assert _build.describe().startswith("Python (the C++ build failed: error: no C++ compiler")
+
+
+def test_builds_are_cached_per_torch_version_and_source(monkeypatch, tmp_path):
+    monkeypatch.setenv(_build.ENV_CACHE, str(tmp_path))
+    key = _build.cache_key()
+    assert key.startswith(_build.torch_version() + "-")
+    assert _build.build_dir() == tmp_path / "torch_ops" / key
+    source = tmp_path / "ops.cpp"
+    source.write_bytes(_build.SOURCE.read_bytes() + b"// changed\n")
+    monkeypatch.setattr(_build, "SOURCE", source)
+    assert _build.cache_key() != key
+    monkeypatch.setattr(_build, "torch_version", lambda: "9.9.9")
+    assert _build.cache_key().startswith("9.9.9-")
+
+
+def test_concurrent_builds_wait_for_the_lock(tmp_path):
+    """The build's file lock: a second process (here a thread's own open file) waits."""
+    folder, order = tmp_path / "build", []
+
+    def second():
+        with _build._locked(folder):
+            order.append("second")
+
+    with _build._locked(folder):
+        waiter = threading.Thread(target=second)
+        waiter.start()
+        waiter.join(0.5)
+        order.append("first")
+    waiter.join(10)
+    assert order == ["first", "second"]

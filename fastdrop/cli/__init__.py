@@ -17,6 +17,7 @@ from .arguments import CommandParser, UsageError
 # subcommand name -> module (relative to this package)
 SUBCOMMANDS = {
     "bench": ".bench",
+    "build-torch-ops": ".build_torch_ops",
     "demo": ".demo",
     "info": ".info",
     "train": ".train",

@@ -20,6 +20,17 @@ def _text(value):
     return str(value)
 
 
+def _torch_path():
+    """Which eager path fastdrop.torch takes (C++ or Python, and why); None without torch."""
+    import importlib.util
+
+    if importlib.util.find_spec("torch") is None:
+        return None
+    from ..torch import _build
+
+    return _build.describe()
+
+
 def run(args):
     """Run ``fastdrop info``: print what `system_info` finds, as a table or JSON; return 0."""
     import json
@@ -27,6 +38,7 @@ def run(args):
     from .._internal import system_info
 
     info = system_info()
+    info["fastdrop.torch path"] = _torch_path()
     if args.json:
         print(json.dumps(info, indent=2))
         return 0

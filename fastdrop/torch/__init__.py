@@ -11,8 +11,10 @@
 
 Masks are fastdrop's (docs/mask-stream.md) for a (seed, stream) drawn from torch's
 generator; autograd keeps 1 bit per element (or, with ``recompute=True``, the key
-alone). Needs PyTorch (``pip install "fastdrop-cpu[torch]"``); ``import fastdrop`` never
-imports it. docs/torch.md has the details.
+alone). Eager calls run in C++ (``csrc/ops.cpp``), compiled against the installed torch
+on first use or by ``fastdrop build-torch-ops``, and otherwise in Python, with the same
+results (`fastdrop.torch._build`). Needs PyTorch (``pip install "fastdrop-cpu[torch]"``);
+``import fastdrop`` never imports it. docs/torch.md has the details.
 """
 try:
     import torch  # noqa: F401
@@ -29,6 +31,7 @@ from .functional import (
     feature_alpha_dropout,
     next_key,
 )
+from .fused import bias_dropout_add, dropout_add
 from .modules import (
     AlphaDropout,
     Dropout,
@@ -41,4 +44,5 @@ from .modules import (
 
 __all__ = ["AlphaDropout", "Dropout", "Dropout1d", "Dropout2d", "Dropout3d",
            "FeatureAlphaDropout", "alpha_dropout", "dropout", "dropout1d", "dropout2d",
-           "dropout3d", "feature_alpha_dropout", "next_key", "replace_dropout"]
+           "dropout3d", "feature_alpha_dropout", "next_key", "replace_dropout",
+           "bias_dropout_add", "dropout_add"]

@@ -16,9 +16,10 @@ gradient, one registered with ``register_autograd``:
 
 The backward operators are linear in ``grad``, so each is its own gradient: double
 backward works. ``torch.compile`` and ``torch.export`` trace these operators. Eager
-calls take the twins below instead, autograd Functions over the same
-computations (`fastdrop.torch._tensors`): a custom operator's dispatch costs more than
-a small dropout itself.
+calls take the C++ path (`fastdrop.torch._build`, ``csrc/ops.cpp``) where it is built,
+else the twins below, autograd Functions over the same computations
+(`fastdrop.torch._tensors`): a Python custom operator's dispatch costs more than a
+small dropout itself.
 """
 import torch
 

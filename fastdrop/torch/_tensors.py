@@ -136,6 +136,16 @@ def _run(function, tensor, *arguments, inplace=False, **options):
     return target, rest
 
 
+def cpp_threads(tensor):
+    """`_threads` as the C++ path takes it: fastdrop's chosen count for a large call, else 0.
+
+    0 leaves the choice to the C++ path, which takes torch's intra-op threads.
+    """
+    if tensor.numel() < SERIAL_ELEMENTS or not threads_were_set():
+        return 0
+    return fastdrop.get_num_threads()
+
+
 def _thread_count(tensor):
     """A with-block running fastdrop's kernels on the thread count `_threads` chooses."""
     threads = _threads(tensor)

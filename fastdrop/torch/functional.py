@@ -19,7 +19,7 @@ import warnings
 import torch
 from torch.utils._python_dispatch import _get_current_dispatch_mode
 
-from . import _ops, _tensors
+from . import _build, _ops, _tensors
 
 __all__ = ["alpha_dropout", "dropout", "dropout1d", "dropout2d", "dropout3d",
            "feature_alpha_dropout", "next_key"]
@@ -97,6 +97,9 @@ def _dropout(input, p, training, inplace, feature, alpha, generator, recompute, 
     ``feature`` is None (one bit per element) or the first axis a channel's bit is
     shared along: 2 for (N, C, ...) input, 1 for unbatched (C, ...) input.
     """
+    if type(training) is not bool:  # as torch's argument parser: not even np.bool_ or 1
+        raise TypeError(f"{where}(): argument 'train' (position 3) must be bool, not "
+                        f"{type(training).__name__}")
     _tensors.check_p_is_a_number(p)
     if not training or p == 0:
         return input
@@ -119,6 +122,12 @@ def _dropout(input, p, training, inplace, feature, alpha, generator, recompute, 
         return input.copy_(y) if inplace else y
     if inplace:
         _check_inplace(input)
+    cpp = _build.first_use()
+    # the C++ path: key, autograd node and kernels in one call (anything but a Generator
+    # as generator= gets the Python path's error, torch's own)
+    if cpp is not None and (generator is None or isinstance(generator, torch.Generator)):
+        return cpp(input, p, recompute, inplace, generator, _tensors.cpp_threads(input),
+                   shared_dims, alpha)
     seed, stream = _tensors.draw_key_values(generator)
     if input.requires_grad and torch.is_grad_enabled():
         return _ops.eager_dropout(input, (p, seed, stream, shared_dims, alpha, recompute,
@@ -193,6 +202,16 @@ def dropout(input, p=0.5, training=True, inplace=False, *, generator=None, recom
     >>> sorted(set(y.tolist())) in ([0.0, 2.0], [0.0], [2.0])
     True
     """
+    cpp = _build.eager
+    if cpp is _build.UNLOADED:
+        cpp = _build.first_use()
+    # the usual call straight to C++: what _dropout would check and decide, in fewer steps
+    if (cpp is not None and training is True and not inplace and type(p) is float
+            and 0.0 < p <= 1.0
+            and (generator is None or type(generator) is torch.Generator)
+            and not _traced(input)):
+        _tensors.check_input(input, "dropout")
+        return cpp(input, p, recompute, False, generator, _tensors.cpp_threads(input))
     _tensors.check_p(p)
     return _dropout(input, p, training, inplace, None, False, generator, recompute, "dropout")
 

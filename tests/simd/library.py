@@ -212,9 +212,9 @@ class KernelLibrary:
                                      (values.size + 63) // 64)
 
     def dropout_runs(self, x, p, seed, stream, runs, ranges=1):
-        """fd_dropout_runs: x a block whose global indices ``runs`` gives (block_runs's tuple)."""
-        base, outer_shape, outer_strides, run = runs
-        view = Runs(base, outer_shape.size, _pointer(outer_shape), _pointer(outer_strides), run)
+        """fd_dropout_runs: x a block whose global indices ``runs`` (a BlockRuns) gives."""
+        view = Runs(runs.base, runs.outer_shape.size, _pointer(runs.outer_shape),
+                    _pointer(runs.outer_strides), runs.run)
         params = self._params(x.size, p, seed, stream, 0)
         total = (x.size + 63) // 64
         words = np.full(total, 0xA5A5A5A5A5A5A5A5, np.uint64)

@@ -281,6 +281,11 @@ static inline int fd_pipeline_takes(const fd_mask_params *params, const void *ta
 #define FD_SCALE_SOME(SUFFIX, VARIANT, job, WORDS)                                          \
     fd_scale_ready_##SUFFIX##VARIANT(                                                       \
         job, (job)->done + (WORDS) < (job)->ready ? (job)->done + (WORDS) : (job)->ready);
+/* A variant's target with AVX-512F, as one attribute: clang honours one target attribute
+ * of a function, not two. */
+#define FD_WITH_512_avx2 FD_TARGET("avx2,avx512f")
+#define FD_WITH_512_avx512 FD_TARGET_BF16_512
+#define FD_WITH_512_avx512ne FD_TARGET_BF16_NE
 #define FD_PIPELINE_DEFINE(SUFFIX, T, SCALE_T, VARIANT, ATTRIBUTES)                         \
     /* Words group + done .. group + ready - 1 of a group, still to be scaled. */           \
     typedef struct {                                                                        \
@@ -308,7 +313,7 @@ static inline int fd_pipeline_takes(const fd_mask_params *params, const void *ta
         fd_scale_job_##SUFFIX##VARIANT *job)                                                \
     FD_VEC_BATCH(FD_VEC_256_HALF, params, word, out,                                        \
                  FD_SCALE_SOME(SUFFIX, VARIANT, job, FD_INTERLEAVE_256))                    \
-    ATTRIBUTES FD_TARGET("avx512f") static void fd_draw_##SUFFIX##VARIANT##_512(          \
+    FD_WITH_512##VARIANT static void fd_draw_##SUFFIX##VARIANT##_512(                       \
         const fd_mask_params *params, uint64_t word, uint64_t *out,                         \
         fd_scale_job_##SUFFIX##VARIANT *job)                                                \
     FD_VEC_BATCH(FD_VEC_512, params, word, out,                                             \

@@ -1,8 +1,9 @@
 # cython: language_level=3, boundscheck=False, wraparound=False, cdivision=True
 """Cython/OpenMP backend: the kernels of fastdrop/include/fastdrop/dropout.h over threads.
 
-The kernel interface of `fastdrop._backends` (1-D C-contiguous arrays, checked
-machine values). Element types: float64, float32, float16 (as float16 arrays) and
+The kernel interface of `fastdrop.kernels.interface` (1-D C-contiguous arrays, checked
+machine values in its records, whose typed fields are copied here into the C structs
+they mirror). Element types: float64, float32, float16 (as float16 arrays) and
 bfloat16 (as uint16 arrays of bit patterns). Threads run ``prange`` over ranges of
 whole mask words, so no two threads write one word; built without OpenMP the same
 loop runs serially.
@@ -14,6 +15,7 @@ from cython.parallel cimport prange
 from libc.stdint cimport int64_t, uint16_t, uint64_t
 
 from fastdrop.kernels.cython.openmp cimport FD_OPENMP_ENABLED, omp_get_max_threads
+from fastdrop.kernels.records cimport BlockRuns, BroadcastLayout, MaskParams, NoiseParams
 from fastdrop.libfastdrop cimport (
     fd_apply_broadcast_range_bf16, fd_apply_broadcast_range_f16, fd_apply_broadcast_range_f32,
     fd_apply_broadcast_range_f64, fd_apply_mask_range_bf16, fd_apply_mask_range_f16,
@@ -254,73 +256,67 @@ cdef int _stream_into(source, target, uint64_t *word_data, double scale,
     return 0
 
 
-cdef fd_runs _runs_of(runs):
-    """The C view of `fastdrop._layout.block_runs`'s (base, outer_shape, outer_strides, run).
-
-    The two arrays must outlive the view (the caller holds the tuple).
-    """
-    cdef fd_runs view
-    base, outer_shape, outer_strides, run = runs
-    view.base = <uint64_t>base
-    view.ndim = outer_shape.size
-    view.shape = <const int64_t *>_data(outer_shape)
-    view.strides = <const int64_t *>_data(outer_strides)
-    view.run = run
+cdef inline fd_mask_params _mask_params(MaskParams params):
+    """The C struct a `MaskParams` record mirrors."""
+    cdef fd_mask_params view
+    view.seed, view.stream, view.threshold = params.seed, params.stream, params.threshold
+    view.drop_all, view.offset, view.n = params.drop_all, params.offset, params.n
     return view
 
 
-def scale_by_runs(source, target, words, int64_t n, double scale, uint64_t threshold,
-                  bint drop_all, uint64_t seed, uint64_t stream, runs, int threads):
-    """`scale_by_stream` for a block of a larger array: global indices from ``runs``.
-
-    ``runs`` is `fastdrop._layout.block_runs`'s tuple (int64 arrays, C-contiguous).
-    """
-    cdef fd_mask_params params
-    cdef fd_runs view = _runs_of(runs)
-    params.seed, params.stream, params.threshold = seed, stream, threshold
-    params.drop_all, params.offset, params.n = drop_all, 0, n
-    _stream_into(source, target, <uint64_t *>_data(words), scale, &params, threads, &view)
+cdef inline fd_runs _runs_of(BlockRuns runs):
+    """The C struct a `BlockRuns` record mirrors (its arrays live as long as the record)."""
+    cdef fd_runs view
+    view.base = runs.base
+    view.ndim = runs.outer_shape.size
+    view.shape = <const int64_t *>_data(runs.outer_shape)
+    view.strides = <const int64_t *>_data(runs.outer_strides)
+    view.run = runs.run
+    return view
 
 
-def gaussian_runs(source, target, double sigma, uint64_t seed, uint64_t stream, runs,
+def scale_by_runs(source, target, words, double scale, MaskParams params not None,
+                  BlockRuns runs not None, int threads):
+    """`scale_by_stream` for a block of a larger array: global indices from ``runs``."""
+    cdef fd_mask_params view = _mask_params(params)
+    cdef fd_runs block = _runs_of(runs)
+    _stream_into(source, target, <uint64_t *>_data(words), scale, &view, threads, &block)
+
+
+def gaussian_runs(source, target, NoiseParams params not None, BlockRuns runs not None,
                   int threads):
     """`gaussian` for a block of a larger array: global indices from ``runs``."""
-    cdef fd_runs view = _runs_of(runs)
-    _gaussian_into(source, target, sigma, seed, stream, 0, &view, threads)
+    cdef fd_runs block = _runs_of(runs)
+    _gaussian_into(source, target, params.sigma, params.seed, params.stream, 0, &block, threads)
 
 
-def scale_by_stream(source, target, words, int64_t n, double scale, uint64_t threshold,
-                    bint drop_all, uint64_t seed, uint64_t stream, uint64_t offset, int threads):
+def scale_by_stream(source, target, words, double scale, MaskParams params not None,
+                    int threads):
     """Mask words from the stream and/or target = source * keep * scale.
 
     ``source``/``target`` may be None (mask only); ``words`` may be None (recompute,
     no mask).
     """
-    cdef fd_mask_params params
-    params.seed, params.stream, params.threshold = seed, stream, threshold
-    params.drop_all, params.offset, params.n = drop_all, offset, n
-    _stream_into(source, target, <uint64_t *>_data(words), scale, &params, threads)
+    cdef fd_mask_params view = _mask_params(params)
+    _stream_into(source, target, <uint64_t *>_data(words), scale, &view, threads)
 
 
-def dropout_plain(x, bint inplace, uint64_t threshold, bint drop_all, double scale,
-                  uint64_t seed, uint64_t stream, uint64_t offset, int threads):
+def dropout_plain(x, bint inplace, double scale, MaskParams params not None, int threads):
     """Fused forward of a whole C-contiguous array, in place or into a new array: ``(y, words)``.
 
     The API's one-step path for the usual call, in one C step: x is an ndarray,
     C-contiguous, aligned, native float16/32/64 or uint16 bfloat16 bits (writeable in
-    place); T, drop_all, s, seed, stream and offset are checked. y is x in place, else a
+    place) of ``params.n`` elements; every value is checked. y is x in place, else a
     new C-ordered array; the bits are those of `scale_by_stream`.
     """
     cdef cnp.ndarray array = <cnp.ndarray>x
-    cdef fd_mask_params params
-    params.seed, params.stream, params.threshold = seed, stream, threshold
-    params.drop_all, params.offset, params.n = drop_all, offset, cnp.PyArray_SIZE(array)
-    cdef cnp.npy_intp word_count = fd_words_for(params.n)
+    cdef fd_mask_params view = _mask_params(params)
+    cdef cnp.npy_intp word_count = fd_words_for(view.n)
     words = cnp.PyArray_EMPTY(1, &word_count, cnp.NPY_UINT64, 0)
     target = x if inplace else cnp.PyArray_EMPTY(cnp.PyArray_NDIM(array),
                                                  cnp.PyArray_DIMS(array),
                                                  cnp.PyArray_TYPE(array), 0)
-    _stream_into(x, target, <uint64_t *>_data(words), scale, &params, threads)
+    _stream_into(x, target, <uint64_t *>_data(words), scale, &view, threads)
     return target, words
 
 
@@ -347,9 +343,9 @@ def scale_by_mask(source, target, words, double scale, int threads):
                             _chunk_start(total, chunks, chunk + 1))
 
 
-def apply_broadcast(source, target, words, sizes, mask_strides, double scale, affine,
-                    int threads):
-    """target = source with stored keep bits stretched over it by (sizes, mask_strides).
+def apply_broadcast(source, target, words, BroadcastLayout layout not None, double scale,
+                    affine, int threads):
+    """target = source with stored keep bits stretched over it by a `BroadcastLayout`.
 
     ``affine`` None: kept x * scale, dropped +0.0; else alpha dropout's (a, b, c).
     """
@@ -359,12 +355,12 @@ def apply_broadcast(source, target, words, sizes, mask_strides, double scale, af
     cdef int chunks = _chunk_count(n, threads)
     cdef Kind kind = _kind(source)
     cdef const uint64_t *word_data = <const uint64_t *>_data(words)
-    cdef fd_broadcast_layout layout
+    cdef fd_broadcast_layout view
     cdef fd_mask_op_f64 op64
     cdef fd_mask_op_f32 op32
-    layout.ndim = sizes.size
-    layout.sizes = <const int64_t *>_data(sizes)
-    layout.mask_strides = <const int64_t *>_data(mask_strides)
+    view.ndim = layout.sizes.size
+    view.sizes = <const int64_t *>_data(layout.sizes)
+    view.mask_strides = <const int64_t *>_data(layout.mask_strides)
     is_affine, element_scale, shift, dropped_value = kernel_mask_op(source.dtype, scale, affine)
     op64.affine = op32.affine = is_affine
     op64.scale, op64.shift, op64.dropped_value = element_scale, shift, dropped_value
@@ -374,7 +370,7 @@ def apply_broadcast(source, target, words, sizes, mask_strides, double scale, af
     cdef int chunk
     with nogil:
         for chunk in prange(chunks, num_threads=chunks, schedule="static"):
-            _broadcast_range(kind, source_data, target_data, word_data, &layout, &op64, &op32,
+            _broadcast_range(kind, source_data, target_data, word_data, &view, &op64, &op32,
                              _chunk_start(n, chunks, chunk), _chunk_start(n, chunks, chunk + 1))
 
 
@@ -402,10 +398,10 @@ cdef int _gaussian_into(source, target, double sigma, uint64_t seed, uint64_t st
     return 0
 
 
-def gaussian(source, target, double sigma, uint64_t seed, uint64_t stream, uint64_t offset,
-             int threads):
+def gaussian(source, target, NoiseParams params not None, int threads):
     """target = source * (1 + sigma * z) with z from the Gaussian noise stream (1-D arrays)."""
-    _gaussian_into(source, target, sigma, seed, stream, offset, NULL, threads)
+    _gaussian_into(source, target, params.sigma, params.seed, params.stream, params.offset, NULL,
+                   threads)
 
 
 def standard_normals_of_words(random_words):
@@ -448,3 +444,81 @@ def scale_in_place(values, double scale, int threads):
         for chunk in prange(chunks, num_threads=chunks, schedule="static"):
             _scale_range(kind, data, element_scale, n, _chunk_start(total, chunks, chunk),
                          _chunk_start(total, chunks, chunk + 1))
+
+
+# ---------------------------------------------------------------- fused kernels (fused.h)
+
+cdef extern from "fastdrop/fused.h" nogil:
+    void fd_dropout_add_range_f64(const double *source, const double *residual,
+                                  const double *bias, int64_t features, double *target,
+                                  uint64_t *words, double scale, const fd_mask_params *params,
+                                  int64_t first, int64_t stop)
+    void fd_dropout_add_range_f32(const float *source, const float *residual, const float *bias,
+                                  int64_t features, float *target, uint64_t *words, float scale,
+                                  const fd_mask_params *params, int64_t first, int64_t stop)
+    void fd_dropout_add_range_f16(const uint16_t *source, const uint16_t *residual,
+                                  const uint16_t *bias, int64_t features, uint16_t *target,
+                                  uint64_t *words, float scale, const fd_mask_params *params,
+                                  int64_t first, int64_t stop)
+    void fd_dropout_add_range_bf16(const fd_bfloat16 *source, const fd_bfloat16 *residual,
+                                   const fd_bfloat16 *bias, int64_t features,
+                                   fd_bfloat16 *target, uint64_t *words, float scale,
+                                   const fd_mask_params *params, int64_t first, int64_t stop)
+
+
+cdef void _dropout_add_range(Kind kind, const void *source, const void *residual,
+                             const void *bias, int64_t features, void *target, uint64_t *words,
+                             double scale, const fd_mask_params *params, int64_t first,
+                             int64_t stop) noexcept nogil:
+    if kind == F64:
+        fd_dropout_add_range_f64(<const double *>source, <const double *>residual,
+                                 <const double *>bias, features, <double *>target, words, scale,
+                                 params, first, stop)
+    elif kind == F32:
+        fd_dropout_add_range_f32(<const float *>source, <const float *>residual,
+                                 <const float *>bias, features, <float *>target, words,
+                                 <float>scale, params, first, stop)
+    elif kind == F16:
+        fd_dropout_add_range_f16(<const uint16_t *>source, <const uint16_t *>residual,
+                                 <const uint16_t *>bias, features, <uint16_t *>target, words,
+                                 <float>scale, params, first, stop)
+    else:
+        fd_dropout_add_range_bf16(<const fd_bfloat16 *>source, <const fd_bfloat16 *>residual,
+                                  <const fd_bfloat16 *>bias, features, <fd_bfloat16 *>target,
+                                  words, <float>scale, params, first, stop)
+
+
+def dropout_add(source, residual, bias, target, words, double scale,
+                MaskParams params not None, int threads):
+    """target = residual + dropout(source (+ bias)) with keep bits from the stream.
+
+    1-D C-contiguous arrays of one element type and ``params.n`` elements; ``bias``
+    None or the last axis's values (element i reads ``bias[i % bias.size]``); ``words``
+    None (no mask stored) or room for ceil(n / 64) words. ``target`` may be
+    ``residual`` (in place).
+    """
+    cdef fd_mask_params view = _mask_params(params)
+    cdef int64_t n = view.n
+    if n == 0:
+        return
+    cdef int chunks = _chunk_count(n, threads)
+    cdef Kind kind = _kind(source)
+    cdef double element_scale = _element_scale(source, kind, scale)
+    cdef const void *source_data = _data(source)
+    cdef const void *residual_data = _data(residual)
+    cdef const void *bias_data = _data(bias)
+    cdef int64_t features = 0 if bias is None else bias.size
+    cdef void *target_data = _data(target)
+    cdef uint64_t *word_data = <uint64_t *>_data(words)
+    cdef int64_t total = fd_words_for(n)
+    cdef int chunk
+    with nogil:
+        if chunks == 1:
+            _dropout_add_range(kind, source_data, residual_data, bias_data, features,
+                               target_data, word_data, element_scale, &view, 0, total)
+        else:
+            for chunk in prange(chunks, num_threads=chunks, schedule="static"):
+                _dropout_add_range(kind, source_data, residual_data, bias_data, features,
+                                   target_data, word_data, element_scale, &view,
+                                   _chunk_start(total, chunks, chunk),
+                                   _chunk_start(total, chunks, chunk + 1))

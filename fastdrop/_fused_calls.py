@@ -1,0 +1,71 @@
+"""Call preparation of the fused operations, shared by the public API and the reference.
+
+``residual + dropout(x)`` and ``residual + dropout(x + bias)`` take two or three arrays
+of one dtype and shape (the bias: the last axis's), and write their result where the
+caller asks: a new array, ``out``, or (``inplace=True``) the residual's buffer. Every
+argument is checked here, in an order that leaves no trace on error, before a stream
+is taken (`fastdrop._calls`' rules).
+"""
+from . import _calls, streams
+from ._checks import check_bool
+from ._validate import check_dtype_request, check_offset, check_p, element_array
+
+
+def _same_kind(array, name, x):
+    """``array`` (residual, bias) has x's dtype: no promotion, as the result is written once."""
+    if array.dtype != x.dtype:
+        raise TypeError(f"{name} has dtype {array.dtype}, expected x's dtype {x.dtype}")
+
+
+def _check_bias(bias, x, request):
+    """The bias as kernels see it: x's dtype, shape ``(x.shape[-1],)`` (a Linear's bias)."""
+    if x.ndim == 0:
+        raise ValueError("bias_dropout_add adds the bias along x's last axis; x is 0-d")
+    array, kernel = element_array(bias, "bias", request)
+    _same_kind(array, "bias", x)
+    if array.shape != x.shape[-1:]:
+        raise ValueError(f"bias has shape {array.shape}, expected {x.shape[-1:]} "
+                         f"(x's last axis; x has shape {x.shape})")
+    return kernel
+
+
+def fused(x, residual, bias, p, seed, stream, offset, training, inplace, out, dtype,
+          with_bias=False):
+    """A fused call: ``(call, x as kernels see it, bias as kernels see it or None)``.
+
+    ``call`` is a `fastdrop._calls.Call` whose arrays are the residual's side: its x is
+    the residual as kernels see it, its target the residual (``inplace``), ``out``, or
+    None; its mask has x's shape. The residual must have x's dtype and shape (no
+    broadcasting: the residual is the buffer a result the size of x may go into).
+    """
+    training = check_bool(training, "training")
+    p = check_p(p)
+    request = check_dtype_request(dtype)
+    x_array, x_kernel = element_array(x, "x", request)
+    sides = _calls.arrays(residual, "residual", inplace, out, dtype)
+    residual_array = sides[2]
+    _same_kind(residual_array, "residual", x_array)
+    if residual_array.shape != x_array.shape:
+        raise ValueError(f"residual has shape {residual_array.shape}, expected x's shape "
+                         f"{x_array.shape} (the residual is not broadcast)")
+    bias_kernel = _check_bias(bias, x_array, request) if with_bias else None
+    offset = check_offset(offset, x_array.size)
+    parsed = streams.parse(seed, stream)
+    seed, stream = streams.take(parsed) if training else (None, None)
+    call = _calls.Call(sides, p, x_array.shape, x_array.size, offset, seed, stream)
+    return call, x_kernel, bias_kernel
+
+
+def check_bias_gradient(grad, mask, dtype):
+    """The arguments of a bias's backward: a DropoutMask of grad's shape, with a last axis.
+
+    Only what `fastdrop.dropout_backward` would not refuse itself: it stretches a mask
+    over a larger grad, where the bias's gradient needs grad to be the forward's shape.
+    """
+    _calls.check_mask_object(mask)
+    shape = element_array(grad, "grad", check_dtype_request(dtype))[0].shape
+    if shape != mask.shape:
+        raise ValueError(f"grad has shape {shape}, expected the mask's shape {mask.shape} "
+                         f"(x's shape in the forward pass)")
+    if len(shape) == 0:
+        raise ValueError("bias_dropout_add_backward needs a grad with a last axis; it is 0-d")

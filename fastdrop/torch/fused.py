@@ -1,0 +1,202 @@
+"""Fused dropout for PyTorch: ``residual + dropout(x)`` and ``residual + dropout(x + bias)``.
+
+Operators ``fastdrop::dropout_add(x, residual, p, key) -> (y, words)`` and
+``fastdrop::bias_dropout_add(x, bias, residual, p, key) -> (y, words)`` (CPU), each with
+a fake implementation and a gradient: x's is ``fastdrop::dropout_backward`` from the
+words, the residual's is grad, the bias's is x's summed over every axis but the last
+(torch's sum, so double backward works). Their values are `fastdrop.dropout_add` and
+`fastdrop.bias_dropout_add` of the tensors' memory with the key's (seed, stream): the
+unfused composition, bit for bit (docs/mask-stream.md, section 11).
+"""
+import math
+
+import numpy as np
+import torch
+
+import fastdrop
+
+from . import _ops, _tensors
+from .functional import _traced
+
+__all__ = ["bias_dropout_add", "dropout_add"]
+
+
+def _fused_forward(function, x, arrays, p, key):
+    """``function(*arrays, p, ...)`` into a tensor of x's layout: (y, int64 words, padded)."""
+    seed, stream = _tensors.key_values(key)
+    x_array, request = _tensors.as_array(x)
+    options = {"seed": seed, "stream": stream, "dtype": request}
+    target = None if x.is_contiguous() else torch.empty_like(x)
+    if target is not None:
+        options["out"] = _tensors.as_array(target)[0]
+    with _tensors._thread_count(x):
+        y, mask = function(x_array, *(_tensors.as_array(a)[0] for a in arrays), p, **options)
+    if target is None:
+        target = torch.from_numpy(y)
+        if request is not None:  # bfloat16 bit patterns, as uint16
+            target = target.view(torch.bfloat16)
+    words = torch.from_numpy(mask.words.view(np.int64))
+    if len(words) < _ops._MIN_WORDS:
+        words = torch.cat([words, words.new_zeros(_ops._MIN_WORDS - len(words))])
+    return target, words
+
+
+def _fake(x):
+    count = torch.sym_max(_ops._MIN_WORDS, _tensors.word_count(x.shape, ()))
+    return torch.empty_like(x), x.new_empty(count, dtype=torch.int64)
+
+
+@torch.library.custom_op("fastdrop::dropout_add", mutates_args=(), device_types="cpu")
+def dropout_add_op(x: torch.Tensor, residual: torch.Tensor, p: float,
+                   key: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """residual + dropout(x) with the key's mask: (y, packed mask words, at least two)."""
+    return _fused_forward(fastdrop.dropout_add, x, (residual,), p, key)
+
+
+@dropout_add_op.register_fake
+def _(x, residual, p, key):
+    return _fake(x)
+
+
+@torch.library.custom_op("fastdrop::bias_dropout_add", mutates_args=(), device_types="cpu")
+def bias_dropout_add_op(x: torch.Tensor, bias: torch.Tensor, residual: torch.Tensor, p: float,
+                        key: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """residual + dropout(x + bias) with the key's mask: (y, packed mask words)."""
+    return _fused_forward(fastdrop.bias_dropout_add, x, (bias, residual), p, key)
+
+
+@bias_dropout_add_op.register_fake
+def _(x, bias, residual, p, key):
+    return _fake(x)
+
+
+def _save_words(ctx, inputs, output):
+    ctx.p = inputs[-2]
+    ctx.save_for_backward(output[1])
+
+
+def _grad_x(ctx, grad):
+    (words,) = ctx.saved_tensors
+    return _ops.dropout_backward(grad, words, ctx.p, [], False)
+
+
+def _dropout_add_backward(ctx, grad, _grad_words):
+    return _grad_x(ctx, grad), grad, None, None
+
+
+def _bias_dropout_add_backward(ctx, grad, _grad_words):
+    grad_x = _grad_x(ctx, grad)
+    rows = math.prod(grad_x.shape[:-1])
+    return grad_x, grad_x.reshape(rows, grad_x.shape[-1]).sum(0), grad, None, None
+
+
+dropout_add_op.register_autograd(_dropout_add_backward, setup_context=_save_words)
+bias_dropout_add_op.register_autograd(_bias_dropout_add_backward, setup_context=_save_words)
+
+
+def _check(tensors, p, where):
+    """torch's p check, then CPU float tensors of one dtype."""
+    _tensors.check_p(p)
+    _tensors.check_p_is_a_number(p)
+    for tensor in tensors:
+        _tensors.check_tensor(tensor, where)
+        _tensors.check_input(tensor, where)
+    if len({tensor.dtype for tensor in tensors}) > 1:
+        raise TypeError(f"{where}: x, residual (and bias) must have one dtype, got "
+                        f"{', '.join(str(tensor.dtype) for tensor in tensors)}")
+
+
+def _key(x, generator, where):
+    if generator is None:
+        return _ops.draw_key(x)
+    if _traced(x):
+        raise RuntimeError(f"{where}: generator= is for eager calls; under torch.compile, "
+                           "torch.export and tensor subclasses the keys come from the default "
+                           "CPU generator (seed it with torch.manual_seed)")
+    return _tensors.new_key(generator)
+
+
+def _deliver(y, residual, inplace):
+    return residual.copy_(y) if inplace else y
+
+
+def dropout_add(x, residual, p=0.5, training=True, inplace=False, *, generator=None):
+    """``residual + dropout(x)`` in one pass, with autograd: fastdrop's fused sub-layer output.
+
+    Bit for bit ``residual + fastdrop.torch.dropout(x, p)`` with the same key (and
+    `fastdrop.dropout_add` of the tensors' values): dropout's product rounded to the
+    dtype, then the sum rounded to the dtype. The mask is kept for backward as packed
+    bits (1 bit per element).
+
+    Parameters
+    ----------
+    x, residual : torch.Tensor
+        CPU tensors of one shape and dtype (float16, float32, float64 or bfloat16).
+    p : float, default 0.5
+        Probability of an element of x to be zeroed.
+    training : bool, default True
+        If False: ``residual + x``.
+    inplace : bool, default False
+        Write the result into ``residual`` and return it (torch's in-place rules apply:
+        refused for a leaf that requires grad).
+    generator : torch.Generator, optional
+        Where the (seed, stream) come from (eager calls); torch's default CPU
+        generator if None.
+
+    Returns
+    -------
+    torch.Tensor
+        ``residual + dropout(x)``.
+
+    Raises
+    ------
+    ValueError
+        ``p`` outside [0, 1]; shapes differ.
+    TypeError
+        A tensor is not a dense CPU float tensor, or the dtypes differ.
+
+    Examples
+    --------
+    >>> import torch, fastdrop.torch
+    >>> x, residual = torch.ones(8), torch.full((8,), 10.0)
+    >>> y = fastdrop.torch.dropout_add(x, residual, 0.5)
+    >>> sorted(set(y.tolist())) in ([10.0, 12.0], [10.0], [12.0])
+    True
+    """
+    _check((x, residual), p, "dropout_add")
+    if not training:
+        return residual.add_(x) if inplace else residual + x
+    y = dropout_add_op(x, residual, float(p), _key(x, generator, "dropout_add"))[0]
+    return _deliver(y, residual, inplace)
+
+
+def bias_dropout_add(x, bias, residual, p=0.5, training=True, inplace=False, *, generator=None):
+    """``residual + dropout(x + bias)`` in one pass, with autograd; the bias along x's last axis.
+
+    Bit for bit the unfused composition with the same key (`fastdrop.bias_dropout_add`).
+    The bias's gradient is x's summed over every axis but the last, by torch's ``sum``.
+
+    Parameters
+    ----------
+    x, residual : torch.Tensor
+        CPU tensors of one shape and dtype, x with at least one axis.
+    bias : torch.Tensor
+        x's dtype, shape ``(x.shape[-1],)``.
+    p, training, inplace, generator
+        As in `dropout_add`.
+
+    Returns
+    -------
+    torch.Tensor
+        ``residual + dropout(x + bias)``.
+
+    Raises
+    ------
+    ValueError, TypeError
+        As in `dropout_add`; the bias's shape is not ``(x.shape[-1],)``.
+    """
+    _check((x, bias, residual), p, "bias_dropout_add")
+    if not training:
+        return residual.add_(x + bias) if inplace else residual + (x + bias)
+    y = bias_dropout_add_op(x, bias, residual, float(p), _key(x, generator, "bias_dropout_add"))[0]
+    return _deliver(y, residual, inplace)
