@@ -208,7 +208,7 @@ def _mask_geometry(shape, noise_shape, broadcast_dims, offset, origin, global_sh
     index ``offset + j``. With one, the noise shape is the global array's, and the
     mask is the block of the global mask that the data block reads.
     """
-    block = check_block(shape, origin, global_shape, offset)
+    block = check_block(shape, origin, global_shape)
     if block is None:
         mask_shape = (shape if noise_shape is None and broadcast_dims is None
                       else check_noise_shape(shape, noise_shape, broadcast_dims))
@@ -217,6 +217,7 @@ def _mask_geometry(shape, noise_shape, broadcast_dims, offset, origin, global_sh
     origin, global_shape = block
     global_mask = (global_shape if noise_shape is None and broadcast_dims is None
                    else check_noise_shape(global_shape, noise_shape, broadcast_dims))
+    check_offset(offset, shape_size(global_mask))
     mask_shape, mask_origin = _layout.block_of_mask(shape, origin, global_shape, global_mask)
     runs = _layout.block_runs(mask_shape, mask_origin, global_mask, offset)
     return mask_shape, shape_size(mask_shape), offset, runs, (mask_origin, global_mask)
@@ -238,9 +239,10 @@ def masked(x, p, seed, stream, offset, inplace, out, noise_shape, broadcast_dims
 
 def _data_geometry(shape, offset, origin, global_shape):
     """(offset, runs, block) of a call whose elements themselves take global indices."""
-    block = check_block(shape, origin, global_shape, offset)
+    block = check_block(shape, origin, global_shape)
     if block is None:
         return check_offset(offset, shape_size(shape)), None, None
+    offset = check_offset(offset, shape_size(block[1]))
     return offset, _layout.block_runs(shape, *block, offset), block
 
 

@@ -181,7 +181,7 @@ def check_noise_shape(shape, noise_shape, broadcast_dims):
     return padded
 
 
-def check_block(shape, origin, global_shape, offset):
+def check_block(shape, origin, global_shape):
     """A block of a larger C-order array: ``(origin, global_shape)`` as int tuples, or None.
 
     ``origin`` (where the block's first element sits) and ``global_shape`` come
@@ -208,7 +208,6 @@ def check_block(shape, origin, global_shape, offset):
     if any(start + extent > total for start, extent, total in zip(origin, shape, global_shape)):
         raise ValueError(f"a block of shape {shape!r} at origin={origin!r} does not fit in "
                          f"global_shape={global_shape!r}")
-    check_offset(offset, shape_size(global_shape))
     return origin, global_shape
 
 

@@ -195,3 +195,26 @@ def check_bad_block(backend, case):
         with pytest.raises(error, match=fragment):
             call()
     assert np.array_equal(bits(x), bits(before)) and gen.state["stream"] == 0
+
+
+def test_a_block_takes_every_offset_its_mask_takes():
+    """The offset limit is the mask's size, not the global data's, with a noise shape.
+
+    A (4, 2**20) array whose mask is (4, 1) takes offsets up to 2**63 - 4 in memory;
+    each block of it must take the same offsets (dask's blocks call this way).
+    """
+    global_shape, noise_shape = (4, 2**20), (4, 1)
+    offset = 2**63 - 4  # valid for the 4-element mask, not for the 2**22-element array
+    x = np.ones((2, 2**20), np.float32)
+    whole_input = np.ones(global_shape, np.float32)
+    whole, _ = fastdrop.dropout(whole_input, 0.5, seed=3, offset=offset,
+                                noise_shape=noise_shape)
+    y, _ = fastdrop.dropout(x, 0.5, seed=3, offset=offset, noise_shape=noise_shape,
+                            origin=(2, 0), global_shape=global_shape)
+    assert np.array_equal(bits(y), bits(whole[2:]))
+    with pytest.raises(ValueError, match="offset"):  # one more element than the mask has
+        fastdrop.dropout(x, 0.5, seed=3, offset=offset + 1, noise_shape=noise_shape,
+                         origin=(2, 0), global_shape=global_shape)
+    with pytest.raises(ValueError, match="offset"):  # without a mask, the data's size
+        fastdrop.gaussian_dropout(x, 0.5, seed=3, offset=offset, origin=(2, 0),
+                                  global_shape=global_shape)

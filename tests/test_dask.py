@@ -223,6 +223,12 @@ def test_offsets_shift_the_mask_like_in_memory():
         expected, _ = fastdrop.dropout(values, P, seed=SEED, offset=offset)
         assert mask.offset == offset
         assert_bits_equal(y.compute(), expected, offset)
+    # with a noise shape the limit is the mask's size: (5, 1) takes what (5, 130) does not
+    offset = 2**63 - 5
+    y, _ = fdd.dropout(da.from_array(values, chunks=(2, 50)), P, seed=SEED, offset=offset,
+                       noise_shape=(5, 1))
+    expected, _ = fastdrop.dropout(values, P, seed=SEED, offset=offset, noise_shape=(5, 1))
+    assert_bits_equal(y.compute(), expected, offset)
 
 
 def test_dask_random_changes_with_the_chunking_fastdrop_dask_does_not():
