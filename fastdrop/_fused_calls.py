@@ -7,8 +7,8 @@ argument is checked here, in an order that leaves no trace on error, before a st
 is taken (`fastdrop._calls`' rules).
 """
 from . import _calls, streams
-from ._checks import check_bool
-from ._validate import check_dtype_request, check_offset, check_p, element_array
+from ._checks import check_bool, check_offset
+from ._validate import check_dtype_request, check_p, element_array
 
 
 def _same_kind(array, name, x):

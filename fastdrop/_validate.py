@@ -12,7 +12,7 @@ import sys
 
 import numpy as np
 
-from ._checks import check_integer, check_offset, check_p
+from ._checks import check_integer, check_p
 from .maskstream.spec import MAX_ELEMENTS, dropout_scale
 
 FLOAT_DTYPES = (np.dtype(np.float16), np.dtype(np.float32), np.dtype(np.float64))
