@@ -87,29 +87,44 @@ def shape_of(operation, n):
     return (3, n) if n < TWO_THREAD_SIZE else (n // 101 + 1, 101)
 
 
+def composition_cases(sizes):
+    """(operation, dtype form, n, offset, p) to check: every axis whole, not their product.
+
+    Each dtype meets every size, with the (offset, p) pairs taken in turn (the kernels
+    differ by dtype and by where a size ends in a word); every (offset, p) pair meets
+    every size at float32 (the mask's word alignment and the p = 0 and 1 cases).
+    """
+    pairs = list(itertools.product(OFFSETS, PS))
+    for operation in OPERATIONS:
+        for form_index, form in enumerate(dtype_forms()):
+            for size_index, n in enumerate(sizes):
+                offset, p = pairs[(form_index * len(sizes) + size_index) % len(pairs)]
+                yield operation, form, n, offset, p
+        float32 = next(form for form in dtype_forms() if form[0] == "float32")
+        for n in sizes:
+            for offset, p in pairs:
+                yield operation, float32, n, offset, p
+
+
 def test_fused_is_the_unfused_composition(any_backend, threads, subtests):
     compiled = any_backend != "numpy"  # the reference runs no threads
     sizes = SIZES + ((TWO_THREAD_SIZE,) if compiled else ())
     for thread_count in (1, 2) if compiled else (1,):
         fastdrop.set_num_threads(thread_count)
-        for operation in OPERATIONS:
-            for name, dtype, request in dtype_forms():
-                for n in sizes:
-                    shape = shape_of(operation, n)
-                    x, bias, residual = inputs(shape, dtype, request)
-                    for offset, p in itertools.product(OFFSETS, PS):
-                        with subtests.test(threads=thread_count, operation=operation,
-                                           dtype=name, shape=shape, offset=offset, p=p):
-                            keys = dict(seed=SEED, stream=STREAM, offset=offset)
-                            with unchanged(x, bias, residual):
-                                y, mask = fused(operation, x, bias, residual, p, dtype=request,
-                                                backend=any_backend, **keys)
-                            expected, expected_mask = composition(operation, x, bias, residual,
-                                                                  p, any_backend, request, **keys)
-                            assert_bits_equal(y, expected)
-                            assert_same_record(mask, expected_mask)
-                            assert_bits_equal(mask.words,
-                                              reference.bernoulli_mask(x.size, p, **keys))
+        for operation, (name, dtype, request), n, offset, p in composition_cases(sizes):
+            shape = shape_of(operation, n)
+            x, bias, residual = inputs(shape, dtype, request)
+            with subtests.test(threads=thread_count, operation=operation, dtype=name,
+                               shape=shape, offset=offset, p=p):
+                keys = dict(seed=SEED, stream=STREAM, offset=offset)
+                with unchanged(x, bias, residual):
+                    y, mask = fused(operation, x, bias, residual, p, dtype=request,
+                                    backend=any_backend, **keys)
+                expected, expected_mask = composition(operation, x, bias, residual, p,
+                                                      any_backend, request, **keys)
+                assert_bits_equal(y, expected)
+                assert_same_record(mask, expected_mask)
+                assert_bits_equal(mask.words, reference.bernoulli_mask(x.size, p, **keys))
 
 
 def special_values(dtype):
