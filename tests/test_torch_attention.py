@@ -184,3 +184,11 @@ def test_refusals():
         ft.scaled_dot_product_attention(query, key.double(), value, dropout_p=P)
     with pytest.raises(RuntimeError, match="runs on the CPU"):
         ft.scaled_dot_product_attention(query.to("meta"), key, value, dropout_p=P)
+
+
+def test_double_backward_is_refused_not_wrong():
+    query, key, value = case((1,), 2, 2, 3, 4)
+    out = ft.scaled_dot_product_attention(query, key, value, dropout_p=P)
+    (grad_query,) = torch.autograd.grad(out.sum(), query, create_graph=True)
+    with pytest.raises(RuntimeError, match="first derivatives only"):
+        grad_query.sum().backward()

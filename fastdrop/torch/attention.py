@@ -116,7 +116,18 @@ def _gradients(ctx, grad, _grad_softmax, _grad_words):
             grad_key = grad_key.sum_to_size(key.shape)
         if needs_mask:
             grad_mask = grad_scores.sum_to_size(ctx.mask_shape)
-    return grad_query, grad_key, grad_value, grad_mask, None, None, None
+    gradients = (grad_query, grad_key, grad_value, grad_mask)
+    if torch.is_grad_enabled():  # create_graph: these gradients are not differentiable in turn
+        gradients = tuple(_not_differentiable(gradient) if gradient is not None else None
+                          for gradient in gradients)
+    return *gradients, None, None, None
+
+
+def _not_differentiable(gradient):
+    """``gradient``, whose own backward raises (as ``once_differentiable`` makes it)."""
+    return torch._C._functions.DelayedError(
+        "fastdrop.torch.scaled_dot_product_attention has first derivatives only: double "
+        "backward through it is not supported", 1)(gradient)
 
 
 attention_dropout.register_autograd(_gradients, setup_context=_save)
