@@ -22,6 +22,7 @@ except ImportError as error:  # pragma: no cover - the message is the point
     raise ImportError("fastdrop.torch needs PyTorch: pip install \"fastdrop-cpu[torch]\" "
                       "(or pip install torch)") from error
 
+from .attention import scaled_dot_product_attention
 from .functional import (
     alpha_dropout,
     dropout,
@@ -32,6 +33,7 @@ from .functional import (
     next_key,
 )
 from .fused import bias_dropout_add, dropout_add
+from .mode import dropout_mode
 from .modules import (
     AlphaDropout,
     Dropout,
@@ -45,4 +47,4 @@ from .modules import (
 __all__ = ["AlphaDropout", "Dropout", "Dropout1d", "Dropout2d", "Dropout3d",
            "FeatureAlphaDropout", "alpha_dropout", "dropout", "dropout1d", "dropout2d",
            "dropout3d", "feature_alpha_dropout", "next_key", "replace_dropout",
-           "bias_dropout_add", "dropout_add"]
+           "bias_dropout_add", "dropout_add", "dropout_mode", "scaled_dot_product_attention"]

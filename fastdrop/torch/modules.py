@@ -9,7 +9,7 @@ the same with either kind.
 import torch
 from torch.nn.modules.dropout import _DropoutNd
 
-from . import functional
+from . import functional, mode
 
 __all__ = ["AlphaDropout", "Dropout", "Dropout1d", "Dropout2d", "Dropout3d",
            "FeatureAlphaDropout", "replace_dropout"]
@@ -109,7 +109,7 @@ TWINS = {
 }
 
 
-def replace_dropout(model, *, recompute=False):
+def replace_dropout(model, *, recompute=False, functional=True):
     """Swap every torch dropout module of ``model`` for its fastdrop twin, in place.
 
     Modules of exactly ``torch.nn.Dropout``, ``Dropout1d/2d/3d``, ``AlphaDropout`` and
@@ -117,16 +117,24 @@ def replace_dropout(model, *, recompute=False):
     at any depth (Sequential, ModuleList, ModuleDict, attributes). A twin keeps the
     module's attributes (``p``, ``inplace``, training mode, hooks); a module used in
     several places is replaced by one twin. Nothing else changes: no parameter,
-    buffer or ``state_dict`` key. Dropout that a module runs inside its own forward
-    through ``torch.nn.functional`` (such as ``MultiheadAttention``'s attention
-    dropout) stays torch's.
+    buffer or ``state_dict`` key.
+
+    With ``functional=True``, the model's forward also runs inside
+    `fastdrop.torch.dropout_mode`: the dropout its code calls through
+    ``torch.nn.functional`` (and ``F.scaled_dot_product_attention`` with dropout) is
+    fastdrop's too. Forward hooks on every module enter the mode (the first module a
+    call enters, so that ``torch.utils.checkpoint``'s recomputation routes as the
+    forward did); calling ``replace_dropout`` again updates them, never doubles them.
 
     Parameters
     ----------
     model : torch.nn.Module
         The model; changed in place.
     recompute : bool, default False
-        The twins' ``recompute`` setting.
+        The twins' ``recompute`` setting (and the functional dropout's).
+    functional : bool, default True
+        Route the model's functional dropout and attention dropout too; False
+        replaces the modules only (and removes the hooks an earlier call installed).
 
     Returns
     -------
@@ -161,7 +169,10 @@ def replace_dropout(model, *, recompute=False):
         twin.__dict__.update(child.__dict__)  # p, inplace, training, hooks
         twin.recompute, twin.generator = bool(recompute), None
         return twin
-    return replace_torch_dropouts(model, twin_of)
+    replaced = replace_torch_dropouts(model, twin_of)
+    for module in model.modules():
+        mode.install_hooks(module, recompute if functional else None)
+    return replaced
 
 
 def replace_torch_dropouts(model, replacement):
