@@ -96,13 +96,13 @@ def test_numpy_and_auto_backends_give_the_reference(subtests):
 def test_dropout_bit_identical(compiled_backend, threads, n, subtests):
     """Each size against the reference for every p, offset and thread count (subtests)."""
     seed, stream = 0x0123456789ABCDEF, 77
-    for thread_count in (1, 2):
-        fastdrop.set_num_threads(thread_count)
-        for p in PS:
-            for offset in OFFSETS:
+    for p in PS:
+        for offset in OFFSETS:
+            keep = reference_keep(n, p, seed, stream, offset)  # once for both thread counts
+            expected_words = reference.pack_mask(keep)
+            for thread_count in (1, 2):
+                fastdrop.set_num_threads(thread_count)
                 with subtests.test(threads=thread_count, p=p, offset=offset):
-                    keep = reference_keep(n, p, seed, stream, offset)
-                    expected_words = reference.pack_mask(keep)
                     words = fastdrop.bernoulli_mask(n, p, seed=seed, stream=stream,
                                                     offset=offset, backend=compiled_backend)
                     assert np.array_equal(words, expected_words)

@@ -42,7 +42,7 @@ def test_numba_example_matches_reference():
 def users_parallel_loop():
     """A user's ``@njit(parallel=True)`` function calling every fastdrop.numba range function.
 
-    Made once per test session, so each dtype compiles once.
+    Made once per test session, so it compiles once.
     """
     numba = pytest.importorskip("numba")
     import fastdrop.numba as fdn
@@ -69,9 +69,10 @@ def users_parallel_loop():
     return run_all
 
 
-@pytest.mark.parametrize("dtype", [np.float32, np.float64])
-def test_numba_module_functions_inside_a_users_parallel_loop(dtype, subtests):
-    for_each(subtests, check_users_parallel_loop, dtype, offset=(0, 45))
+def test_numba_module_functions_inside_a_users_parallel_loop(subtests):
+    # one dtype: the module functions are generic (each dtype's kernel is tested against
+    # the reference elsewhere); a user's loop costs seconds of compilation per dtype
+    for_each(subtests, check_users_parallel_loop, np.float32, offset=(0, 45))
 
 
 def check_users_parallel_loop(dtype, offset):

@@ -1,6 +1,6 @@
 """The soak's short form (tests/soak.py), and that its checks see what they look for.
 
-The soak runs for ``FASTDROP_SOAK_SECONDS`` (default 10) on the default backend; the
+The soak runs for ``FASTDROP_SOAK_SECONDS`` (default 5) on the default backend; the
 long form, with Numba too, is ``python -m tests.soak --minutes 15`` (docs/building.md,
 Reliability).
 """
@@ -14,7 +14,7 @@ import pytest
 import fastdrop
 from tests import soak
 
-SECONDS = float(os.environ.get("FASTDROP_SOAK_SECONDS", "10"))
+SECONDS = float(os.environ.get("FASTDROP_SOAK_SECONDS", "5"))
 
 linux_only = pytest.mark.skipif(not sys.platform.startswith("linux"),
                                 reason="reads /proc and calls glibc's mprotect and malloc_trim")

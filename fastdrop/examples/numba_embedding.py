@@ -10,7 +10,7 @@ import fastdrop
 import fastdrop.numba as fdn
 
 
-@njit(parallel=True)
+@njit(parallel=True, cache=True)  # compiled once, then loaded from disk
 def bias_relu_dropout(x, bias, p, seed, stream):
     """x = dropout(relu(x + bias)) in place, one pass; returns the packed mask words."""
     flat = x.reshape(-1)
