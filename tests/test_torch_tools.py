@@ -5,8 +5,12 @@ every rank torch takes, meta tensors, torch.jit. The oracle is the eager call of
 same function after the same ``torch.manual_seed``, or torch's own behaviour.
 """
 import copy
+import os
 import pickle
+import subprocess
+import sys
 import warnings
+from pathlib import Path
 
 import pytest
 
@@ -17,6 +21,7 @@ torch = require("torch", "torch")
 import fastdrop.torch as ft  # noqa: E402  (needs torch)
 
 F = torch.nn.functional
+ROOT = Path(__file__).resolve().parent.parent
 P = 0.4
 SEED = 1234
 # (fastdrop's function, torch's, the shape of one vmapped element)
@@ -213,6 +218,16 @@ def test_compile_fullgraph_at_every_rank_torch_takes(subtests):
                 assert torch.equal(seeded(compiled, x), seeded(ours, x, P, True))
 
 
+def test_compile_fullgraph_as_a_process_first_call():
+    """Compiled before any eager call: Dynamo does not trace the C++ path's first load."""
+    code = ("import torch, fastdrop.torch as ft\n"
+            "f = torch.compile(lambda t: ft.dropout(t, 0.5), fullgraph=True, backend='eager')\n"
+            "print(f(torch.ones(8)).shape)\n")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          check=False, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert done.returncode == 0 and "torch.Size([8])" in done.stdout, done.stderr[-2000:]
+
+
 def test_compiled_odd_rank_warns_as_torch_does():
     for function in (ft.dropout2d, F.dropout2d):
         torch._dynamo.reset()
@@ -229,7 +244,7 @@ def test_meta_tensors_propagate_shapes(subtests):
         for recompute in (False, True):
             with subtests.test(function=ours.__name__, recompute=recompute):
                 x = torch.ones(shape, device="meta", dtype=torch.float16, requires_grad=True)
-                y = ours(x, P, True, recompute=recompute)
+                y = ours(x, P, True, recompute=recompute, generator=torch.Generator())
                 assert y.is_meta and y.shape == x.shape and y.dtype == x.dtype
                 y.sum().backward()
                 assert x.grad.is_meta and x.grad.shape == x.shape

@@ -135,10 +135,11 @@ def _dropout(input, p, training, inplace, feature, alpha, generator, recompute, 
         if torch.jit.is_tracing():
             warnings.warn(_JIT_TRACE_WARNING.format(where=where), torch.jit.TracerWarning,
                           stacklevel=3)
-        if generator is not None:
+        if generator is not None and not input.is_meta:  # (a meta call draws nothing)
             raise RuntimeError(f"{where}: generator= is for eager calls; under torch.compile, "
-                               "torch.export and tensor subclasses the keys come from the "
-                               "default CPU generator (seed it with torch.manual_seed)")
+                               "torch.export, torch.func, torch.jit.trace and tensor "
+                               "subclasses the keys come from the default CPU generator "
+                               "(seed it with torch.manual_seed)")
         y = _ops.traced_dropout(input, p, list(shared_dims), alpha, recompute)
         return input.copy_(y) if inplace else y
     if inplace:
@@ -236,7 +237,7 @@ def dropout(input, p=0.5, training=True, inplace=False, *, generator=None, recom
     if _overridden(input):
         return _by_override(dropout, input, p, training, inplace, generator, recompute)
     cpp = _build.eager
-    if cpp is _build.UNLOADED:
+    if cpp is _build.UNLOADED and not torch.compiler.is_compiling():  # (Dynamo: no build)
         cpp = _build.first_use()
     # the usual call straight to C++: what _dropout would check and decide, in fewer steps
     if (cpp is not None and training is True and not inplace and type(p) is float
