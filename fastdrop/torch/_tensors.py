@@ -47,9 +47,12 @@ def check_tensor(input, where):
         raise TypeError(f"{where}: input must be a torch.Tensor, got {type(input).__name__}")
 
 
-def check_input(input, where):
-    """What fastdrop takes: a dense CPU tensor of float16, float32, float64 or bfloat16."""
-    if not input.is_cpu:
+def check_input(input, where, meta=False):
+    """What fastdrop takes: a dense CPU tensor of float16, float32, float64 or bfloat16.
+
+    ``meta``: a meta tensor (shapes alone, as torch's ``device="meta"``) is taken too.
+    """
+    if not input.is_cpu and not (meta and input.is_meta):
         raise RuntimeError(f"{where}: fastdrop runs on the CPU, but input is on {input.device}; "
                            "use torch.nn.functional's dropout for tensors on other devices")
     if input.dtype not in FLOAT_DTYPES or input.layout is not torch.strided:

@@ -17,6 +17,7 @@ stream) the next call will use. The result equals ``fastdrop.dropout`` (or
 import warnings
 
 import torch
+from torch.overrides import handle_torch_function, has_torch_function_unary
 from torch.utils._python_dispatch import _get_current_dispatch_mode
 
 from . import _build, _ops, _tensors
@@ -25,6 +26,10 @@ __all__ = ["alpha_dropout", "dropout", "dropout1d", "dropout2d", "dropout3d",
            "feature_alpha_dropout", "next_key"]
 
 _FEATURE_DIMS_ERROR = "Feature dropout requires at least 2 dimensions in the input"
+_JIT_TRACE_WARNING = (
+    "{where}: traced by torch.jit.trace in training mode. The trace records fastdrop's key "
+    "draw, so each run of it draws a new mask, as torch's dropout does; the trace check "
+    "therefore reports outputs that differ. Call .eval() before tracing a model for inference.")
 
 
 def next_key(generator=None):
@@ -65,13 +70,30 @@ def next_key(generator=None):
 def _traced(input):
     """Whether the call must go through the registered operators.
 
-    Under torch.compile/export, for tensor subclasses and functorch's wrapped tensors,
-    and under a dispatch mode (fake tensors, for one), the eager twins' NumPy views
-    would not see the real data.
+    Under torch.compile/export, for tensor subclasses, meta tensors, under a dispatch
+    mode (fake tensors, for one) and under functorch's transforms (vmap, grad), the eager
+    twins' NumPy views would not see the real data; under torch.jit.trace the operators
+    are what the trace records, so each run of it draws its own key.
     """
     return (torch.compiler.is_compiling() or type(input) is not torch.Tensor
-            or _get_current_dispatch_mode() is not None
-            or torch._C._functorch.is_functorch_wrapped_tensor(input))
+            or not input.is_cpu or _get_current_dispatch_mode() is not None
+            or torch._C._are_functorch_transforms_active() or torch._C._is_tracing())
+
+
+def _overridden(input):
+    """Whether ``input`` overrides ``__torch_function__``: a torch.fx Proxy, for one.
+
+    Such a call goes to its ``__torch_function__`` (`_by_override`) as torch's functions'
+    calls do, so torch.fx records it as one node; modes are not asked (so a plain tensor
+    pays one type check).
+    """
+    return type(input) is not torch.Tensor and has_torch_function_unary(input)
+
+
+def _by_override(function, input, p, training, inplace, generator, recompute):
+    """``function``'s call handed to ``input``'s ``__torch_function__``."""
+    return handle_torch_function(function, (input,), input, p, training, inplace,
+                                 generator=generator, recompute=recompute)
 
 
 def _check_inplace(input):
@@ -104,21 +126,21 @@ def _dropout(input, p, training, inplace, feature, alpha, generator, recompute, 
     if not training or p == 0:
         return input
     _tensors.check_tensor(input, where)
-    _tensors.check_input(input, where)
-    if input.numel() == 0:
+    _tensors.check_input(input, where, meta=True)
+    if not torch.jit.is_tracing() and input.numel() == 0:  # (traced, numel() is a tensor)
         return input
     p = float(p)
     shared_dims = () if feature is None else _feature_dims(input, feature, p)
     if _traced(input):
-        if generator is not None:
+        if torch.jit.is_tracing():
+            warnings.warn(_JIT_TRACE_WARNING.format(where=where), torch.jit.TracerWarning,
+                          stacklevel=3)
+        if generator is not None and not input.is_meta:  # (a meta call draws nothing)
             raise RuntimeError(f"{where}: generator= is for eager calls; under torch.compile, "
-                               "torch.export and tensor subclasses the keys come from the "
-                               "default CPU generator (seed it with torch.manual_seed)")
-        key = _ops.draw_key(input)
-        if recompute:
-            y = _ops.dropout_recompute(input, p, key, list(shared_dims), alpha)
-        else:
-            y = _ops.dropout(input, p, key, list(shared_dims), alpha)[0]
+                               "torch.export, torch.func, torch.jit.trace and tensor "
+                               "subclasses the keys come from the default CPU generator "
+                               "(seed it with torch.manual_seed)")
+        y = _ops.traced_dropout(input, p, list(shared_dims), alpha, recompute)
         return input.copy_(y) if inplace else y
     if inplace:
         _check_inplace(input)
@@ -136,6 +158,16 @@ def _dropout(input, p, training, inplace, feature, alpha, generator, recompute, 
     if inplace and not input.is_inference():
         torch.autograd.graph.increment_version(input)  # as a torch in-place op does
     return y
+
+
+@torch.compiler.assume_constant_result
+def _warn_of_rank(message):
+    """Torch's warning of a deprecated rank, at the caller of the public function.
+
+    Under torch.compile it is given once, when the call is traced, as torch's own
+    functions' are (Dynamo runs a function of constants at trace time).
+    """
+    warnings.warn(message, stacklevel=3)
 
 
 def _feature_dims(input, first, p):
@@ -202,8 +234,10 @@ def dropout(input, p=0.5, training=True, inplace=False, *, generator=None, recom
     >>> sorted(set(y.tolist())) in ([0.0, 2.0], [0.0], [2.0])
     True
     """
+    if _overridden(input):
+        return _by_override(dropout, input, p, training, inplace, generator, recompute)
     cpp = _build.eager
-    if cpp is _build.UNLOADED:
+    if cpp is _build.UNLOADED and not torch.compiler.is_compiling():  # (Dynamo: no build)
         cpp = _build.first_use()
     # the usual call straight to C++: what _dropout would check and decide, in fewer steps
     if (cpp is not None and training is True and not inplace and type(p) is float
@@ -240,6 +274,8 @@ def dropout1d(input, p=0.5, training=True, inplace=False, *, generator=None, rec
     ValueError, TypeError
         As in `dropout`.
     """
+    if _overridden(input):
+        return _by_override(dropout1d, input, p, training, inplace, generator, recompute)
     _tensors.check_p(p)
     _tensors.check_tensor(input, "dropout1d")
     dims = input.dim()
@@ -278,25 +314,25 @@ def dropout2d(input, p=0.5, training=True, inplace=False, *, generator=None, rec
     ValueError, TypeError
         As in `dropout`.
     """
+    if _overridden(input):
+        return _by_override(dropout2d, input, p, training, inplace, generator, recompute)
     _tensors.check_p(p)
     _tensors.check_tensor(input, "dropout2d")
     dims = input.dim()
     if dims not in (3, 4):
-        warnings.warn(
+        _warn_of_rank(
             f"dropout2d: Received a {dims}-D input to dropout2d, which is deprecated "
             "and will result in an error in a future release. To retain the behavior "
             "and silence this warning, please use dropout instead. Note that dropout2d "
             "exists to provide channel-wise dropout on inputs with 2 spatial dimensions, "
-            "a channel dimension, and an optional batch dimension (i.e. 3D or 4D inputs).",
-            stacklevel=2)
+            "a channel dimension, and an optional batch dimension (i.e. 3D or 4D inputs).")
     if dims == 3:
-        warnings.warn(
+        _warn_of_rank(
             "dropout2d: Received a 3D input to dropout2d and assuming that channel-wise "
             "1D dropout behavior is desired - input is interpreted as shape (N, C, L), where C "
             "is the channel dim. This behavior will change in a future release to interpret the "
             "input as one without a batch dimension, i.e. shape (C, H, W). To maintain the 1D "
-            "channel-wise dropout behavior, please switch to using dropout1d instead.",
-            stacklevel=2)
+            "channel-wise dropout behavior, please switch to using dropout1d instead.")
     return _dropout(input, p, training, inplace, 2, False, generator, recompute, "dropout2d")
 
 
@@ -323,17 +359,18 @@ def dropout3d(input, p=0.5, training=True, inplace=False, *, generator=None, rec
     ValueError, TypeError
         As in `dropout`.
     """
+    if _overridden(input):
+        return _by_override(dropout3d, input, p, training, inplace, generator, recompute)
     _tensors.check_p(p)
     _tensors.check_tensor(input, "dropout3d")
     dims = input.dim()
     if dims not in (4, 5):
-        warnings.warn(
+        _warn_of_rank(
             f"dropout3d: Received a {dims}-D input to dropout3d, which is deprecated "
             "and will result in an error in a future release. To retain the behavior "
             "and silence this warning, please use dropout instead. Note that dropout3d "
             "exists to provide channel-wise dropout on inputs with 3 spatial dimensions, "
-            "a channel dimension, and an optional batch dimension (i.e. 4D or 5D inputs).",
-            stacklevel=2)
+            "a channel dimension, and an optional batch dimension (i.e. 4D or 5D inputs).")
     return _dropout(input, p, training, inplace, 2 if dims == 5 else 1, False, generator,
                     recompute, "dropout3d")
 
@@ -366,6 +403,8 @@ def alpha_dropout(input, p=0.5, training=False, inplace=False, *, generator=None
     ValueError, TypeError, RuntimeError
         As in `dropout`.
     """
+    if _overridden(input):
+        return _by_override(alpha_dropout, input, p, training, inplace, generator, recompute)
     _tensors.check_p(p)
     return _dropout(input, p, training, inplace, None, True, generator, recompute,
                     "alpha_dropout")
@@ -398,6 +437,9 @@ def feature_alpha_dropout(input, p=0.5, training=False, inplace=False, *, genera
     ValueError, TypeError
         As in `dropout`.
     """
+    if _overridden(input):
+        return _by_override(feature_alpha_dropout, input, p, training, inplace, generator,
+                            recompute)
     _tensors.check_p(p)
     return _dropout(input, p, training, inplace, 2, True, generator, recompute,
                     "feature_alpha_dropout")

@@ -1,13 +1,12 @@
 """Dropout modules: twins of ``torch.nn``'s, and `replace_dropout` to swap them into a model.
 
-Each module subclasses ``torch.nn.modules.dropout._DropoutNd`` (so tools that look
-for dropout layers, such as MC-dropout ones, find them), takes torch's constructor
-arguments and fastdrop's ``recompute`` and ``generator``, is the identity in
-evaluation mode and holds no parameters or buffers, so a model's ``state_dict`` is
-the same with either kind.
+Each module is an instance of its torch twin (`Dropout` is a ``torch.nn.Dropout``,
+`Dropout2d` a ``torch.nn.Dropout2d``, ...), so tools that look for dropout layers by
+type, such as MC-dropout ones, find them; it takes torch's constructor arguments and
+fastdrop's ``recompute`` and ``generator``, is the identity in evaluation mode and holds
+no parameters or buffers, so a model's ``state_dict`` is the same with either kind.
 """
 import torch
-from torch.nn.modules.dropout import _DropoutNd
 
 from . import functional, mode
 
@@ -15,8 +14,10 @@ __all__ = ["AlphaDropout", "Dropout", "Dropout1d", "Dropout2d", "Dropout3d",
            "FeatureAlphaDropout", "replace_dropout"]
 
 
-class _FastdropDropout(_DropoutNd):
-    """A torch dropout module whose forward is fastdrop's; ``_function`` is the functional form.
+class _FastdropDropout:
+    """The body of every module: a mixin before the torch class it stands in for.
+
+    ``_function`` is the functional form the forward calls.
 
     Parameters
     ----------
@@ -41,14 +42,25 @@ class _FastdropDropout(_DropoutNd):
 
     def forward(self, input):
         """Dropout in training mode, the identity (``input`` itself) in evaluation mode."""
+        # traced by torch.fx: one call_module node, as torch's own modules give (the default
+        # tracer keeps only torch.nn's modules whole; traced through, training would be frozen)
+        if isinstance(input, torch.fx.Proxy) and input.tracer.path_of_module(self):
+            return input.tracer.create_proxy("call_module", input.tracer.path_of_module(self),
+                                             (input,), {})
         return type(self)._function(input, self.p, self.training, self.inplace,
                                     generator=self.generator, recompute=self.recompute)
 
     def extra_repr(self):
         return super().extra_repr() + (", recompute=True" if self.recompute else "")
 
+    def __prepare_scriptable__(self):
+        raise RuntimeError(
+            f"torch.jit.script cannot compile fastdrop.torch.{type(self).__name__}: its forward "
+            "calls fastdrop's Python functions. Use torch.compile or torch.export (or "
+            "torch.jit.trace), or keep torch's dropout modules in a model to be scripted.")
 
-class Dropout(_FastdropDropout):
+
+class Dropout(_FastdropDropout, torch.nn.Dropout):
     """fastdrop's ``torch.nn.Dropout``: zeroes elements with probability p, scales the rest.
 
     See `fastdrop.torch.functional.dropout`; the parameters are those of
@@ -69,31 +81,31 @@ class Dropout(_FastdropDropout):
     _function = staticmethod(functional.dropout)
 
 
-class Dropout1d(_FastdropDropout):
+class Dropout1d(_FastdropDropout, torch.nn.Dropout1d):
     """fastdrop's ``torch.nn.Dropout1d``: zeroes whole channels of (N, C, L) or (C, L) input."""
 
     _function = staticmethod(functional.dropout1d)
 
 
-class Dropout2d(_FastdropDropout):
+class Dropout2d(_FastdropDropout, torch.nn.Dropout2d):
     """fastdrop's ``torch.nn.Dropout2d``: zeroes whole channels of (N, C, H, W) input."""
 
     _function = staticmethod(functional.dropout2d)
 
 
-class Dropout3d(_FastdropDropout):
+class Dropout3d(_FastdropDropout, torch.nn.Dropout3d):
     """fastdrop's ``torch.nn.Dropout3d``: zeroes whole channels of (N, C, D, H, W) input."""
 
     _function = staticmethod(functional.dropout3d)
 
 
-class AlphaDropout(_FastdropDropout):
+class AlphaDropout(_FastdropDropout, torch.nn.AlphaDropout):
     """fastdrop's ``torch.nn.AlphaDropout``: dropout that keeps SELU's mean 0 and variance 1."""
 
     _function = staticmethod(functional.alpha_dropout)
 
 
-class FeatureAlphaDropout(_FastdropDropout):
+class FeatureAlphaDropout(_FastdropDropout, torch.nn.FeatureAlphaDropout):
     """fastdrop's ``torch.nn.FeatureAlphaDropout``: alpha dropout of whole channels."""
 
     _function = staticmethod(functional.feature_alpha_dropout)
