@@ -23,7 +23,7 @@ import numpy as np
 import pytest
 
 import fastdrop
-from tests.util import bits, for_each, require, sample
+from tests.util import bits, for_each, require, require_inductor, sample
 
 torch = require("torch", "torch")
 
@@ -500,6 +500,7 @@ def test_inductor_compiled_model_trains_like_eager(recompute):
     Inductor rounds the Linear layers its own way; a different mask would change the
     losses by percents.
     """
+    require_inductor()
     eager_model, compiled_model = mlp(recompute), mlp(recompute)
     eager = train(eager_model, 10)
     compiled = train(compiled_model, 10, torch.compile(compiled_model, fullgraph=True))
@@ -512,6 +513,7 @@ def test_inductor_compiled_model_trains_like_eager(recompute):
 @pytest.mark.parametrize("recompute", [False, True], ids=["mask", "recompute"])
 def test_inductor_gives_eagers_masks_and_gradients_bit_for_bit(recompute):
     """Every variant at once, compiled with Inductor: outputs and gradients equal eager's."""
+    require_inductor()
     def every_variant(*inputs):
         return [v.ours(x, P, True, recompute=recompute) for v, x in zip(VARIANTS, inputs)]
 

@@ -81,6 +81,16 @@ def require(module, extra):
     return pytest.importorskip(module, reason=reason, exc_type=ImportError)
 
 
+def require_inductor():
+    """Skip the test where torch.compile's Inductor backend cannot run (it needs a C++ compiler)."""
+    from torch._inductor import cpp_builder
+
+    try:
+        cpp_builder.get_cpp_compiler()
+    except Exception as error:  # torch's InvalidCxxCompiler, or what finding one raised
+        pytest.skip(f"torch.compile's Inductor backend needs a C++ compiler: {error}")
+
+
 def for_each(subtests, check, /, *arguments, **axes):
     """``check(*arguments, **case)`` for every combination of the axes' values, each a subtest.
 
