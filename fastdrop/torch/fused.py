@@ -211,16 +211,28 @@ def bias_dropout_add(x, bias, residual, p=0.5, training=True, inplace=False, *, 
 
 
 def _softmax_arrays(x, p, key, dim, save_softmax):
-    """`fastdrop.softmax_dropout` of x's memory: (y, softmax or an empty tensor, int64 words)."""
+    """`fastdrop.softmax_dropout` of x's memory: (y, softmax or an empty tensor, int64 words).
+
+    Results have x's layout: new NumPy arrays for a contiguous x (NumPy asks for huge
+    pages, which saves the page faults of fresh memory), else ``torch.empty_like``.
+    """
     seed, stream = _tensors.key_values(key)
-    y = torch.empty_like(x)
-    softmax = torch.empty_like(x) if save_softmax else x.new_empty(0)
-    options = {"seed": seed, "stream": stream, "dtype": _tensors.as_array(x)[1],
-               "out": _tensors.as_array(y)[0]}
+    x_array, request = _tensors.as_array(x)
+    contiguous = x.is_contiguous()
+
+    def new_result():
+        if contiguous:
+            result = torch.from_numpy(np.empty(x_array.shape, x_array.dtype))
+            return result if request is None else result.view(torch.bfloat16)
+        return torch.empty_like(x)
+
+    y = new_result()
+    softmax = new_result() if save_softmax else x.new_empty(0)
+    options = {"seed": seed, "stream": stream, "dtype": request, "out": _tensors.as_array(y)[0]}
     if save_softmax:
         options["softmax_out"] = _tensors.as_array(softmax)[0]
     with _tensors._thread_count(x):
-        _, mask = fastdrop.softmax_dropout(_tensors.as_array(x)[0], p, dim, **options)
+        _, mask = fastdrop.softmax_dropout(x_array, p, dim, **options)
     return y, softmax, _padded_words(mask.words)
 
 
