@@ -31,7 +31,13 @@ from ._api import (
 )
 from ._backends import available_backends
 from ._config import get_num_threads, num_threads, set_num_threads
-from ._fused_api import bias_dropout_add, bias_dropout_add_backward, dropout_add
+from ._fused_api import (
+    bias_dropout_add,
+    bias_dropout_add_backward,
+    dropout_add,
+    softmax_dropout,
+    softmax_dropout_backward,
+)
 from ._mask import DropoutMask, GaussianNoise, pack_mask, unpack_mask
 from .generator import Generator, default_generator
 from .rng import philox4x32_10
@@ -69,6 +75,8 @@ __all__ = [
     "philox4x32_10",
     "reference",
     "set_num_threads",
+    "softmax_dropout",
+    "softmax_dropout_backward",
     "unpack_mask",
 ]
 

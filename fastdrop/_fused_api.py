@@ -1,11 +1,16 @@
 """Public API of the fused operations: validate, lay arrays out, dispatch to a backend.
 
+``softmax_dropout`` is ``dropout(softmax(x, axis))`` in one pass: the mask is
+`fastdrop.dropout`'s and the result dropout of the rounded softmax, bit for bit; the
+softmax within a stated bound of the reference's (docs/mask-stream.md, section 12).
+
 ``dropout_add`` is ``residual + dropout(x)`` in one pass over memory: the mask is
 `fastdrop.dropout`'s and the result the unfused composition's, bit for bit
 (docs/mask-stream.md, section 11); `fastdrop.reference` runs the composition itself.
 """
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import numpy as np
@@ -18,7 +23,7 @@ from ._layout import deliver
 from ._mask import DropoutMask, MaskedResult, words_for
 from ._typing import ArrayLike, Backend, Bool, DtypeRequest, Int, NDArray, Probability, Seed
 from .kernels.interface import MaskParams
-from .maskstream.spec import dropout_constants
+from .maskstream.spec import dropout_constants, dropout_scale
 
 
 def dropout_add(x: ArrayLike, residual: ArrayLike, p: Probability = 0.5, *, seed: Seed = None,
@@ -247,3 +252,211 @@ def _dropout_then_add(kernels, call, x, bias, training):
                         get_num_threads())
     y = call.finish(written if written is not None else deliver(result, residual, target))
     return y, (call.mask(words) if training else None)
+
+
+def _row_shape(shape, axis):
+    """(outer, length, inner): the axes before ``axis`` merged, its length, those after."""
+    return math.prod(shape[:axis]), shape[axis], math.prod(shape[axis + 1:])
+
+
+def _rows(array, axis):
+    """``array`` as (outer, length, inner) rows along ``axis``.
+
+    A view where one exists (strides in whole elements), else a C-ordered copy.
+    """
+    rows = _row_shape(array.shape, axis)
+    try:
+        view = np.reshape(array, rows, copy=False)
+    except ValueError:  # outer or inner axes that no single stride walks
+        return np.ascontiguousarray(array).reshape(rows)
+    if any(stride % view.itemsize for stride in view.strides):
+        return np.ascontiguousarray(array).reshape(rows)
+    return view
+
+
+def _written_directly(array):
+    """Whether kernels may write a C-ordered result straight into ``array`` (else a new one)."""
+    return (array is not None and array.flags.c_contiguous and array.dtype.isnative
+            and array.flags.aligned)
+
+
+def _readable_rows(rows, outputs):
+    """``rows``, or a private copy where an output could overwrite what a row has yet to read.
+
+    An output that is the rows' own C-ordered memory is fine: each row is read before it
+    is written.
+    """
+    for output in outputs:
+        if np.may_share_memory(rows, output) and not (
+                rows.flags.c_contiguous and rows.ctypes.data == output.ctypes.data):
+            return rows.copy()
+    return rows
+
+
+def softmax_dropout(x: ArrayLike, p: Probability = 0.5, axis: Int = -1, *, seed: Seed = None,
+                    stream: Int | None = None, offset: Int = 0, training: Bool = True,
+                    out: NDArray[Any] | None = None, softmax_out: NDArray[Any] | None = None,
+                    dtype: DtypeRequest = None, backend: Backend = "auto") -> MaskedResult:
+    """Softmax along an axis, then dropout, fused: ``dropout(softmax(x, axis), p)`` in one pass.
+
+    The attention probabilities of a transformer. The mask is `fastdrop.dropout`'s for
+    the same ``(seed, stream, p, offset)`` and x's shape (element i in C order takes
+    global index ``offset + i``), and the result is exactly ``fastdrop.dropout`` of the
+    softmax rounded to the dtype; the softmax itself agrees with
+    ``fastdrop.reference.softmax_dropout``'s within the bound docs/fused.md states
+    (its exponential is not bit-specified). One read of x and one write of the result
+    per element (plus the softmax, if asked for), on every backend and thread count.
+
+    Parameters
+    ----------
+    x : array_like of float16, float32, float64 or bfloat16
+        Scores, any shape with at least one axis, any memory layout.
+    p : float, default 0.5
+        Drop probability in [0, 1].
+    axis : int, default -1
+        The axis the softmax normalises along. The last axis of a C-contiguous array is
+        the fast path; other axes and strided input are walked in place (no copy of x)
+        where a single stride reaches each row's elements and the outer and inner axes
+        merge, else x is copied to C order first.
+    seed, stream, offset, dtype, backend
+        As in `fastdrop.dropout`.
+    training : bool, default True
+        If False: the softmax alone, and the mask is None.
+    out : ndarray, optional
+        Array of x's shape and dtype to receive the result; it may be x.
+    softmax_out : ndarray, optional
+        Array of x's shape and dtype (not overlapping ``out``) to receive the softmax
+        before dropout, written in the same pass: what the backward pass needs.
+
+    Returns
+    -------
+    y : ndarray
+        ``dropout(softmax(x))``: ``out`` when given, else a new C-ordered array.
+    mask : DropoutMask or None
+        The keep bits, `fastdrop.dropout`'s for the same arguments; with the softmax,
+        what `softmax_dropout_backward` takes.
+
+    Raises
+    ------
+    ValueError
+        axis out of range (x 0-d included); ``out`` or ``softmax_out`` of the wrong
+        shape or read-only, or overlapping each other; the errors of
+        `fastdrop.dropout` (p, seed, stream, offset).
+    TypeError
+        x is not float16/32/64 or bfloat16; ``out`` or ``softmax_out`` of the wrong
+        dtype or not an ndarray.
+
+    Notes
+    -----
+    Definition (docs/mask-stream.md, section 12): per row, in float32 (float64 for
+    float64 input), ``m = max x``, ``e = exp(x - m)``, ``S`` their sum in a fixed
+    order, ``s = e * (1 / S)`` rounded once to the dtype; then dropout's ``s * scale``
+    (rounded) where kept, +0.0 where dropped. A row holding NaN or +inf, or only -inf,
+    is NaN, as in torch. On error nothing is written and no stream is taken.
+
+    Examples
+    --------
+    >>> import numpy as np, fastdrop
+    >>> scores = np.array([[1.0, 2.0, 3.0, 4.0]], np.float32)
+    >>> s = np.empty_like(scores)
+    >>> y, mask = fastdrop.softmax_dropout(scores, 0.5, seed=1, softmax_out=s)
+    >>> dropped, _ = fastdrop.dropout(s, 0.5, seed=1)
+    >>> bool(np.array_equal(y, dropped)), round(float(s.sum()), 5)
+    (True, 1.0)
+    """
+    kernels = _kernels(backend)
+    if kernels is None:
+        return reference.softmax_dropout(x, p, axis, seed=seed, stream=stream, offset=offset,
+                                         training=training, out=out, softmax_out=softmax_out,
+                                         dtype=dtype)
+    call, axis, softmax_target = _fused_calls.softmax(x, p, axis, seed, stream, offset,
+                                                      training, out, softmax_out, dtype)
+    source = call.x
+    rows = _rows(source, axis)
+    shape = rows.shape
+    target = call.target if _written_directly(call.target) else None
+    result = (target if target is not None else np.empty(source.shape, source.dtype)).reshape(shape)
+    softmax = None
+    if softmax_target is not None:
+        softmax = (softmax_target if _written_directly(softmax_target)
+                   else np.empty(source.shape, source.dtype)).reshape(shape)
+    rows = _readable_rows(rows, [a for a in (target, softmax) if a is not None])
+    if training:
+        threshold, drop_all, scale = dropout_constants(call.p)
+        words = np.empty(words_for(call.m), dtype=np.uint64)
+        params = MaskParams(call.seed, call.stream, threshold, drop_all, call.offset, call.m)
+    else:  # no dropout: y is the softmax
+        scale, words, params = 1.0, None, MaskParams(0, 0, 0, False, 0, call.m)
+    kernels.softmax_dropout(rows, result, softmax, words, scale, params, get_num_threads())
+    if softmax is not None and not _written_directly(softmax_target):
+        softmax_target[...] = softmax.reshape(source.shape)
+    y = call.finish(target if target is not None else deliver(result.reshape(-1), source,
+                                                               call.target))
+    return y, (call.mask(words) if training else None)
+
+
+def softmax_dropout_backward(grad: ArrayLike, softmax: ArrayLike, mask: DropoutMask | None,
+                             axis: Int = -1, *, out: NDArray[Any] | None = None,
+                             dtype: DtypeRequest = None, backend: Backend = "auto"
+                             ) -> NDArray[Any]:
+    """Gradient of `softmax_dropout` with respect to x, from the softmax and the mask.
+
+    ``dx = s * (g - sum(g * s, axis))`` with ``g = dropout_backward(grad, mask)``: one
+    pass per row. The same bits on every backend and thread count (section 12 fixes the
+    order of the sum).
+
+    Parameters
+    ----------
+    grad : array_like of float16, float32, float64 or bfloat16
+        Gradient with respect to the output y.
+    softmax : array_like
+        The softmax of the forward pass (its ``softmax_out``): grad's dtype and shape.
+    mask : DropoutMask or None
+        What `softmax_dropout` returned (None: training was off, g is grad).
+    axis : int, default -1
+        The forward pass's axis.
+    out : ndarray, optional
+        Array of grad's shape and dtype to receive the result; it may be grad.
+    dtype, backend
+        As in `dropout_backward`.
+
+    Returns
+    -------
+    ndarray
+        The gradient with respect to x: ``out`` when given, else a new C-ordered array.
+
+    Raises
+    ------
+    ValueError
+        axis out of range; the softmax's or the mask's shape is not grad's; ``out`` of
+        the wrong shape or read-only.
+    TypeError
+        grad is not float16/32/64 or bfloat16; the softmax's dtype is not grad's; mask
+        is not a DropoutMask or None; ``out`` of the wrong dtype.
+
+    Notes
+    -----
+    Rounding order (docs/mask-stream.md, section 12): ``g`` is dropout's backward,
+    rounded to the dtype; then in float32 (float64 for float64) each ``g * s``, their
+    sum ``D`` in 16 interleaved lanes added pairwise, ``g - D``, ``s * (g - D)``, each
+    rounded to that type, and the result once to the dtype.
+    """
+    kernels = _kernels(backend)
+    if kernels is None:
+        return reference.softmax_dropout_backward(grad, softmax, mask, axis, out=out,
+                                                  dtype=dtype)
+    call, axis, softmax = _fused_calls.softmax_gradient(grad, softmax, mask, axis, out, dtype)
+    source = call.x
+    rows = _row_shape(source.shape, axis)
+    grad_rows = np.ascontiguousarray(source).reshape(rows)
+    softmax_rows = np.ascontiguousarray(softmax).reshape(rows)
+    target = call.target if _written_directly(call.target) else None
+    result = (target if target is not None else np.empty(source.shape, source.dtype)).reshape(rows)
+    if target is not None:
+        grad_rows = _readable_rows(grad_rows, [result])
+        softmax_rows = _readable_rows(softmax_rows, [result])
+    kernels.softmax_dropout_backward(grad_rows, softmax_rows, result, call.words,
+                                     dropout_scale(call.p) if call.words is not None else 1.0,
+                                     get_num_threads())
+    return call.finish(target if target is not None else deliver(result.reshape(-1), source,
+                                                                 call.target))

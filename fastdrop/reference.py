@@ -73,6 +73,8 @@ __all__ = [
     "lane_uniforms",
     "pack_mask",
     "random_words",
+    "softmax_dropout",
+    "softmax_dropout_backward",
     "standard_normals",
     "standard_normals_at",
     "unpack_mask",
@@ -569,3 +571,102 @@ def bias_dropout_add_backward(grad: ArrayLike, mask: DropoutMask, *,
     _fused_calls.check_bias_gradient(grad, mask, dtype)
     grad_x = dropout_backward(grad, mask, dtype=dtype)
     return grad_x, sum_rows(grad_x)
+
+
+# ---------------------------------------------------------------- fused: softmax and dropout
+
+SOFTMAX_LANES = 16
+
+
+def compute_type(dtype):
+    """The type softmax computes in (section 12): float64 for float64, else float32."""
+    return np.float64 if dtype == np.float64 else np.float32
+
+
+def widen(values):
+    """Elements as kernels see them (bfloat16 as uint16 bits) in the compute type, exactly."""
+    if values.dtype == np.uint16:
+        return bfloat16_to_float32(values)
+    return values.astype(compute_type(values.dtype))
+
+
+def narrow(values, dtype):
+    """Compute-type values rounded once to ``dtype`` (bfloat16: uint16 bits), to nearest even."""
+    if dtype == np.uint16:
+        return float32_to_bfloat16(values)
+    with np.errstate(over="ignore"):
+        return values.astype(dtype)
+
+
+def lane_sum(values):
+    """The sum along the last axis in section 12's order, in values' own type.
+
+    Element j goes into lane ``j mod 16``, each lane summed in order from +0.0; then the
+    lanes are added pairwise, lane k with lane k + 8, then k + 4, k + 2 and k + 1.
+    """
+    length = values.shape[-1]
+    lanes = np.zeros(values.shape[:-1] + (SOFTMAX_LANES,), values.dtype)
+    with np.errstate(all="ignore"):  # inf - inf, overflow: the specified results
+        for start in range(0, length, SOFTMAX_LANES):
+            block = values[..., start:start + SOFTMAX_LANES]
+            lanes[..., :block.shape[-1]] = lanes[..., :block.shape[-1]] + block
+        width = SOFTMAX_LANES // 2
+        while width:
+            lanes = lanes[..., :width] + lanes[..., width:2 * width]
+            width //= 2
+    return lanes[..., 0]
+
+
+def softmax(x, axis):
+    """Section 12's softmax of kernel-view x along ``axis``, rounded to x's dtype.
+
+    In the compute type: m the row's maximum, e = exp(x - m) (NumPy's exp), S their
+    `lane_sum`, r = 1 / S, s = e * r; s rounded once to the dtype.
+    """
+    rows = np.moveaxis(widen(x), axis, -1)
+    if rows.size == 0:
+        return np.empty_like(x)
+    with np.errstate(all="ignore"):  # an all -inf row is NaN (-inf - -inf), as torch's
+        exponentials = np.exp(rows - rows.max(axis=-1, keepdims=True))
+        reciprocal = np.ones((), rows.dtype) / lane_sum(exponentials)[..., None]
+        return np.moveaxis(narrow(exponentials * reciprocal, x.dtype), -1, axis)
+
+
+def softmax_dropout(x: ArrayLike, p: Probability = 0.5, axis: Int = -1, *, seed: Seed = None,
+                    stream: Int | None = None, offset: Int = 0, training: Bool = True,
+                    out: NDArray[Any] | None = None, softmax_out: NDArray[Any] | None = None,
+                    dtype: DtypeRequest = None) -> MaskedResult:
+    """dropout(softmax(x)), unfused; see `fastdrop.softmax_dropout`."""
+    call, axis, softmax_target = _fused_calls.softmax(x, p, axis, seed, stream, offset, training,
+                                                      out, softmax_out, dtype)
+    s = softmax(call.x, axis)
+    if softmax_target is not None:
+        softmax_target[...] = s
+    if not training:
+        return call.deliver(s.reshape(-1)), None
+    keep = call_keep(call)
+    return call.deliver(scale_kept(s.reshape(-1), keep, call.p)), call.mask(pack_mask(keep))
+
+
+def softmax_backward(grad, s, axis):
+    """Section 12's gradient of kernel-view arrays: s * (g - lane_sum(g * s)), g = the gradient.
+
+    Every step rounded to the compute type, then the result once to the dtype.
+    """
+    g, s_wide = (np.moveaxis(widen(a), axis, -1) for a in (grad, s))
+    if g.size == 0:
+        return np.empty_like(grad)
+    with np.errstate(all="ignore"):
+        dot = lane_sum(g * s_wide)[..., None]
+        return np.moveaxis(narrow(s_wide * (g - dot), grad.dtype), -1, axis)
+
+
+def softmax_dropout_backward(grad: ArrayLike, softmax: ArrayLike, mask: DropoutMask | None,
+                             axis: Int = -1, *, out: NDArray[Any] | None = None,
+                             dtype: DtypeRequest = None) -> NDArray[Any]:
+    """Gradient of x; see `fastdrop.softmax_dropout_backward`."""
+    call, axis, s = _fused_calls.softmax_gradient(grad, softmax, mask, axis, out, dtype)
+    g = call.x
+    if mask is not None:
+        g = scale_kept(g.reshape(-1), unpack_mask(call.words, call.m), call.p).reshape(g.shape)
+    return call.deliver(softmax_backward(g, s, axis).reshape(-1))

@@ -39,7 +39,7 @@ GLOBAL, ORIGIN, BLOCK = (6, 50), (1, 10), (3, 30)  # a block that is not whole r
 def test_the_protocol_lists_the_entries():
     assert set(ENTRIES) == {"scale_by_stream", "scale_by_runs", "scale_by_mask",
                             "apply_broadcast", "gaussian", "gaussian_runs", "dropout_plain",
-                            "dropout_add"}
+                            "dropout_add", "softmax_dropout", "softmax_dropout_backward"}
 
 
 @pytest.mark.parametrize("backend", COMPILED)
@@ -170,8 +170,35 @@ def dropout_add(kernels):
     return [(y, expected), (words, mask.words), (with_bias, biased.reshape(-1))]
 
 
+def softmax_dropout(kernels):
+    x = sample((5, 40), np.float32)
+    rows = x.T[np.newaxis]  # (1, 40, 5) with strides: the softmax along x's axis 0
+    y, softmax, words = np.empty((1, 40, 5), np.float32), np.empty((1, 40, 5), np.float32), \
+        np.empty(4, np.uint64)
+    kernels.softmax_dropout(rows, y, softmax, words, dropout_scale(P), mask_params(x.size),
+                            THREADS)
+    expected_softmax = np.empty_like(x.T)
+    _, mask = reference.softmax_dropout(x.T, P, axis=0, seed=SEED, stream=STREAM, offset=OFFSET,
+                                        softmax_out=expected_softmax)
+    # the exponential is not bit-specified: compare y with dropout of the kernel's own softmax
+    expected, _ = reference.dropout(softmax, P, seed=SEED, stream=STREAM, offset=OFFSET)
+    assert np.allclose(softmax[0], expected_softmax, rtol=1e-6, atol=0, equal_nan=True)
+    return [(y, expected), (words, mask.words)]
+
+
+def softmax_dropout_backward(kernels):
+    grad, softmax = sample((4, 30, 3), np.float32), sample((4, 30, 3), np.float32)
+    words = reference.bernoulli_mask(grad.size, P, seed=SEED, stream=STREAM)
+    mask = fastdrop.DropoutMask(words, shape=grad.shape, p=P, seed=SEED, stream=STREAM,
+                                offset=0)
+    target = np.empty_like(grad)
+    kernels.softmax_dropout_backward(grad, softmax, target, words, dropout_scale(P), THREADS)
+    return [(target, reference.softmax_dropout_backward(grad, softmax, mask, axis=1))]
+
+
 SMALL_CALLS = [scale_by_stream, scale_by_runs, scale_by_mask, apply_broadcast, gaussian,
-               gaussian_runs, dropout_plain, dropout_add]
+               gaussian_runs, dropout_plain, dropout_add, softmax_dropout,
+               softmax_dropout_backward]
 
 
 def test_every_entry_has_a_small_call():

@@ -35,11 +35,15 @@ NOT_IN_REGISTRY = {
     "dropout_add": "two arrays, in place into the second: tests/test_fused.py (below)",
     "bias_dropout_add": "three arrays, in place into the third: tests/test_fused.py (below)",
     "bias_dropout_add_backward": "returns two arrays: tests/test_fused.py (below)",
+    "softmax_dropout": "values within an ulp bound, not bits: tests/test_softmax_dropout.py",
+    "softmax_dropout_backward": "three arrays in: tests/test_softmax_dropout.py (below)",
 }
 # Functions with a backend whose properties the registry cannot state yet (it assumes one
 # array, written in place), and the file that tests them instead.
 TESTED_ELSEWHERE = {name: "tests/test_fused.py"
                     for name in ("dropout_add", "bias_dropout_add", "bias_dropout_add_backward")}
+TESTED_ELSEWHERE.update({name: "tests/test_softmax_dropout.py"
+                         for name in ("softmax_dropout", "softmax_dropout_backward")})
 
 
 def test_every_public_name_is_a_registry_function_or_listed_as_not_one():

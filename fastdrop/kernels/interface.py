@@ -4,9 +4,10 @@ A compiled backend is a module (one folder under fastdrop/kernels/, registered i
 `fastdrop._backends`) with every function of `KernelBackend`. The public API has
 validated every argument before it calls one: arrays are 1-D and C-contiguous (float16
 as float16, bfloat16 as uint16 bit patterns; ``dropout_plain`` alone takes x of any
-shape), and a call's scalars come in one record of `fastdrop.kernels.records`, made
-once per call, as the C kernels take ``fd_mask_params``. `tests/test_kernel_interface.py`
-checks every backend against this module.
+shape, the softmax entries (outer, length, inner) arrays), and a call's scalars come in
+one record of `fastdrop.kernels.records`, made once per call, as the C kernels take
+``fd_mask_params``. `tests/test_kernel_interface.py` checks every backend against this
+module.
 """
 from typing import Protocol
 
@@ -61,6 +62,25 @@ class KernelBackend(Protocol):
 
         ``bias`` None or the last axis's values (element i reads ``bias[i % bias.size]``);
         ``words`` None: no mask stored; ``target`` may be ``residual`` (in place).
+        """
+
+    def softmax_dropout(self, source: Array, target: Array, softmax: Array | None,
+                        words: Array | None, scale: float, params: MaskParams,
+                        threads: int) -> None:
+        """target = dropout(softmax(source)) along axis 1 of (outer, length, inner) arrays.
+
+        ``source`` has any strides (whole elements; docs/mask-stream.md section 12 says
+        what each row computes); ``target`` and ``softmax`` (None: not written) are
+        C-contiguous, element (i, j, k) the call's C-order element. ``words`` None: no
+        dropout (target = softmax); else room for the call's mask words, drawn here.
+        """
+
+    def softmax_dropout_backward(self, grad: Array, softmax: Array, target: Array,
+                                 words: Array | None, scale: float, threads: int) -> None:
+        """target = s * (g - sum(g * s)) along axis 1, g = dropout_backward(grad).
+
+        C-contiguous (outer, length, inner) arrays of one type (target may be grad or
+        softmax); ``words`` None: g is grad.
         """
 
     def gaussian(self, source: Array, target: Array, params: NoiseParams,

@@ -32,7 +32,7 @@ from .functional import (
     feature_alpha_dropout,
     next_key,
 )
-from .fused import bias_dropout_add, dropout_add
+from .fused import bias_dropout_add, dropout_add, softmax_dropout
 from .mode import dropout_mode
 from .modules import (
     AlphaDropout,
@@ -47,4 +47,5 @@ from .modules import (
 __all__ = ["AlphaDropout", "Dropout", "Dropout1d", "Dropout2d", "Dropout3d",
            "FeatureAlphaDropout", "alpha_dropout", "dropout", "dropout1d", "dropout2d",
            "dropout3d", "feature_alpha_dropout", "next_key", "replace_dropout",
-           "bias_dropout_add", "dropout_add", "dropout_mode", "scaled_dot_product_attention"]
+           "bias_dropout_add", "dropout_add", "dropout_mode", "scaled_dot_product_attention",
+           "softmax_dropout"]

@@ -1,4 +1,4 @@
-"""Fused dropout for PyTorch: ``residual + dropout(x)`` and ``residual + dropout(x + bias)``.
+"""Fused dropout for PyTorch: residual + dropout(x), residual + dropout(x + bias), softmax-dropout.
 
 Operators ``fastdrop::dropout_add(x, residual, p, key) -> (y, words)`` and
 ``fastdrop::bias_dropout_add(x, bias, residual, p, key) -> (y, words)`` (CPU), each with
@@ -7,6 +7,11 @@ words, the residual's is grad, the bias's is x's summed over every axis but the 
 (torch's sum, so double backward works). Their values are `fastdrop.dropout_add` and
 `fastdrop.bias_dropout_add` of the tensors' memory with the key's (seed, stream): the
 unfused composition, bit for bit (docs/mask-stream.md, section 11).
+
+``fastdrop::softmax_dropout(x, p, key, dim, save_softmax) -> (y, softmax or empty, words)``
+is `fastdrop.softmax_dropout` (section 12); its gradient is the operator
+``fastdrop::softmax_dropout_backward(grad, softmax, words, p, dim)``, which has none of
+its own (double backward raises).
 """
 import math
 
@@ -18,7 +23,7 @@ import fastdrop
 from . import _ops, _tensors
 from .functional import _traced
 
-__all__ = ["bias_dropout_add", "dropout_add"]
+__all__ = ["bias_dropout_add", "dropout_add", "softmax_dropout"]
 
 
 def _fused_forward(function, x, arrays, p, key):
@@ -200,3 +205,167 @@ def bias_dropout_add(x, bias, residual, p=0.5, training=True, inplace=False, *, 
         return residual.add_(x + bias) if inplace else residual + (x + bias)
     y = bias_dropout_add_op(x, bias, residual, float(p), _key(x, generator, "bias_dropout_add"))[0]
     return _deliver(y, residual, inplace)
+
+
+# ---------------------------------------------------------------- softmax, then dropout
+
+
+def _softmax_arrays(x, p, key, dim, save_softmax):
+    """`fastdrop.softmax_dropout` of x's memory: (y, softmax or an empty tensor, int64 words).
+
+    Results have x's layout: new NumPy arrays for a contiguous x (NumPy asks for huge
+    pages, which saves the page faults of fresh memory), else ``torch.empty_like``.
+    """
+    seed, stream = _tensors.key_values(key)
+    x_array, request = _tensors.as_array(x)
+    contiguous = x.is_contiguous()
+
+    def new_result():
+        if contiguous:
+            result = torch.from_numpy(np.empty(x_array.shape, x_array.dtype))
+            return result if request is None else result.view(torch.bfloat16)
+        return torch.empty_like(x)
+
+    y = new_result()
+    softmax = new_result() if save_softmax else x.new_empty(0)
+    options = {"seed": seed, "stream": stream, "dtype": request, "out": _tensors.as_array(y)[0]}
+    if save_softmax:
+        options["softmax_out"] = _tensors.as_array(softmax)[0]
+    with _tensors._thread_count(x):
+        _, mask = fastdrop.softmax_dropout(x_array, p, dim, **options)
+    return y, softmax, _padded_words(mask.words)
+
+
+def _padded_words(words):
+    words = torch.from_numpy(words.view(np.int64))
+    if len(words) < _ops._MIN_WORDS:
+        words = torch.cat([words, words.new_zeros(_ops._MIN_WORDS - len(words))])
+    return words
+
+
+@torch.library.custom_op("fastdrop::softmax_dropout", mutates_args=(), device_types="cpu")
+def softmax_dropout_op(x: torch.Tensor, p: float, key: torch.Tensor, dim: int,
+                       save_softmax: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """dropout(softmax(x, dim)) with the key's mask: (y, the softmax or an empty tensor, words)."""
+    return _softmax_arrays(x, p, key, dim, save_softmax)
+
+
+@softmax_dropout_op.register_fake
+def _(x, p, key, dim, save_softmax):
+    count = torch.sym_max(_ops._MIN_WORDS, _tensors.word_count(x.shape, ()))
+    softmax = torch.empty_like(x) if save_softmax else x.new_empty(0)
+    return torch.empty_like(x), softmax, x.new_empty(count, dtype=torch.int64)
+
+
+@torch.library.custom_op("fastdrop::softmax_dropout_backward", mutates_args=(),
+                         device_types="cpu")
+def softmax_dropout_backward_op(grad: torch.Tensor, softmax: torch.Tensor, words: torch.Tensor,
+                                p: float, dim: int) -> torch.Tensor:
+    """x's gradient of `softmax_dropout_op` from its softmax and mask words."""
+    count = _tensors.word_count(grad.shape, ())
+    mask = fastdrop.DropoutMask(words.numpy().view(np.uint64)[:count], shape=tuple(grad.shape),
+                                p=p, seed=0, stream=0, offset=0)
+    grad_array, request = _tensors.as_array(grad)
+    result = torch.empty_like(grad)
+    with _tensors._thread_count(grad):
+        fastdrop.softmax_dropout_backward(grad_array, _tensors.as_array(softmax)[0], mask, dim,
+                                          out=_tensors.as_array(result)[0], dtype=request)
+    return result
+
+
+@softmax_dropout_backward_op.register_fake
+def _(grad, softmax, words, p, dim):
+    return torch.empty_like(grad)
+
+
+def _save_softmax(ctx, inputs, output):
+    _, ctx.p, _, ctx.dim, _ = inputs
+    ctx.save_for_backward(output[1], output[2])
+
+
+def _softmax_dropout_backward(ctx, grad, grad_softmax, _grad_words):
+    softmax, words = ctx.saved_tensors
+    if softmax.numel() != grad.numel():
+        raise RuntimeError("fastdrop::softmax_dropout: backward needs the softmax saved; call it "
+                           "with save_softmax=True when x requires grad")
+    grad_x = softmax_dropout_backward_op(grad, softmax, words, ctx.p, ctx.dim)
+    if grad_softmax is not None:  # the softmax output used too: its own (dropout-free) gradient
+        grad_x = grad_x + softmax * (grad_softmax
+                                     - (grad_softmax * softmax).sum(ctx.dim, keepdim=True))
+    return grad_x, None, None, None, None
+
+
+def _no_double_backward(ctx, grad):
+    raise RuntimeError("fastdrop::softmax_dropout_backward has no gradient of its own: double "
+                       "backward through fastdrop.torch.softmax_dropout is not supported")
+
+
+softmax_dropout_op.register_autograd(_softmax_dropout_backward, setup_context=_save_softmax)
+softmax_dropout_backward_op.register_autograd(_no_double_backward,
+                                              setup_context=lambda ctx, inputs, output: None)
+
+
+def softmax_dropout(input, p=0.5, dim=-1, training=True, *, generator=None):
+    """``dropout(softmax(input, dim), p)`` in one pass, with autograd: attention probabilities.
+
+    Bit for bit ``fastdrop.torch.dropout`` of the softmax this call computes (returned by
+    `fastdrop.softmax_dropout` as ``softmax_out``), with the same key: the mask is
+    fastdrop's for the (seed, stream) drawn from torch's generator exactly as
+    `fastdrop.torch.dropout` draws it (none when ``training`` is False or p is 0). The
+    softmax itself is within the ulp bound of docs/fused.md of the reference's. Backward
+    uses the saved softmax and the packed mask (1 bit per element); the softmax is saved
+    only when input requires grad.
+
+    Parameters
+    ----------
+    input : torch.Tensor
+        A dense CPU tensor of float16, float32, float64 or bfloat16.
+    p : float, default 0.5
+        Probability of an element to be zeroed.
+    dim : int, default -1
+        The dimension the softmax normalises along.
+    training : bool, default True
+        If False: the softmax alone.
+    generator : torch.Generator, optional
+        Where the (seed, stream) come from (eager calls); torch's default CPU generator if
+        None.
+
+    Returns
+    -------
+    torch.Tensor
+        ``dropout(softmax(input, dim))``, of input's shape and dtype.
+
+    Raises
+    ------
+    ValueError
+        ``p`` outside [0, 1].
+    IndexError
+        ``dim`` out of range, as torch's softmax.
+    TypeError
+        input is not a dense CPU float tensor.
+
+    Examples
+    --------
+    >>> import torch, fastdrop.torch
+    >>> scores = torch.randn(2, 4, 8, 8)
+    >>> probabilities = fastdrop.torch.softmax_dropout(scores, 0.1)
+    >>> probabilities.shape
+    torch.Size([2, 4, 8, 8])
+    """
+    _tensors.check_tensor(input, "softmax_dropout")
+    _tensors.check_p(p)
+    _tensors.check_p_is_a_number(p)
+    _tensors.check_input(input, "softmax_dropout")
+    dims = max(input.dim(), 1)
+    if not -dims <= dim < dims:
+        raise IndexError(f"Dimension out of range (expected to be in range of [{-dims}, "
+                         f"{dims - 1}], but got {dim})")
+    scalar = input.dim() == 0
+    x = input.reshape(1) if scalar else input
+    if training and p != 0:
+        key = _key(x, generator, "softmax_dropout")
+    else:  # no dropout and, as fastdrop.torch.dropout, no key drawn
+        key, p = torch.zeros(2, dtype=torch.int64), 0.0
+    save = x.requires_grad and torch.is_grad_enabled()
+    y = softmax_dropout_op(x, float(p), key, dim % dims, save)[0]
+    return y.reshape(()) if scalar else y

@@ -522,3 +522,178 @@ def dropout_add(source, residual, bias, target, words, double scale,
                                    target_data, word_data, element_scale, &view,
                                    _chunk_start(total, chunks, chunk),
                                    _chunk_start(total, chunks, chunk + 1))
+
+
+# ---------------------------------------------------------------- softmax and dropout (softmax.h)
+
+cdef extern from "fastdrop/softmax.h" nogil:
+    ctypedef struct fd_softmax_layout:
+        int64_t outer, length, inner
+        int64_t outer_stride, length_stride, inner_stride
+    void fd_softmax_dropout_units_f64(const double *source, const fd_softmax_layout *layout,
+                                      double *target, double *softmax_out, uint64_t *words,
+                                      double scale, const fd_mask_params *params, int64_t first,
+                                      int64_t stop)
+    void fd_softmax_dropout_units_f32(const float *source, const fd_softmax_layout *layout,
+                                      float *target, float *softmax_out, uint64_t *words,
+                                      float scale, const fd_mask_params *params, int64_t first,
+                                      int64_t stop)
+    void fd_softmax_dropout_units_f16(const uint16_t *source, const fd_softmax_layout *layout,
+                                      uint16_t *target, uint16_t *softmax_out, uint64_t *words,
+                                      float scale, const fd_mask_params *params, int64_t first,
+                                      int64_t stop)
+    void fd_softmax_dropout_units_bf16(const fd_bfloat16 *source, const fd_softmax_layout *layout,
+                                       fd_bfloat16 *target, fd_bfloat16 *softmax_out,
+                                       uint64_t *words, float scale, const fd_mask_params *params,
+                                       int64_t first, int64_t stop)
+    void fd_softmax_dropout_backward_units_f64(const double *grad, const double *softmax,
+                                               double *target, const uint64_t *words,
+                                               double scale, const fd_softmax_layout *layout,
+                                               int64_t first, int64_t stop)
+    void fd_softmax_dropout_backward_units_f32(const float *grad, const float *softmax,
+                                               float *target, const uint64_t *words, float scale,
+                                               const fd_softmax_layout *layout, int64_t first,
+                                               int64_t stop)
+    void fd_softmax_dropout_backward_units_f16(const uint16_t *grad, const uint16_t *softmax,
+                                               uint16_t *target, const uint64_t *words,
+                                               float scale, const fd_softmax_layout *layout,
+                                               int64_t first, int64_t stop)
+    void fd_softmax_dropout_backward_units_bf16(const fd_bfloat16 *grad,
+                                                const fd_bfloat16 *softmax, fd_bfloat16 *target,
+                                                const uint64_t *words, float scale,
+                                                const fd_softmax_layout *layout, int64_t first,
+                                                int64_t stop)
+
+
+cdef void _softmax_units(Kind kind, const void *source, const fd_softmax_layout *layout,
+                         void *target, void *softmax_out, uint64_t *words, double scale,
+                         const fd_mask_params *params, int64_t first,
+                         int64_t stop) noexcept nogil:
+    if kind == F64:
+        fd_softmax_dropout_units_f64(<const double *>source, layout, <double *>target,
+                                     <double *>softmax_out, words, scale, params, first, stop)
+    elif kind == F32:
+        fd_softmax_dropout_units_f32(<const float *>source, layout, <float *>target,
+                                     <float *>softmax_out, words, <float>scale, params, first,
+                                     stop)
+    elif kind == F16:
+        fd_softmax_dropout_units_f16(<const uint16_t *>source, layout, <uint16_t *>target,
+                                     <uint16_t *>softmax_out, words, <float>scale, params, first,
+                                     stop)
+    else:
+        fd_softmax_dropout_units_bf16(<const fd_bfloat16 *>source, layout, <fd_bfloat16 *>target,
+                                      <fd_bfloat16 *>softmax_out, words, <float>scale, params,
+                                      first, stop)
+
+
+cdef void _softmax_backward_units(Kind kind, const void *grad, const void *softmax, void *target,
+                                  const uint64_t *words, double scale,
+                                  const fd_softmax_layout *layout, int64_t first,
+                                  int64_t stop) noexcept nogil:
+    if kind == F64:
+        fd_softmax_dropout_backward_units_f64(<const double *>grad, <const double *>softmax,
+                                              <double *>target, words, scale, layout, first, stop)
+    elif kind == F32:
+        fd_softmax_dropout_backward_units_f32(<const float *>grad, <const float *>softmax,
+                                              <float *>target, words, <float>scale, layout,
+                                              first, stop)
+    elif kind == F16:
+        fd_softmax_dropout_backward_units_f16(<const uint16_t *>grad, <const uint16_t *>softmax,
+                                              <uint16_t *>target, words, <float>scale, layout,
+                                              first, stop)
+    else:
+        fd_softmax_dropout_backward_units_bf16(<const fd_bfloat16 *>grad,
+                                               <const fd_bfloat16 *>softmax,
+                                               <fd_bfloat16 *>target, words, <float>scale,
+                                               layout, first, stop)
+
+
+cdef fd_softmax_layout _softmax_layout(rows) except *:
+    """The layout of a (outer, length, inner) array, its strides in elements."""
+    cdef fd_softmax_layout layout
+    cdef Py_ssize_t itemsize = rows.itemsize
+    layout.outer, layout.length, layout.inner = rows.shape
+    layout.outer_stride = rows.strides[0] // itemsize
+    layout.length_stride = rows.strides[1] // itemsize
+    layout.inner_stride = rows.strides[2] // itemsize
+    return layout
+
+
+cdef inline int64_t _units_per_group(int64_t unit) noexcept nogil:
+    """Units (of ``unit`` elements) whose elements fill whole mask words: 64 / gcd(unit, 64)."""
+    cdef int64_t divisor = 64
+    while unit % divisor:
+        divisor //= 2
+    return 64 // divisor
+
+
+cdef inline int _unit_chunks(int64_t n, int64_t unit, int64_t outer, int threads):
+    """Ranges of whole groups of units, one per thread (1 = serial)."""
+    cdef int64_t groups = (outer + _units_per_group(unit) - 1) // _units_per_group(unit)
+    return <int>max(1, min(<int64_t>_chunk_count(n, threads), groups))
+
+
+cdef inline int64_t _unit_start(int64_t outer, int64_t unit, int chunks,
+                                int chunk) noexcept nogil:
+    """Where chunk ``chunk``'s units start: a whole number of groups in."""
+    cdef int64_t group = _units_per_group(unit)
+    return min(_chunk_start((outer + group - 1) // group, chunks, chunk) * group, outer)
+
+
+def softmax_dropout(source, target, softmax, words, double scale, MaskParams params not None,
+                    int threads):
+    """target = dropout(softmax(source)) along axis 1 of (outer, length, inner) arrays.
+
+    ``source`` any strides (multiples of its itemsize); ``target`` and ``softmax`` (None:
+    not written) C-contiguous; ``words`` None (no dropout: target = softmax) or room for
+    the call's mask words, drawn here. Threads own groups of whole outer units.
+    """
+    cdef fd_mask_params view = _mask_params(params)
+    cdef int64_t n = view.n
+    if n == 0:
+        return
+    cdef fd_softmax_layout layout = _softmax_layout(source)
+    cdef Kind kind = _kind(target)
+    cdef double element_scale = _element_scale(target, kind, scale)
+    cdef const void *source_data = _data(source)
+    cdef void *target_data = _data(target)
+    cdef void *softmax_data = _data(softmax)
+    cdef uint64_t *word_data = <uint64_t *>_data(words)
+    cdef int64_t unit = layout.length * layout.inner
+    cdef int chunks = _unit_chunks(n, unit, layout.outer, threads)
+    cdef int chunk
+    with nogil:
+        if chunks == 1:
+            _softmax_units(kind, source_data, &layout, target_data, softmax_data, word_data,
+                           element_scale, &view, 0, layout.outer)
+        else:
+            for chunk in prange(chunks, num_threads=chunks, schedule="static"):
+                _softmax_units(kind, source_data, &layout, target_data, softmax_data, word_data,
+                               element_scale, &view, _unit_start(layout.outer, unit, chunks, chunk),
+                               _unit_start(layout.outer, unit, chunks, chunk + 1))
+
+
+def softmax_dropout_backward(grad, softmax, target, words, double scale, int threads):
+    """target = softmax * (g' - sum(g' * softmax)) along axis 1, g' = dropout_backward(grad).
+
+    C-contiguous (outer, length, inner) arrays of one type; ``words`` None: g' = grad.
+    """
+    cdef int64_t n = cnp.PyArray_SIZE(<cnp.ndarray>grad)
+    if n == 0:
+        return
+    cdef fd_softmax_layout layout = _softmax_layout(grad)
+    cdef Kind kind = _kind(grad)
+    cdef double element_scale = _element_scale(grad, kind, scale)
+    cdef const void *grad_data = _data(grad)
+    cdef const void *softmax_data = _data(softmax)
+    cdef void *target_data = _data(target)
+    cdef const uint64_t *word_data = <const uint64_t *>_data(words)
+    cdef int64_t unit = layout.length * layout.inner
+    cdef int chunks = _unit_chunks(n, unit, layout.outer, threads)
+    cdef int chunk
+    with nogil:
+        for chunk in prange(chunks, num_threads=chunks, schedule="static"):
+            _softmax_backward_units(kind, grad_data, softmax_data, target_data, word_data,
+                                    element_scale, &layout,
+                                    _unit_start(layout.outer, unit, chunks, chunk),
+                                    _unit_start(layout.outer, unit, chunks, chunk + 1))

@@ -9,12 +9,14 @@ Modules: ``philox`` (the block function), ``bits`` (float bit reinterpretation),
 ``half`` (float16 arithmetic), ``words`` (mask words, scalar and as an LLVM vector
 batch), ``normal`` (the Gaussian stream), ``llvm`` (prefetch and whole-word scaling
 intrinsics), ``dropout`` (the dropout loops), ``runs`` (blocks of a larger array),
-``variants`` (noise shapes, alpha and Gaussian dropout).
+``variants`` (noise shapes, alpha and Gaussian dropout), ``fused`` (dropout and an add),
+``softmax`` (softmax then dropout).
 
 Before Numba compiles an entry loop for a new type (seconds to a minute; a load from
 Numba's disk cache takes milliseconds and says nothing), one line on stderr says so,
 once per type and process, unless ``FASTDROP_QUIET=1`` (`fastdrop._config`).
 """
+import math
 import os
 import sys
 
@@ -35,6 +37,12 @@ from .dropout import (
 )
 from .fused import dropout_add_parallel, dropout_add_range
 from .runs import runs_parallel, runs_range
+from .softmax import (
+    softmax_backward_parallel,
+    softmax_backward_range,
+    softmax_parallel,
+    softmax_range,
+)
 from .variants import (
     broadcast_parallel,
     broadcast_range,
@@ -50,7 +58,8 @@ _ENTRY_LOOPS = frozenset((
     plain_range, stream_range, stream_parallel, words_range, words_parallel, mask_range,
     mask_parallel, runs_range, runs_parallel, broadcast_range, broadcast_parallel,
     gaussian_range, gaussian_parallel, gaussian_runs_range, gaussian_runs_parallel,
-    dropout_add_range, dropout_add_parallel))
+    dropout_add_range, dropout_add_parallel, softmax_range, softmax_parallel,
+    softmax_backward_range, softmax_backward_parallel))
 # what a loop's first array holds, by its Numba dtype (kernel_view's bit-pattern views)
 _TYPE_NAMES = {"uint16": "float16", "int16": "bfloat16", "uint64": "packed masks"}
 
@@ -112,10 +121,15 @@ def _run(serial, parallel, args, n, threads, units=None):
     if chunks == 1:
         serial(*args, 0, (n + 63) // 64 if units is None else units)
         return
+    _on_threads(parallel, args + (chunks,), chunks)
+
+
+def _on_threads(parallel, args, chunks):
+    """``parallel(*args)`` on ``chunks`` Numba threads, Numba's own setting restored after."""
     previous = numba.get_num_threads()
     numba.set_num_threads(chunks)
     try:
-        parallel(*args, chunks)
+        parallel(*args)
     finally:
         numba.set_num_threads(previous)
 
@@ -254,3 +268,55 @@ def dropout_add(source, residual, bias, target, words, scale, params, threads):
             np.uint64(params.seed), np.uint64(params.stream), np.uint64(params.threshold),
             bool(params.drop_all), params.offset, n)
     _run(dropout_add_range, dropout_add_parallel, args, n, threads)
+
+
+def _units_per_group(unit):
+    """Outer units whose elements fill whole mask words: 64 / gcd(unit, 64)."""
+    return 64 // math.gcd(unit, 64)
+
+
+def _run_units(serial, parallel, args, rows, threads):
+    """`_run` over ranges of whole groups of the outer units of (outer, length, inner) rows."""
+    outer, length, inner = rows.shape
+    group = _units_per_group(length * inner)
+    chunks = min(chunk_count(rows.size, min(threads, numba.config.NUMBA_NUM_THREADS)),
+                 (outer + group - 1) // group)
+    if chunks <= 1:
+        serial(*args, 0, outer)
+        return
+    _on_threads(parallel, args + (group, chunks), chunks)
+
+
+def _compute_work(array):
+    """An empty array of the type softmax computes in: float64 for float64, else float32."""
+    return np.empty(0, np.float64 if array.dtype == np.float64 else np.float32)
+
+
+def softmax_dropout(source, target, softmax, words, scale, params, threads):
+    """target = dropout(softmax(source)) along axis 1 of (outer, length, inner) arrays.
+
+    ``source`` any strides; ``target``, ``softmax`` (None: not written) C-contiguous;
+    ``words`` None: no dropout.
+    """
+    if params.n == 0:
+        return
+    element_scale = kernel_scale(target.dtype, scale)
+    source, target = kernel_view(source), kernel_view(target)
+    softmax = target[:0, :0, :0] if softmax is None else kernel_view(softmax)
+    args = (source, target, softmax, _NO_WORDS if words is None else words, element_scale,
+            np.uint64(params.seed), np.uint64(params.stream), np.uint64(params.threshold),
+            bool(params.drop_all), params.offset, params.n, words is not None,
+            _compute_work(source))
+    _run_units(softmax_range, softmax_parallel, args, source, threads)
+
+
+def softmax_dropout_backward(grad, softmax, target, words, scale, threads):
+    """target = s * (g - sum(g * s)) along axis 1, g = dropout_backward(grad) (words None: grad)."""
+    if grad.size == 0:
+        return
+    work = _compute_work(grad)
+    element_scale = kernel_scale(grad.dtype, scale)
+    grad, softmax, target = kernel_view(grad), kernel_view(softmax), kernel_view(target)
+    args = (grad, softmax, target, _NO_WORDS if words is None else words, element_scale,
+            words is not None, work)
+    _run_units(softmax_backward_range, softmax_backward_parallel, args, grad, threads)

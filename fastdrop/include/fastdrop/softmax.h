@@ -1,0 +1,595 @@
+/* Softmax then dropout in one pass, and its backward (docs/mask-stream.md, section 12).
+ *
+ * Rows: x viewed as (outer, length, inner) with the softmax along the middle axis, each
+ * (i, k) a row of `length` elements at source + i * outer_stride + k * inner_stride +
+ * j * length_stride (strides in elements, any sign). Element (i, j, k) is C-order element
+ * q = (i * length + j) * inner + k of the call: target, softmax_out and the mask index it
+ * so (the last axis: inner = 1, a row is q = i * length .. + length - 1).
+ *
+ * Per row, in the compute type C (float for float16, bfloat16 and float32, double for
+ * float64):
+ *
+ *   m = max_j x_j;  e_j = fd_exp(x_j - m);  S = lane sum of e;  r = 1 / S;
+ *   s_j = e_j * r rounded to C, then to the element type;  y_j = dropout(s_j)
+ *
+ * fd_exp is the range reduction and polynomial below (not bit-specified by the spec: its
+ * values lie within the bound docs/fused.md states). The lane sum adds element j into
+ * accumulator j mod 16 in order, then adds the accumulators pairwise (k + 8, k + 4, k + 2,
+ * k + 1): the order every path (portable, AVX2, AVX-512) and every backend keeps, so all
+ * C paths give the same bits. The dropout is fd_keep_<T> with the mask of dropout.h
+ * (fd_mask_words_range): exactly fastdrop.dropout of the rounded softmax.
+ *
+ * For each element type (suffix f64, f32, f16, bf16):
+ *
+ *   fd_softmax_dropout_units_<T>(source, layout, target, softmax_out, words, scale,
+ *                                params, first, stop)
+ *       rows of outer indices [first, stop) (the unit: `length * inner` elements, C-order
+ *       contiguous in the call); words NULL: no dropout (y = s), else the call's local
+ *       mask words, of which those of the units' elements are drawn here (first * length
+ *       * inner must be a multiple of 64 unless first is 0: threads own whole words).
+ *       softmax_out NULL: not written.
+ *   fd_softmax_dropout_backward_units_<T>(grad, softmax, target, words, scale, layout,
+ *                                         first, stop)
+ *       dx = s * (g' - D), g' = dropout_backward(grad) (grad itself where words is NULL),
+ *       D = lane sum of g' * s; every array C-order contiguous (the layout's strides
+ *       unused). The same bits on every path and backend.
+ */
+#ifndef FASTDROP_SOFTMAX_H
+#define FASTDROP_SOFTMAX_H
+
+#include <stdint.h>
+
+#include "dropout.h"
+
+typedef struct {
+    int64_t outer, length, inner;                       /* (A, L, B): softmax along L */
+    int64_t outer_stride, length_stride, inner_stride;  /* the source's, in elements */
+} fd_softmax_layout;
+
+#define FD_SOFTMAX_LANES 16
+/* Elements of a row held in the compute type at once (8 KiB of float, 16 KiB of double,
+ * a multiple of the lanes); longer rows recompute their exponentials in a third pass. */
+#ifndef FD_SOFTMAX_BLOCK
+#define FD_SOFTMAX_BLOCK 2048
+#endif
+/* Elements whose mask words a thread draws ahead of their rows (whole units, at least one). */
+#ifndef FD_SOFTMAX_DRAW_ELEMENTS
+#define FD_SOFTMAX_DRAW_ELEMENTS 16384
+#endif
+
+/* ---------------------------------------------------------------- exp
+ *
+ * e^x for x <= 0 (or NaN): x = k ln2 + r with k = round(x log2(e)) (adding and taking off
+ * 1.5 * 2^p rounds to nearest even), r = (x - k ln2_hi) - k ln2_lo (ln2_hi has few enough
+ * bits that k ln2_hi is exact), |r| <= ln2 / 2; e^r by its Taylor polynomial (degree 7 in
+ * float, 13 in double: the truncation is under 0.05 ulp), in Horner form; then times 2^k
+ * as 2^(k + bias) * 2^-bias, so a subnormal result is rounded once. x is first raised to a
+ * floor below which e^x rounds to +0 (NaN stays NaN). Plain multiplies and adds, no fused
+ * multiply-add: each vector lane computes what the scalar code does, bit for bit. */
+#define FD_EXP_F32_FLOOR (-110.0f)
+#define FD_EXP_F32_MAGIC 12582912.0f /* 1.5 * 2^23 */
+#define FD_EXP_F32_LOG2E 1.44269504088896341f
+#define FD_EXP_F32_LN2_HI 0.693359375f
+#define FD_EXP_F32_LN2_LO (-2.12194440e-4f)
+#define FD_EXP_F32_BIAS 64 /* 2^k = 2^(k + 64) * 2^-64, k + 64 + 127 a normal exponent */
+#define FD_EXP_F64_FLOOR (-760.0)
+#define FD_EXP_F64_MAGIC 6755399441055744.0 /* 1.5 * 2^52 */
+#define FD_EXP_F64_LOG2E 1.4426950408889634
+#define FD_EXP_F64_LN2_HI 0.6931467056274414 /* 21 significant bits */
+#define FD_EXP_F64_LN2_LO 4.7493250390316726e-07
+#define FD_EXP_F64_BIAS 512
+
+/* 1/k!, k = 7 .. 0 (float) and 13 .. 0 (double): the Horner order. */
+static const float fd_exp_f32_taylor[8] = {
+    (float)(1.0 / 5040), (float)(1.0 / 720), (float)(1.0 / 120), (float)(1.0 / 24),
+    (float)(1.0 / 6), 0.5f, 1.0f, 1.0f};
+static const double fd_exp_f64_taylor[14] = {
+    1.0 / 6227020800.0, 1.0 / 479001600.0, 1.0 / 39916800.0, 1.0 / 3628800.0,
+    1.0 / 362880.0, 1.0 / 40320.0, 1.0 / 5040.0, 1.0 / 720.0, 1.0 / 120.0, 1.0 / 24.0,
+    1.0 / 6.0, 0.5, 1.0, 1.0};
+
+static const float fd_exp_f32_unbias = 1.0f / 18446744073709551616.0f; /* 2^-64 */
+static const double fd_exp_f64_unbias = 0x1p-512;
+
+/* fd_exp_<C>: K the constants' prefix, TERMS the polynomial's, ONE the exponent bias and
+ * SHIFT the significand's width, UINT and INT the same-sized integers. */
+#define FD_DEFINE_EXP(C, CT, K, TERMS, ONE, SHIFT, UINT, INT)                                \
+    static inline CT fd_exp_##C(CT x)                                                       \
+    {                                                                                       \
+        if (x < FD_EXP_##K##_FLOOR)                                                         \
+            x = FD_EXP_##K##_FLOOR;                                                         \
+        const CT t = x * FD_EXP_##K##_LOG2E + FD_EXP_##K##_MAGIC;                           \
+        const CT k = t - FD_EXP_##K##_MAGIC;                                                \
+        const CT r = (x - k * FD_EXP_##K##_LN2_HI) - k * FD_EXP_##K##_LN2_LO;               \
+        CT p = fd_exp_##C##_taylor[0];                                                      \
+        for (int i = 1; i < TERMS; ++i)                                                     \
+            p = p * r + fd_exp_##C##_taylor[i];                                             \
+        fd_##C##_bits magic = {FD_EXP_##K##_MAGIC}, rounded = {t}, power;                   \
+        power.bits = (UINT)((INT)(rounded.bits - magic.bits) + FD_EXP_##K##_BIAS + ONE) << SHIFT; \
+        return p * power.value * fd_exp_##C##_unbias;                                       \
+    }
+
+FD_DEFINE_EXP(f32, float, F32, 8, 127, 23, uint32_t, int32_t)
+FD_DEFINE_EXP(f64, double, F64, 14, 1023, 52, uint64_t, int64_t)
+
+/* ---------------------------------------------------------------- element types
+ *
+ * Per element type: its compute type, widening (exact) and narrowing (to nearest even). */
+#define FD_COMPUTE_f64 double
+#define FD_COMPUTE_f32 float
+#define FD_COMPUTE_f16 float
+#define FD_COMPUTE_bf16 float
+/* FD_PASTE(name_, FD_CTYPE_<T>): the compute type's function of that name. */
+#define FD_PASTE(a, b) FD_PASTE_(a, b)
+#define FD_PASTE_(a, b) a##b
+#define FD_CTYPE_f64 f64
+#define FD_CTYPE_f32 f32
+#define FD_CTYPE_f16 f32
+#define FD_CTYPE_bf16 f32
+static inline double fd_widen_f64(double value) { return value; }
+static inline float fd_widen_f32(float value) { return value; }
+static inline float fd_widen_f16(uint16_t value) { return fd_half_to_float(value); }
+static inline float fd_widen_bf16(fd_bfloat16 value) { return fd_bfloat16_to_float(value); }
+static inline double fd_narrow_f64(double value) { return value; }
+static inline float fd_narrow_f32(float value) { return value; }
+static inline uint16_t fd_narrow_f16(float value) { return fd_float_to_half(value); }
+static inline fd_bfloat16 fd_narrow_bf16(float value) { return fd_float_to_bfloat16(value); }
+
+/* The keep bit of call element q (words: the call's local words). */
+static inline uint32_t fd_keep_lane(const uint64_t *words, int64_t q)
+{
+    return (uint32_t)0 - (uint32_t)((words[q >> 6] >> (q & 63)) & 1);
+}
+
+/* `count` (<= 57) keep bits of call elements q .. q + count - 1, element q in bit 0. */
+static inline uint64_t fd_keep_bits(const uint64_t *words, int64_t q, int count)
+{
+    const int64_t word = q >> 6;
+    const int shift = (int)(q & 63);
+    uint64_t bits = words[word] >> shift;
+    if (shift > 64 - count)
+        bits |= words[word + 1] << (64 - shift);
+    return bits;
+}
+
+/* ---------------------------------------------------------------- row passes, portable
+ *
+ * Three passes over a row held contiguous in the compute type: the maximum, the
+ * exponentials (into e, which may be the values) with their lane sums, and the output.
+ * `lane` is the lane of element 0 (blocks of a long row start at multiples of 16). */
+#define FD_DEFINE_ROW_PASSES(C, CT)                                                          \
+    static inline CT fd_row_max_##C##_portable(const CT *values, int64_t count, CT max)      \
+    {                                                                                       \
+        for (int64_t j = 0; j < count; ++j)                                                 \
+            max = values[j] > max ? values[j] : max;                                        \
+        return max;                                                                         \
+    }                                                                                       \
+    static inline void fd_row_exp_##C##_portable(const CT *values, CT *e, int64_t count,     \
+                                                 CT max, CT sums[FD_SOFTMAX_LANES])         \
+    {                                                                                       \
+        for (int64_t j = 0; j < count; ++j) {                                               \
+            e[j] = fd_exp_##C(values[j] - max);                                             \
+            sums[j & (FD_SOFTMAX_LANES - 1)] += e[j];                                       \
+        }                                                                                   \
+    }                                                                                       \
+    /* The lanes added pairwise: k + 8, k + 4, k + 2, k + 1. */                            \
+    static inline CT fd_lane_total_##C(const CT sums[FD_SOFTMAX_LANES])                      \
+    {                                                                                       \
+        CT tree[FD_SOFTMAX_LANES];                                                          \
+        for (int k = 0; k < FD_SOFTMAX_LANES; ++k)                                          \
+            tree[k] = sums[k];                                                              \
+        for (int width = FD_SOFTMAX_LANES / 2; width > 0; width /= 2)                       \
+            for (int k = 0; k < width; ++k)                                                 \
+                tree[k] = tree[k] + tree[k + width];                                        \
+        return tree[0];                                                                     \
+    }
+
+FD_DEFINE_ROW_PASSES(f32, float)
+FD_DEFINE_ROW_PASSES(f64, double)
+
+/* s = e * r rounded to the element type; y = its dropout (or s where words is NULL). */
+#define FD_DEFINE_ROW_OUTPUT(SUFFIX, T, SCALE_T)                                            \
+    static inline void fd_row_output_##SUFFIX##_portable(                                   \
+        const FD_COMPUTE_##SUFFIX *e, FD_COMPUTE_##SUFFIX r, int64_t count, T *target,      \
+        T *softmax_out, int64_t step, const uint64_t *words, int64_t q, SCALE_T scale)      \
+    {                                                                                       \
+        for (int64_t j = 0; j < count; ++j, q += step) {                                   \
+            const T s = fd_narrow_##SUFFIX(e[j] * r);                                       \
+            if (softmax_out)                                                                \
+                softmax_out[j * step] = s;                                                  \
+            target[j * step] = words ? fd_keep_##SUFFIX(s, scale, fd_keep_lane(words, q)) : s; \
+        }                                                                                   \
+    }
+
+/* ---------------------------------------------------------------- row passes, SIMD
+ *
+ * The same passes on vectors of WIDTH lanes, 16 elements a step (the 16 lane sums in one
+ * AVX-512 float vector, two AVX2 ones, two or four double ones), the tail by the portable
+ * code on the sums stored back: the same operations on the same lanes, so the same bits. */
+#if FD_HAVE_AVX2_PATH
+#define FD_TARGET_SOFTMAX_512 FD_TARGET("avx2,avx512f")
+#define FD_TARGET_SOFTMAX_256 FD_TARGET("avx2")
+
+/* fd_exp_<C> on a vector of W bits: P is ps or pd, EPI the integer lanes, SET1I their
+ * broadcast, K the constants' prefix (F32, F64), ONE the exponent bias, SHIFT the
+ * significand's width. */
+#define FD_DEFINE_VEC_EXP(C, ATTRIBUTES, W, P, VEC, IVEC, EPI, SET1I, K, TERMS, ONE, SHIFT)    \
+    ATTRIBUTES static inline VEC fd_exp_##C##_##W(VEC x)                                    \
+    {                                                                                       \
+        x = _mm##W##_max_##P(_mm##W##_set1_##P(FD_EXP_##K##_FLOOR), x); /* NaN stays */     \
+        const VEC magic = _mm##W##_set1_##P(FD_EXP_##K##_MAGIC);                            \
+        const VEC t = _mm##W##_add_##P(_mm##W##_mul_##P(x, _mm##W##_set1_##P(FD_EXP_##K##_LOG2E)), \
+                                       magic);                                              \
+        const VEC k = _mm##W##_sub_##P(t, magic);                                           \
+        const VEC r = _mm##W##_sub_##P(                                                     \
+            _mm##W##_sub_##P(x, _mm##W##_mul_##P(k, _mm##W##_set1_##P(FD_EXP_##K##_LN2_HI))), \
+            _mm##W##_mul_##P(k, _mm##W##_set1_##P(FD_EXP_##K##_LN2_LO)));                   \
+        VEC p = _mm##W##_set1_##P(fd_exp_##C##_taylor[0]);                                  \
+        for (int i = 1; i < TERMS; ++i)                                                     \
+            p = _mm##W##_add_##P(_mm##W##_mul_##P(p, r), _mm##W##_set1_##P(fd_exp_##C##_taylor[i])); \
+        const IVEC power = _mm##W##_slli_##EPI(                                             \
+            _mm##W##_add_##EPI(_mm##W##_sub_##EPI(_mm##W##_cast##P##_si##W(t),              \
+                                                  _mm##W##_cast##P##_si##W(magic)),         \
+                               SET1I(FD_EXP_##K##_BIAS + ONE)),                             \
+            SHIFT);                                                                         \
+        return _mm##W##_mul_##P(_mm##W##_mul_##P(p, _mm##W##_castsi##W##_##P(power)),       \
+                                _mm##W##_set1_##P(fd_exp_##C##_unbias));                    \
+    }
+
+FD_DEFINE_VEC_EXP(f32, FD_TARGET_SOFTMAX_512, 512, ps, __m512, __m512i, epi32, _mm512_set1_epi32,
+                  F32, 8, 127, 23)
+FD_DEFINE_VEC_EXP(f64, FD_TARGET_SOFTMAX_512, 512, pd, __m512d, __m512i, epi64, _mm512_set1_epi64,
+                  F64, 14, 1023, 52)
+FD_DEFINE_VEC_EXP(f32, FD_TARGET_SOFTMAX_256, 256, ps, __m256, __m256i, epi32, _mm256_set1_epi32,
+                  F32, 8, 127, 23)
+FD_DEFINE_VEC_EXP(f64, FD_TARGET_SOFTMAX_256, 256, pd, __m256d, __m256i, epi64,
+                  _mm256_set1_epi64x, F64, 14, 1023, 52)
+
+/* product where the keep bits (bit j: lane j) are set, +0.0 elsewhere: fd_keep_<C>'s bits. */
+FD_TARGET_SOFTMAX_512 static inline __m512 fd_keep_f32_512(__m512 product, uint64_t bits)
+{
+    return _mm512_maskz_mov_ps((__mmask16)bits, product);
+}
+FD_TARGET_SOFTMAX_512 static inline __m512d fd_keep_f64_512(__m512d product, uint64_t bits)
+{
+    return _mm512_maskz_mov_pd((__mmask8)bits, product);
+}
+FD_TARGET_SOFTMAX_256 static inline __m256 fd_keep_f32_256(__m256 product, uint64_t bits)
+{
+    const __m256i lane_bits = _mm256_setr_epi32(1, 2, 4, 8, 16, 32, 64, 128);
+    const __m256i kept = _mm256_cmpeq_epi32(
+        _mm256_and_si256(_mm256_set1_epi32((int)bits), lane_bits), lane_bits);
+    return _mm256_and_ps(product, _mm256_castsi256_ps(kept));
+}
+FD_TARGET_SOFTMAX_256 static inline __m256d fd_keep_f64_256(__m256d product, uint64_t bits)
+{
+    const __m256i lane_bits = _mm256_setr_epi64x(1, 2, 4, 8);
+    const __m256i kept = _mm256_cmpeq_epi64(
+        _mm256_and_si256(_mm256_set1_epi64x((long long)bits), lane_bits), lane_bits);
+    return _mm256_and_pd(product, _mm256_castsi256_pd(kept));
+}
+
+/* The passes of compute type C on W-bit vectors of WIDTH lanes (VARIANT _avx512, _avx2). */
+#define FD_DEFINE_VEC_PASSES(C, CT, VARIANT, ATTRIBUTES, W, P, VEC, WIDTH)                   \
+    ATTRIBUTES static inline CT fd_row_max_##C##VARIANT(const CT *values, int64_t count, CT max) \
+    {                                                                                       \
+        int64_t j = 0;                                                                      \
+        if (count >= WIDTH) {                                                               \
+            VEC best = _mm##W##_set1_##P(max);                                              \
+            CT lanes[WIDTH];                                                                \
+            for (; j + WIDTH <= count; j += WIDTH)                                          \
+                best = _mm##W##_max_##P(_mm##W##_loadu_##P(values + j), best);              \
+            _mm##W##_storeu_##P(lanes, best);                                               \
+            max = fd_row_max_##C##_portable(lanes, WIDTH, max);                             \
+        }                                                                                   \
+        return fd_row_max_##C##_portable(values + j, count - j, max);                       \
+    }                                                                                       \
+    ATTRIBUTES static inline void fd_row_exp_##C##VARIANT(const CT *values, CT *e, int64_t count, \
+                                                          CT max, CT sums[FD_SOFTMAX_LANES]) \
+    {                                                                                       \
+        enum { VECTORS = FD_SOFTMAX_LANES / WIDTH };                                        \
+        const VEC m = _mm##W##_set1_##P(max);                                               \
+        VEC acc[VECTORS];                                                                   \
+        int64_t j = 0;                                                                      \
+        for (int v = 0; v < VECTORS; ++v)                                                   \
+            acc[v] = _mm##W##_loadu_##P(sums + v * WIDTH);                                  \
+        for (; j + FD_SOFTMAX_LANES <= count; j += FD_SOFTMAX_LANES)                        \
+            for (int v = 0; v < VECTORS; ++v) {                                             \
+                const VEC exp = fd_exp_##C##_##W(                                           \
+                    _mm##W##_sub_##P(_mm##W##_loadu_##P(values + j + v * WIDTH), m));       \
+                _mm##W##_storeu_##P(e + j + v * WIDTH, exp);                                \
+                acc[v] = _mm##W##_add_##P(acc[v], exp);                                     \
+            }                                                                               \
+        for (int v = 0; v < VECTORS; ++v)                                                   \
+            _mm##W##_storeu_##P(sums + v * WIDTH, acc[v]);                                  \
+        fd_row_exp_##C##_portable(values + j, e + j, count - j, max, sums);                 \
+    }                                                                                       \
+    ATTRIBUTES static inline void fd_row_output_##C##VARIANT(                               \
+        const CT *e, CT r, int64_t count, CT *target, CT *softmax_out, int64_t step,        \
+        const uint64_t *words, int64_t q, CT scale)                                         \
+    {                                                                                       \
+        int64_t j = 0;                                                                      \
+        if (step == 1) {                                                                    \
+            const VEC reciprocal = _mm##W##_set1_##P(r), factor = _mm##W##_set1_##P(scale); \
+            for (; j + WIDTH <= count; j += WIDTH) {                                        \
+                const VEC s = _mm##W##_mul_##P(_mm##W##_loadu_##P(e + j), reciprocal);      \
+                if (softmax_out)                                                            \
+                    _mm##W##_storeu_##P(softmax_out + j, s);                                \
+                _mm##W##_storeu_##P(target + j,                                             \
+                                    words ? fd_keep_##C##_##W(_mm##W##_mul_##P(s, factor),  \
+                                                              fd_keep_bits(words, q + j, WIDTH)) \
+                                          : s);                                             \
+            }                                                                               \
+        }                                                                                   \
+        fd_row_output_##C##_portable(e + j, r, count - j, target + j * step,                \
+                                     softmax_out ? softmax_out + j * step : NULL, step, words, \
+                                     q + j * step, scale);                                  \
+    }                                                                                       \
+    /* backward: D's lane sums of g' * s, g' = dropout_backward(grad) (or grad) */          \
+    ATTRIBUTES static inline void fd_row_dot_##C##VARIANT(                                  \
+        const CT *grad, const CT *softmax, int64_t count, int64_t step, const uint64_t *words, \
+        int64_t q, CT scale, CT sums[FD_SOFTMAX_LANES])                                     \
+    {                                                                                       \
+        enum { VECTORS = FD_SOFTMAX_LANES / WIDTH };                                        \
+        const VEC factor = _mm##W##_set1_##P(scale);                                        \
+        VEC acc[VECTORS];                                                                   \
+        int64_t j = 0;                                                                      \
+        if (step != 1) {                                                                    \
+            fd_row_dot_##C##_portable(grad, softmax, count, step, words, q, scale, sums);   \
+            return;                                                                         \
+        }                                                                                   \
+        for (int v = 0; v < VECTORS; ++v)                                                   \
+            acc[v] = _mm##W##_loadu_##P(sums + v * WIDTH);                                  \
+        for (; j + FD_SOFTMAX_LANES <= count; j += FD_SOFTMAX_LANES)                        \
+            for (int v = 0; v < VECTORS; ++v) {                                             \
+                const int64_t at = j + v * WIDTH;                                           \
+                VEC g = _mm##W##_loadu_##P(grad + at);                                      \
+                if (words)                                                                  \
+                    g = fd_keep_##C##_##W(_mm##W##_mul_##P(g, factor),                      \
+                                          fd_keep_bits(words, q + at, WIDTH));              \
+                acc[v] = _mm##W##_add_##P(acc[v],                                           \
+                                          _mm##W##_mul_##P(g, _mm##W##_loadu_##P(softmax + at))); \
+            }                                                                               \
+        for (int v = 0; v < VECTORS; ++v)                                                   \
+            _mm##W##_storeu_##P(sums + v * WIDTH, acc[v]);                                  \
+        fd_row_dot_##C##_portable(grad + j, softmax + j, count - j, 1, words, q + j, scale, \
+                                  sums);                                                    \
+    }                                                                                       \
+    ATTRIBUTES static inline void fd_row_gradient_##C##VARIANT(                             \
+        const CT *grad, const CT *softmax, CT *target, int64_t count, int64_t step,         \
+        const uint64_t *words, int64_t q, CT scale, CT dot)                                 \
+    {                                                                                       \
+        const VEC factor = _mm##W##_set1_##P(scale), d = _mm##W##_set1_##P(dot);            \
+        int64_t j = 0;                                                                      \
+        if (step != 1) {                                                                    \
+            fd_row_gradient_##C##_portable(grad, softmax, target, count, step, words, q,    \
+                                           scale, dot);                                     \
+            return;                                                                         \
+        }                                                                                   \
+        for (; j + WIDTH <= count; j += WIDTH) {                                            \
+            VEC g = _mm##W##_loadu_##P(grad + j);                                           \
+            if (words)                                                                      \
+                g = fd_keep_##C##_##W(_mm##W##_mul_##P(g, factor),                          \
+                                      fd_keep_bits(words, q + j, WIDTH));                   \
+            _mm##W##_storeu_##P(target + j, _mm##W##_mul_##P(_mm##W##_loadu_##P(softmax + j), \
+                                                             _mm##W##_sub_##P(g, d)));      \
+        }                                                                                   \
+        fd_row_gradient_##C##_portable(grad + j, softmax + j, target + j, count - j, 1, words, \
+                                       q + j, scale, dot);                                  \
+    }
+#endif
+
+/* ---------------------------------------------------------------- backward, portable
+ *
+ * g'_j = dropout_backward(grad)_j (rounded to the element type) or grad_j; D = lane sum
+ * of g'_j * s_j in the compute type; dx_j = s_j * (g'_j - D), each step rounded to the
+ * compute type, then dx_j to the element type. */
+#define FD_DEFINE_ROW_BACKWARD(SUFFIX, T, SCALE_T)                                          \
+    static inline FD_COMPUTE_##SUFFIX fd_gradient_at_##SUFFIX(T grad, const uint64_t *words, \
+                                                              int64_t q, SCALE_T scale)     \
+    {                                                                                       \
+        return fd_widen_##SUFFIX(words ? fd_keep_##SUFFIX(grad, scale, fd_keep_lane(words, q)) \
+                                       : grad);                                             \
+    }                                                                                       \
+    static inline void fd_row_dot_##SUFFIX##_portable(                                      \
+        const T *grad, const T *softmax, int64_t count, int64_t step, const uint64_t *words, \
+        int64_t q, SCALE_T scale, FD_COMPUTE_##SUFFIX sums[FD_SOFTMAX_LANES])               \
+    {                                                                                       \
+        for (int64_t j = 0; j < count; ++j)                                                 \
+            sums[j & (FD_SOFTMAX_LANES - 1)] +=                                             \
+                fd_gradient_at_##SUFFIX(grad[j * step], words, q + j * step, scale) *       \
+                fd_widen_##SUFFIX(softmax[j * step]);                                       \
+    }                                                                                       \
+    static inline void fd_row_gradient_##SUFFIX##_portable(                                 \
+        const T *grad, const T *softmax, T *target, int64_t count, int64_t step,            \
+        const uint64_t *words, int64_t q, SCALE_T scale, FD_COMPUTE_##SUFFIX dot)           \
+    {                                                                                       \
+        for (int64_t j = 0; j < count; ++j) {                                               \
+            const FD_COMPUTE_##SUFFIX g =                                                   \
+                fd_gradient_at_##SUFFIX(grad[j * step], words, q + j * step, scale);        \
+            target[j * step] = fd_narrow_##SUFFIX(fd_widen_##SUFFIX(softmax[j * step]) * (g - dot)); \
+        }                                                                                   \
+    }
+
+/* The portable passes that read or write elements, per element type. */
+#define FD_DEFINE_ROW_ELEMENTS(SUFFIX, T, SCALE_T)                                          \
+    FD_DEFINE_ROW_OUTPUT(SUFFIX, T, SCALE_T)                                                \
+    FD_DEFINE_ROW_BACKWARD(SUFFIX, T, SCALE_T)
+
+FD_DEFINE_ROW_ELEMENTS(f64, double, double)
+FD_DEFINE_ROW_ELEMENTS(f32, float, float)
+FD_DEFINE_ROW_ELEMENTS(f16, uint16_t, float)
+FD_DEFINE_ROW_ELEMENTS(bf16, fd_bfloat16, float)
+
+#if FD_HAVE_AVX2_PATH
+FD_DEFINE_VEC_PASSES(f32, float, _avx512, FD_TARGET_SOFTMAX_512, 512, ps, __m512, 16)
+FD_DEFINE_VEC_PASSES(f64, double, _avx512, FD_TARGET_SOFTMAX_512, 512, pd, __m512d, 8)
+FD_DEFINE_VEC_PASSES(f32, float, _avx2, FD_TARGET_SOFTMAX_256, 256, ps, __m256, 8)
+FD_DEFINE_VEC_PASSES(f64, double, _avx2, FD_TARGET_SOFTMAX_256, 256, pd, __m256d, 4)
+
+/* The widest variant the CPU takes (fd_set_simd caps it): all give the same bits. */
+#define FD_SOFTMAX_DISPATCH(NAME, ARGS)                                                     \
+    {                                                                                       \
+        const int level = fd_simd_enabled();                                                \
+        if (level >= 2) {                                                                   \
+            FD_PATH_TAKEN("softmax avx512");                                                \
+            NAME##_avx512 ARGS;                                                             \
+        } else if (level == 1) {                                                            \
+            FD_PATH_TAKEN("softmax avx2");                                                  \
+            NAME##_avx2 ARGS;                                                               \
+        } else {                                                                            \
+            NAME##_portable ARGS;                                                           \
+        }                                                                                   \
+    }
+#else
+#define FD_SOFTMAX_DISPATCH(NAME, ARGS) NAME##_portable ARGS;
+#endif
+
+#define FD_DEFINE_PASS_DISPATCH(C, CT)                                                      \
+    static inline CT fd_row_max_##C(const CT *values, int64_t count, CT max)                \
+    {                                                                                       \
+        CT result;                                                                          \
+        FD_SOFTMAX_DISPATCH(result = fd_row_max_##C, (values, count, max))                  \
+        return result;                                                                      \
+    }                                                                                       \
+    static inline void fd_row_exp_##C(const CT *values, CT *e, int64_t count, CT max,       \
+                                      CT sums[FD_SOFTMAX_LANES])                            \
+    {                                                                                       \
+        FD_SOFTMAX_DISPATCH(fd_row_exp_##C, (values, e, count, max, sums))                  \
+    }                                                                                       \
+    static inline void fd_row_output_##C(const CT *e, CT r, int64_t count, CT *target,      \
+                                         CT *softmax_out, int64_t step, const uint64_t *words, \
+                                         int64_t q, CT scale)                               \
+    {                                                                                       \
+        FD_SOFTMAX_DISPATCH(fd_row_output_##C,                                              \
+                            (e, r, count, target, softmax_out, step, words, q, scale))      \
+    }                                                                                       \
+    static inline void fd_row_dot_##C(const CT *grad, const CT *softmax, int64_t count,     \
+                                      int64_t step, const uint64_t *words, int64_t q,       \
+                                      CT scale, CT sums[FD_SOFTMAX_LANES])                  \
+    {                                                                                       \
+        FD_SOFTMAX_DISPATCH(fd_row_dot_##C, (grad, softmax, count, step, words, q, scale, sums)) \
+    }                                                                                       \
+    static inline void fd_row_gradient_##C(const CT *grad, const CT *softmax, CT *target,   \
+                                           int64_t count, int64_t step,                     \
+                                           const uint64_t *words, int64_t q, CT scale,      \
+                                           CT dot)                                          \
+    {                                                                                       \
+        FD_SOFTMAX_DISPATCH(fd_row_gradient_##C,                                            \
+                            (grad, softmax, target, count, step, words, q, scale, dot))     \
+    }
+
+FD_DEFINE_PASS_DISPATCH(f32, float)
+FD_DEFINE_PASS_DISPATCH(f64, double)
+
+/* ---------------------------------------------------------------- rows and units */
+
+/* The output and backward passes of an element type: vectors for float32 and float64. */
+#define FD_ROW_OUTPUT_f64 fd_row_output_f64
+#define FD_ROW_OUTPUT_f32 fd_row_output_f32
+#define FD_ROW_OUTPUT_f16 fd_row_output_f16_portable
+#define FD_ROW_OUTPUT_bf16 fd_row_output_bf16_portable
+#define FD_ROW_DOT_f64 fd_row_dot_f64
+#define FD_ROW_DOT_f32 fd_row_dot_f32
+#define FD_ROW_DOT_f16 fd_row_dot_f16_portable
+#define FD_ROW_DOT_bf16 fd_row_dot_bf16_portable
+#define FD_ROW_GRADIENT_f64 fd_row_gradient_f64
+#define FD_ROW_GRADIENT_f32 fd_row_gradient_f32
+#define FD_ROW_GRADIENT_f16 fd_row_gradient_f16_portable
+#define FD_ROW_GRADIENT_bf16 fd_row_gradient_bf16_portable
+/* Whether the elements are the compute type (a contiguous row is read in place). */
+#define FD_SAME_TYPE_f64 1
+#define FD_SAME_TYPE_f32 1
+#define FD_SAME_TYPE_f16 0
+#define FD_SAME_TYPE_bf16 0
+
+#define FD_DEFINE_SOFTMAX_KERNELS(SUFFIX, T, SCALE_T)                                       \
+    /* count elements of a row from element `at` (stride apart), in the compute type */     \
+    static inline const FD_COMPUTE_##SUFFIX *fd_row_block_##SUFFIX(                         \
+        const T *source, int64_t stride, int64_t at, int64_t count,                         \
+        FD_COMPUTE_##SUFFIX *buffer)                                                        \
+    {                                                                                       \
+        if (FD_SAME_TYPE_##SUFFIX && stride == 1)                                           \
+            return (const FD_COMPUTE_##SUFFIX *)(const void *)(source + at);                \
+        for (int64_t j = 0; j < count; ++j)                                                 \
+            buffer[j] = fd_widen_##SUFFIX(source[(at + j) * stride]);                       \
+        return buffer;                                                                      \
+    }                                                                                       \
+    /* One row: source's elements stride apart, the outputs' step apart from call element q. */ \
+    static inline void fd_softmax_row_##SUFFIX(                                             \
+        const T *source, int64_t stride, int64_t length, T *target, T *softmax_out,         \
+        int64_t step, const uint64_t *words, int64_t q, SCALE_T scale,                      \
+        FD_COMPUTE_##SUFFIX buffer[FD_SOFTMAX_BLOCK])                                       \
+    {                                                                                       \
+        typedef FD_COMPUTE_##SUFFIX compute_t;                                              \
+        compute_t sums[FD_SOFTMAX_LANES] = {0}, unused[FD_SOFTMAX_LANES], max = -INFINITY;   \
+        const int whole = length <= FD_SOFTMAX_BLOCK; /* the exponentials stay in buffer */ \
+        const compute_t *values = NULL;                                                     \
+        for (int64_t at = 0; at < length; at += FD_SOFTMAX_BLOCK) {                          \
+            const int64_t count = length - at < FD_SOFTMAX_BLOCK ? length - at : FD_SOFTMAX_BLOCK; \
+            values = fd_row_block_##SUFFIX(source, stride, at, count, buffer);              \
+            max = FD_PASTE(fd_row_max_, FD_CTYPE_##SUFFIX)(values, count, max);                       \
+        }                                                                                   \
+        for (int64_t at = 0; at < length; at += FD_SOFTMAX_BLOCK) {                          \
+            const int64_t count = length - at < FD_SOFTMAX_BLOCK ? length - at : FD_SOFTMAX_BLOCK; \
+            if (!whole)                                                                     \
+                values = fd_row_block_##SUFFIX(source, stride, at, count, buffer);          \
+            FD_PASTE(fd_row_exp_, FD_CTYPE_##SUFFIX)(values, buffer, count, max, sums);              \
+        }                                                                                   \
+        const compute_t reciprocal = (compute_t)1 / FD_PASTE(fd_lane_total_, FD_CTYPE_##SUFFIX)(sums); \
+        for (int64_t at = 0; at < length; at += FD_SOFTMAX_BLOCK) {                          \
+            const int64_t count = length - at < FD_SOFTMAX_BLOCK ? length - at : FD_SOFTMAX_BLOCK; \
+            if (!whole) /* the same exponentials again */                                   \
+                FD_PASTE(fd_row_exp_, FD_CTYPE_##SUFFIX)(                                             \
+                    fd_row_block_##SUFFIX(source, stride, at, count, buffer), buffer, count, \
+                    max, unused);                                                           \
+            FD_ROW_OUTPUT_##SUFFIX(buffer, reciprocal, count, target + at * step,           \
+                                   softmax_out ? softmax_out + at * step : NULL, step, words, \
+                                   q + at * step, scale);                                   \
+        }                                                                                   \
+    }                                                                                       \
+    static inline void fd_softmax_dropout_units_##SUFFIX(                                   \
+        const T *source, const fd_softmax_layout *layout, T *target, T *softmax_out,        \
+        uint64_t *words, SCALE_T scale, const fd_mask_params *params, int64_t first,        \
+        int64_t stop)                                                                       \
+    {                                                                                       \
+        FD_COMPUTE_##SUFFIX buffer[FD_SOFTMAX_BLOCK];                                       \
+        const int64_t length = layout->length, inner = layout->inner, unit = length * inner; \
+        if (unit == 0)                                                                      \
+            return;                                                                         \
+        const int64_t per_draw = FD_SOFTMAX_DRAW_ELEMENTS / unit > 1                        \
+                                     ? FD_SOFTMAX_DRAW_ELEMENTS / unit : 1;                 \
+        for (int64_t at = first; at < stop; at += per_draw) {                               \
+            const int64_t until = stop - at < per_draw ? stop : at + per_draw;              \
+            if (words) /* a word shared with the previous draw is drawn again, the same */  \
+                fd_mask_words_range(words, params, (at * unit) >> 6, fd_words_for(until * unit)); \
+            for (int64_t i = at; i < until; ++i)                                            \
+                for (int64_t k = 0; k < inner; ++k)                                         \
+                    fd_softmax_row_##SUFFIX(                                                \
+                        source + i * layout->outer_stride + k * layout->inner_stride,       \
+                        layout->length_stride, length, target + i * unit + k,               \
+                        softmax_out ? softmax_out + i * unit + k : NULL, inner, words,      \
+                        i * unit + k, scale, buffer);                                       \
+        }                                                                                   \
+    }                                                                                       \
+    static inline void fd_softmax_dropout_backward_units_##SUFFIX(                          \
+        const T *grad, const T *softmax, T *target, const uint64_t *words, SCALE_T scale,   \
+        const fd_softmax_layout *layout, int64_t first, int64_t stop)                       \
+    {                                                                                       \
+        const int64_t length = layout->length, inner = layout->inner, unit = length * inner; \
+        for (int64_t i = first; i < stop; ++i)                                              \
+            for (int64_t k = 0; k < inner; ++k) {                                           \
+                const int64_t q = i * unit + k;                                             \
+                FD_COMPUTE_##SUFFIX sums[FD_SOFTMAX_LANES] = {0};                           \
+                FD_ROW_DOT_##SUFFIX(grad + q, softmax + q, length, inner, words, q, scale, sums); \
+                FD_ROW_GRADIENT_##SUFFIX(grad + q, softmax + q, target + q, length, inner, words, \
+                                         q, scale, FD_PASTE(fd_lane_total_, FD_CTYPE_##SUFFIX)(sums)); \
+            }                                                                               \
+    }
+
+FD_DEFINE_SOFTMAX_KERNELS(f64, double, double)
+FD_DEFINE_SOFTMAX_KERNELS(f32, float, float)
+FD_DEFINE_SOFTMAX_KERNELS(f16, uint16_t, float)
+FD_DEFINE_SOFTMAX_KERNELS(bf16, fd_bfloat16, float)
+
+#endif /* FASTDROP_SOFTMAX_H */
