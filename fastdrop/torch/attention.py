@@ -16,30 +16,28 @@ import math
 import torch
 import torch.nn.functional as F
 
-from . import _ops, _tensors
+from . import _ops, _tensors, fused
 from .functional import _traced
 
 __all__ = ["scaled_dot_product_attention"]
 
 
-# ---- softmax + dropout: the semantics of fastdrop::softmax_dropout, from existing parts
+# ---- softmax + dropout: fastdrop's fused operator
 
 
 def _softmax_dropout(scores, p, key):
     """(fastdrop's dropout of ``softmax(scores, -1)`` with ``key``, that softmax, mask words).
 
-    The dropout is exactly `fastdrop.torch.dropout` of the softmax rounded to the
-    dtype, so the same key gives the same mask.
+    `fastdrop.softmax_dropout` in one pass (docs/mask-stream.md, section 12): the
+    dropout is exactly `fastdrop.torch.dropout` of the softmax rounded to the dtype, so
+    the same key gives the same mask.
     """
-    softmax = torch.softmax(scores, -1)
-    dropped, words = _ops.dropout(softmax, p, key, [], False)
-    return dropped, softmax, words
+    return fused._softmax_arrays(scores, p, key, -1, True)
 
 
 def _softmax_dropout_backward(grad, softmax, words, p):
-    """Gradient of `_softmax_dropout` with respect to its scores."""
-    grad = _ops.dropout_backward(grad, words, p, [], False)
-    return softmax * (grad - (grad * softmax).sum(-1, keepdim=True))
+    """Gradient of `_softmax_dropout` with respect to its scores (one fused pass)."""
+    return fused.softmax_dropout_backward_op(grad, softmax, words, p, -1)
 
 
 def _dropped_again(softmax, words, p):
