@@ -64,7 +64,7 @@ def attention_dropout(query: torch.Tensor, key: torch.Tensor, value: torch.Tenso
                       mask: torch.Tensor | None, p: float, scale: float,
                       rng_key: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(attention output, softmax of the scores, dropout mask words) of a float ``mask``."""
-    scores = torch.matmul(query * scale, key.transpose(-2, -1))
+    scores = torch.matmul(query, key.transpose(-2, -1)).mul_(scale)  # scaled in place
     dead_rows = None
     if mask is not None:
         scores = scores + mask
@@ -93,6 +93,7 @@ def _(query, key, value, mask, p, scale, rng_key):
 
 def _save(ctx, inputs, output):
     query, key, value, mask, ctx.p, ctx.scale, _ = inputs
+    ctx.set_materialize_grads(False)  # the softmax and words outputs get no gradient: no zeros
     ctx.mask_shape = None if mask is None else mask.shape
     ctx.save_for_backward(query, key, value, output[1], output[2])
 
@@ -101,6 +102,8 @@ def _gradients(ctx, grad, _grad_softmax, _grad_words):
     query, key, value, softmax, words = ctx.saved_tensors
     needs_query, needs_key, needs_value, needs_mask = ctx.needs_input_grad[:4]
     grad_query = grad_key = grad_value = grad_mask = None
+    if grad is None:  # only the softmax or the words were used (gradients not materialised)
+        return grad_query, grad_key, grad_value, grad_mask, None, None, None
     if needs_value:
         dropped = _dropped_again(softmax, words, ctx.p)
         grad_value = torch.matmul(dropped.transpose(-2, -1), grad).sum_to_size(value.shape)
@@ -108,9 +111,9 @@ def _gradients(ctx, grad, _grad_softmax, _grad_words):
         grad_dropped = torch.matmul(grad, value.transpose(-2, -1))
         grad_scores = _softmax_dropout_backward(grad_dropped, softmax, words, ctx.p)
         if needs_query:
-            grad_query = (torch.matmul(grad_scores, key) * ctx.scale).sum_to_size(query.shape)
+            grad_query = torch.matmul(grad_scores, key).mul_(ctx.scale).sum_to_size(query.shape)
         if needs_key:
-            grad_key = torch.matmul(grad_scores.transpose(-2, -1), query * ctx.scale)
+            grad_key = torch.matmul(grad_scores.transpose(-2, -1), query).mul_(ctx.scale)
             grad_key = grad_key.sum_to_size(key.shape)
         if needs_mask:
             grad_mask = grad_scores.sum_to_size(ctx.mask_shape)
