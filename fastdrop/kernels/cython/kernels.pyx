@@ -516,8 +516,8 @@ def scale_add(values, residual, target, double scale, int threads, bias=None):
     ``dropout_add`` must read x and the residual and write the result once, as this
     does (three streams, no mask); with ``bias`` (the last axis's values, element i
     reads ``bias[i % bias.size]``) it is ``(values + bias) * scale + residual``, the
-    floor of ``bias_dropout_add``. Threads own ranges of whole 64-element words, as in
-    the fused kernels; each runs a plain loop the compiler vectorises with the kernels'
+    floor of ``bias_dropout_add``. Threads own ranges of whole 64-element words, as many
+    as the fused kernels take for n elements; each runs a plain loop the compiler vectorises with the kernels'
     flags. 1-D C-contiguous arrays of one dtype: float32, float64 or bfloat16 (uint16
     bits: the sum in float32, rounded once); ``target`` overlaps none of the others.
     """
@@ -531,14 +531,19 @@ def scale_add(values, residual, target, double scale, int threads, bias=None):
     cdef const void *bias_data = _data(bias)
     cdef int64_t features = 0 if bias is None else bias.size
     cdef void *target_data = _data(target)
-    cdef int chunks = max(threads, 1)
+    cdef int chunks = _chunk_count(n, threads)  # the fused kernels' threads for n elements
     cdef int64_t total = fd_words_for(n)
     cdef int chunk
     with nogil:
-        for chunk in prange(chunks, num_threads=chunks, schedule="static"):
+        if chunks == 1:
             _scale_add_range(kind, values_data, residual_data, bias_data, features, target_data,
-                             element_scale, min(_chunk_start(total, chunks, chunk) * 64, n),
-                             min(_chunk_start(total, chunks, chunk + 1) * 64, n))
+                             element_scale, 0, n)
+        else:
+            for chunk in prange(chunks, num_threads=chunks, schedule="static"):
+                _scale_add_range(kind, values_data, residual_data, bias_data, features,
+                                 target_data, element_scale,
+                                 min(_chunk_start(total, chunks, chunk) * 64, n),
+                                 min(_chunk_start(total, chunks, chunk + 1) * 64, n))
 
 
 # ---------------------------------------------------------------- fused kernels (fused.h)
