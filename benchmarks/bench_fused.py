@@ -233,6 +233,11 @@ def _group(title, where, calls, repeat, min_time, reference, note=""):
 
 def run(threads=2, repeat=7, min_time=0.05, quick=False):
     """The whole benchmark: ``{"header", "groups", "skipped"}``."""
+    import fastdrop
+
+    if "cython" not in fastdrop.available_backends():
+        raise SystemExit("the floor is the Cython extension's scale_add: build it first "
+                         "(python setup.py build_ext --inplace)")
     n, shape = (QUICK_N, QUICK_SHAPE) if quick else (N, SOFTMAX_SHAPE)
     where = f"n={size_label(n)} float32 p={P:g} threads={threads}"
     missing = softmax_dropout_missing()
