@@ -418,6 +418,14 @@ def standard_normals_of_words(random_words):
     return result
 
 
+cdef inline Kind _floor_kind(values, name) except *:
+    """The element type of a floor's array: float32, float64 or bfloat16 bits (uint16)."""
+    if values.dtype not in (np.float64, np.float32, np.uint16):
+        raise TypeError(f"{name} takes float32, float64 or bfloat16 bits (uint16), "
+                        f"got {values.dtype}")
+    return _kind(values)
+
+
 def scale_in_place(values, double scale, int threads):
     """values *= scale on ``threads`` threads: the memory-bandwidth floor benchmarks compare with.
 
@@ -431,10 +439,7 @@ def scale_in_place(values, double scale, int threads):
     cdef int64_t n = values.size
     if n == 0:
         return
-    if values.dtype not in (np.float64, np.float32, np.uint16):
-        raise TypeError(f"scale_in_place takes float32, float64 or bfloat16 bits (uint16), "
-                        f"got {values.dtype}")
-    cdef Kind kind = _kind(values)
+    cdef Kind kind = _floor_kind(values, "scale_in_place")
     cdef double element_scale = _element_scale(values, kind, scale)
     cdef void *data = _data(values)
     cdef int chunks = max(threads, 1)
@@ -444,6 +449,101 @@ def scale_in_place(values, double scale, int threads):
         for chunk in prange(chunks, num_threads=chunks, schedule="static"):
             _scale_range(kind, data, element_scale, n, _chunk_start(total, chunks, chunk),
                          _chunk_start(total, chunks, chunk + 1))
+
+
+# The fused add's floor: plain loops the compiler vectorises, segment by segment of the
+# bias's period so that no modulo sits in the loop (a bias of 0 elements: one segment).
+cdef extern from *:
+    """
+    #define FD_FLOOR_SCALE_ADD(SUFFIX, T, SCALE_T, LOAD, STORE)                              \\
+        static void fd_floor_scale_add_##SUFFIX(                                           \\
+            const T *FD_RESTRICT values, const T *FD_RESTRICT residual,                     \\
+            const T *FD_RESTRICT bias, int64_t features, T *FD_RESTRICT target,             \\
+            SCALE_T scale, int64_t first, int64_t stop)                                     \\
+        {                                                                                   \\
+            int64_t period = bias ? features : stop - first;                                \\
+            int64_t column = bias ? first % features : 0;                                   \\
+            for (int64_t at = first; at < stop; column = 0) {                               \\
+                const int64_t count = stop - at < period - column ? stop - at               \\
+                                                                  : period - column;        \\
+                if (bias)                                                                   \\
+                    for (int64_t j = 0; j < count; ++j)                                     \\
+                        target[at + j] = STORE((LOAD(values[at + j]) + LOAD(bias[column + j])) \\
+                                               * scale + LOAD(residual[at + j]));           \\
+                else                                                                        \\
+                    for (int64_t j = 0; j < count; ++j)                                     \\
+                        target[at + j] = STORE(LOAD(values[at + j]) * scale                 \\
+                                               + LOAD(residual[at + j]));                   \\
+                at += count;                                                                \\
+            }                                                                               \\
+        }
+    #define FD_FLOOR_SAME(v) (v)
+    FD_FLOOR_SCALE_ADD(f64, double, double, FD_FLOOR_SAME, FD_FLOOR_SAME)
+    FD_FLOOR_SCALE_ADD(f32, float, float, FD_FLOOR_SAME, FD_FLOOR_SAME)
+    FD_FLOOR_SCALE_ADD(bf16, fd_bfloat16, float, fd_bfloat16_to_float, fd_float_to_bfloat16)
+    """
+    void fd_floor_scale_add_f64(const double *values, const double *residual, const double *bias,
+                                int64_t features, double *target, double scale, int64_t first,
+                                int64_t stop) noexcept nogil
+    void fd_floor_scale_add_f32(const float *values, const float *residual, const float *bias,
+                                int64_t features, float *target, float scale, int64_t first,
+                                int64_t stop) noexcept nogil
+    void fd_floor_scale_add_bf16(const fd_bfloat16 *values, const fd_bfloat16 *residual,
+                                 const fd_bfloat16 *bias, int64_t features, fd_bfloat16 *target,
+                                 float scale, int64_t first, int64_t stop) noexcept nogil
+
+
+cdef void _scale_add_range(Kind kind, const void *values, const void *residual, const void *bias,
+                           int64_t features, void *target, double scale, int64_t first,
+                           int64_t stop) noexcept nogil:
+    if kind == F64:
+        fd_floor_scale_add_f64(<const double *>values, <const double *>residual,
+                               <const double *>bias, features, <double *>target, scale, first,
+                               stop)
+    elif kind == F32:
+        fd_floor_scale_add_f32(<const float *>values, <const float *>residual,
+                               <const float *>bias, features, <float *>target, <float>scale,
+                               first, stop)
+    else:
+        fd_floor_scale_add_bf16(<const fd_bfloat16 *>values, <const fd_bfloat16 *>residual,
+                                <const fd_bfloat16 *>bias, features, <fd_bfloat16 *>target,
+                                <float>scale, first, stop)
+
+
+def scale_add(values, residual, target, double scale, int threads, bias=None):
+    """target = values * scale + residual on ``threads`` threads: the fused add's memory floor.
+
+    ``dropout_add`` must read x and the residual and write the result once, as this
+    does (three streams, no mask); with ``bias`` (the last axis's values, element i
+    reads ``bias[i % bias.size]``) it is ``(values + bias) * scale + residual``, the
+    floor of ``bias_dropout_add``. Threads own ranges of whole 64-element words, as many
+    as the fused kernels take for n elements; each runs a plain loop the compiler vectorises with the kernels'
+    flags. 1-D C-contiguous arrays of one dtype: float32, float64 or bfloat16 (uint16
+    bits: the sum in float32, rounded once); ``target`` overlaps none of the others.
+    """
+    cdef int64_t n = values.size
+    if n == 0:
+        return
+    cdef Kind kind = _floor_kind(values, "scale_add")
+    cdef double element_scale = _element_scale(values, kind, scale)
+    cdef const void *values_data = _data(values)
+    cdef const void *residual_data = _data(residual)
+    cdef const void *bias_data = _data(bias)
+    cdef int64_t features = 0 if bias is None else bias.size
+    cdef void *target_data = _data(target)
+    cdef int chunks = _chunk_count(n, threads)  # the fused kernels' threads for n elements
+    cdef int64_t total = fd_words_for(n)
+    cdef int chunk
+    with nogil:
+        if chunks == 1:
+            _scale_add_range(kind, values_data, residual_data, bias_data, features, target_data,
+                             element_scale, 0, n)
+        else:
+            for chunk in prange(chunks, num_threads=chunks, schedule="static"):
+                _scale_add_range(kind, values_data, residual_data, bias_data, features,
+                                 target_data, element_scale,
+                                 min(_chunk_start(total, chunks, chunk) * 64, n),
+                                 min(_chunk_start(total, chunks, chunk + 1) * 64, n))
 
 
 # ---------------------------------------------------------------- fused kernels (fused.h)
