@@ -8,8 +8,8 @@ gradient, one registered with ``register_autograd``:
   keep it, in program order, rather than fold or repeat it;
 - ``fastdrop::dropout(x, p, key, shared_dims, alpha) -> (y, words)``: dropout (or alpha
   dropout) and its packed mask (int64 words, 1 bit per mask element, at least 2 words);
-- ``fastdrop::dropout_backward(grad, words, p, shared_dims, alpha)``: the gradient from
-  those words;
+- ``fastdrop::dropout_backward(grad, words, p, shared_dims, alpha, input=None)``: the
+  gradient from those words (``input``, the forward's, is kept, not read: see `_from_words`);
 - ``fastdrop::dropout_recompute(x, p, key, shared_dims, alpha) -> y`` and
   ``fastdrop::dropout_backward_recompute(grad, p, key, shared_dims, alpha)``: the pair
   that keeps only the key for backward.
@@ -21,6 +21,8 @@ else the twins below, autograd Functions over the same computations
 (`fastdrop.torch._tensors`): a Python custom operator's dispatch costs more than a
 small dropout itself.
 """
+from typing import Optional
+
 import torch
 
 from . import _tensors
@@ -61,13 +63,17 @@ def _(x, p, key, shared_dims, alpha):
 
 @torch.library.custom_op("fastdrop::dropout_backward", mutates_args=(), device_types="cpu")
 def dropout_backward(grad: torch.Tensor, words: torch.Tensor, p: float, shared_dims: list[int],
-                     alpha: bool) -> torch.Tensor:
-    """Gradient of `dropout` from its mask words."""
+                     alpha: bool, input: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """Gradient of `dropout` from its mask words.
+
+    ``input``, the forward's input, is not read: `dropout`'s gradient passes it so that
+    a compiled graph keeps that tensor for backward (see `_from_words`).
+    """
     return _tensors.backward_from_words(grad, words, p, tuple(shared_dims), alpha)
 
 
 @dropout_backward.register_fake
-def _(grad, words, p, shared_dims, alpha):
+def _(grad, words, p, shared_dims, alpha, input=None):
     return torch.empty_like(grad)
 
 
@@ -98,18 +104,27 @@ def _(grad, p, key, shared_dims, alpha):
 
 
 def _save_words(ctx, inputs, output):
-    _, ctx.p, _, ctx.shared_dims, ctx.alpha = inputs
-    ctx.save_for_backward(output[1])
+    x, ctx.p, _, ctx.shared_dims, ctx.alpha = inputs
+    ctx.save_for_backward(output[1], x)
 
 
 def _save_words_of_backward(ctx, inputs, output):
-    _, words, ctx.p, ctx.shared_dims, ctx.alpha = inputs
-    ctx.save_for_backward(words)
+    _, words, ctx.p, ctx.shared_dims, ctx.alpha, _ = inputs
+    ctx.save_for_backward(words, None)
 
 
 def _from_words(ctx, grad, *_unused):
-    (words,) = ctx.saved_tensors
-    return dropout_backward(grad, words, ctx.p, ctx.shared_dims, ctx.alpha), None, None, None, None
+    """The gradient from the mask words, handed the forward's input too.
+
+    The operator is opaque to the compiler: for ReLU then dropout, the partitioner would
+    otherwise keep ReLU's backward as a bool mask (1 byte per element), which Inductor's
+    CPU code writes and reads many times slower than the float ReLU output it then keeps
+    (docs/development/compiled.md). Eager autograd (these functions run only in traced
+    graphs and for tensor subclasses) drops the reference as soon as backward has run.
+    """
+    words, x = ctx.saved_tensors
+    return (dropout_backward(grad, words, ctx.p, ctx.shared_dims, ctx.alpha, x),
+            None, None, None, None, None)[:len(ctx.needs_input_grad)]
 
 
 def _save_key(ctx, inputs, output):  # the same arguments in both operators of the pair
