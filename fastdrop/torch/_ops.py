@@ -25,12 +25,22 @@ from typing import Optional
 
 import torch
 
-from . import _tensors
+from . import _build, _tensors
 
 _NONDETERMINISTIC = (torch.Tag.nondeterministic_seeded,)
 # the words output has at least 2 entries, so its length is never 1 whatever a dynamic
 # dimension is: a length that could be 1 makes torch.export guard on the dimension
 _MIN_WORDS = 2
+
+
+def _cpp_kernels():
+    """The C++ path's computing operators (``torch.ops.fastdrop_cpp``) where it is on, else None.
+
+    The operators' bodies run there: no NumPy views, results from torch's allocator, and a
+    few Python layers fewer per call, which a compiled step pays on every call
+    (docs/development/compiled.md). The bits are the same either way.
+    """
+    return None if _build.ops() is None else torch.ops.fastdrop_cpp
 
 
 @torch.library.custom_op("fastdrop::draw_key", mutates_args=(), device_types="cpu",
@@ -49,7 +59,12 @@ def _(like):
 def dropout(x: torch.Tensor, p: float, key: torch.Tensor, shared_dims: list[int],
             alpha: bool) -> tuple[torch.Tensor, torch.Tensor]:
     """Dropout of x with the key's mask: (y, packed mask words, at least two of them)."""
-    y, words = _tensors.forward(x, p, *_tensors.key_values(key), tuple(shared_dims), alpha)
+    kernels = _cpp_kernels()
+    if kernels is not None:
+        y, words = kernels.dropout_keyed(x, p, *key.tolist(), True, _tensors.cpp_threads(x),
+                                         shared_dims, alpha)
+    else:
+        y, words = _tensors.forward(x, p, *_tensors.key_values(key), tuple(shared_dims), alpha)
     if len(words) < _MIN_WORDS:
         words = torch.cat([words, words.new_zeros(_MIN_WORDS - len(words))])
     return y, words
@@ -69,6 +84,10 @@ def dropout_backward(grad: torch.Tensor, words: torch.Tensor, p: float, shared_d
     ``input``, the forward's input, is not read: `dropout`'s gradient passes it so that
     a compiled graph keeps that tensor for backward (see `_from_words`).
     """
+    kernels = _cpp_kernels()
+    if kernels is not None:
+        return kernels.dropout_backward(grad, words, p, _tensors.cpp_threads(grad), shared_dims,
+                                        alpha)
     return _tensors.backward_from_words(grad, words, p, tuple(shared_dims), alpha)
 
 
@@ -81,6 +100,10 @@ def _(grad, words, p, shared_dims, alpha, input=None):
 def dropout_recompute(x: torch.Tensor, p: float, key: torch.Tensor, shared_dims: list[int],
                       alpha: bool) -> torch.Tensor:
     """Dropout of x whose backward regenerates the mask from the key."""
+    kernels = _cpp_kernels()
+    if kernels is not None:
+        return kernels.dropout_keyed(x, p, *key.tolist(), False, _tensors.cpp_threads(x),
+                                     shared_dims, alpha)[0]
     return _tensors.forward(x, p, *_tensors.key_values(key), tuple(shared_dims), alpha)[0]
 
 
@@ -94,6 +117,10 @@ def _(x, p, key, shared_dims, alpha):
 def dropout_backward_recompute(grad: torch.Tensor, p: float, key: torch.Tensor,
                                shared_dims: list[int], alpha: bool) -> torch.Tensor:
     """Gradient of `dropout_recompute`, its mask regenerated from the key."""
+    kernels = _cpp_kernels()
+    if kernels is not None:
+        return kernels.dropout_backward_recompute(grad, p, *key.tolist(),
+                                                  _tensors.cpp_threads(grad), shared_dims, alpha)
     return _tensors.backward_recompute(grad, p, *_tensors.key_values(key), tuple(shared_dims),
                                        alpha)
 
@@ -105,7 +132,8 @@ def _(grad, p, key, shared_dims, alpha):
 
 def _save_words(ctx, inputs, output):
     x, ctx.p, _, ctx.shared_dims, ctx.alpha = inputs
-    ctx.save_for_backward(output[1], x)
+    # the input only in graphs being compiled (see _from_words); eager keeps the words alone
+    ctx.save_for_backward(output[1], x if torch.compiler.is_compiling() else None)
 
 
 def _save_words_of_backward(ctx, inputs, output):
@@ -119,8 +147,7 @@ def _from_words(ctx, grad, *_unused):
     The operator is opaque to the compiler: for ReLU then dropout, the partitioner would
     otherwise keep ReLU's backward as a bool mask (1 byte per element), which Inductor's
     CPU code writes and reads many times slower than the float ReLU output it then keeps
-    (docs/development/compiled.md). Eager autograd (these functions run only in traced
-    graphs and for tensor subclasses) drops the reference as soon as backward has run.
+    (docs/development/compiled.md). Outside compilation (tensor subclasses) ``x`` is None.
     """
     words, x = ctx.saved_tensors
     return (dropout_backward(grad, words, ctx.p, ctx.shared_dims, ctx.alpha, x),
