@@ -6,6 +6,8 @@
   dropout gradient hands the partitioner the ReLU output, as a p = 0 step keeps it.
 - The operators' bodies give the same bits on the C++ kernels and on the NumPy path.
 """
+import functools
+
 import numpy as np
 import pytest
 
@@ -43,6 +45,7 @@ def saved_dtypes(model, inputs):
     """The dtypes of the tensors a compiled forward keeps for backward (Inductor's partition)."""
     from functorch.compile import make_boxed_func, min_cut_rematerialization_partition
     from torch._dynamo.backends.common import aot_autograd
+    from torch._inductor.decomposition import select_decomp_table
 
     kept = []
 
@@ -51,9 +54,10 @@ def saved_dtypes(model, inputs):
         kept.extend(node.meta["val"].dtype for node in outputs[1:])  # [0]: the model's output
         return make_boxed_func(graph.forward)
 
-    backend = aot_autograd(fw_compiler=forward_compiler,
+    backend = aot_autograd(fw_compiler=forward_compiler, decompositions=select_decomp_table(),
                            bw_compiler=lambda graph, _: make_boxed_func(graph.forward),
-                           partition_fn=min_cut_rematerialization_partition)
+                           partition_fn=functools.partial(min_cut_rematerialization_partition,
+                                                          compiler="inductor"))
     torch._dynamo.reset()
     torch.compile(model, backend=backend)(inputs).sum().backward()
     return kept
