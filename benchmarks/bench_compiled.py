@@ -108,6 +108,10 @@ def step_calls(torch, build, optimizer_name):
 def measure(threads=2, repeat=9, min_time=0.2, quick=False, names=None):
     """Rows ``{"model", "seconds": {(mode, dropout): median}, "best": {...}}``."""
     torch = _torch(threads)
+    # compile afresh: the caches key on the graph, not on a custom operator's autograd
+    # formula, so a graph cached before a change to fastdrop's operators would be reused
+    torch._inductor.config.fx_graph_cache = False
+    torch._functorch.config.enable_autograd_cache = False
     rows = []
     for name, (build, optimizer_name) in _models(quick).items():
         if names and not any(word.lower() in name.lower() for word in names):
