@@ -247,6 +247,10 @@ def first_use():
     """`eager` after loading the C++ path (building it if need be) on the first call."""
     global eager
     if eager is UNLOADED:
+        import torch
+
+        if torch.compiler.is_compiling():  # traced calls take the operators: no build, no break
+            return None
         module = _load()
         eager = None if module is None else module.dropout
     return eager

@@ -8,8 +8,9 @@ gradient, one registered with ``register_autograd``:
   keep it, in program order, rather than fold or repeat it;
 - ``fastdrop::dropout(x, p, key, shared_dims, alpha) -> (y, words)``: dropout (or alpha
   dropout) and its packed mask (int64 words, 1 bit per mask element, at least 2 words);
-- ``fastdrop::dropout_backward(grad, words, p, shared_dims, alpha)``: the gradient from
-  those words;
+- ``fastdrop::dropout_backward(grad, words, p, shared_dims, alpha, input=None)``: the
+  gradient from those words (``input``, the forward's, is kept, not read: see
+  `_gradient_from_words`);
 - ``fastdrop::dropout_recompute(x, p, key, shared_dims, alpha) -> y`` and
   ``fastdrop::dropout_backward_recompute(grad, p, key, shared_dims, alpha)``: the pair
   that keeps only the key for backward.
@@ -25,15 +26,27 @@ else the twins below, autograd Functions over the same computations
 (`fastdrop.torch._tensors`): a Python custom operator's dispatch costs more than a
 small dropout itself.
 """
+from typing import Optional
+
 import torch
 from torch._functorch.pyfunctorch import retrieve_current_functorch_interpreter
 
-from . import _tensors
+from . import _build, _tensors
 
 _NONDETERMINISTIC = (torch.Tag.nondeterministic_seeded,)
 # the words output has at least 2 entries, so its length is never 1 whatever a dynamic
 # dimension is: a length that could be 1 makes torch.export guard on the dimension
 _MIN_WORDS = 2
+
+
+def _cpp_kernels():
+    """The C++ path's computing operators (``torch.ops.fastdrop_cpp``) where it is on, else None.
+
+    The operators' bodies run there: no NumPy views, results from torch's allocator, and a
+    few Python layers fewer per call, which a compiled step pays on every call
+    (docs/development/compiled.md). The bits are the same either way.
+    """
+    return None if _build.ops() is None else torch.ops.fastdrop_cpp
 
 
 @torch.library.custom_op("fastdrop::draw_key", mutates_args=(), device_types="cpu",
@@ -52,7 +65,12 @@ def _(like):
 def dropout(x: torch.Tensor, p: float, key: torch.Tensor, shared_dims: list[int],
             alpha: bool) -> tuple[torch.Tensor, torch.Tensor]:
     """Dropout of x with the key's mask: (y, packed mask words, at least two of them)."""
-    y, words = _tensors.forward(x, p, *_tensors.key_values(key), tuple(shared_dims), alpha)
+    kernels = _cpp_kernels()
+    if kernels is not None:
+        y, words = kernels.dropout_keyed(x, p, *key.tolist(), True, _tensors.cpp_threads(x),
+                                         shared_dims, alpha)
+    else:
+        y, words = _tensors.forward(x, p, *_tensors.key_values(key), tuple(shared_dims), alpha)
     if len(words) < _MIN_WORDS:
         words = torch.cat([words, words.new_zeros(_MIN_WORDS - len(words))])
     return y, words
@@ -66,13 +84,21 @@ def _(x, p, key, shared_dims, alpha):
 
 @torch.library.custom_op("fastdrop::dropout_backward", mutates_args=(), device_types="cpu")
 def dropout_backward(grad: torch.Tensor, words: torch.Tensor, p: float, shared_dims: list[int],
-                     alpha: bool) -> torch.Tensor:
-    """Gradient of `dropout` from its mask words."""
+                     alpha: bool, input: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """Gradient of `dropout` from its mask words.
+
+    ``input``, the forward's input, is not read: `dropout`'s gradient passes it so that
+    a compiled graph keeps that tensor for backward (see `_gradient_from_words`).
+    """
+    kernels = _cpp_kernels()
+    if kernels is not None:
+        return kernels.dropout_backward(grad, words, p, _tensors.cpp_threads(grad), shared_dims,
+                                        alpha)
     return _tensors.backward_from_words(grad, words, p, tuple(shared_dims), alpha)
 
 
 @dropout_backward.register_fake
-def _(grad, words, p, shared_dims, alpha):
+def _(grad, words, p, shared_dims, alpha, input=None):
     return torch.empty_like(grad)
 
 
@@ -80,6 +106,10 @@ def _(grad, words, p, shared_dims, alpha):
 def dropout_recompute(x: torch.Tensor, p: float, key: torch.Tensor, shared_dims: list[int],
                       alpha: bool) -> torch.Tensor:
     """Dropout of x whose backward regenerates the mask from the key."""
+    kernels = _cpp_kernels()
+    if kernels is not None:
+        return kernels.dropout_keyed(x, p, *key.tolist(), False, _tensors.cpp_threads(x),
+                                     shared_dims, alpha)[0]
     return _tensors.forward(x, p, *_tensors.key_values(key), tuple(shared_dims), alpha)[0]
 
 
@@ -93,6 +123,10 @@ def _(x, p, key, shared_dims, alpha):
 def dropout_backward_recompute(grad: torch.Tensor, p: float, key: torch.Tensor,
                                shared_dims: list[int], alpha: bool) -> torch.Tensor:
     """Gradient of `dropout_recompute`, its mask regenerated from the key."""
+    kernels = _cpp_kernels()
+    if kernels is not None:
+        return kernels.dropout_backward_recompute(grad, p, *key.tolist(),
+                                                  _tensors.cpp_threads(grad), shared_dims, alpha)
     return _tensors.backward_recompute(grad, p, *_tensors.key_values(key), tuple(shared_dims),
                                        alpha)
 
@@ -103,13 +137,14 @@ def _(grad, p, key, shared_dims, alpha):
 
 
 def _save_words(ctx, inputs, output):
-    _, ctx.p, _, ctx.shared_dims, ctx.alpha = inputs
-    ctx.save_for_backward(output[1])
+    x, ctx.p, _, ctx.shared_dims, ctx.alpha = inputs
+    # the input only in graphs being compiled (_gradient_from_words); eager keeps the words
+    ctx.save_for_backward(output[1], x if torch.compiler.is_compiling() else None)
 
 
 def _save_words_of_backward(ctx, inputs, output):
-    _, words, ctx.p, ctx.shared_dims, ctx.alpha = inputs
-    ctx.save_for_backward(words)
+    _, words, ctx.p, ctx.shared_dims, ctx.alpha, _ = inputs
+    ctx.save_for_backward(words, None)
 
 
 def _save_key(ctx, inputs, output):  # the same arguments in both operators of the pair
@@ -118,10 +153,18 @@ def _save_key(ctx, inputs, output):  # the same arguments in both operators of t
 
 
 def _gradient_from_words(backward):
-    """The gradient of `dropout` (or `dropout_backward`) through ``backward``."""
+    """The gradient of `dropout` (or `dropout_backward`) through ``backward``.
+
+    ``backward`` is handed the forward's input too, kept only in graphs being compiled
+    (`_save_words`): the operator is opaque to the compiler, and for ReLU then dropout
+    the partitioner would otherwise keep ReLU's backward as a bool mask (1 byte per
+    element), which Inductor's CPU code writes and reads many times slower than the
+    float ReLU output it then keeps (docs/development/compiled.md).
+    """
     def from_words(ctx, grad, *_unused):
-        (words,) = ctx.saved_tensors
-        return backward(grad, words, ctx.p, ctx.shared_dims, ctx.alpha), None, None, None, None
+        words, x = ctx.saved_tensors
+        return (backward(grad, words, ctx.p, ctx.shared_dims, ctx.alpha, x),
+                None, None, None, None, None)[:len(ctx.needs_input_grad)]
     return from_words
 
 

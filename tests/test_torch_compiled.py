@@ -1,0 +1,91 @@
+"""fastdrop.torch under torch.compile: what a compiled step keeps, and where operators run.
+
+- Compiling before any eager call traces the operators with no graph break (tracing
+  never loads or builds the C++ eager path).
+- For ReLU then dropout, the compiled forward keeps no bool tensor for backward: the
+  dropout gradient hands the partitioner the ReLU output, as a p = 0 step keeps it.
+- The operators' bodies give the same bits on the C++ kernels and on the NumPy path.
+"""
+import functools
+
+import numpy as np
+import pytest
+
+from tests.util import require
+
+torch = require("torch", "torch")
+
+import fastdrop.torch  # noqa: E402
+from fastdrop.torch import _build, _ops  # noqa: E402
+from tests.test_torch import CPP, tensor_bits, values  # noqa: E402
+
+OPS = torch.ops.fastdrop
+P = 0.4
+SEED = 1234
+
+
+def relu_dropout_mlp():
+    torch.manual_seed(0)
+    return torch.nn.Sequential(torch.nn.Linear(8, 64), torch.nn.ReLU(), fastdrop.torch.Dropout(P),
+                               torch.nn.Linear(64, 4))
+
+
+def test_compiling_before_any_eager_call_gives_one_graph(monkeypatch):
+    monkeypatch.setattr(_build, "eager", _build.UNLOADED)
+    model, inputs = relu_dropout_mlp(), torch.randn(16, 8)
+    torch._dynamo.reset()
+    compiled = torch.compile(model, fullgraph=True, backend="aot_eager")
+    torch.manual_seed(SEED)
+    traced = compiled(inputs)  # fullgraph: a graph break is an error
+    torch.manual_seed(SEED)
+    assert torch.equal(traced, model(inputs))
+
+
+def saved_dtypes(model, inputs):
+    """The dtypes of the tensors a compiled forward keeps for backward (Inductor's partition)."""
+    from functorch.compile import make_boxed_func, min_cut_rematerialization_partition
+    from torch._dynamo.backends.common import aot_autograd
+    from torch._inductor.decomposition import select_decomp_table
+
+    kept = []
+
+    def forward_compiler(graph, _example_inputs):
+        outputs = next(node for node in graph.graph.nodes if node.op == "output").args[0]
+        kept.extend(node.meta["val"].dtype for node in outputs[1:])  # [0]: the model's output
+        return make_boxed_func(graph.forward)
+
+    backend = aot_autograd(fw_compiler=forward_compiler, decompositions=select_decomp_table(),
+                           bw_compiler=lambda graph, _: make_boxed_func(graph.forward),
+                           partition_fn=functools.partial(min_cut_rematerialization_partition,
+                                                          compiler="inductor"))
+    torch._dynamo.reset()
+    torch.compile(model, backend=backend)(inputs).sum().backward()
+    return kept
+
+
+def test_relu_then_dropout_keeps_no_bool_mask():
+    kept = saved_dtypes(relu_dropout_mlp(), torch.randn(16, 8))
+    assert torch.int64 in kept  # the mask words
+    assert torch.bool not in kept, kept
+
+
+@pytest.mark.skipif(not CPP, reason="the C++ path is not built here")
+def test_operator_bodies_equal_on_the_cpp_kernels_and_the_numpy_path(monkeypatch, subtests):
+    cases = [((3, 5, 7), [], False), ((4, 6, 5), [2], False), ((7, 13), [], True),
+             ((2, 5, 4, 3), [2, 3], True), ((300, 70), [], False), ((0, 3), [], False)]
+    for dtype in (torch.float16, torch.float32, torch.float64, torch.bfloat16):
+        for shape, shared, alpha in cases:
+            x, grad = values(shape, dtype), values(shape, dtype, salt=5)
+            key = torch.tensor([-5, 1 << 62])
+            results = []
+            for kernels in ("cpp", "numpy"):
+                if kernels == "numpy":
+                    monkeypatch.setattr(_ops, "_cpp_kernels", lambda: None)
+                y, words = OPS.dropout(x, P, key, shared, alpha)
+                results.append([y, words, OPS.dropout_backward(grad, words, P, shared, alpha),
+                                OPS.dropout_recompute(x, P, key, shared, alpha),
+                                OPS.dropout_backward_recompute(grad, P, key, shared, alpha)])
+                monkeypatch.undo()
+            with subtests.test(dtype=str(dtype), shape=shape, shared=shared, alpha=alpha):
+                for cpp, numpy in zip(*results):
+                    assert np.array_equal(tensor_bits(cpp), tensor_bits(numpy))
