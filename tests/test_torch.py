@@ -1409,3 +1409,18 @@ def test_concurrent_builds_wait_for_the_lock(tmp_path):
         order.append("first")
     waiter.join(10)
     assert order == ["first", "second"]
+
+
+def test_eager_calls_run_under_the_profiler_recording_shapes(subtests):
+    """torch.profiler with record_shapes reads every argument: keys up to 2**64 - 1 too."""
+    x = values((64,), torch.float32).requires_grad_()
+    for path in EAGER_PATHS:
+        for recompute in (False, True):
+            with subtests.test(path=path, recompute=recompute), path_context(path), \
+                    torch.profiler.profile(record_shapes=True):
+                for seed in (2**63 + 5, 7):  # keys over int64's range among them
+                    torch.manual_seed(seed)
+                    y = ft.dropout(x, P, recompute=recompute)
+                    upstream = torch.ones_like(y, requires_grad=True)
+                    (grad,) = torch.autograd.grad(y, x, upstream, create_graph=True)
+                    grad.sum().backward()  # double backward: the backward's own Function

@@ -91,9 +91,9 @@ def test_baal_mc_dropout_varies_after_replace_dropout(subtests):
             with torch.no_grad(), torch.profiler.profile() as profile:
                 predictions = torch.stack([wrapped(x) for _ in range(10)])
             assert predictions.std(dim=0).mean() > 0
-            # baal's own layers call F.dropout inside the model: routed to fastdrop
+            # baal's own layers call F.dropout inside the model: routed to fastdrop, so
+            # none of torch's dropout ops runs (fastdrop's eager paths record no op event)
             names = {event.name for event in profile.events()}
-            assert any("fastdrop" in name for name in names), sorted(names)
             assert not names & {"aten::bernoulli_", "aten::native_dropout", "aten::dropout"}
 
 

@@ -308,17 +308,30 @@ def traced_dropout(x, p, shared_dims, alpha, recompute):
     return (FunctorchDropout.apply if functorch else dropout)(x, p, key, shared_dims, alpha)[0]
 
 
+class Opaque:
+    """Settings handed to an autograd Function as one object its callers do not look into.
+
+    The profiler (``record_shapes=True``) reads a tuple argument's integers as int64, and
+    a (seed, stream) goes up to 2**64 - 1: in a tuple the call would fail.
+    """
+
+    __slots__ = ("values",)
+
+    def __init__(self, values):
+        self.values = values
+
+
 class EagerDropout(torch.autograd.Function):
     """Eager dropout: the ``fastdrop::dropout`` or ``dropout_recompute`` op without dispatch.
 
-    ``apply(x, settings)`` with ``settings = (p, seed, stream, shared_dims, alpha,
+    ``apply(x, Opaque(settings))`` with ``settings = (p, seed, stream, shared_dims, alpha,
     recompute, inplace)`` (one argument: Function.apply inspects each); in place, x is
     overwritten and marked dirty, as torch's in-place ops are.
     """
 
     @staticmethod
     def forward(ctx, x, settings):
-        p, seed, stream, shared_dims, alpha, recompute, inplace = settings
+        p, seed, stream, shared_dims, alpha, recompute, inplace = settings.values
         y, words = _tensors.forward(x, p, seed, stream, shared_dims, alpha, inplace)
         if inplace:
             ctx.mark_dirty(x)
@@ -334,7 +347,7 @@ class EagerDropout(torch.autograd.Function):
     def backward(ctx, grad):
         if ctx.recompute:
             if torch.is_grad_enabled():  # create_graph: a backward differentiable in turn
-                return EagerBackwardRecompute.apply(grad, ctx.mask), None
+                return EagerBackwardRecompute.apply(grad, Opaque(ctx.mask)), None
             return _tensors.backward_recompute(grad, *ctx.mask), None
         mask = (*ctx.saved_tensors, *ctx.mask)
         if torch.is_grad_enabled():
@@ -362,17 +375,17 @@ class EagerBackwardFromWords(torch.autograd.Function):
 class EagerBackwardRecompute(torch.autograd.Function):
     """Eager ``fastdrop::dropout_backward_recompute``: linear in grad, so its own gradient.
 
-    ``apply(grad, (p, seed, stream, shared_dims, alpha))``.
+    ``apply(grad, Opaque((p, seed, stream, shared_dims, alpha)))``.
     """
 
     @staticmethod
     def forward(ctx, grad, mask):
-        ctx.mask = mask
-        return _tensors.backward_recompute(grad, *mask)
+        ctx.mask = mask.values
+        return _tensors.backward_recompute(grad, *ctx.mask)
 
     @staticmethod
     def backward(ctx, grad):
-        return EagerBackwardRecompute.apply(grad, ctx.mask), None
+        return EagerBackwardRecompute.apply(grad, Opaque(ctx.mask)), None
 
 
 # Function.apply's Python wrapper binds default arguments and unwraps functorch's tensors;

@@ -152,8 +152,8 @@ def _dropout(input, p, training, inplace, feature, alpha, generator, recompute, 
                    shared_dims, alpha)
     seed, stream = _tensors.draw_key_values(generator)
     if input.requires_grad and torch.is_grad_enabled():
-        return _ops.eager_dropout(input, (p, seed, stream, shared_dims, alpha, recompute,
-                                          inplace))
+        return _ops.eager_dropout(input, _ops.Opaque((p, seed, stream, shared_dims, alpha,
+                                                      recompute, inplace)))
     y, _ = _tensors.forward(input, p, seed, stream, shared_dims, alpha, inplace)
     if inplace and not input.is_inference():
         torch.autograd.graph.increment_version(input)  # as a torch in-place op does
