@@ -369,7 +369,7 @@ def test_running_summary_checks_its_input():
 
 
 def test_memory_is_bounded_without_raw_samples():
-    model, X = models()["mlp float32"], data(50)
+    model, X = models()["mlp float32"], data(200)
 
     def peak(**arguments):
         gc.collect()
@@ -380,7 +380,7 @@ def test_memory_is_bounded_without_raw_samples():
         finally:
             tracemalloc.stop()
 
-    raw_size = 50 * 4 * 1000 * 8  # bytes of the raw samples: rows x classes x samples
+    raw_size = 200 * 4 * 1000 * 8  # bytes of the raw samples: rows x classes x samples
     few, many = peak(samples=20), peak(samples=1000)
     assert many < few + raw_size / 8  # running statistics: memory does not grow with samples
     assert peak(samples=1000, return_samples=True) > many + 0.9 * raw_size

@@ -80,7 +80,7 @@ def test_operator_bodies_equal_on_the_cpp_kernels_and_the_numpy_path(monkeypatch
             results = []
             for kernels in ("cpp", "numpy"):
                 if kernels == "numpy":
-                    monkeypatch.setattr(_ops, "_cpp_kernels", lambda: None)
+                    monkeypatch.setattr(_ops, "_cpp_ops", lambda: None)
                 y, words = OPS.dropout(x, P, key, shared, alpha)
                 results.append([y, words, OPS.dropout_backward(grad, words, P, shared, alpha),
                                 OPS.dropout_recompute(x, P, key, shared, alpha),

@@ -39,7 +39,7 @@ _NONDETERMINISTIC = (torch.Tag.nondeterministic_seeded,)
 _MIN_WORDS = 2
 
 
-def _cpp_kernels():
+def _cpp_ops():
     """The C++ path's computing operators (``torch.ops.fastdrop_cpp``) where it is on, else None.
 
     The operators' bodies run there: no NumPy views, results from torch's allocator, and a
@@ -65,9 +65,9 @@ def _(like):
 def dropout(x: torch.Tensor, p: float, key: torch.Tensor, shared_dims: list[int],
             alpha: bool) -> tuple[torch.Tensor, torch.Tensor]:
     """Dropout of x with the key's mask: (y, packed mask words, at least two of them)."""
-    kernels = _cpp_kernels()
-    if kernels is not None:
-        y, words = kernels.dropout_keyed(x, p, *key.tolist(), True, _tensors.cpp_threads(x),
+    cpp = _cpp_ops()
+    if cpp is not None:
+        y, words = cpp.dropout_keyed(x, p, *key.tolist(), True, _tensors.cpp_threads(x),
                                          shared_dims, alpha)
     else:
         y, words = _tensors.forward(x, p, *_tensors.key_values(key), tuple(shared_dims), alpha)
@@ -90,9 +90,9 @@ def dropout_backward(grad: torch.Tensor, words: torch.Tensor, p: float, shared_d
     ``input``, the forward's input, is not read: `dropout`'s gradient passes it so that
     a compiled graph keeps that tensor for backward (see `_gradient_from_words`).
     """
-    kernels = _cpp_kernels()
-    if kernels is not None:
-        return kernels.dropout_backward(grad, words, p, _tensors.cpp_threads(grad), shared_dims,
+    cpp = _cpp_ops()
+    if cpp is not None:
+        return cpp.dropout_backward(grad, words, p, _tensors.cpp_threads(grad), shared_dims,
                                         alpha)
     return _tensors.backward_from_words(grad, words, p, tuple(shared_dims), alpha)
 
@@ -106,9 +106,9 @@ def _(grad, words, p, shared_dims, alpha, input=None):
 def dropout_recompute(x: torch.Tensor, p: float, key: torch.Tensor, shared_dims: list[int],
                       alpha: bool) -> torch.Tensor:
     """Dropout of x whose backward regenerates the mask from the key."""
-    kernels = _cpp_kernels()
-    if kernels is not None:
-        return kernels.dropout_keyed(x, p, *key.tolist(), False, _tensors.cpp_threads(x),
+    cpp = _cpp_ops()
+    if cpp is not None:
+        return cpp.dropout_keyed(x, p, *key.tolist(), False, _tensors.cpp_threads(x),
                                      shared_dims, alpha)[0]
     return _tensors.forward(x, p, *_tensors.key_values(key), tuple(shared_dims), alpha)[0]
 
@@ -123,10 +123,10 @@ def _(x, p, key, shared_dims, alpha):
 def dropout_backward_recompute(grad: torch.Tensor, p: float, key: torch.Tensor,
                                shared_dims: list[int], alpha: bool) -> torch.Tensor:
     """Gradient of `dropout_recompute`, its mask regenerated from the key."""
-    kernels = _cpp_kernels()
-    if kernels is not None:
-        return kernels.dropout_backward_recompute(grad, p, *key.tolist(),
-                                                  _tensors.cpp_threads(grad), shared_dims, alpha)
+    cpp = _cpp_ops()
+    if cpp is not None:
+        return cpp.dropout_backward_recompute(grad, p, *key.tolist(),
+                                              _tensors.cpp_threads(grad), shared_dims, alpha)
     return _tensors.backward_recompute(grad, p, *_tensors.key_values(key), tuple(shared_dims),
                                        alpha)
 
