@@ -207,7 +207,7 @@ def test_simd_levels_and_threads_agree(subtests, threads):
                         first = first or (mask, softmax, fastdrop.softmax_dropout_backward(
                             grad, softmax, mask, dtype=request))
                         assert_bits_equal(mask.words, first[0].words)
-                        assert_bits_equal(fastdrop.softmax_dropout_backward(
+                        assert_bits_equal_but_nans(fastdrop.softmax_dropout_backward(
                             grad, first[1], first[0], dtype=request), first[2])
     finally:
         kernels.set_simd(level)

@@ -545,26 +545,6 @@ static inline int fd_softmax_level(void)
 #define fd_lane_total_f32_portable fd_lane_total_f32
 #define fd_lane_total_f64_portable fd_lane_total_f64
 
-/* The backward's passes, per row. */
-#define FD_DEFINE_PASS_DISPATCH(C, CT)                                                      \
-    static inline void fd_row_dot_##C(const CT *grad, const CT *softmax, int64_t count,     \
-                                      int64_t step, const uint64_t *words, int64_t q,       \
-                                      CT scale, CT sums[FD_SOFTMAX_LANES])                  \
-    {                                                                                       \
-        FD_SOFTMAX_DISPATCH(fd_row_dot_##C, (grad, softmax, count, step, words, q, scale, sums)) \
-    }                                                                                       \
-    static inline void fd_row_gradient_##C(const CT *grad, const CT *softmax, CT *target,   \
-                                           int64_t count, int64_t step,                     \
-                                           const uint64_t *words, int64_t q, CT scale,      \
-                                           CT dot)                                          \
-    {                                                                                       \
-        FD_SOFTMAX_DISPATCH(fd_row_gradient_##C,                                            \
-                            (grad, softmax, target, count, step, words, q, scale, dot))     \
-    }
-
-FD_DEFINE_PASS_DISPATCH(f32, float)
-FD_DEFINE_PASS_DISPATCH(f64, double)
-
 /* ---------------------------------------------------------------- rows and units */
 
 /* A pass of the compute type of element type SUFFIX on a level (VARIANT _avx512, _avx2,
@@ -575,14 +555,14 @@ FD_DEFINE_PASS_DISPATCH(f64, double)
 #define FD_ROW_OUTPUT_f32(VARIANT) fd_row_output_f32##VARIANT
 #define FD_ROW_OUTPUT_f16(VARIANT) fd_row_output_f16_portable
 #define FD_ROW_OUTPUT_bf16(VARIANT) fd_row_output_bf16_portable
-#define FD_ROW_DOT_f64 fd_row_dot_f64
-#define FD_ROW_DOT_f32 fd_row_dot_f32
-#define FD_ROW_DOT_f16 fd_row_dot_f16_portable
-#define FD_ROW_DOT_bf16 fd_row_dot_bf16_portable
-#define FD_ROW_GRADIENT_f64 fd_row_gradient_f64
-#define FD_ROW_GRADIENT_f32 fd_row_gradient_f32
-#define FD_ROW_GRADIENT_f16 fd_row_gradient_f16_portable
-#define FD_ROW_GRADIENT_bf16 fd_row_gradient_bf16_portable
+#define FD_ROW_DOT_f64(VARIANT) fd_row_dot_f64##VARIANT
+#define FD_ROW_DOT_f32(VARIANT) fd_row_dot_f32##VARIANT
+#define FD_ROW_DOT_f16(VARIANT) fd_row_dot_f16_portable
+#define FD_ROW_DOT_bf16(VARIANT) fd_row_dot_bf16_portable
+#define FD_ROW_GRADIENT_f64(VARIANT) fd_row_gradient_f64##VARIANT
+#define FD_ROW_GRADIENT_f32(VARIANT) fd_row_gradient_f32##VARIANT
+#define FD_ROW_GRADIENT_f16(VARIANT) fd_row_gradient_f16_portable
+#define FD_ROW_GRADIENT_bf16(VARIANT) fd_row_gradient_bf16_portable
 /* Whether the elements are the compute type (a contiguous row is read in place). */
 #define FD_SAME_TYPE_f64 1
 #define FD_SAME_TYPE_f32 1
@@ -648,6 +628,23 @@ FD_DEFINE_PASS_DISPATCH(f64, double)
                         q + at * inner, scale);                                             \
                 }                                                                           \
             }                                                                               \
+    }                                                                                       \
+    /* The backward of units [first, stop) on one level. */                                 \
+    ATTRIBUTES static void fd_softmax_backward_rows_##SUFFIX##VARIANT(                      \
+        const T *grad, const T *softmax, T *target, const uint64_t *words, SCALE_T scale,   \
+        const fd_softmax_layout *layout, int64_t first, int64_t stop)                       \
+    {                                                                                       \
+        const int64_t length = layout->length, inner = layout->inner, unit = length * inner; \
+        for (int64_t i = first; i < stop; ++i)                                              \
+            for (int64_t k = 0; k < inner; ++k) {                                           \
+                const int64_t q = i * unit + k;                                             \
+                FD_COMPUTE_##SUFFIX sums[FD_SOFTMAX_LANES] = {0};                           \
+                FD_ROW_DOT_##SUFFIX(VARIANT)(grad + q, softmax + q, length, inner, words, q, \
+                                             scale, sums);                                  \
+                FD_ROW_GRADIENT_##SUFFIX(VARIANT)(grad + q, softmax + q, target + q, length, \
+                                                  inner, words, q, scale,                   \
+                                                  FD_PASS(fd_lane_total_, SUFFIX, VARIANT)(sums)); \
+            }                                                                               \
     }
 
 #if FD_HAVE_AVX2_PATH
@@ -686,15 +683,8 @@ FD_DEFINE_PASS_DISPATCH(f64, double)
         const T *grad, const T *softmax, T *target, const uint64_t *words, SCALE_T scale,   \
         const fd_softmax_layout *layout, int64_t first, int64_t stop)                       \
     {                                                                                       \
-        const int64_t length = layout->length, inner = layout->inner, unit = length * inner; \
-        for (int64_t i = first; i < stop; ++i)                                              \
-            for (int64_t k = 0; k < inner; ++k) {                                           \
-                const int64_t q = i * unit + k;                                             \
-                FD_COMPUTE_##SUFFIX sums[FD_SOFTMAX_LANES] = {0};                           \
-                FD_ROW_DOT_##SUFFIX(grad + q, softmax + q, length, inner, words, q, scale, sums); \
-                FD_ROW_GRADIENT_##SUFFIX(grad + q, softmax + q, target + q, length, inner, words, \
-                                         q, scale, FD_PASTE(fd_lane_total_, FD_CTYPE_##SUFFIX)(sums)); \
-            }                                                                               \
+        FD_SOFTMAX_DISPATCH(fd_softmax_backward_rows_##SUFFIX,                              \
+                            (grad, softmax, target, words, scale, layout, first, stop))     \
     }
 
 FD_DEFINE_SOFTMAX_KERNELS(f64, double, double)
