@@ -12,12 +12,14 @@
  *   m = max_j x_j;  e_j = fd_exp(x_j - m);  S = lane sum of e;  r = 1 / S;
  *   s_j = e_j * r rounded to C, then to the element type;  y_j = dropout(s_j)
  *
- * fd_exp is the range reduction and polynomial below (not bit-specified by the spec: its
- * values lie within the bound docs/fused.md states). The lane sum adds element j into
- * accumulator j mod 16 in order, then adds the accumulators pairwise (k + 8, k + 4, k + 2,
- * k + 1): the order every path (portable, AVX2, AVX-512) and every backend keeps, so all
- * C paths give the same bits. The dropout is fd_keep_<T> with the mask of dropout.h
- * (fd_mask_words_range): exactly fastdrop.dropout of the rounded softmax.
+ * fd_exp is the range reduction and polynomial below, on the portable path without and
+ * on the SIMD paths (AVX2 and AVX-512, both with FMA) with fused multiply-adds: not
+ * bit-specified by the spec, each path's values lie within the bound docs/fused.md
+ * states, and a path gives the same bits for every layout and thread count. The lane sum
+ * adds element j into accumulator j mod 16 in order, then adds the accumulators pairwise
+ * (k + 8, k + 4, k + 2, k + 1). The dropout is fd_keep_<T> with the mask of dropout.h
+ * (fd_mask_words_range): exactly fastdrop.dropout of the rounded softmax, on every path.
+ * The path is picked once per chunk of rows (fd_softmax_level), whose rows run in one loop.
  *
  * For each element type (suffix f64, f32, f16, bf16):
  *
@@ -64,8 +66,9 @@ typedef struct {
  * bits that k ln2_hi is exact), |r| <= ln2 / 2; e^r by its Taylor polynomial (degree 7 in
  * float, 13 in double: the truncation is under 0.05 ulp), in Horner form; then times 2^k
  * as 2^(k + bias) * 2^-bias, so a subnormal result is rounded once. x is first raised to a
- * floor below which e^x rounds to +0 (NaN stays NaN). Plain multiplies and adds, no fused
- * multiply-add: each vector lane computes what the scalar code does, bit for bit. */
+ * floor below which e^x rounds to +0 (NaN stays NaN). The portable path: plain multiplies
+ * and adds, within 1.22 ulp of e^x for every float in [-104, 0]. The SIMD paths' variant
+ * is further down. */
 #define FD_EXP_F32_FLOOR (-110.0f)
 #define FD_EXP_F32_MAGIC 12582912.0f /* 1.5 * 2^23 */
 #define FD_EXP_F32_LOG2E 1.44269504088896341f
@@ -210,10 +213,13 @@ FD_DEFINE_ROW_PASSES(f64, double)
 /* ---------------------------------------------------------------- row passes, SIMD
  *
  * The same passes on vectors of WIDTH lanes, 16 elements a step (the 16 lane sums in one
- * AVX-512 float vector, two AVX2 ones, two or four double ones), with fused multiply-adds
- * in the exponential: within the same bound, not the portable code's bits. A row's last
- * count mod 16 elements go through the exponential as one more step padded with -inf
- * (whose e^x is +0, which leaves a lane sum as it is). Both SIMD levels need FMA. */
+ * AVX-512 float vector, two AVX2 ones, two or four double ones). The exponential: the same
+ * reduction with fused multiply-adds, a degree-6 minimax polynomial in float (the Taylor
+ * one in double), and 2^k applied by vscalef on AVX-512 (one rounding, subnormals too);
+ * on AVX2 by the exponent field, the biased form only where a lane's x is below the normal
+ * range. Within 1.05 ulp of e^x for every float in [-104, 0]. A row's last count mod 16
+ * elements go through it as one more step padded with -inf (whose e^x is +0, which leaves
+ * a lane sum as it is). */
 #if FD_HAVE_AVX2_PATH
 #define FD_TARGET_SOFTMAX_512 FD_TARGET("avx2,fma,avx512f")
 #define FD_TARGET_SOFTMAX_256 FD_TARGET("avx2,fma")
