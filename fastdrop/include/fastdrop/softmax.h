@@ -176,7 +176,13 @@ static inline uint64_t fd_keep_bits(const uint64_t *words, int64_t q, int count)
     static inline void fd_row_exp_##C##_portable(const CT *values, CT *e, int64_t count,     \
                                                  CT max, CT sums[FD_SOFTMAX_LANES])         \
     {                                                                                       \
-        for (int64_t j = 0; j < count; ++j) {                                               \
+        int64_t j = 0;                                                                      \
+        for (; j + FD_SOFTMAX_LANES <= count; j += FD_SOFTMAX_LANES) /* lanes apart: vectors */ \
+            for (int lane = 0; lane < FD_SOFTMAX_LANES; ++lane) {                           \
+                e[j + lane] = fd_exp_##C(values[j + lane] - max);                           \
+                sums[lane] += e[j + lane];                                                  \
+            }                                                                               \
+        for (; j < count; ++j) {                                                            \
             e[j] = fd_exp_##C(values[j] - max);                                             \
             sums[j & (FD_SOFTMAX_LANES - 1)] += e[j];                                       \
         }                                                                                   \
