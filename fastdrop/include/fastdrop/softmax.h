@@ -275,7 +275,8 @@ FD_DEFINE_ROW_PASSES(f64, double)
             _mm256_cmp_##P(x, _mm256_set1_##P(FD_EXP_##K##_NORMAL), _CMP_LT_OQ));           \
         const VEC p = fd_exp_polynomial_##C##_256(x, &t);                                   \
         const IVEC exponent = _mm256_sub_##EPI(                                             \
-            _mm256_cast##P##_si256(t), _mm256_cast##P##_si256(_mm256_set1_##P(FD_EXP_##K##_MAGIC))); \
+            _mm256_cast##P##_si256(t),                                                      \
+            _mm256_cast##P##_si256(_mm256_set1_##P(FD_EXP_##K##_MAGIC)));                   \
         if (!low)                                                                           \
             return _mm256_mul_##P(p, _mm256_castsi256_##P(_mm256_slli_##EPI(                \
                                          _mm256_add_##EPI(exponent, SET1I(ONE)), SHIFT)));  \
