@@ -12,12 +12,14 @@
  *   m = max_j x_j;  e_j = fd_exp(x_j - m);  S = lane sum of e;  r = 1 / S;
  *   s_j = e_j * r rounded to C, then to the element type;  y_j = dropout(s_j)
  *
- * fd_exp is the range reduction and polynomial below (not bit-specified by the spec: its
- * values lie within the bound docs/fused.md states). The lane sum adds element j into
- * accumulator j mod 16 in order, then adds the accumulators pairwise (k + 8, k + 4, k + 2,
- * k + 1): the order every path (portable, AVX2, AVX-512) and every backend keeps, so all
- * C paths give the same bits. The dropout is fd_keep_<T> with the mask of dropout.h
- * (fd_mask_words_range): exactly fastdrop.dropout of the rounded softmax.
+ * fd_exp is the range reduction and polynomial below, on the portable path without and
+ * on the SIMD paths (AVX2 and AVX-512, both with FMA) with fused multiply-adds: not
+ * bit-specified by the spec, each path's values lie within the bound docs/fused.md
+ * states, and a path gives the same bits for every layout and thread count. The lane sum
+ * adds element j into accumulator j mod 16 in order, then adds the accumulators pairwise
+ * (k + 8, k + 4, k + 2, k + 1). The dropout is fd_keep_<T> with the mask of dropout.h
+ * (fd_mask_words_range): exactly fastdrop.dropout of the rounded softmax, on every path.
+ * The path is picked once per chunk of rows (fd_softmax_level), whose rows run in one loop.
  *
  * For each element type (suffix f64, f32, f16, bf16):
  *
@@ -64,8 +66,9 @@ typedef struct {
  * bits that k ln2_hi is exact), |r| <= ln2 / 2; e^r by its Taylor polynomial (degree 7 in
  * float, 13 in double: the truncation is under 0.05 ulp), in Horner form; then times 2^k
  * as 2^(k + bias) * 2^-bias, so a subnormal result is rounded once. x is first raised to a
- * floor below which e^x rounds to +0 (NaN stays NaN). Plain multiplies and adds, no fused
- * multiply-add: each vector lane computes what the scalar code does, bit for bit. */
+ * floor below which e^x rounds to +0 (NaN stays NaN). The portable path: plain multiplies
+ * and adds, within 1.22 ulp of e^x for every float in [-104, 0]. The SIMD paths' variant
+ * is further down. */
 #define FD_EXP_F32_FLOOR (-110.0f)
 #define FD_EXP_F32_MAGIC 12582912.0f /* 1.5 * 2^23 */
 #define FD_EXP_F32_LOG2E 1.44269504088896341f
@@ -87,6 +90,12 @@ static const double fd_exp_f64_taylor[14] = {
     1.0 / 6227020800.0, 1.0 / 479001600.0, 1.0 / 39916800.0, 1.0 / 3628800.0,
     1.0 / 362880.0, 1.0 / 40320.0, 1.0 / 5040.0, 1.0 / 720.0, 1.0 / 120.0, 1.0 / 24.0,
     1.0 / 6.0, 0.5, 1.0, 1.0};
+
+/* The SIMD paths' float polynomial: degree 6, minimax in relative error on |r| <= ln2 / 2
+ * (under 0.04 ulp before rounding), in Horner order; each step a fused multiply-add. */
+static const float fd_exp_f32_minimax[7] = {
+    0x1.6ab928p-10f, 0x1.126d64p-7f, 0x1.55589cp-5f, 0x1.55540ap-3f, 0x1.fffffap-2f, 1.0f, 1.0f};
+#define fd_exp_f64_minimax fd_exp_f64_taylor /* double keeps the Taylor terms */
 
 static const float fd_exp_f32_unbias = 1.0f / 18446744073709551616.0f; /* 2^-64 */
 static const double fd_exp_f64_unbias = 0x1p-512;
@@ -167,7 +176,13 @@ static inline uint64_t fd_keep_bits(const uint64_t *words, int64_t q, int count)
     static inline void fd_row_exp_##C##_portable(const CT *values, CT *e, int64_t count,     \
                                                  CT max, CT sums[FD_SOFTMAX_LANES])         \
     {                                                                                       \
-        for (int64_t j = 0; j < count; ++j) {                                               \
+        int64_t j = 0;                                                                      \
+        for (; j + FD_SOFTMAX_LANES <= count; j += FD_SOFTMAX_LANES) /* lanes apart: vectors */ \
+            for (int lane = 0; lane < FD_SOFTMAX_LANES; ++lane) {                           \
+                e[j + lane] = fd_exp_##C(values[j + lane] - max);                           \
+                sums[lane] += e[j + lane];                                                  \
+            }                                                                               \
+        for (; j < count; ++j) {                                                            \
             e[j] = fd_exp_##C(values[j] - max);                                             \
             sums[j & (FD_SOFTMAX_LANES - 1)] += e[j];                                       \
         }                                                                                   \
@@ -204,46 +219,117 @@ FD_DEFINE_ROW_PASSES(f64, double)
 /* ---------------------------------------------------------------- row passes, SIMD
  *
  * The same passes on vectors of WIDTH lanes, 16 elements a step (the 16 lane sums in one
- * AVX-512 float vector, two AVX2 ones, two or four double ones), the tail by the portable
- * code on the sums stored back: the same operations on the same lanes, so the same bits. */
+ * AVX-512 float vector, two AVX2 ones, two or four double ones). The exponential: the same
+ * reduction with fused multiply-adds, a degree-6 minimax polynomial in float (the Taylor
+ * one in double), and 2^k applied by vscalef on AVX-512 (one rounding, subnormals too);
+ * on AVX2 by the exponent field, the biased form only where a lane's x is below the normal
+ * range. Within 1.05 ulp of e^x for every float in [-104, 0]. A row's last count mod 16
+ * elements go through it as one more step padded with -inf (whose e^x is +0, which leaves
+ * a lane sum as it is). */
 #if FD_HAVE_AVX2_PATH
-#define FD_TARGET_SOFTMAX_512 FD_TARGET("avx2,avx512f")
-#define FD_TARGET_SOFTMAX_256 FD_TARGET("avx2")
+#define FD_TARGET_SOFTMAX_512 FD_TARGET("avx2,fma,avx512f")
+#define FD_TARGET_SOFTMAX_256 FD_TARGET("avx2,fma")
+/* Below these, e^x may be below the normal range (2^k not a normal number). */
+#define FD_EXP_F32_NORMAL (-87.0f)
+#define FD_EXP_F64_NORMAL (-708.0)
 
-/* fd_exp_<C> on a vector of W bits: P is ps or pd, EPI the integer lanes, SET1I their
- * broadcast, K the constants' prefix (F32, F64), ONE the exponent bias, SHIFT the
- * significand's width. */
-#define FD_DEFINE_VEC_EXP(C, ATTRIBUTES, W, P, VEC, IVEC, EPI, SET1I, K, TERMS, ONE, SHIFT)    \
-    ATTRIBUTES static inline VEC fd_exp_##C##_##W(VEC x)                                    \
+/* The reduction and polynomial of fd_exp_<C> on a vector, with fused multiply-adds: t
+ * (k + magic, k in its low significand bits) into *t. */
+#define FD_DEFINE_VEC_EXP_POLYNOMIAL(C, ATTRIBUTES, W, P, VEC, K, TERMS)                    \
+    ATTRIBUTES static inline VEC fd_exp_polynomial_##C##_##W(VEC x, VEC *t)                 \
     {                                                                                       \
-        x = _mm##W##_max_##P(_mm##W##_set1_##P(FD_EXP_##K##_FLOOR), x); /* NaN stays */     \
         const VEC magic = _mm##W##_set1_##P(FD_EXP_##K##_MAGIC);                            \
-        const VEC t = _mm##W##_add_##P(_mm##W##_mul_##P(x, _mm##W##_set1_##P(FD_EXP_##K##_LOG2E)), \
-                                       magic);                                              \
-        const VEC k = _mm##W##_sub_##P(t, magic);                                           \
-        const VEC r = _mm##W##_sub_##P(                                                     \
-            _mm##W##_sub_##P(x, _mm##W##_mul_##P(k, _mm##W##_set1_##P(FD_EXP_##K##_LN2_HI))), \
-            _mm##W##_mul_##P(k, _mm##W##_set1_##P(FD_EXP_##K##_LN2_LO)));                   \
-        VEC p = _mm##W##_set1_##P(fd_exp_##C##_taylor[0]);                                  \
+        *t = _mm##W##_fmadd_##P(x, _mm##W##_set1_##P(FD_EXP_##K##_LOG2E), magic);           \
+        const VEC k = _mm##W##_sub_##P(*t, magic);                                          \
+        const VEC r = _mm##W##_fnmadd_##P(                                                  \
+            k, _mm##W##_set1_##P(FD_EXP_##K##_LN2_LO),                                      \
+            _mm##W##_fnmadd_##P(k, _mm##W##_set1_##P(FD_EXP_##K##_LN2_HI), x));             \
+        VEC p = _mm##W##_set1_##P(fd_exp_##C##_minimax[0]);                                 \
         for (int i = 1; i < TERMS; ++i)                                                     \
-            p = _mm##W##_add_##P(_mm##W##_mul_##P(p, r), _mm##W##_set1_##P(fd_exp_##C##_taylor[i])); \
-        const IVEC power = _mm##W##_slli_##EPI(                                             \
-            _mm##W##_add_##EPI(_mm##W##_sub_##EPI(_mm##W##_cast##P##_si##W(t),              \
-                                                  _mm##W##_cast##P##_si##W(magic)),         \
-                               SET1I(FD_EXP_##K##_BIAS + ONE)),                             \
-            SHIFT);                                                                         \
-        return _mm##W##_mul_##P(_mm##W##_mul_##P(p, _mm##W##_castsi##W##_##P(power)),       \
-                                _mm##W##_set1_##P(fd_exp_##C##_unbias));                    \
+            p = _mm##W##_fmadd_##P(p, r, _mm##W##_set1_##P(fd_exp_##C##_minimax[i]));       \
+        return p;                                                                           \
     }
 
-FD_DEFINE_VEC_EXP(f32, FD_TARGET_SOFTMAX_512, 512, ps, __m512, __m512i, epi32, _mm512_set1_epi32,
-                  F32, 8, 127, 23)
-FD_DEFINE_VEC_EXP(f64, FD_TARGET_SOFTMAX_512, 512, pd, __m512d, __m512i, epi64, _mm512_set1_epi64,
-                  F64, 14, 1023, 52)
-FD_DEFINE_VEC_EXP(f32, FD_TARGET_SOFTMAX_256, 256, ps, __m256, __m256i, epi32, _mm256_set1_epi32,
-                  F32, 8, 127, 23)
-FD_DEFINE_VEC_EXP(f64, FD_TARGET_SOFTMAX_256, 256, pd, __m256d, __m256i, epi64,
-                  _mm256_set1_epi64x, F64, 14, 1023, 52)
+/* AVX-512: p * 2^k by vscalef, which rounds a subnormal result once. */
+#define FD_DEFINE_VEC_EXP_512(C, P, VEC, K, TERMS)                                          \
+    FD_DEFINE_VEC_EXP_POLYNOMIAL(C, FD_TARGET_SOFTMAX_512, 512, P, VEC, K, TERMS)           \
+    FD_TARGET_SOFTMAX_512 static inline VEC fd_exp_##C##_512(VEC x)                         \
+    {                                                                                       \
+        VEC t;                                                                              \
+        x = _mm512_max_##P(_mm512_set1_##P(FD_EXP_##K##_FLOOR), x); /* NaN stays */          \
+        const VEC p = fd_exp_polynomial_##C##_512(x, &t);                                   \
+        return _mm512_scalef_##P(p, _mm512_sub_##P(t, _mm512_set1_##P(FD_EXP_##K##_MAGIC))); \
+    }
+
+/* AVX2: p * 2^k with 2^k built in the exponent field; where a lane's x is below the
+ * normal range, as 2^(k + bias) * 2^-bias (one rounding of a subnormal result, the same
+ * value where 2^k is normal). IVEC, EPI, SET1I: the integer lanes; ONE the exponent bias,
+ * SHIFT the significand's width. */
+#define FD_DEFINE_VEC_EXP_256(C, P, VEC, IVEC, EPI, SET1I, K, TERMS, ONE, SHIFT)             \
+    FD_DEFINE_VEC_EXP_POLYNOMIAL(C, FD_TARGET_SOFTMAX_256, 256, P, VEC, K, TERMS)           \
+    FD_TARGET_SOFTMAX_256 static inline VEC fd_exp_##C##_256(VEC x)                         \
+    {                                                                                       \
+        VEC t;                                                                              \
+        x = _mm256_max_##P(_mm256_set1_##P(FD_EXP_##K##_FLOOR), x); /* NaN stays */          \
+        const int low = _mm256_movemask_##P(                                                \
+            _mm256_cmp_##P(x, _mm256_set1_##P(FD_EXP_##K##_NORMAL), _CMP_LT_OQ));           \
+        const VEC p = fd_exp_polynomial_##C##_256(x, &t);                                   \
+        const IVEC exponent = _mm256_sub_##EPI(                                             \
+            _mm256_cast##P##_si256(t),                                                      \
+            _mm256_cast##P##_si256(_mm256_set1_##P(FD_EXP_##K##_MAGIC)));                   \
+        if (!low)                                                                           \
+            return _mm256_mul_##P(p, _mm256_castsi256_##P(_mm256_slli_##EPI(                \
+                                         _mm256_add_##EPI(exponent, SET1I(ONE)), SHIFT)));  \
+        const IVEC power = _mm256_slli_##EPI(                                               \
+            _mm256_add_##EPI(exponent, SET1I(FD_EXP_##K##_BIAS + ONE)), SHIFT);             \
+        return _mm256_mul_##P(_mm256_mul_##P(p, _mm256_castsi256_##P(power)),               \
+                              _mm256_set1_##P(fd_exp_##C##_unbias));                        \
+    }
+
+FD_DEFINE_VEC_EXP_512(f32, ps, __m512, F32, 7)
+FD_DEFINE_VEC_EXP_512(f64, pd, __m512d, F64, 14)
+FD_DEFINE_VEC_EXP_256(f32, ps, __m256, __m256i, epi32, _mm256_set1_epi32, F32, 7, 127, 23)
+FD_DEFINE_VEC_EXP_256(f64, pd, __m256d, __m256i, epi64, _mm256_set1_epi64x, F64, 14, 1023, 52)
+
+/* The largest lane (none is NaN: the max pass keeps its running maximum). */
+FD_TARGET_SOFTMAX_512 static inline float fd_lane_max_f32_512(__m512 v)
+{
+    return _mm512_reduce_max_ps(v);
+}
+FD_TARGET_SOFTMAX_512 static inline double fd_lane_max_f64_512(__m512d v)
+{
+    return _mm512_reduce_max_pd(v);
+}
+FD_TARGET_SOFTMAX_256 static inline float fd_lane_max_f32_256(__m256 v)
+{
+    __m128 m = _mm_max_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+    m = _mm_max_ps(m, _mm_movehl_ps(m, m));
+    return _mm_cvtss_f32(_mm_max_ss(m, _mm_shuffle_ps(m, m, 1)));
+}
+FD_TARGET_SOFTMAX_256 static inline double fd_lane_max_f64_256(__m256d v)
+{
+    const __m128d m = _mm_max_pd(_mm256_castpd256_pd128(v), _mm256_extractf128_pd(v, 1));
+    return _mm_cvtsd_f64(_mm_max_sd(m, _mm_unpackhi_pd(m, m)));
+}
+
+/* fd_lane_total_<C>'s order (k + 8, k + 4, k + 2, k + 1) by shuffles: the same bits. */
+FD_TARGET_SOFTMAX_256 static inline float fd_lane_total_f32_vec(const float sums[FD_SOFTMAX_LANES])
+{
+    const __m256 half = _mm256_add_ps(_mm256_loadu_ps(sums), _mm256_loadu_ps(sums + 8));
+    __m128 quarter = _mm_add_ps(_mm256_castps256_ps128(half), _mm256_extractf128_ps(half, 1));
+    quarter = _mm_add_ps(quarter, _mm_movehl_ps(quarter, quarter));
+    return _mm_cvtss_f32(_mm_add_ss(quarter, _mm_shuffle_ps(quarter, quarter, 1)));
+}
+FD_TARGET_SOFTMAX_256 static inline double fd_lane_total_f64_vec(
+    const double sums[FD_SOFTMAX_LANES])
+{
+    const __m256d low = _mm256_add_pd(_mm256_loadu_pd(sums), _mm256_loadu_pd(sums + 8));
+    const __m256d high = _mm256_add_pd(_mm256_loadu_pd(sums + 4), _mm256_loadu_pd(sums + 12));
+    const __m256d quarter = _mm256_add_pd(low, high);
+    const __m128d eighth = _mm_add_pd(_mm256_castpd256_pd128(quarter),
+                                      _mm256_extractf128_pd(quarter, 1));
+    return _mm_cvtsd_f64(_mm_add_sd(eighth, _mm_unpackhi_pd(eighth, eighth)));
+}
 
 /* product where the keep bits (bit j: lane j) are set, +0.0 elsewhere: fd_keep_<C>'s bits. */
 FD_TARGET_SOFTMAX_512 static inline __m512 fd_keep_f32_512(__m512 product, uint64_t bits)
@@ -276,11 +362,9 @@ FD_TARGET_SOFTMAX_256 static inline __m256d fd_keep_f64_256(__m256d product, uin
         int64_t j = 0;                                                                      \
         if (count >= WIDTH) {                                                               \
             VEC best = _mm##W##_set1_##P(max);                                              \
-            CT lanes[WIDTH];                                                                \
             for (; j + WIDTH <= count; j += WIDTH)                                          \
                 best = _mm##W##_max_##P(_mm##W##_loadu_##P(values + j), best);              \
-            _mm##W##_storeu_##P(lanes, best);                                               \
-            max = fd_row_max_##C##_portable(lanes, WIDTH, max);                             \
+            max = fd_lane_max_##C##_##W(best);                                              \
         }                                                                                   \
         return fd_row_max_##C##_portable(values + j, count - j, max);                       \
     }                                                                                       \
@@ -300,9 +384,21 @@ FD_TARGET_SOFTMAX_256 static inline __m256d fd_keep_f64_256(__m256d product, uin
                 _mm##W##_storeu_##P(e + j + v * WIDTH, exp);                                \
                 acc[v] = _mm##W##_add_##P(acc[v], exp);                                     \
             }                                                                               \
+        if (j < count) { /* the tail, padded with -inf */                                   \
+            CT padded[FD_SOFTMAX_LANES];                                                    \
+            for (int i = 0; i < FD_SOFTMAX_LANES; ++i)                                      \
+                padded[i] = j + i < count ? values[j + i] : (CT)-INFINITY;                  \
+            for (int v = 0; v < VECTORS; ++v) {                                             \
+                const VEC exp = fd_exp_##C##_##W(                                           \
+                    _mm##W##_sub_##P(_mm##W##_loadu_##P(padded + v * WIDTH), m));           \
+                _mm##W##_storeu_##P(padded + v * WIDTH, exp);                               \
+                acc[v] = _mm##W##_add_##P(acc[v], exp);                                     \
+            }                                                                               \
+            for (int i = 0; j + i < count; ++i)                                             \
+                e[j + i] = padded[i];                                                       \
+        }                                                                                   \
         for (int v = 0; v < VECTORS; ++v)                                                   \
             _mm##W##_storeu_##P(sums + v * WIDTH, acc[v]);                                  \
-        fd_row_exp_##C##_portable(values + j, e + j, count - j, max, sums);                 \
     }                                                                                       \
     ATTRIBUTES static inline void fd_row_output_##C##VARIANT(                               \
         const CT *e, CT r, int64_t count, CT *target, CT *softmax_out, int64_t step,        \
@@ -426,12 +522,23 @@ FD_DEFINE_VEC_PASSES(f32, float, _avx512, FD_TARGET_SOFTMAX_512, 512, ps, __m512
 FD_DEFINE_VEC_PASSES(f64, double, _avx512, FD_TARGET_SOFTMAX_512, 512, pd, __m512d, 8)
 FD_DEFINE_VEC_PASSES(f32, float, _avx2, FD_TARGET_SOFTMAX_256, 256, ps, __m256, 8)
 FD_DEFINE_VEC_PASSES(f64, double, _avx2, FD_TARGET_SOFTMAX_256, 256, pd, __m256d, 4)
+#endif
 
-/* The widest variant the CPU takes (fd_set_simd caps it): all give the same bits. */
+/* The level the softmax kernels take: 2 AVX-512F, 1 AVX2, 0 portable; both SIMD levels
+ * with FMA (fd_set_simd caps the level). The backward's bits are the same on every level. */
+#if FD_HAVE_AVX2_PATH
+static inline int fd_softmax_level(void)
+{
+    const int level = fd_simd_enabled();
+    if (level == 0 || !FD_CPU_SUPPORTS("fma"))
+        return 0;
+    return level >= 2 ? 2 : 1;
+}
+/* NAME##_avx512, _avx2 or _portable, by fd_softmax_level. */
 #define FD_SOFTMAX_DISPATCH(NAME, ARGS)                                                     \
     {                                                                                       \
-        const int level = fd_simd_enabled();                                                \
-        if (level >= 2) {                                                                   \
+        const int level = fd_softmax_level();                                               \
+        if (level == 2) {                                                                   \
             FD_PATH_TAKEN("softmax avx512");                                                \
             NAME##_avx512 ARGS;                                                             \
         } else if (level == 1) {                                                            \
@@ -441,70 +548,42 @@ FD_DEFINE_VEC_PASSES(f64, double, _avx2, FD_TARGET_SOFTMAX_256, 256, pd, __m256d
             NAME##_portable ARGS;                                                           \
         }                                                                                   \
     }
+#define fd_lane_total_f32_avx512 fd_lane_total_f32_vec
+#define fd_lane_total_f32_avx2 fd_lane_total_f32_vec
+#define fd_lane_total_f64_avx512 fd_lane_total_f64_vec
+#define fd_lane_total_f64_avx2 fd_lane_total_f64_vec
 #else
 #define FD_SOFTMAX_DISPATCH(NAME, ARGS) NAME##_portable ARGS;
 #endif
-
-#define FD_DEFINE_PASS_DISPATCH(C, CT)                                                      \
-    static inline CT fd_row_max_##C(const CT *values, int64_t count, CT max)                \
-    {                                                                                       \
-        CT result;                                                                          \
-        FD_SOFTMAX_DISPATCH(result = fd_row_max_##C, (values, count, max))                  \
-        return result;                                                                      \
-    }                                                                                       \
-    static inline void fd_row_exp_##C(const CT *values, CT *e, int64_t count, CT max,       \
-                                      CT sums[FD_SOFTMAX_LANES])                            \
-    {                                                                                       \
-        FD_SOFTMAX_DISPATCH(fd_row_exp_##C, (values, e, count, max, sums))                  \
-    }                                                                                       \
-    static inline void fd_row_output_##C(const CT *e, CT r, int64_t count, CT *target,      \
-                                         CT *softmax_out, int64_t step, const uint64_t *words, \
-                                         int64_t q, CT scale)                               \
-    {                                                                                       \
-        FD_SOFTMAX_DISPATCH(fd_row_output_##C,                                              \
-                            (e, r, count, target, softmax_out, step, words, q, scale))      \
-    }                                                                                       \
-    static inline void fd_row_dot_##C(const CT *grad, const CT *softmax, int64_t count,     \
-                                      int64_t step, const uint64_t *words, int64_t q,       \
-                                      CT scale, CT sums[FD_SOFTMAX_LANES])                  \
-    {                                                                                       \
-        FD_SOFTMAX_DISPATCH(fd_row_dot_##C, (grad, softmax, count, step, words, q, scale, sums)) \
-    }                                                                                       \
-    static inline void fd_row_gradient_##C(const CT *grad, const CT *softmax, CT *target,   \
-                                           int64_t count, int64_t step,                     \
-                                           const uint64_t *words, int64_t q, CT scale,      \
-                                           CT dot)                                          \
-    {                                                                                       \
-        FD_SOFTMAX_DISPATCH(fd_row_gradient_##C,                                            \
-                            (grad, softmax, target, count, step, words, q, scale, dot))     \
-    }
-
-FD_DEFINE_PASS_DISPATCH(f32, float)
-FD_DEFINE_PASS_DISPATCH(f64, double)
+#define fd_lane_total_f32_portable fd_lane_total_f32
+#define fd_lane_total_f64_portable fd_lane_total_f64
 
 /* ---------------------------------------------------------------- rows and units */
 
-/* The output and backward passes of an element type: vectors for float32 and float64. */
-#define FD_ROW_OUTPUT_f64 fd_row_output_f64
-#define FD_ROW_OUTPUT_f32 fd_row_output_f32
-#define FD_ROW_OUTPUT_f16 fd_row_output_f16_portable
-#define FD_ROW_OUTPUT_bf16 fd_row_output_bf16_portable
-#define FD_ROW_DOT_f64 fd_row_dot_f64
-#define FD_ROW_DOT_f32 fd_row_dot_f32
-#define FD_ROW_DOT_f16 fd_row_dot_f16_portable
-#define FD_ROW_DOT_bf16 fd_row_dot_bf16_portable
-#define FD_ROW_GRADIENT_f64 fd_row_gradient_f64
-#define FD_ROW_GRADIENT_f32 fd_row_gradient_f32
-#define FD_ROW_GRADIENT_f16 fd_row_gradient_f16_portable
-#define FD_ROW_GRADIENT_bf16 fd_row_gradient_bf16_portable
+/* A pass of the compute type of element type SUFFIX on a level (VARIANT _avx512, _avx2,
+ * _portable): FD_PASS(fd_row_max_, f16, _avx2) is fd_row_max_f32_avx2. */
+#define FD_PASS(NAME, SUFFIX, VARIANT) FD_PASTE(FD_PASTE(NAME, FD_CTYPE_##SUFFIX), VARIANT)
+/* The output pass of an element type on a level: vectors for float32 and float64. */
+#define FD_ROW_OUTPUT_f64(VARIANT) fd_row_output_f64##VARIANT
+#define FD_ROW_OUTPUT_f32(VARIANT) fd_row_output_f32##VARIANT
+#define FD_ROW_OUTPUT_f16(VARIANT) fd_row_output_f16_portable
+#define FD_ROW_OUTPUT_bf16(VARIANT) fd_row_output_bf16_portable
+#define FD_ROW_DOT_f64(VARIANT) fd_row_dot_f64##VARIANT
+#define FD_ROW_DOT_f32(VARIANT) fd_row_dot_f32##VARIANT
+#define FD_ROW_DOT_f16(VARIANT) fd_row_dot_f16_portable
+#define FD_ROW_DOT_bf16(VARIANT) fd_row_dot_bf16_portable
+#define FD_ROW_GRADIENT_f64(VARIANT) fd_row_gradient_f64##VARIANT
+#define FD_ROW_GRADIENT_f32(VARIANT) fd_row_gradient_f32##VARIANT
+#define FD_ROW_GRADIENT_f16(VARIANT) fd_row_gradient_f16_portable
+#define FD_ROW_GRADIENT_bf16(VARIANT) fd_row_gradient_bf16_portable
 /* Whether the elements are the compute type (a contiguous row is read in place). */
 #define FD_SAME_TYPE_f64 1
 #define FD_SAME_TYPE_f32 1
 #define FD_SAME_TYPE_f16 0
 #define FD_SAME_TYPE_bf16 0
 
-#define FD_DEFINE_SOFTMAX_KERNELS(SUFFIX, T, SCALE_T)                                       \
-    /* count elements of a row from element `at` (stride apart), in the compute type */     \
+/* count elements of a row from element `at` (stride apart), in the compute type. */
+#define FD_DEFINE_ROW_BLOCK(SUFFIX, T)                                                      \
     static inline const FD_COMPUTE_##SUFFIX *fd_row_block_##SUFFIX(                         \
         const T *source, int64_t stride, int64_t at, int64_t count,                         \
         FD_COMPUTE_##SUFFIX *buffer)                                                        \
@@ -514,65 +593,57 @@ FD_DEFINE_PASS_DISPATCH(f64, double)
         for (int64_t j = 0; j < count; ++j)                                                 \
             buffer[j] = fd_widen_##SUFFIX(source[(at + j) * stride]);                       \
         return buffer;                                                                      \
-    }                                                                                       \
-    /* One row: source's elements stride apart, the outputs' step apart from call element q. */ \
-    static inline void fd_softmax_row_##SUFFIX(                                             \
-        const T *source, int64_t stride, int64_t length, T *target, T *softmax_out,         \
-        int64_t step, const uint64_t *words, int64_t q, SCALE_T scale,                      \
-        FD_COMPUTE_##SUFFIX buffer[FD_SOFTMAX_BLOCK])                                       \
+    }
+
+/* The rows of units [first, stop) on one level, its passes inlined into one loop. */
+#define FD_DEFINE_SOFTMAX_ROWS(SUFFIX, T, SCALE_T, VARIANT, ATTRIBUTES)                     \
+    ATTRIBUTES static void fd_softmax_rows_##SUFFIX##VARIANT(                               \
+        const T *source, const fd_softmax_layout *layout, T *target, T *softmax_out,        \
+        const uint64_t *words, SCALE_T scale, int64_t first, int64_t stop,                  \
+        FD_COMPUTE_##SUFFIX *buffer)                                                        \
     {                                                                                       \
         typedef FD_COMPUTE_##SUFFIX compute_t;                                              \
-        compute_t sums[FD_SOFTMAX_LANES] = {0}, unused[FD_SOFTMAX_LANES], max = -INFINITY;   \
-        const int whole = length <= FD_SOFTMAX_BLOCK; /* the exponentials stay in buffer */ \
-        const compute_t *values = NULL;                                                     \
-        for (int64_t at = 0; at < length; at += FD_SOFTMAX_BLOCK) {                          \
-            const int64_t count = length - at < FD_SOFTMAX_BLOCK ? length - at : FD_SOFTMAX_BLOCK; \
-            values = fd_row_block_##SUFFIX(source, stride, at, count, buffer);              \
-            max = FD_PASTE(fd_row_max_, FD_CTYPE_##SUFFIX)(values, count, max);                       \
-        }                                                                                   \
-        for (int64_t at = 0; at < length; at += FD_SOFTMAX_BLOCK) {                          \
-            const int64_t count = length - at < FD_SOFTMAX_BLOCK ? length - at : FD_SOFTMAX_BLOCK; \
-            if (!whole)                                                                     \
-                values = fd_row_block_##SUFFIX(source, stride, at, count, buffer);          \
-            FD_PASTE(fd_row_exp_, FD_CTYPE_##SUFFIX)(values, buffer, count, max, sums);              \
-        }                                                                                   \
-        const compute_t reciprocal = (compute_t)1 / FD_PASTE(fd_lane_total_, FD_CTYPE_##SUFFIX)(sums); \
-        for (int64_t at = 0; at < length; at += FD_SOFTMAX_BLOCK) {                          \
-            const int64_t count = length - at < FD_SOFTMAX_BLOCK ? length - at : FD_SOFTMAX_BLOCK; \
-            if (!whole) /* the same exponentials again */                                   \
-                FD_PASTE(fd_row_exp_, FD_CTYPE_##SUFFIX)(                                             \
-                    fd_row_block_##SUFFIX(source, stride, at, count, buffer), buffer, count, \
-                    max, unused);                                                           \
-            FD_ROW_OUTPUT_##SUFFIX(buffer, reciprocal, count, target + at * step,           \
-                                   softmax_out ? softmax_out + at * step : NULL, step, words, \
-                                   q + at * step, scale);                                   \
-        }                                                                                   \
-    }                                                                                       \
-    static inline void fd_softmax_dropout_units_##SUFFIX(                                   \
-        const T *source, const fd_softmax_layout *layout, T *target, T *softmax_out,        \
-        uint64_t *words, SCALE_T scale, const fd_mask_params *params, int64_t first,        \
-        int64_t stop)                                                                       \
-    {                                                                                       \
-        FD_COMPUTE_##SUFFIX buffer[FD_SOFTMAX_BLOCK];                                       \
         const int64_t length = layout->length, inner = layout->inner, unit = length * inner; \
-        if (unit == 0)                                                                      \
-            return;                                                                         \
-        const int64_t per_draw = FD_SOFTMAX_DRAW_ELEMENTS / unit > 1                        \
-                                     ? FD_SOFTMAX_DRAW_ELEMENTS / unit : 1;                 \
-        for (int64_t at = first; at < stop; at += per_draw) {                               \
-            const int64_t until = stop - at < per_draw ? stop : at + per_draw;              \
-            if (words) /* a word shared with the previous draw is drawn again, the same */  \
-                fd_mask_words_range(words, params, (at * unit) >> 6, fd_words_for(until * unit)); \
-            for (int64_t i = at; i < until; ++i)                                            \
-                for (int64_t k = 0; k < inner; ++k)                                         \
-                    fd_softmax_row_##SUFFIX(                                                \
-                        source + i * layout->outer_stride + k * layout->inner_stride,       \
-                        layout->length_stride, length, target + i * unit + k,               \
-                        softmax_out ? softmax_out + i * unit + k : NULL, inner, words,      \
-                        i * unit + k, scale, buffer);                                       \
-        }                                                                                   \
+        const int64_t stride = layout->length_stride;                                       \
+        const int whole = length <= FD_SOFTMAX_BLOCK; /* the exponentials stay in buffer */ \
+        for (int64_t i = first; i < stop; ++i)                                              \
+            for (int64_t k = 0; k < inner; ++k) {                                           \
+                const T *row = source + i * layout->outer_stride + k * layout->inner_stride; \
+                const int64_t q = i * unit + k;                                             \
+                compute_t sums[FD_SOFTMAX_LANES] = {0}, unused[FD_SOFTMAX_LANES];           \
+                compute_t max = -INFINITY;                                                  \
+                const compute_t *values = NULL;                                             \
+                for (int64_t at = 0; at < length; at += FD_SOFTMAX_BLOCK) {                 \
+                    const int64_t count = length - at < FD_SOFTMAX_BLOCK ? length - at      \
+                                                                         : FD_SOFTMAX_BLOCK; \
+                    values = fd_row_block_##SUFFIX(row, stride, at, count, buffer);         \
+                    max = FD_PASS(fd_row_max_, SUFFIX, VARIANT)(values, count, max);        \
+                }                                                                           \
+                for (int64_t at = 0; at < length; at += FD_SOFTMAX_BLOCK) {                 \
+                    const int64_t count = length - at < FD_SOFTMAX_BLOCK ? length - at      \
+                                                                         : FD_SOFTMAX_BLOCK; \
+                    if (!whole)                                                             \
+                        values = fd_row_block_##SUFFIX(row, stride, at, count, buffer);     \
+                    FD_PASS(fd_row_exp_, SUFFIX, VARIANT)(values, buffer, count, max, sums); \
+                }                                                                           \
+                const compute_t reciprocal =                                                \
+                    (compute_t)1 / FD_PASS(fd_lane_total_, SUFFIX, VARIANT)(sums);          \
+                for (int64_t at = 0; at < length; at += FD_SOFTMAX_BLOCK) {                 \
+                    const int64_t count = length - at < FD_SOFTMAX_BLOCK ? length - at      \
+                                                                         : FD_SOFTMAX_BLOCK; \
+                    if (!whole) /* the same exponentials again */                           \
+                        FD_PASS(fd_row_exp_, SUFFIX, VARIANT)(                              \
+                            fd_row_block_##SUFFIX(row, stride, at, count, buffer), buffer,  \
+                            count, max, unused);                                            \
+                    FD_ROW_OUTPUT_##SUFFIX(VARIANT)(                                        \
+                        buffer, reciprocal, count, target + q + at * inner,                 \
+                        softmax_out ? softmax_out + q + at * inner : NULL, inner, words,    \
+                        q + at * inner, scale);                                             \
+                }                                                                           \
+            }                                                                               \
     }                                                                                       \
-    static inline void fd_softmax_dropout_backward_units_##SUFFIX(                          \
+    /* The backward of units [first, stop) on one level. */                                 \
+    ATTRIBUTES static void fd_softmax_backward_rows_##SUFFIX##VARIANT(                      \
         const T *grad, const T *softmax, T *target, const uint64_t *words, SCALE_T scale,   \
         const fd_softmax_layout *layout, int64_t first, int64_t stop)                       \
     {                                                                                       \
@@ -581,10 +652,52 @@ FD_DEFINE_PASS_DISPATCH(f64, double)
             for (int64_t k = 0; k < inner; ++k) {                                           \
                 const int64_t q = i * unit + k;                                             \
                 FD_COMPUTE_##SUFFIX sums[FD_SOFTMAX_LANES] = {0};                           \
-                FD_ROW_DOT_##SUFFIX(grad + q, softmax + q, length, inner, words, q, scale, sums); \
-                FD_ROW_GRADIENT_##SUFFIX(grad + q, softmax + q, target + q, length, inner, words, \
-                                         q, scale, FD_PASTE(fd_lane_total_, FD_CTYPE_##SUFFIX)(sums)); \
+                FD_ROW_DOT_##SUFFIX(VARIANT)(grad + q, softmax + q, length, inner, words, q, \
+                                             scale, sums);                                  \
+                FD_ROW_GRADIENT_##SUFFIX(VARIANT)(grad + q, softmax + q, target + q, length, \
+                                                  inner, words, q, scale,                   \
+                                                  FD_PASS(fd_lane_total_, SUFFIX, VARIANT)(sums)); \
             }                                                                               \
+    }
+
+#if FD_HAVE_AVX2_PATH
+#define FD_DEFINE_SIMD_SOFTMAX_ROWS(SUFFIX, T, SCALE_T)                                     \
+    FD_DEFINE_SOFTMAX_ROWS(SUFFIX, T, SCALE_T, _avx512, FD_TARGET_SOFTMAX_512)              \
+    FD_DEFINE_SOFTMAX_ROWS(SUFFIX, T, SCALE_T, _avx2, FD_TARGET_SOFTMAX_256)
+#else
+#define FD_DEFINE_SIMD_SOFTMAX_ROWS(SUFFIX, T, SCALE_T)
+#endif
+
+#define FD_DEFINE_SOFTMAX_KERNELS(SUFFIX, T, SCALE_T)                                       \
+    FD_DEFINE_ROW_BLOCK(SUFFIX, T)                                                          \
+    FD_DEFINE_SOFTMAX_ROWS(SUFFIX, T, SCALE_T, _portable, )                                 \
+    FD_DEFINE_SIMD_SOFTMAX_ROWS(SUFFIX, T, SCALE_T)                                         \
+    static inline void fd_softmax_dropout_units_##SUFFIX(                                   \
+        const T *source, const fd_softmax_layout *layout, T *target, T *softmax_out,        \
+        uint64_t *words, SCALE_T scale, const fd_mask_params *params, int64_t first,        \
+        int64_t stop)                                                                       \
+    {                                                                                       \
+        /* the row's exponentials, and room for a padded tail */                           \
+        FD_COMPUTE_##SUFFIX buffer[FD_SOFTMAX_BLOCK + FD_SOFTMAX_LANES];                    \
+        const int64_t unit = layout->length * layout->inner;                                \
+        if (unit == 0)                                                                      \
+            return;                                                                         \
+        const int64_t per_draw = FD_SOFTMAX_DRAW_ELEMENTS / unit > 1                        \
+                                     ? FD_SOFTMAX_DRAW_ELEMENTS / unit : 1;                 \
+        for (int64_t at = first; at < stop; at += per_draw) {                               \
+            const int64_t until = stop - at < per_draw ? stop : at + per_draw;              \
+            if (words) /* a word shared with the previous draw is drawn again, the same */  \
+                fd_mask_words_range(words, params, (at * unit) >> 6, fd_words_for(until * unit)); \
+            FD_SOFTMAX_DISPATCH(fd_softmax_rows_##SUFFIX, (source, layout, target, softmax_out, \
+                                                          words, scale, at, until, buffer)) \
+        }                                                                                   \
+    }                                                                                       \
+    static inline void fd_softmax_dropout_backward_units_##SUFFIX(                          \
+        const T *grad, const T *softmax, T *target, const uint64_t *words, SCALE_T scale,   \
+        const fd_softmax_layout *layout, int64_t first, int64_t stop)                       \
+    {                                                                                       \
+        FD_SOFTMAX_DISPATCH(fd_softmax_backward_rows_##SUFFIX,                              \
+                            (grad, softmax, target, words, scale, layout, first, stop))     \
     }
 
 FD_DEFINE_SOFTMAX_KERNELS(f64, double, double)
