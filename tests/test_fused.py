@@ -160,6 +160,32 @@ def test_special_values_add_as_numpy_adds_them(any_backend, subtests):
                     assert_bits_equal(y, expected)
 
 
+def test_every_simd_level_gives_the_composition(threads, subtests):
+    """The portable and the AVX2 kernels (the CPU's best, capped) give the same bits."""
+    if "cython" not in fastdrop.available_backends():
+        pytest.skip("the cython backend is not here")
+    from fastdrop.kernels.cython import kernels
+
+    level = kernels.simd_enabled()
+    fastdrop.set_num_threads(2)
+    try:
+        for operation in OPERATIONS:
+            for name, dtype, request in dtype_forms():
+                # whole words, a part word, bias rows that start inside a word
+                shape = (5, 197) if operation == "bias_dropout_add" else (TWO_THREAD_SIZE,)
+                x, bias, residual = inputs(shape, dtype, request)
+                expected, _ = composition(operation, x, bias, residual, 0.3, "cython", request,
+                                          seed=SEED, stream=STREAM, offset=5)
+                for simd in sorted({0, min(level, 1), level}):
+                    with subtests.test(operation=operation, dtype=name, simd=simd):
+                        kernels.set_simd(simd)
+                        y, _ = fused(operation, x, bias, residual, 0.3, dtype=request,
+                                     backend="cython", seed=SEED, stream=STREAM, offset=5)
+                        assert_bits_equal(y, expected)
+    finally:
+        kernels.set_simd(level)
+
+
 def test_layouts_in_place_and_out(any_backend, subtests):
     """Strided, transposed, 0-d, empty... x, bias and residual; the result new, in out, in place."""
     for operation, kind in itertools.product(OPERATIONS, LAYOUTS):
