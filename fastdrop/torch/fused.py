@@ -262,6 +262,11 @@ def _(x, p, key, dim, save_softmax):
 def softmax_dropout_backward_op(grad: torch.Tensor, softmax: torch.Tensor, words: torch.Tensor,
                                 p: float, dim: int) -> torch.Tensor:
     """x's gradient of `softmax_dropout_op` from its softmax and mask words."""
+    return _softmax_backward_arrays(grad, softmax, words, p, dim)
+
+
+def _softmax_backward_arrays(grad, softmax, words, p, dim):
+    """`fastdrop.softmax_dropout_backward` of the tensors' memory, into a new tensor."""
     count = _tensors.word_count(grad.shape, ())
     mask = fastdrop.DropoutMask(words.numpy().view(np.uint64)[:count], shape=tuple(grad.shape),
                                 p=p, seed=0, stream=0, offset=0)
@@ -303,6 +308,34 @@ def _no_double_backward(ctx, grad):
 softmax_dropout_op.register_autograd(_softmax_dropout_backward, setup_context=_save_softmax)
 softmax_dropout_backward_op.register_autograd(_no_double_backward,
                                               setup_context=lambda ctx, inputs, output: None)
+
+
+class EagerSoftmaxDropout(torch.autograd.Function):
+    """Eager `softmax_dropout_op`: its body and gradient without the operator's dispatch.
+
+    ``apply(x, _ops.Opaque((p, key, dim, save_softmax))) -> (y, softmax or empty)``. A
+    Python custom operator's dispatch costs tens of microseconds a call, a tenth of the
+    softmax of an attention layer; traced calls take the operator. The softmax is an
+    output, as the operator's, so a create_graph backward goes through the backward
+    operator, which refuses double backward.
+    """
+
+    @staticmethod
+    def forward(ctx, x, settings):
+        ctx.p, key, ctx.dim, save = settings.values
+        y, softmax, words = _softmax_arrays(x, ctx.p, key, ctx.dim, save)
+        ctx.set_materialize_grads(False)
+        ctx.save_for_backward(softmax, words)
+        return y, softmax
+
+    @staticmethod
+    def backward(ctx, grad, _grad_softmax):
+        if grad is None:
+            return None, None
+        softmax, words = ctx.saved_tensors
+        if torch.is_grad_enabled():  # create_graph: the operator, which refuses double backward
+            return softmax_dropout_backward_op(grad, softmax, words, ctx.p, ctx.dim), None
+        return _softmax_backward_arrays(grad, softmax, words, ctx.p, ctx.dim), None
 
 
 def softmax_dropout(input, p=0.5, dim=-1, training=True, *, generator=None):
@@ -362,10 +395,16 @@ def softmax_dropout(input, p=0.5, dim=-1, training=True, *, generator=None):
                          f"{dims - 1}], but got {dim})")
     scalar = input.dim() == 0
     x = input.reshape(1) if scalar else input
-    if training and p != 0:
-        key = _key(x, generator, "softmax_dropout")
-    else:  # no dropout and, as fastdrop.torch.dropout, no key drawn
+    eager = not _traced(x)
+    if not (training and p != 0):  # no dropout and, as fastdrop.torch.dropout, no key drawn
         key, p = torch.zeros(2, dtype=torch.int64), 0.0
+    elif eager:
+        key = _tensors.new_key(generator)
+    else:
+        key = _key(x, generator, "softmax_dropout")
     save = x.requires_grad and torch.is_grad_enabled()
-    y = softmax_dropout_op(x, float(p), key, dim % dims, save)[0]
+    if eager:
+        y = EagerSoftmaxDropout.apply(x, _ops.Opaque((float(p), key, dim % dims, save)))[0]
+    else:
+        y = softmax_dropout_op(x, float(p), key, dim % dims, save)[0]
     return y.reshape(()) if scalar else y
