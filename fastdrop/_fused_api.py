@@ -395,6 +395,31 @@ def softmax_dropout(x: ArrayLike, p: Probability = 0.5, axis: Int = -1, *, seed:
     return y, (call.mask(words) if training else None)
 
 
+def softmax_dropout_of_rows(x, y, softmax, p, seed, stream, threads):
+    """`softmax_dropout` along the last axis for an integration that checked its arrays.
+
+    x, y (and softmax, or None) are C-contiguous native float16/32/64 arrays of one shape
+    and dtype, y and softmax new (no overlap with x); 0 < p <= 1, seed and stream in
+    [0, 2**64): what ``fastdrop.torch`` has made sure of before its call. Writes y (and
+    the softmax) as `softmax_dropout` with ``axis=-1, offset=0`` would and returns the
+    mask words, without the public function's checks (tens of microseconds a call next
+    to a 0.4 ms attention softmax). The compiled backend's kernel, else the public path.
+    """
+    kernels = _kernels("auto")
+    if kernels is None:
+        result, mask = softmax_dropout(x, p, seed=seed, stream=stream, out=y,
+                                       softmax_out=softmax)
+        return mask.words
+    rows = x.reshape(_row_shape(x.shape, x.ndim - 1))
+    threshold, drop_all, scale = dropout_constants(p)
+    words = np.empty(words_for(x.size), dtype=np.uint64)
+    kernels.softmax_dropout(rows, y.reshape(rows.shape),
+                            None if softmax is None else softmax.reshape(rows.shape), words,
+                            scale, MaskParams(seed, stream, threshold, drop_all, 0, x.size),
+                            threads)
+    return words
+
+
 def softmax_dropout_backward(grad: ArrayLike, softmax: ArrayLike, mask: DropoutMask | None,
                              axis: Int = -1, *, out: NDArray[Any] | None = None,
                              dtype: DtypeRequest = None, backend: Backend = "auto"

@@ -9,6 +9,7 @@ should not rely on them.
 from ._backends import BACKENDS, backend_available, resolve_backend
 from ._config import SERIAL_ELEMENTS, threads_were_set
 from ._config import _check_threads as check_threads
+from ._fused_api import softmax_dropout_of_rows
 from ._layout import block_of_mask
 from ._validate import (
     bfloat16_dtype,
@@ -48,6 +49,7 @@ __all__ = [
     "check_threads",
     "cpu_model_and_features",
     "resolve_backend",
+    "softmax_dropout_of_rows",
     "system_info",
     "threads_were_set",
 ]

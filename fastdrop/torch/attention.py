@@ -32,7 +32,7 @@ def _softmax_dropout(scores, p, key):
     dropout is exactly `fastdrop.torch.dropout` of the softmax rounded to the dtype, so
     the same key gives the same mask.
     """
-    return fused._softmax_arrays(scores, p, key, -1, True)
+    return fused._softmax_arrays(scores, p, *_tensors.key_values(key), -1, True)
 
 
 def _softmax_dropout_backward(grad, softmax, words, p):

@@ -20,6 +20,7 @@ import torch
 
 import fastdrop
 
+from .._internal import softmax_dropout_of_rows
 from . import _ops, _tensors
 from .functional import _traced
 
@@ -210,15 +211,23 @@ def bias_dropout_add(x, bias, residual, p=0.5, training=True, inplace=False, *, 
 # ---------------------------------------------------------------- softmax, then dropout
 
 
-def _softmax_arrays(x, p, key, dim, save_softmax):
+def _softmax_arrays(x, p, seed, stream, dim, save_softmax):
     """`fastdrop.softmax_dropout` of x's memory: (y, softmax or an empty tensor, int64 words).
 
     Results have x's layout: new NumPy arrays for a contiguous x (NumPy asks for huge
     pages, which saves the page faults of fresh memory), else ``torch.empty_like``.
     """
-    seed, stream = _tensors.key_values(key)
     x_array, request = _tensors.as_array(x)
     contiguous = x.is_contiguous()
+    if contiguous and request is None and p > 0 and dim in (-1, x.dim() - 1):
+        # the usual call (attention's last axis): straight to the kernel, checked here
+        y = torch.from_numpy(np.empty(x_array.shape, x_array.dtype))
+        softmax = torch.from_numpy(np.empty(x_array.shape, x_array.dtype)) if save_softmax \
+            else x.new_empty(0)
+        threads = _tensors._threads(x) or fastdrop.get_num_threads()
+        words = softmax_dropout_of_rows(x_array, y.numpy(), softmax.numpy() if save_softmax
+                                        else None, p, seed, stream, threads)
+        return y, softmax, _padded_words(words)
 
     def new_result():
         if contiguous:
@@ -247,7 +256,7 @@ def _padded_words(words):
 def softmax_dropout_op(x: torch.Tensor, p: float, key: torch.Tensor, dim: int,
                        save_softmax: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """dropout(softmax(x, dim)) with the key's mask: (y, the softmax or an empty tensor, words)."""
-    return _softmax_arrays(x, p, key, dim, save_softmax)
+    return _softmax_arrays(x, p, *_tensors.key_values(key), dim, save_softmax)
 
 
 @softmax_dropout_op.register_fake
@@ -313,7 +322,7 @@ softmax_dropout_backward_op.register_autograd(_no_double_backward,
 class EagerSoftmaxDropout(torch.autograd.Function):
     """Eager `softmax_dropout_op`: its body and gradient without the operator's dispatch.
 
-    ``apply(x, _ops.Opaque((p, key, dim, save_softmax))) -> (y, softmax or empty)``. A
+    ``apply(x, _ops.Opaque((p, seed, stream, dim, save_softmax))) -> (y, softmax or empty)``. A
     Python custom operator's dispatch costs tens of microseconds a call, a tenth of the
     softmax of an attention layer; traced calls take the operator. The softmax is an
     output, as the operator's, so a create_graph backward goes through the backward
@@ -322,8 +331,8 @@ class EagerSoftmaxDropout(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x, settings):
-        ctx.p, key, ctx.dim, save = settings.values
-        y, softmax, words = _softmax_arrays(x, ctx.p, key, ctx.dim, save)
+        ctx.p, seed, stream, ctx.dim, save = settings.values
+        y, softmax, words = _softmax_arrays(x, ctx.p, seed, stream, ctx.dim, save)
         ctx.set_materialize_grads(False)
         ctx.save_for_backward(softmax, words)
         return y, softmax
@@ -395,16 +404,19 @@ def softmax_dropout(input, p=0.5, dim=-1, training=True, *, generator=None):
                          f"{dims - 1}], but got {dim})")
     scalar = input.dim() == 0
     x = input.reshape(1) if scalar else input
-    eager = not _traced(x)
-    if not (training and p != 0):  # no dropout and, as fastdrop.torch.dropout, no key drawn
-        key, p = torch.zeros(2, dtype=torch.int64), 0.0
-    elif eager:
-        key = _tensors.new_key(generator)
-    else:
-        key = _key(x, generator, "softmax_dropout")
     save = x.requires_grad and torch.is_grad_enabled()
-    if eager:
-        y = EagerSoftmaxDropout.apply(x, _ops.Opaque((float(p), key, dim % dims, save)))[0]
+    dropping = training and p != 0  # else, as fastdrop.torch.dropout, no key drawn
+    if not _traced(x):
+        seed, stream = _tensors.draw_key_values(generator) if dropping else (0, 0)
+        settings = (float(p) if dropping else 0.0, seed, stream, dim % dims, save)
+        if save:
+            y = EagerSoftmaxDropout.apply(x, _ops.Opaque(settings))[0]
+        else:  # nothing for autograd to record
+            y = _softmax_arrays(x, *settings)[0]
     else:
+        if dropping:
+            key = _key(x, generator, "softmax_dropout")
+        else:
+            key, p = torch.zeros(2, dtype=torch.int64), 0.0
         y = softmax_dropout_op(x, float(p), key, dim % dims, save)[0]
     return y.reshape(()) if scalar else y
