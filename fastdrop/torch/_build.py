@@ -31,8 +31,10 @@ ENV_CACHE = "FASTDROP_CACHE_DIR"
 MODULE = "fastdrop_torch_ops"
 SOURCE = Path(__file__).resolve().parent / "csrc" / "ops.cpp"
 # as setup.py builds the Cython kernels: no fused multiply-add (NumPy's rounding), never
-# -march=native (the kernels pick their instruction set at run time)
-CFLAGS = ("-O3", "-ffp-contract=off", "-fno-math-errno", "-fno-trapping-math")
+# -march=native (the kernels pick their instruction set at run time); -fopenmp because
+# at::parallel_for is a header template whose OpenMP pragma is compiled here (without it
+# every call runs on one thread), its runtime calls resolved by torch's own libgomp
+CFLAGS = ("-O3", "-ffp-contract=off", "-fno-math-errno", "-fno-trapping-math", "-fopenmp")
 _FAILED = "build-failed.txt"
 
 _state = {"reason": None}  # why the Python path is taken
