@@ -22,7 +22,9 @@ Two parts, the targets of issue 26 printed next to what they measure:
    1024)) the same way against its floor ``(x + b) * s + r`` and its composition
    ``np.add(x, b, out=t)``, ``fastdrop.dropout(t, p, inplace=True)``, ``np.add(r, t,
    out=y)`` (reported, no target). Every fused call writes its mask, as the
-   compositions' dropout does; the floor has none.
+   compositions' dropout does; the floor has none. With torch installed,
+   ``fastdrop.torch.dropout_add`` forward + backward against ``r + F.dropout(x, p)``
+   (reported).
 2. **softmax_dropout** at (16, 4, 128, 128) float32 (BERT-small's attention), p = 0.1,
    torch on the same threads (``torch.set_num_threads``): ``fastdrop.torch.softmax_dropout``
    forward (no grad) against ``torch.softmax`` alone on the same tensor (target <=
@@ -63,6 +65,8 @@ TORCH_SOFTMAX = "torch.softmax(x, -1)"
 FASTDROP_SOFTMAX = "fastdrop.torch.softmax_dropout(x, p)"
 TORCH_COMPOSED = "F.dropout(torch.softmax(x, -1), p)"
 NUMPY_SOFTMAX = "fastdrop.softmax_dropout(x, p, out=y) (NumPy)"
+TORCH_ADD = "r + F.dropout(x, p)"
+FASTDROP_ADD = "fastdrop.torch.dropout_add(x, r, p)"
 COMPOSITION_NOTE = ("every buffer (y, t) allocated once outside the timing; the fused call and "
                     "the composition's dropout store the mask; np.add runs on one thread")
 
@@ -210,6 +214,27 @@ def softmax_calls(shape=SOFTMAX_SHAPE, p=P, threads=2):
             {TORCH_COMPOSED: torch_backward, FASTDROP_SOFTMAX: fastdrop_backward})
 
 
+def torch_dropout_add_calls(n=N, p=P, threads=2):
+    """{version: forward + backward call} of residual + dropout(x) on torch tensors."""
+    import torch
+
+    import fastdrop.torch
+
+    torch.set_num_threads(threads)
+    x, residual, g = (torch.from_numpy(a) for a in _buffers(n, count=3))
+    x.requires_grad_(True)
+    residual.requires_grad_(True)
+
+    def torch_add():
+        return torch.autograd.grad(residual + torch.nn.functional.dropout(x, p), (x, residual),
+                                   g)
+
+    def fastdrop_add():
+        return torch.autograd.grad(fastdrop.torch.dropout_add(x, residual, p), (x, residual), g)
+
+    return {TORCH_ADD: torch_add, FASTDROP_ADD: fastdrop_add}
+
+
 @contextlib.contextmanager
 def torch_threads(threads):
     """torch's intra-op threads set to ``threads`` inside the block (a no-op without torch)."""
@@ -251,6 +276,11 @@ def run(threads=2, repeat=7, min_time=0.05, quick=False):
               _group("bias_dropout_add", f"{where} bias of {min(FEATURES, n)}",
                      bias_dropout_add_calls(n, P, threads), repeat, min_time, BIAS_FLOOR,
                      COMPOSITION_NOTE)]
+    if torch_version is not None:
+        with torch_threads(threads):
+            groups.append(_group("dropout_add in PyTorch, forward + backward", where,
+                                 torch_dropout_add_calls(n, P, threads), repeat, min_time,
+                                 TORCH_ADD))
     if missing is None:
         with torch_threads(threads):
             forward, backward = softmax_calls(shape, P, threads)
@@ -292,6 +322,10 @@ def targets(section):
     add("bias_dropout_add / floor", "cython", "bias_dropout_add", BIAS_FUSED, BIAS_FLOOR, None)
     add("add, dropout, add / bias_dropout_add (speed-up)", "cython", "bias_dropout_add",
         BIAS_COMPOSED, BIAS_FUSED, None)
+    if "dropout_add in PyTorch, forward + backward" in groups:
+        add("r + F.dropout / fastdrop.torch.dropout_add, fwd+bwd (speed-up)", "torch",
+            "dropout_add in PyTorch, forward + backward", TORCH_ADD, FASTDROP_ADD, None,
+            speed_up=True)
     if "softmax_dropout forward" in groups:
         add("softmax_dropout forward / torch.softmax", "torch", "softmax_dropout forward",
             FASTDROP_SOFTMAX, TORCH_SOFTMAX, SOFTMAX_FORWARD_LIMIT)
