@@ -407,8 +407,8 @@ def softmax_dropout_of_rows(x, y, softmax, p, seed, stream, threads):
     """
     kernels = _kernels("auto")
     if kernels is None:
-        result, mask = softmax_dropout(x, p, seed=seed, stream=stream, out=y,
-                                       softmax_out=softmax)
+        _, mask = softmax_dropout(x, p, seed=seed, stream=stream, out=y, softmax_out=softmax)
+        assert mask is not None  # training is on: there is a mask
         return mask.words
     rows = x.reshape(_row_shape(x.shape, x.ndim - 1))
     threshold, drop_all, scale = dropout_constants(p)
