@@ -420,14 +420,18 @@ static inline int fd_pipeline_takes(const fd_mask_params *params, const void *ta
  * (FD_WIDE_<type>), the AVX2 variant where the CPU has it (fd_simd_enabled), the
  * portable one elsewhere. All give identical bits. */
 #if FD_HAVE_AVX2_PATH
-#define FD_DISPATCH(SUFFIX, NAME, ARGS)                                                     \
-    FD_WIDE_##SUFFIX(NAME, ARGS)                                                            \
+/* The AVX2 variant where the CPU has it, the portable one elsewhere (fused.h's too). */
+#define FD_DISPATCH_AVX2(SUFFIX, NAME, ARGS)                                                \
     if (fd_simd_enabled()) {                                                                \
         NAME##_##SUFFIX##_avx2 ARGS;                                                        \
         return;                                                                             \
     }                                                                                       \
     NAME##_##SUFFIX##_portable ARGS;
+#define FD_DISPATCH(SUFFIX, NAME, ARGS)                                                     \
+    FD_WIDE_##SUFFIX(NAME, ARGS)                                                            \
+    FD_DISPATCH_AVX2(SUFFIX, NAME, ARGS)
 #else
+#define FD_DISPATCH_AVX2(SUFFIX, NAME, ARGS) NAME##_##SUFFIX##_portable ARGS;
 #define FD_DISPATCH(SUFFIX, NAME, ARGS) NAME##_##SUFFIX##_portable ARGS;
 #endif
 

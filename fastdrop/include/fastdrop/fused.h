@@ -135,20 +135,10 @@ static inline fd_bfloat16 fd_add_bf16(fd_bfloat16 a, fd_bfloat16 b)
         uint64_t *words, SCALE_T scale, const fd_mask_params *params, int64_t first,        \
         int64_t stop)                                                                       \
     {                                                                                       \
-        FD_FUSED_DISPATCH(SUFFIX, (source, residual, bias, features, target, words, scale,  \
-                                   params, first, stop))                                    \
+        FD_DISPATCH_AVX2(SUFFIX, fd_dropout_add_range, (source, residual, bias, features,   \
+                                                        target, words, scale, params, first, \
+                                                        stop))                              \
     }
-
-#if FD_HAVE_AVX2_PATH
-#define FD_FUSED_DISPATCH(SUFFIX, ARGS)                                                     \
-    if (fd_simd_enabled()) {                                                                \
-        fd_dropout_add_range_##SUFFIX##_avx2 ARGS;                                          \
-        return;                                                                             \
-    }                                                                                       \
-    fd_dropout_add_range_##SUFFIX##_portable ARGS;
-#else
-#define FD_FUSED_DISPATCH(SUFFIX, ARGS) fd_dropout_add_range_##SUFFIX##_portable ARGS;
-#endif
 
 FD_DEFINE_FUSED_KERNELS(f64, double, double)
 FD_DEFINE_FUSED_KERNELS(f32, float, float)
