@@ -381,13 +381,8 @@ def softmax_dropout(x: ArrayLike, p: Probability = 0.5, axis: Int = -1, *, seed:
         softmax = (softmax_target if _written_directly(softmax_target)
                    else np.empty(source.shape, source.dtype)).reshape(shape)
     rows = _readable_rows(rows, [a for a in (target, softmax) if a is not None])
-    if training:
-        threshold, drop_all, scale = dropout_constants(call.p)
-        words = np.empty(words_for(call.m), dtype=np.uint64)
-        params = MaskParams(call.seed, call.stream, threshold, drop_all, call.offset, call.m)
-    else:  # no dropout: y is the softmax
-        scale, words, params = 1.0, None, MaskParams(0, 0, 0, False, 0, call.m)
-    kernels.softmax_dropout(rows, result, softmax, words, scale, params, get_num_threads())
+    words = _softmax_rows(kernels, rows, result, softmax, call.p if training else None,
+                          call.seed, call.stream, call.offset, get_num_threads())
     if softmax is not None and not _written_directly(softmax_target):
         softmax_target[...] = softmax.reshape(source.shape)
     y = call.finish(target if target is not None else deliver(result.reshape(-1), source,
@@ -411,11 +406,24 @@ def softmax_dropout_of_rows(x, y, softmax, p, seed, stream, threads):
         assert mask is not None  # training is on: there is a mask
         return mask.words
     rows = x.reshape(_row_shape(x.shape, x.ndim - 1))
+    return _softmax_rows(kernels, rows, y.reshape(rows.shape),
+                         None if softmax is None else softmax.reshape(rows.shape), p, seed,
+                         stream, 0, threads)
+
+
+def _softmax_rows(kernels, rows, result, softmax, p, seed, stream, offset, threads):
+    """The kernel over (outer, length, inner) rows: its mask words, or None where p is None.
+
+    p None: the softmax alone (no mask drawn, y is the softmax).
+    """
+    if p is None:
+        kernels.softmax_dropout(rows, result, softmax, None, 1.0,
+                                MaskParams(0, 0, 0, False, 0, rows.size), threads)
+        return None
     threshold, drop_all, scale = dropout_constants(p)
-    words = np.empty(words_for(x.size), dtype=np.uint64)
-    kernels.softmax_dropout(rows, y.reshape(rows.shape),
-                            None if softmax is None else softmax.reshape(rows.shape), words,
-                            scale, MaskParams(seed, stream, threshold, drop_all, 0, x.size),
+    words = np.empty(words_for(rows.size), dtype=np.uint64)
+    kernels.softmax_dropout(rows, result, softmax, words, scale,
+                            MaskParams(seed, stream, threshold, drop_all, offset, rows.size),
                             threads)
     return words
 

@@ -219,15 +219,6 @@ def _softmax_arrays(x, p, seed, stream, dim, save_softmax):
     """
     x_array, request = _tensors.as_array(x)
     contiguous = x.is_contiguous()
-    if contiguous and request is None and p > 0 and dim in (-1, x.dim() - 1):
-        # the usual call (attention's last axis): straight to the kernel, checked here
-        y = torch.from_numpy(np.empty(x_array.shape, x_array.dtype))
-        softmax = torch.from_numpy(np.empty(x_array.shape, x_array.dtype)) if save_softmax \
-            else x.new_empty(0)
-        threads = _tensors._threads(x) or fastdrop.get_num_threads()
-        words = softmax_dropout_of_rows(x_array, y.numpy(), softmax.numpy() if save_softmax
-                                        else None, p, seed, stream, threads)
-        return y, softmax, _padded_words(words)
 
     def new_result():
         if contiguous:
@@ -237,6 +228,12 @@ def _softmax_arrays(x, p, seed, stream, dim, save_softmax):
 
     y = new_result()
     softmax = new_result() if save_softmax else x.new_empty(0)
+    if contiguous and request is None and p > 0 and dim in (-1, x.dim() - 1):
+        # the usual call (attention's last axis): straight to the kernel, checked here
+        threads = _tensors._threads(x) or fastdrop.get_num_threads()
+        words = softmax_dropout_of_rows(x_array, y.numpy(), softmax.numpy() if save_softmax
+                                        else None, p, seed, stream, threads)
+        return y, softmax, _padded_words(words)
     options = {"seed": seed, "stream": stream, "dtype": request, "out": _tensors.as_array(y)[0]}
     if save_softmax:
         options["softmax_out"] = _tensors.as_array(softmax)[0]
