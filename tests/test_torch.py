@@ -1322,7 +1322,9 @@ def test_cpp_operators_pass_opcheck_and_gradcheck(subtests):
                  (CPP_OPS.dropout_backward.default, (x, words, P)),
                  (CPP_OPS.dropout_backward.default, (x, words, P, 0, [2, 3], True)),
                  (CPP_OPS.dropout_backward_recompute.default, (x, P, *signed)),
-                 (CPP_OPS.dropout_backward_recompute.default, (x, P, *signed, 0, [1], True))]
+                 (CPP_OPS.dropout_backward_recompute.default, (x, P, *signed, 0, [1], True)),
+                 (CPP_OPS.dropout_backward_.default, (x.detach().clone(), words, P, 0, [2])),
+                 (CPP_OPS.dropout_backward_recompute_.default, (x.detach().clone(), P, *signed))]
         for op, arguments in calls:
             with subtests.test(op=str(op), dtype=dtype, layout=layout):
                 torch.library.opcheck(op, arguments)
@@ -1350,6 +1352,66 @@ def test_cpp_operators_pass_opcheck_and_gradcheck(subtests):
             lambda g: CPP_OPS.dropout_backward(g, words, P), (grad,))
         assert torch.autograd.gradgradcheck(
             lambda g: CPP_OPS.dropout_backward_recompute(g, P, *signed), (grad,))
+
+
+@pytest.mark.skipif(not CPP, reason="the C++ path is not available (test_the_cpp_path_...)")
+def test_backward_reuses_only_a_gradient_nothing_else_holds(subtests):
+    """The C++ path's backward writes into the incoming gradient only where it is the sole owner.
+
+    A gradient made for the node alone (a product's backward) is overwritten (the
+    in-place operator runs); one that the caller holds, that two nodes share (an add's
+    backward hands both branches one tensor) or that is a view keeps its values; the
+    gradients are the same either way: the mask's, computed apart here.
+    """
+    def expected(x, y, g, p):  # the mask where the output kept x (x has no zeros)
+        return torch.where(y != 0, g * ft_scale(p, x.dtype), torch.zeros((), dtype=x.dtype))
+
+    def ft_scale(p, dtype):
+        return torch.tensor(1 / (1 - p), dtype=torch.float64).to(dtype)
+
+    def backward_ops(loss):
+        with torch.profiler.profile() as profile:
+            loss.backward()
+        return {event.key for event in profile.key_averages() if "fastdrop" in event.key}
+
+    for dtype in (torch.float32, torch.bfloat16):
+        for recompute in (False, True):
+            x1 = (torch.rand(300, 70) + 0.5).to(dtype).requires_grad_()
+            x2 = (torch.rand(300, 70) + 0.5).to(dtype).requires_grad_()
+            g = torch.randn(300, 70).to(dtype)
+            with subtests.test("owned", dtype=dtype, recompute=recompute), _build.path("cpp"):
+                y = ft.dropout(x1, P, recompute=recompute)
+                names = backward_ops((y * g).sum())
+                assert any(name.endswith("_backward_") or name.endswith("recompute_")
+                           for name in names), names
+                assert torch.equal(x1.grad, expected(x1, y, g, P))
+            with subtests.test("held by the caller", dtype=dtype, recompute=recompute), \
+                    _build.path("cpp"):
+                y = ft.dropout(x1, P, recompute=recompute)
+                held = g.clone()
+                (grad,) = torch.autograd.grad(y, x1, held)
+                assert torch.equal(held, g) and torch.equal(grad, expected(x1, y, g, P))
+            with subtests.test("shared by two nodes", dtype=dtype, recompute=recompute), \
+                    _build.path("cpp"):
+                x1.grad = x2.grad = None
+                y1, y2 = ft.dropout(x1, P, recompute=recompute), ft.dropout(x2, P)
+                ((y1 + y2) * g).sum().backward()
+                assert torch.equal(x1.grad, expected(x1, y1, g, P))
+                assert torch.equal(x2.grad, expected(x2, y2, g, P))
+            with subtests.test("kept by a hook", dtype=dtype, recompute=recompute), \
+                    _build.path("cpp"):
+                x1.grad, seen = None, []
+                y = ft.dropout(x1, P, recompute=recompute)
+                y.register_hook(seen.append)
+                (y * g).sum().backward()
+                assert torch.equal(seen[0], g) and torch.equal(x1.grad, expected(x1, y, g, P))
+            with subtests.test("a view", dtype=dtype, recompute=recompute), _build.path("cpp"):
+                x1.grad = None
+                y = ft.dropout(x1, P, recompute=recompute)
+                base = torch.zeros(2, 300, 70, dtype=dtype)
+                base[1] = g
+                (grad,) = torch.autograd.grad(y, x1, base[1])
+                assert torch.equal(base[1], g) and torch.equal(grad, expected(x1, y, g, P))
 
 
 def test_torch_path_off_by_environment_and_a_failed_build_falls_back(monkeypatch, capsys):

@@ -89,3 +89,77 @@ def test_operator_bodies_equal_on_the_cpp_kernels_and_the_numpy_path(monkeypatch
             with subtests.test(dtype=str(dtype), shape=shape, shared=shared, alpha=alpha):
                 for cpp, numpy in zip(*results):
                     assert np.array_equal(tensor_bits(cpp), tensor_bits(numpy))
+
+
+def graph_targets(function, *inputs):
+    """The operators of the forward and backward graphs AOT autograd makes of ``function``."""
+    from functorch.compile import make_boxed_func
+    from torch._dynamo.backends.common import aot_autograd
+
+    targets = set()
+
+    def compiler(graph, _example_inputs):
+        targets.update(str(node.target) for node in graph.graph.nodes
+                       if node.op == "call_function")
+        return make_boxed_func(graph.forward)
+
+    torch._dynamo.reset()
+    out = torch.compile(function, backend=aot_autograd(fw_compiler=compiler, bw_compiler=compiler),
+                        fullgraph=True)(*inputs)
+    out.sum().backward()
+    return targets
+
+
+@pytest.mark.skipif(not CPP, reason="the C++ path is not built here")
+def test_compiled_graphs_call_the_cpp_operators_with_the_eager_bits(monkeypatch, subtests):
+    with subtests.test("graph"):
+        monkeypatch.setattr(_build, "eager", _build.UNLOADED)  # compiled first: still C++
+        targets = graph_targets(relu_dropout_mlp(), torch.randn(16, 8))
+        monkeypatch.undo()
+        assert {"fastdrop_cpp.draw_key.default", "fastdrop_cpp.dropout_of_key.default",
+                "fastdrop_cpp.dropout_backward_of_words.default"} <= targets, targets
+        assert not any(target.startswith("fastdrop.") for target in targets), targets
+    with subtests.test("recompute keeps the operators"):  # its key must reach backward
+        layer = fastdrop.torch.Dropout(P, recompute=True)
+        targets = graph_targets(layer, torch.randn(16, 8, requires_grad=True))
+        assert "fastdrop.dropout_recompute.default" in targets, targets
+    with subtests.test("key"):
+        torch.manual_seed(SEED)
+        drawn = torch.ops.fastdrop_cpp.draw_key(torch.empty(0))
+        torch.manual_seed(SEED)
+        assert torch.equal(drawn, OPS.draw_key(torch.empty(0)))
+    for dtype in (torch.float16, torch.float32, torch.float64, torch.bfloat16):
+        for shape, shared, alpha in (((3, 5, 7), [], False), ((4, 6, 5), [2], False),
+                                     ((2, 5, 4, 3), [2, 3], True), ((300, 70), [], False),
+                                     ((0, 3), [], False)):
+            x, grad = values(shape, dtype), values(shape, dtype, salt=5)
+            key = torch.tensor([-5, 1 << 62])
+            with subtests.test(dtype=str(dtype), shape=shape, shared=shared, alpha=alpha):
+                y, words = torch.ops.fastdrop_cpp.dropout_of_key(x, P, key, 0, shared, alpha)
+                expected_y, expected_words = OPS.dropout(x, P, key, shared, alpha)
+                backward = torch.ops.fastdrop_cpp.dropout_backward_of_words(
+                    grad, words, P, 0, shared, alpha, x)
+                for ours, expected in ((y, expected_y), (words, expected_words),
+                                       (backward, OPS.dropout_backward(grad, words, P, shared,
+                                                                       alpha))):
+                    assert np.array_equal(tensor_bits(ours), tensor_bits(expected))
+
+
+@pytest.mark.skipif(not CPP, reason="the C++ path is not built here")
+def test_compiled_graphs_cpp_operators_pass_opcheck(subtests):
+    key = torch.tensor([-5, 1 << 62])
+    for dtype in (torch.float32, torch.bfloat16):
+        x = torch.randn(4, 6, 5).to(dtype).requires_grad_()  # finite: opcheck compares
+        words = torch.empty(2, dtype=torch.int64).random_()
+        for op, arguments in ((torch.ops.fastdrop_cpp.dropout_of_key.default,
+                               (x, P, key, 0, [], False)),
+                              (torch.ops.fastdrop_cpp.dropout_of_key.default,
+                               (x, P, key, 0, [2], True)),
+                              (torch.ops.fastdrop_cpp.dropout_backward_of_words.default,
+                               (x, words, P, 0, [], False, None))):
+            with subtests.test(op=str(op), dtype=str(dtype)):
+                torch.library.opcheck(op, arguments)
+    with subtests.test("draw_key"):
+        torch.library.opcheck(torch.ops.fastdrop_cpp.draw_key.default, (torch.empty(3),),
+                              test_utils=("test_schema", "test_faketensor"))
+        assert torch.Tag.nondeterministic_seeded in torch.ops.fastdrop_cpp.draw_key.default.tags

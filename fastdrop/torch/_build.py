@@ -236,7 +236,54 @@ def _register_fakes():
     for name in ("dropout", "dropout_backward", "dropout_backward_recompute"):
         torch.library.register_fake(f"fastdrop_cpp::{name}")(like_first)
     torch.library.register_fake("fastdrop_cpp::dropout_")(itself)
+    _register_compiled_ops()
+    for name in ("dropout_backward_", "dropout_backward_recompute_"):  # in place, no result
+        torch.library.register_fake(f"fastdrop_cpp::{name}")(lambda *_unused, **_options: None)
     torch.library.register_fake("fastdrop_cpp::dropout_keyed")(result_and_words)
+
+
+def _register_compiled_ops():
+    """Shape rules and gradients of the operators compiled graphs call (`_ops.traced_dropout`).
+
+    ``dropout_of_key`` keeps its input for backward (handed to the backward, not read):
+    the partitioner then keeps that tensor rather than, after a ReLU, a bool mask
+    (docs/development/compiled.md). Its backward is linear in the gradient: its own
+    gradient.
+    """
+    import torch
+
+    from ._tensors import word_count
+
+    cpp = torch.ops.fastdrop_cpp
+    torch.library.register_fake("fastdrop_cpp::draw_key")(
+        lambda like: like.new_empty(2, dtype=torch.int64))
+
+    @torch.library.register_fake("fastdrop_cpp::dropout_of_key")
+    def _(x, p, key, threads, shared_dims, alpha):
+        count = torch.sym_max(2, word_count(x.shape, tuple(shared_dims)))
+        return torch.empty_like(x), x.new_empty(count, dtype=torch.int64)
+
+    torch.library.register_fake("fastdrop_cpp::dropout_backward_of_words")(
+        lambda grad, *_unused: torch.empty_like(grad))
+
+    def save_forward(ctx, inputs, output):
+        x, ctx.p, _, ctx.threads, ctx.shared_dims, ctx.alpha = inputs
+        ctx.save_for_backward(output[1], x)
+
+    def save_backward(ctx, inputs, output):
+        _, words, ctx.p, ctx.threads, ctx.shared_dims, ctx.alpha, _ = inputs
+        ctx.save_for_backward(words, None)
+
+    def gradient(ctx, grad, *_unused):
+        words, x = ctx.saved_tensors
+        result = cpp.dropout_backward_of_words(grad, words, ctx.p, ctx.threads,
+                                               ctx.shared_dims, ctx.alpha, x)
+        return (result,) + (None,) * (len(ctx.needs_input_grad) - 1)
+
+    torch.library.register_autograd("fastdrop_cpp::dropout_of_key", gradient,
+                                    setup_context=save_forward)
+    torch.library.register_autograd("fastdrop_cpp::dropout_backward_of_words", gradient,
+                                    setup_context=save_backward)
 
 
 UNLOADED = "unloaded"
@@ -253,6 +300,17 @@ def first_use():
 
         if torch.compiler.is_compiling():  # traced calls take the operators: no build, no break
             return None
+    return load()
+
+
+def load():
+    """`first_use`, loading the C++ path even while a graph is being compiled.
+
+    For calls Dynamo runs rather than traces (``torch.compiler.assume_constant_result``):
+    a compiled graph's operators then come from this path.
+    """
+    global eager
+    if eager is UNLOADED:
         module = _load()
         eager = None if module is None else module.dropout
     return eager

@@ -294,13 +294,38 @@ FunctorchDropoutRecompute = _functorch_function(
     _gradient_from_key(FunctorchBackwardRecompute.apply))
 
 
+# ---------------------------------------------------------------- compiled graphs
+
+@torch.compiler.assume_constant_result  # run, not traced: it may load the C++ path
+def _compiled_ops_on() -> bool:
+    """Whether compiled graphs call the C++ operators for dropout (the C++ path is on).
+
+    ``fastdrop_cpp::draw_key``, ``dropout_of_key`` and ``dropout_backward_of_words``
+    (`fastdrop.torch._build` registers their shape rules and gradients) are the
+    operators above (the same key draw, mask and gradient) defined in C++: the compiled
+    step calls each from Inductor's wrapper at a C++ operator's cost, where a Python
+    custom operator's dispatch costs tens of microseconds a call, more than a small
+    dropout (docs/development/compiled.md). The first call loads the C++ path (building
+    it if need be).
+    """
+    return _build.load() is not None
+
+
 def traced_dropout(x, p, shared_dims, alpha, recompute):
     """The traced path's dropout of x, its key drawn: the operators, or their Functions.
 
-    Under functorch's transforms the key is drawn for a detached ``x`` (an operator's
-    autograd would be refused there) and dropout is the autograd.Function.
+    Graphs being compiled (not exported: an exported program names only the ``fastdrop``
+    operators) take the C++ operators where that path is on (`_compiled_ops`). Under
+    functorch's transforms the key is drawn for a detached ``x`` (an operator's autograd
+    would be refused there) and dropout is the autograd.Function.
     """
     functorch = not torch.compiler.is_compiling() and torch._C._are_functorch_transforms_active()
+    if (not recompute and torch.compiler.is_compiling()
+            and not torch.compiler.is_exporting() and _compiled_ops_on()):
+        cpp = torch.ops.fastdrop_cpp
+        # threads 0: torch's intra-op threads, as the graph's other kernels (no guard on
+        # fastdrop's setting, which would cost every call of the graph)
+        return cpp.dropout_of_key(x, p, cpp.draw_key(x), 0, shared_dims, alpha)[0]
     key = draw_key(x.detach() if functorch else x)
     if recompute:
         op = FunctorchDropoutRecompute.apply if functorch else dropout_recompute

@@ -236,9 +236,12 @@ def dropout(input, p=0.5, training=True, inplace=False, *, generator=None, recom
     """
     if _overridden(input):
         return _by_override(dropout, input, p, training, inplace, generator, recompute)
-    cpp = _build.eager
-    if cpp is _build.UNLOADED and not torch.compiler.is_compiling():  # (Dynamo: no build)
-        cpp = _build.first_use()
+    if torch.compiler.is_compiling():  # Dynamo reads nothing of the eager path: no build
+        cpp = None
+    else:
+        cpp = _build.eager
+        if cpp is _build.UNLOADED:
+            cpp = _build.first_use()
     # the usual call straight to C++: what _dropout would check and decide, in fewer steps
     if (cpp is not None and training is True and not inplace and type(p) is float
             and 0.0 < p <= 1.0

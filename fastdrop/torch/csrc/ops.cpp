@@ -19,6 +19,13 @@
 //                    bool alpha) -> Tensor
 //   dropout_backward_recompute(Tensor grad, float p, int seed, int stream, int threads,
 //                              int[] shared_dims, bool alpha) -> Tensor
+//   dropout_backward_(Tensor(a!) grad, ...) and dropout_backward_recompute_(...)   in place,
+//                 where a node's backward owns its gradient
+//   draw_key(Tensor like) -> Tensor                 compiled graphs: the key, an op of its own,
+//   dropout_of_key(Tensor input, float p, Tensor key, int threads, int[] shared_dims,
+//                  bool alpha) -> (Tensor, Tensor)  dropout from that key tensor,
+//   dropout_backward_of_words(Tensor grad, Tensor words, float p, int threads,
+//                             int[] shared_dims, bool alpha, Tensor? input) -> Tensor
 //
 // threads: fastdrop's own thread count where the user chose one, else 0 (torch's).
 #include <ATen/CPUGeneratorImpl.h>
@@ -373,28 +380,46 @@ std::pair<at::Tensor, at::Tensor> dropout_forward(const at::Tensor& x, const Var
 }
 
 at::Tensor backward_from_words(const at::Tensor& grad, const at::Tensor& words,
-                               const Variant& variant, int64_t threads) {
+                               const Variant& variant, int64_t threads, bool inplace = false) {
   const int64_t elements = MaskLayout(grad.sizes(), variant.shared).elements;
   TORCH_CHECK(words.scalar_type() == at::kLong && words.dim() == 1 && words.is_contiguous() &&
                   words.numel() >= fd_words_for(elements),
               "fastdrop: dropout_backward needs the int64 mask words of the forward call");
   const auto* bits = reinterpret_cast<const uint64_t*>(words.const_data_ptr<int64_t>());
-  return into_result(grad, false, [&](const at::Tensor& source, const at::Tensor& target) {
+  return into_result(grad, inplace, [&](const at::Tensor& source, const at::Tensor& target) {
     apply_mask(source, target, bits, variant, false, threads);
   });
 }
 
 at::Tensor backward_recompute(const at::Tensor& grad, const Variant& variant, Key key,
-                              int64_t threads) {
+                              int64_t threads, bool inplace = false) {
   if (variant.fused()) {  // dropout's own forward on the gradient, with no words kept
-    return into_result(grad, false, [&](const at::Tensor& source, const at::Tensor& target) {
+    return into_result(grad, inplace, [&](const at::Tensor& source, const at::Tensor& target) {
       stream_into(source, target, nullptr, variant.p, key, threads);
     });
   }
   const int64_t elements = MaskLayout(grad.sizes(), variant.shared).elements;
   at::Tensor words = new_words(grad, elements);
   mask_words(word_data(words), elements, variant.p, key, threads);
-  return backward_from_words(grad, words, variant, threads);
+  return backward_from_words(grad, words, variant, threads, inplace);
+}
+
+// Whether the backward may write its result into the incoming gradient: only where nothing
+// else can see that tensor (this node holds the one reference to it and to its memory: no
+// other node, hook or Python name), it is a plain dense CPU tensor (not a view, not fake or
+// functional as under tracing), and no graph of the backward is being built. Autograd hands a
+// node's gradient over by move, so a gradient made for this node alone (the usual case: the
+// next layer's matmul backward) is reused instead of a new tensor of the same size, whose
+// fresh pages cost more than the kernel (docs/torch.md, Speed).
+bool owned_gradient(const at::Tensor& grad) {
+  constexpr auto kTraced = c10::DispatchKeySet({c10::DispatchKey::Python,
+                                                c10::DispatchKey::PythonTLSSnapshot,
+                                                c10::DispatchKey::Functionalize});
+  return !at::GradMode::is_enabled() && grad.defined() && grad.use_count() == 1 &&
+         grad.layout() == at::kStrided && grad.device().is_cpu() && !grad.is_view() &&
+         grad.is_contiguous() && !grad.is_inference() && grad.has_storage() &&
+         grad.storage().use_count() == 1 && (grad.key_set() & kTraced).empty() &&
+         grad.storage_offset() == 0;
 }
 
 // The in-place call's version bump, as a torch in-place op makes it (not for an inference
@@ -438,6 +463,22 @@ const c10::TypedOperatorHandle<BackwardRecomputeOp>& recompute_op() {
   return op;
 }
 
+using BackwardFromWordsInplaceOp = void(const at::Tensor&, const at::Tensor&, double, int64_t,
+                                        at::IntArrayRef, bool);
+using BackwardRecomputeInplaceOp = void(const at::Tensor&, double, int64_t, int64_t, int64_t,
+                                        at::IntArrayRef, bool);
+
+const c10::TypedOperatorHandle<BackwardFromWordsInplaceOp>& backward_inplace_op() {
+  static const auto op = find_op<BackwardFromWordsInplaceOp>("fastdrop_cpp::dropout_backward_");
+  return op;
+}
+
+const c10::TypedOperatorHandle<BackwardRecomputeInplaceOp>& recompute_inplace_op() {
+  static const auto op =
+      find_op<BackwardRecomputeInplaceOp>("fastdrop_cpp::dropout_backward_recompute_");
+  return op;
+}
+
 int64_t as_int(uint64_t value) { return static_cast<int64_t>(value); }
 uint64_t as_uint(int64_t value) { return static_cast<uint64_t>(value); }
 
@@ -459,7 +500,7 @@ void save_variant(AutogradContext* ctx, double p, int64_t threads, at::IntArrayR
 // The backward operator's gradient (through the dispatcher: with create_graph its own
 // Autograd kernel makes the result differentiable in turn). Both backward operators are
 // linear in grad, so each is its own gradient.
-at::Tensor backward_of(AutogradContext* ctx, const at::Tensor& grad) {
+at::Tensor backward_of(AutogradContext* ctx, at::Tensor grad) {
   auto& saved = ctx->saved_data;
   const double p = saved["p"].toDouble();
   const int64_t threads = saved["threads"].toInt();
@@ -467,10 +508,22 @@ at::Tensor backward_of(AutogradContext* ctx, const at::Tensor& grad) {
   const std::vector<int64_t> shared =
       plain ? std::vector<int64_t>() : saved["shared"].toIntVector();
   const bool alpha = !plain && saved["alpha"].toBool();
-  if (saved.count("seed"))
+  const bool recompute = saved.count("seed") > 0;
+  // unpacked before any guard: unpacking may rerun a checkpointed forward, with autograd
+  const at::Tensor words = recompute ? at::Tensor() : ctx->get_saved_variables()[0];
+  if (owned_gradient(grad)) {
+    at::AutoDispatchBelowADInplaceOrView below;
+    if (recompute)
+      recompute_inplace_op().call(grad, p, saved["seed"].toInt(), saved["stream"].toInt(),
+                                  threads, shared, alpha);
+    else
+      backward_inplace_op().call(grad, words, p, threads, shared, alpha);
+    return grad;
+  }
+  if (recompute)
     return recompute_op().call(grad, p, saved["seed"].toInt(), saved["stream"].toInt(), threads,
                                shared, alpha);
-  return backward_op().call(grad, ctx->get_saved_variables()[0], p, threads, shared, alpha);
+  return backward_op().call(grad, words, p, threads, shared, alpha);
 }
 
 // Gradient from stored mask words.
@@ -532,9 +585,11 @@ struct Dropout : public torch::autograd::Function<Dropout> {
     return y;
   }
 
-  static variable_list backward(AutogradContext* ctx, variable_list grads) {
+  // The gradients by reference (autograd's CppNode passes its own list): the first is moved
+  // out, so that owned_gradient sees whether this node holds the only reference.
+  static variable_list backward(AutogradContext* ctx, variable_list& grads) {
     variable_list result(9);
-    result[0] = backward_of(ctx, grads[0]);
+    result[0] = backward_of(ctx, std::move(grads[0]));
     return result;
   }
 };
@@ -578,6 +633,61 @@ at::Tensor dropout_backward_recompute_cpu(const at::Tensor& grad, double p, int6
                                           int64_t stream, int64_t threads,
                                           at::IntArrayRef shared, bool alpha) {
   return backward_recompute(grad, {p, shared, alpha}, {as_uint(seed), as_uint(stream)}, threads);
+}
+
+void dropout_backward_inplace_cpu(const at::Tensor& grad, const at::Tensor& words, double p,
+                                  int64_t threads, at::IntArrayRef shared, bool alpha) {
+  backward_from_words(grad, words, {p, shared, alpha}, threads, true);
+  bump_version(grad);
+}
+
+void dropout_backward_recompute_inplace_cpu(const at::Tensor& grad, double p, int64_t seed,
+                                            int64_t stream, int64_t threads,
+                                            at::IntArrayRef shared, bool alpha) {
+  backward_recompute(grad, {p, shared, alpha}, {as_uint(seed), as_uint(stream)}, threads, true);
+  bump_version(grad);
+}
+
+// The compiled path's operators (fastdrop.torch._ops.traced_dropout under torch.compile):
+// the key drawn by an operator of its own, kept in program order, and dropout from that key
+// tensor; their gradients are registered in Python (fastdrop.torch._ops).
+
+// What fastdrop.torch._tensors.new_key draws: the two int64 of `random_(INT64_MIN, INT64_MAX)`.
+at::Tensor draw_key_cpu(const at::Tensor& like) {
+  const Key key = draw_key(std::nullopt);
+  at::Tensor result = at::empty({2}, at::TensorOptions().dtype(at::kLong));
+  int64_t* values = result.data_ptr<int64_t>();
+  values[0] = as_int(key.seed);
+  values[1] = as_int(key.stream);
+  return result;
+}
+
+Key key_of(const at::Tensor& key) {
+  TORCH_CHECK(key.scalar_type() == at::kLong && key.numel() == 2 && key.device().is_cpu(),
+              "fastdrop: a key is a CPU int64 tensor of two values (draw_key's)");
+  const at::Tensor values = key.contiguous();
+  const int64_t* data = values.const_data_ptr<int64_t>();
+  return {as_uint(data[0]), as_uint(data[1])};
+}
+
+// (y, words): the words padded to at least two (fastdrop.torch._ops._MIN_WORDS), so that their
+// count is never 1 whatever a dynamic dimension is.
+std::tuple<at::Tensor, at::Tensor> dropout_of_key_cpu(const at::Tensor& x, double p,
+                                                      const at::Tensor& key, int64_t threads,
+                                                      at::IntArrayRef shared, bool alpha) {
+  check_input(x, "dropout");
+  auto [y, words] = dropout_forward(x, {p, shared, alpha}, key_of(key), true, false, threads);
+  if (words.numel() < 2)
+    words = at::cat({words, at::zeros({2 - words.numel()}, words.options())});
+  return {y, words};
+}
+
+// `input` (the forward's) is not read: passing it makes a compiled graph keep it for
+// backward rather than what the partitioner would otherwise keep (docs/development/compiled.md).
+at::Tensor dropout_backward_of_words_cpu(const at::Tensor& grad, const at::Tensor& words,
+                                         double p, int64_t threads, at::IntArrayRef shared,
+                                         bool alpha, const std::optional<at::Tensor>& input) {
+  return backward_from_words(grad, words, {p, shared, alpha}, threads);
 }
 
 // Autograd kernels.
@@ -643,6 +753,17 @@ TORCH_LIBRARY(fastdrop_cpp, m) {
         "int[] shared_dims=[], bool alpha=False) -> Tensor");
   m.def("dropout_backward_recompute(Tensor grad, float p, int seed, int stream, int threads=0, "
         "int[] shared_dims=[], bool alpha=False) -> Tensor");
+  // compiled graphs' (no Autograd kernel here: fastdrop.torch._ops registers their gradients)
+  m.def("draw_key(Tensor like) -> Tensor", seeded);
+  m.def("dropout_of_key(Tensor input, float p, Tensor key, int threads, int[] shared_dims, "
+        "bool alpha) -> (Tensor, Tensor)");
+  m.def("dropout_backward_of_words(Tensor grad, Tensor words, float p, int threads, "
+        "int[] shared_dims, bool alpha, Tensor? input) -> Tensor");
+  // the two backwards into the gradient itself (a node's backward, where it owns it)
+  m.def("dropout_backward_(Tensor(a!) grad, Tensor words, float p, int threads=0, "
+        "int[] shared_dims=[], bool alpha=False) -> ()");
+  m.def("dropout_backward_recompute_(Tensor(a!) grad, float p, int seed, int stream, "
+        "int threads=0, int[] shared_dims=[], bool alpha=False) -> ()");
 }
 
 TORCH_LIBRARY_IMPL(fastdrop_cpp, CPU, m) {
@@ -651,6 +772,11 @@ TORCH_LIBRARY_IMPL(fastdrop_cpp, CPU, m) {
   m.impl("dropout_keyed", dropout_keyed_cpu);
   m.impl("dropout_backward", dropout_backward_cpu);
   m.impl("dropout_backward_recompute", dropout_backward_recompute_cpu);
+  m.impl("draw_key", draw_key_cpu);
+  m.impl("dropout_of_key", dropout_of_key_cpu);
+  m.impl("dropout_backward_of_words", dropout_backward_of_words_cpu);
+  m.impl("dropout_backward_", dropout_backward_inplace_cpu);
+  m.impl("dropout_backward_recompute_", dropout_backward_recompute_inplace_cpu);
 }
 
 TORCH_LIBRARY_IMPL(fastdrop_cpp, Autograd, m) {
