@@ -36,16 +36,26 @@ def _softmax_dropout(scores, p, key):
 
 
 def _softmax_dropout_backward(grad, softmax, words, p):
-    """Gradient of `_softmax_dropout` with respect to its scores (one fused pass)."""
-    return fused.softmax_dropout_backward_op(grad, softmax, words, p, -1)
+    """Gradient of `_softmax_dropout` with respect to its scores (one fused pass).
+
+    ``grad`` is the backward's own (a product just made): eager calls write the result
+    into it, no new tensor of the weights' size; traced calls take the operator.
+    """
+    if _traced(grad):
+        return fused.softmax_dropout_backward_op(grad, softmax, words, p, -1)
+    return fused._softmax_backward_arrays(grad, softmax, words, p, -1, inplace=True)
 
 
 def _dropped_again(softmax, words, p):
     """The dropped softmax that `_softmax_dropout` returned, from its softmax and words.
 
     The backward of dropout scales what its words keep and zeroes the rest, as the
-    forward did: the same values, bit for bit.
+    forward did: the same values, bit for bit. Eager calls take the C++ operator where
+    it is built (no custom operator's dispatch).
     """
+    cpp = None if _traced(softmax) else _ops._cpp_ops()
+    if cpp is not None:
+        return cpp.dropout_backward(softmax, words, p)
     return _ops.dropout_backward(softmax, words, p, [], False)
 
 

@@ -271,13 +271,16 @@ def softmax_dropout_backward_op(grad: torch.Tensor, softmax: torch.Tensor, words
     return _softmax_backward_arrays(grad, softmax, words, p, dim)
 
 
-def _softmax_backward_arrays(grad, softmax, words, p, dim):
-    """`fastdrop.softmax_dropout_backward` of the tensors' memory, into a new tensor."""
+def _softmax_backward_arrays(grad, softmax, words, p, dim, inplace=False):
+    """`fastdrop.softmax_dropout_backward` of the tensors' memory, into a new tensor or grad.
+
+    ``inplace``: into grad itself, for a caller that owns it (eager backward formulas).
+    """
     count = _tensors.word_count(grad.shape, ())
     mask = fastdrop.DropoutMask(words.numpy().view(np.uint64)[:count], shape=tuple(grad.shape),
                                 p=p, seed=0, stream=0, offset=0)
     grad_array, request = _tensors.as_array(grad)
-    result = torch.empty_like(grad)
+    result = grad if inplace else torch.empty_like(grad)
     with _tensors._thread_count(grad):
         fastdrop.softmax_dropout_backward(grad_array, _tensors.as_array(softmax)[0], mask, dim,
                                           out=_tensors.as_array(result)[0], dtype=request)
