@@ -32,7 +32,10 @@ Two parts, the targets of issue 29 printed next to what they measure:
    16 * 4 * 128 * 128 * 4 bytes).
 
 Versions are timed with their samples interleaved, one of each per round
-(`runner.time_callables`); ratios divide medians of one run. Times are reported, never
+(`runner.time_callables`); a step's sample follows one untimed step of the same version
+(``settle``), so that each is timed as a training loop runs it, not right after another
+version's step has freed and reshaped the heap (every page that step hands back, the
+next one faults in again). Ratios divide medians of one run. Times are reported, never
 asserted. Needs the torch and transformers extras.
 """
 import argparse
@@ -155,7 +158,7 @@ def measure_steps(threads=2, repeat=7, min_time=0.2, sizes=SIZES, models=MODELS,
     for model in models:
         for implementation in attention:
             timings = time_callables(step_calls(model, implementation, sizes), repeat=repeat,
-                                     min_time=min_time)
+                                     min_time=min_time, settle=True)
             rows.append({"model": model, "attention": implementation, "threads": threads,
                          "median_s": {name: t.median for name, t in timings.items()},
                          "best_s": {name: t.best for name, t in timings.items()},

@@ -9,6 +9,7 @@ import math
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -352,3 +353,21 @@ def test_the_torch_script_times_the_op_and_a_call(tmp_path):
     for label in ("The op alone", "one forward + backward at n=1024",
                   "fastdrop.torch / NumPy API, fwd+bwd (adapter cost)"):
         assert label in output, label
+
+
+def test_settled_samples_follow_an_untimed_call_of_their_own():
+    """``settle=True``: every sample of one call comes after an untimed call of the same one."""
+    order = []
+
+    def call(name):
+        def run():
+            time.sleep(0.002)  # longer than min_time: one call a sample
+            order.append(name)
+        return run
+
+    for settle, per_round in ((False, ["a", "b"]), (True, ["a", "a", "b", "b"])):
+        order.clear()
+        timings = runner.time_callables({"a": call("a"), "b": call("b")}, repeat=3,
+                                        min_time=0.001, settle=settle)
+        assert order[:4] == ["a", "a", "b", "b"]  # each prepared: a warm-up, a first sample
+        assert order[4:] == per_round * 2 and timings["a"].repeat == 3

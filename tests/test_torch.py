@@ -1414,6 +1414,55 @@ def test_backward_reuses_only_a_gradient_nothing_else_holds(subtests):
                 assert torch.equal(base[1], g) and torch.equal(grad, expected(x1, y, g, P))
 
 
+CACHE_SCRIPT = """
+import torch, fastdrop.torch as ft
+from fastdrop.torch import _build
+x = torch.randn(512, 1024)
+with _build.path("cpp"):
+    y = ft.dropout(x, 0.5)
+print(y.data_ptr() % (1 << 21))
+"""
+
+
+@pytest.mark.skipif(not CPP, reason="the C++ path is not available (test_the_cpp_path_...)")
+def test_large_results_reuse_the_memory_of_freed_ones(subtests):
+    """Results of 1 MiB and more: 2 MiB-aligned blocks, a freed one reused by the next result.
+
+    ``FASTDROP_TORCH_CACHE_MB=0`` gives torch's allocator (never 2 MiB-aligned there); a
+    setting that is not a number of MiB is an error naming it.
+    """
+    x = values((512, 1024), torch.float32)  # 2 MiB
+    with _build.path("cpp"):
+        first = ft.dropout(x, P, generator=torch.Generator().manual_seed(1))
+        address, expected = first.data_ptr(), first.clone()
+        del first
+        again = ft.dropout(x, P, generator=torch.Generator().manual_seed(1))
+    with subtests.test("reused"):
+        assert again.data_ptr() == address and address % (1 << 21) == 0
+        assert np.array_equal(tensor_bits(again), tensor_bits(expected))
+    with subtests.test("the same bits as the Python path"):
+        with _build.path("python"):
+            python = ft.dropout(x, P, generator=torch.Generator().manual_seed(1))
+        assert np.array_equal(tensor_bits(again), tensor_bits(python))
+    with subtests.test("resizable"), _build.path("cpp"):  # (a NumPy view pins a storage)
+        fresh = ft.dropout(x, P).resize_(2048, 1024).fill_(1.0)
+        assert fresh.shape == (2048, 1024) and bool((fresh == 1).all())
+    for setting, expected_output in (("0", "not aligned"), ("", "aligned"), ("64", "aligned")):
+        with subtests.test(setting=setting):
+            environment = dict(os.environ, FASTDROP_TORCH_CACHE_MB=setting)
+            result = subprocess.run([sys.executable, "-c", CACHE_SCRIPT], capture_output=True,
+                                    text=True, env=environment, timeout=600)
+            assert result.returncode == 0, result.stderr
+            offset = int(result.stdout.split()[-1])
+            assert (offset == 0) == (expected_output == "aligned")
+    with subtests.test("not a number"):
+        result = subprocess.run([sys.executable, "-c", CACHE_SCRIPT], capture_output=True,
+                                text=True, env=dict(os.environ, FASTDROP_TORCH_CACHE_MB="lots"),
+                                timeout=600)
+        assert result.returncode != 0 and "FASTDROP_TORCH_CACHE_MB" in result.stderr
+        assert "'lots'" in result.stderr
+
+
 def test_torch_path_off_by_environment_and_a_failed_build_falls_back(monkeypatch, capsys):
     """FASTDROP_TORCH_CPP=0 keeps the Python path; a failed build is a notice, never an error.
 

@@ -75,8 +75,8 @@ def _prepare(call, min_time):
     return number, ([first] if number == 1 else [])
 
 
-def _sample(call, number):
-    if number > 1:
+def _sample(call, number, settle=False):
+    if number > 1 or settle:
         call()  # untimed: bring this implementation's arrays back into cache after the others
     start = time.perf_counter()
     for _ in range(number):
@@ -97,14 +97,20 @@ def _quiet_and_no_gc():
             gc.enable()
 
 
-def time_callables(calls, repeat=5, min_time=0.05):
-    """Time several calls with their samples interleaved: {name: Timing} for {name: call}."""
+def time_callables(calls, repeat=5, min_time=0.05, settle=False):
+    """Time several calls with their samples interleaved: {name: Timing} for {name: call}.
+
+    A sample of several calls follows one untimed call of the same callable (its data
+    back in cache after the others'); ``settle=True`` makes that call also where a
+    sample is one call: training steps, each then timed after a step of its own, as a
+    training loop runs them, rather than after another version's allocations.
+    """
     with _quiet_and_no_gc():
         prepared = {name: (call, *_prepare(call, min_time)) for name, call in calls.items()}
         for _ in range(max(repeat, 1)):
             for call, number, samples in prepared.values():
                 if len(samples) < max(repeat, 1):
-                    samples.append(_sample(call, number))
+                    samples.append(_sample(call, number, settle))
     return {name: Timing(min(samples), statistics.median(samples), number, len(samples))
             for name, (call, number, samples) in prepared.items()}
 

@@ -37,8 +37,12 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstdlib>
 #include <cstring>
 #include <mutex>
+#include <string>
+#include <unordered_map>
+#include <vector>
 
 #include "fastdrop/dropout.h"
 #include "fastdrop/variants.h"
@@ -186,8 +190,101 @@ void advise_huge_pages(const at::Tensor& tensor) {
     madvise(reinterpret_cast<void*>(aligned), end - aligned, MADV_HUGEPAGE);
 }
 
-// A new result of x's shape, dtype and memory format (torch.empty_like's).
+// Memory of large results, kept for the next result of its size. A training step makes
+// tensors of the same sizes every step, and a new tensor of a few MiB costs a page fault for
+// each 4 KiB page written (microseconds each on a virtual machine: more than the dropout
+// kernel); malloc hands such blocks back to the system when they are freed. Results of at
+// least 1 MiB come from 2 MiB-aligned blocks (huge pages advised), and a freed block waits
+// for the next result of its rounded size, up to FASTDROP_TORCH_CACHE_MB MiB of waiting
+// blocks (default 256; 0: no cache, torch's allocator). docs/torch.md, Speed.
+class ResultCache final : public c10::Allocator {
+ public:
+  static constexpr size_t kSmallest = size_t{1} << 20;
+
+  static ResultCache& get() {
+    static ResultCache* cache = new ResultCache();  // never destroyed: tensors may outlive exit
+    return *cache;
+  }
+
+  bool on() const { return limit_ > 0; }
+
+  c10::DataPtr allocate(size_t nbytes) override {
+    const size_t size = (std::max(nbytes, size_t{1}) + kHugePage - 1) & ~(kHugePage - 1);
+    void* block = nullptr;
+    {
+      std::lock_guard<std::mutex> lock(mutex_);
+      auto waiting = free_.find(size);
+      if (waiting != free_.end() && !waiting->second.empty()) {
+        block = waiting->second.back();
+        waiting->second.pop_back();
+        waiting_ -= size;
+      }
+    }
+    if (block == nullptr) {
+      block = std::aligned_alloc(kHugePage, size);
+      TORCH_CHECK(block != nullptr, "fastdrop: out of memory allocating ", size, " bytes");
+      madvise(block, size, MADV_HUGEPAGE);
+    }
+    {
+      std::lock_guard<std::mutex> lock(mutex_);
+      sizes_[block] = size;
+    }
+    return {block, block, &release, at::Device(at::kCPU)};
+  }
+
+  c10::DeleterFnPtr raw_deleter() const override { return &release; }
+
+  void copy_data(void* dest, const void* src, std::size_t count) const override {
+    default_copy_data(dest, src, count);
+  }
+
+ private:
+  ResultCache() {
+    const char* setting = std::getenv("FASTDROP_TORCH_CACHE_MB");
+    long megabytes = 256;
+    if (setting != nullptr && *setting != '\0') {
+      char* end = nullptr;
+      megabytes = std::strtol(setting, &end, 10);
+      TORCH_CHECK(end != setting && *end == '\0' && megabytes >= 0,
+                  "fastdrop: FASTDROP_TORCH_CACHE_MB must be a whole number of MiB, 0 or more, "
+                  "got '", setting, "'");
+    }
+    limit_ = static_cast<size_t>(megabytes) << 20;
+  }
+
+  static void release(void* block) { get().give_back(block); }
+
+  void give_back(void* block) {
+    std::lock_guard<std::mutex> lock(mutex_);
+    auto entry = sizes_.find(block);
+    const size_t size = entry->second;
+    sizes_.erase(entry);
+    if (waiting_ + size <= limit_) {
+      free_[size].push_back(block);
+      waiting_ += size;
+    } else {
+      std::free(block);
+    }
+  }
+
+  std::mutex mutex_;
+  std::unordered_map<size_t, std::vector<void*>> free_;  // by rounded size
+  std::unordered_map<void*, size_t> sizes_;              // every block in use
+  size_t waiting_ = 0;
+  size_t limit_ = 0;
+};
+
+// A new result of x's shape, dtype and memory format (torch.empty_like's): large C-ordered
+// ones from the ResultCache.
 at::Tensor new_like(const at::Tensor& x) {
+  auto& cache = ResultCache::get();
+  if (cache.on() && x.nbytes() >= ResultCache::kSmallest && x.is_contiguous()) {
+    c10::Storage storage(c10::Storage::use_byte_size_t(), x.nbytes(), &cache, /*resizable=*/true);
+    at::Tensor result = at::detail::make_tensor<c10::TensorImpl>(
+        std::move(storage), c10::DispatchKeySet(c10::DispatchKey::CPU), x.dtype());
+    result.unsafeGetTensorImpl()->set_sizes_contiguous(x.sizes());
+    return result;
+  }
   at::Tensor result = at::empty_like(x);
   advise_huge_pages(result);
   return result;
