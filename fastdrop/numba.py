@@ -27,7 +27,7 @@ from numba import njit, types
 from numba.extending import overload
 
 from ._config import NUMBA_CACHE
-from .kernels.numba.dropout import mask_range, stream_range, words_range
+from .kernels.numba.dropout import mask_range, read_only, stream_range, words_range
 from .kernels.numba.words import mask_word
 
 __all__ = [
@@ -78,7 +78,7 @@ def mask_words_range(words, n, p, seed, stream, offset, first, stop):
     """Fill words[first:stop] with the keep bits of elements offset .. offset + n - 1."""
     threshold, drop_all = stream_parameters(p)
     words_range(words, np.uint64(seed), np.uint64(stream), threshold, drop_all,
-                 np.int64(offset), np.int64(n), first, stop)
+                np.int64(offset), np.int64(n), np.int64(first), np.int64(stop))
 
 
 @njit(cache=NUMBA_CACHE)
@@ -92,8 +92,10 @@ def dropout_range(source, target, words, p, seed, stream, offset, first, stop):
         raise ValueError("dropout_range: target must have the size of source")
     threshold, drop_all = stream_parameters(p)
     scale = _element_scale(source, p)
-    stream_range(source, target, words, scale, np.uint64(seed), np.uint64(stream),
-                  threshold, drop_all, np.int64(offset), np.int64(source.size), first, stop)
+    # typed as the backend passes them (read-only source, int64): its compiled loops serve
+    stream_range(read_only(source), target, words, scale, np.uint64(seed), np.uint64(stream),
+                 threshold, drop_all, np.int64(offset), np.int64(source.size), np.int64(first),
+                 np.int64(stop))
 
 
 @njit(cache=NUMBA_CACHE)
@@ -109,4 +111,5 @@ def apply_mask_range(source, target, words, p, first, stop):
     target = source * keep / (1 - p).
     """
     scale = _element_scale(source, p)
-    mask_range(source, target, words, scale, np.int64(source.size), first, stop)
+    mask_range(read_only(source), target, words, scale, np.int64(source.size), np.int64(first),
+               np.int64(stop))

@@ -98,8 +98,10 @@ def test_dropout_bit_identical(compiled_backend, threads, n, subtests):
     seed, stream = 0x0123456789ABCDEF, 77
     for p in PS:
         for offset in OFFSETS:
-            keep = reference_keep(n, p, seed, stream, offset)  # once for both thread counts
+            keep = reference_keep(n, p, seed, stream, offset)
             expected_words = reference.pack_mask(keep)
+            expected = {dtype: reference.scale_kept(sample(n, dtype), keep, p)
+                        for dtype in FLOAT_DTYPES}  # once for both thread counts
             for thread_count in (1, 2):
                 fastdrop.set_num_threads(thread_count)
                 with subtests.test(threads=thread_count, p=p, offset=offset):
@@ -108,11 +110,10 @@ def test_dropout_bit_identical(compiled_backend, threads, n, subtests):
                     assert np.array_equal(words, expected_words)
                     for dtype in dtypes_on(compiled_backend, thread_count):
                         x = sample(n, dtype)
-                        expected = reference.scale_kept(x, keep, p)
                         y, mask = fastdrop.dropout(x, p, seed=seed, stream=stream, offset=offset,
                                                    backend=compiled_backend)
                         assert y.dtype == x.dtype and y.shape == x.shape
-                        assert np.array_equal(bits(y), bits(expected)), dtype
+                        assert np.array_equal(bits(y), bits(expected[dtype])), dtype
                         assert np.array_equal(mask.words, expected_words)
                         assert mask.words.nbytes == 8 * (-(-n // 64))
 

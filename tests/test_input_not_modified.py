@@ -22,9 +22,8 @@ def kinds_for(backend, entry, kinds=AWKWARD):
 
 
 def dtypes_for(backend, kind):
-    """Every dtype; the large size (split among threads) and read-only arrays in `dtypes_on`'s."""
-    return dtypes_on(backend, fastdrop.get_num_threads() if kind.large else 1,
-                     read_only=not kind.writeable)
+    """Every dtype; the large size (split among threads) in `dtypes_on`'s."""
+    return dtypes_on(backend, fastdrop.get_num_threads() if kind.large else 1)
 
 
 @pytest.mark.parametrize("entry", ARRAY_FUNCTIONS, ids=str)

@@ -24,7 +24,6 @@ from tests.util import (
     assert_bits_equal,
     assert_same_record,
     bits,
-    dtypes_on,
     registry,
     sample,
 )
@@ -50,7 +49,7 @@ def test_every_layout_gives_the_values_of_its_c_contiguous_copy(any_backend, ent
     C-contiguous copy.
     """
     for kind in accepted(LAYOUTS, entry):
-        for dtype in dtypes_on(any_backend, read_only=not kind.writeable):
+        for dtype in FLOAT_DTYPES:
             with subtests.test(layout=str(kind), dtype=np.dtype(dtype).name):
                 x, _ = kind.make(dtype)
                 expected = entry.call(x.copy(order="C"), any_backend)

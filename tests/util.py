@@ -33,17 +33,20 @@ ALL_BACKENDS = tuple(available_backends())
 COMPILED_BACKENDS = tuple(name for name in ALL_BACKENDS if name != "numpy")
 
 
-def dtypes_on(backend, threads=1, read_only=False):
-    """The dtypes a call is checked in: all, but float32 alone where Numba compiles a twin.
+def numba_twin(backend, threads):
+    """Whether a call on ``threads`` threads runs a Numba parallel wrapper, a twin to compile.
 
     Numba compiles each kernel once per dtype (seconds each), and again for each
-    parallel wrapper and for read-only input. The wrappers only split the mask words
-    among threads and call the serial kernels; a read-only array runs the same source;
-    and the one-thread calls on writeable arrays check every dtype. So a Numba call on
-    more than one thread, or on a read-only array, runs float32 alone.
+    parallel wrapper. The wrappers only split the work among threads by whole mask
+    words and call the serial kernels, whatever the dtype; the one-thread calls check
+    every dtype. So a Numba call on more than one thread runs float32 alone.
     """
-    twin = threads > 1 or read_only
-    return (np.float32,) if backend == "numba" and twin else FLOAT_DTYPES
+    return backend == "numba" and threads > 1
+
+
+def dtypes_on(backend, threads=1):
+    """The dtypes a call is checked in: all, but float32 alone where Numba compiles a twin."""
+    return (np.float32,) if numba_twin(backend, threads) else FLOAT_DTYPES
 
 
 def bits(array):

@@ -110,6 +110,19 @@ def kernel_view(array):
     return array
 
 
+def input_view(array):
+    """`kernel_view` of an array a loop only reads, read-only whatever the caller's flags.
+
+    A read-only array is another Numba type: handing every input read-only compiles each
+    loop once per element type (in place, the writeable target is the same memory).
+    """
+    view = kernel_view(array)
+    if view is array:
+        view = array.view()
+    view.setflags(write=False)
+    return view
+
+
 def _run(serial, parallel, args, n, threads, units=None):
     """Run the serial range kernel, or the parallel one on ``threads`` threads.
 
@@ -173,7 +186,7 @@ def scale_by_stream(source, target, words, scale, params, threads):
         _run(words_range, words_parallel, (words,) + stream_args, n, threads)
         return
     element_scale = kernel_scale(source.dtype, scale)
-    args = (kernel_view(source), kernel_view(target), _NO_WORDS if words is None else words,
+    args = (input_view(source), kernel_view(target), _NO_WORDS if words is None else words,
             element_scale) + stream_args
     _run(stream_range, stream_parallel, args, n, threads)
 
@@ -189,11 +202,10 @@ def scale_by_runs(source, target, words, scale, params, runs, threads):
         element_scale = np.float32(0.0)
     else:
         element_scale = kernel_scale(source.dtype, scale)
-        source, target = kernel_view(source), kernel_view(target)
-    args = (source, target, _NO_WORDS if words is None else words, element_scale,
-            np.uint64(params.seed), np.uint64(params.stream), np.uint64(params.threshold),
-            bool(params.drop_all), np.uint64(runs.base), runs.outer_shape, runs.outer_strides,
-            np.int64(runs.run), np.int64(n))
+    args = (input_view(source), kernel_view(target), _NO_WORDS if words is None else words,
+            element_scale, np.uint64(params.seed), np.uint64(params.stream),
+            np.uint64(params.threshold), bool(params.drop_all), np.uint64(runs.base),
+            runs.outer_shape, runs.outer_strides, np.int64(runs.run), np.int64(n))
     _run(runs_range, runs_parallel, args, n, threads)
 
 
@@ -201,8 +213,7 @@ def scale_by_mask(source, target, words, scale, threads):
     """target = source * keep * scale with keep read from packed words (1-D contiguous arrays)."""
     n = source.size
     element_scale = kernel_scale(source.dtype, scale)
-    source, target = kernel_view(source), kernel_view(target)
-    args = (source, target, words, element_scale, np.int64(n))
+    args = (input_view(source), kernel_view(target), words, element_scale, np.int64(n))
     _run(mask_range, mask_parallel, args, n, threads)
 
 
@@ -219,9 +230,10 @@ def apply_broadcast(source, target, words, layout, scale, affine, threads):
         dropped = np.uint16(np.float16(dropped).view(np.uint16))
     elif source.dtype == np.uint16:  # bfloat16 bits: the exact value's top half
         dropped = np.int16(np.uint16(np.float32(dropped).view(np.uint32) >> 16))
-    source, target = kernel_view(source), kernel_view(target)
-    args = (source, target, words, layout.sizes, layout.mask_strides, is_affine, element_scale,
-            type(element_scale)(shift), dropped)
+    else:  # the element type, dropout's +0.0 too: one compiled loop per dtype
+        dropped = source.dtype.type(dropped)
+    args = (input_view(source), kernel_view(target), words, layout.sizes, layout.mask_strides,
+            is_affine, element_scale, type(element_scale)(shift), dropped)
     _run(broadcast_range, broadcast_parallel, args, n, threads, units=n)
 
 
@@ -233,9 +245,8 @@ def gaussian(source, target, params, threads):
     n = source.size
     if n == 0:
         return
-    source, target = kernel_view(source), kernel_view(target)
-    args = (source, target, np.float64(params.sigma), np.uint64(params.seed),
-            np.uint64(params.stream), np.uint64(params.offset))
+    args = (input_view(source), kernel_view(target), np.float64(params.sigma),
+            np.uint64(params.seed), np.uint64(params.stream), np.uint64(params.offset))
     _run(gaussian_range, gaussian_parallel, args, n, threads, units=n)
 
 
@@ -244,10 +255,9 @@ def gaussian_runs(source, target, params, runs, threads):
     n = source.size
     if n == 0:
         return
-    source, target = kernel_view(source), kernel_view(target)
-    args = (source, target, np.float64(params.sigma), np.uint64(params.seed),
-            np.uint64(params.stream), np.uint64(runs.base), runs.outer_shape,
-            runs.outer_strides, np.int64(runs.run))
+    args = (input_view(source), kernel_view(target), np.float64(params.sigma),
+            np.uint64(params.seed), np.uint64(params.stream), np.uint64(runs.base),
+            runs.outer_shape, runs.outer_strides, np.int64(runs.run))
     _run(gaussian_runs_range, gaussian_runs_parallel, args, n, threads, units=n)
 
 
@@ -261,9 +271,9 @@ def dropout_add(source, residual, bias, target, words, scale, params, threads):
     n = params.n
     if n == 0:
         return
-    source = kernel_view(source)
-    bias = source[:0] if bias is None else kernel_view(bias)
-    args = (source, kernel_view(residual), bias, kernel_view(target),
+    source = input_view(source)
+    bias = source[:0] if bias is None else input_view(bias)
+    args = (source, input_view(residual), bias, kernel_view(target),
             _NO_WORDS if words is None else words, kernel_scale(residual.dtype, scale),
             np.uint64(params.seed), np.uint64(params.stream), np.uint64(params.threshold),
             bool(params.drop_all), params.offset, n)
@@ -301,7 +311,7 @@ def softmax_dropout(source, target, softmax, words, scale, params, threads):
     if params.n == 0:
         return
     element_scale = kernel_scale(target.dtype, scale)
-    source, target = kernel_view(source), kernel_view(target)
+    source, target = input_view(source), kernel_view(target)
     softmax = target[:0, :0, :0] if softmax is None else kernel_view(softmax)
     args = (source, target, softmax, _NO_WORDS if words is None else words, element_scale,
             np.uint64(params.seed), np.uint64(params.stream), np.uint64(params.threshold),
@@ -316,7 +326,7 @@ def softmax_dropout_backward(grad, softmax, target, words, scale, threads):
         return
     work = _compute_work(grad)
     element_scale = kernel_scale(grad.dtype, scale)
-    grad, softmax, target = kernel_view(grad), kernel_view(softmax), kernel_view(target)
+    grad, softmax, target = input_view(grad), input_view(softmax), kernel_view(target)
     args = (grad, softmax, target, _NO_WORDS if words is None else words, element_scale,
             words is not None, work)
     _run_units(softmax_backward_range, softmax_backward_parallel, args, grad, threads)

@@ -11,7 +11,8 @@ import numba
 import numpy as np
 from llvmlite import binding
 from numba import njit, prange, types
-from numba.extending import overload
+from numba.core.imputils import impl_ret_borrowed
+from numba.extending import intrinsic, overload
 
 from ..._config import NUMBA_CACHE
 from .half import kept
@@ -24,6 +25,10 @@ _SIX = np.uint64(6)
 _LANE_MASK = np.uint64(63)
 _WORD = np.uint64(64)
 _ALL = np.uint64(0xFFFFFFFFFFFFFFFF)
+# Typed values where a loop calls another compiled loop: a literal 0 or False would make
+# Numba compile the callee once more, for the type Literal[int](0) or Literal[bool](False).
+START = np.int64(0)
+_NOT_CARRIED = np.bool_(False)
 
 
 @njit(inline="always", cache=NUMBA_CACHE)
@@ -121,7 +126,7 @@ def words_range(words, seed, stream, threshold, drop_all, offset, n, first, stop
     base = np.uint64(offset) >> _SIX
     buffer = np.zeros(2 * BATCH_WORDS, dtype=np.uint64)
     keep = np.zeros(BATCH_WORDS, dtype=np.uint64)
-    carried = False
+    carried = _NOT_CARRIED
     for group in range(first, stop, BATCH_WORDS):
         count = min(BATCH_WORDS, stop - group)
         if shift == _ZERO and count == BATCH_WORDS:  # straight into place
@@ -165,7 +170,7 @@ def stream_range(source, target, words, scale, seed, stream, threshold, drop_all
     per_word = _prefetch_per_word(source)
     buffer = np.zeros(2 * BATCH_WORDS, dtype=np.uint64)
     keep = np.zeros(BATCH_WORDS, dtype=np.uint64)
-    carried = False
+    carried = _NOT_CARRIED
     for group in range(first, stop, BATCH_WORDS):
         count = min(BATCH_WORDS, stop - group)
         if not per_word:
@@ -389,14 +394,32 @@ def mask_parallel(source, target, words, scale, n, chunks):
             mask_range(source, target, words, scale, n, first, stop)
 
 
+@intrinsic
+def read_only(typingctx, array):
+    """``array`` typed read-only (the same value), as the backend hands the loops their inputs.
+
+    Called from compiled code, so the loop it is passed to runs the version compiled for
+    the backend rather than compiling another for writeable arrays.
+    """
+    if not isinstance(array, types.Array):
+        return None
+
+    def codegen(context, builder, signature, args):
+        return impl_ret_borrowed(context, builder, signature.return_type, args[0])
+
+    return array.copy(readonly=True)(array), codegen
+
+
 @njit(cache=NUMBA_CACHE, nogil=True)
 def plain_range(source, target, words, scale, seed, stream, threshold, drop_all, offset):
     """`stream_range` over the whole of a plain call's float32/float64 array (n > 0).
 
     seed, stream and T come as the int64 of their bits; s in float64 is rounded once
-    to the element type here.
+    to the element type here. The source is typed read-only here (`read_only`), not by
+    a view in Python (0.3 µs a call).
     """
     n = source.size
-    stream_range(source, target, words, source.dtype.type(scale), np.uint64(seed),
-                 np.uint64(stream), np.uint64(threshold), drop_all, offset, n, 0, (n + 63) // 64)
+    stream_range(read_only(source), target, words, source.dtype.type(scale), np.uint64(seed),
+                 np.uint64(stream), np.uint64(threshold), drop_all, offset, n, START,
+                 (n + 63) // 64)
 

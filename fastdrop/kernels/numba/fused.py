@@ -11,7 +11,7 @@ import numpy as np
 from numba import njit, prange
 
 from ..._config import NUMBA_CACHE
-from .dropout import word_chunk, words_range
+from .dropout import START, word_chunk, words_range
 from .half import kept, load, store
 
 _ZERO = np.uint64(0)
@@ -37,7 +37,8 @@ def dropout_add_range(source, residual, bias, target, words, scale, seed, stream
         begin = at * 64
         elements = min(n, (at + count) * 64) - begin
         # the chunk's words are those of the sub-array from element `begin`, drawn alone
-        words_range(keep, seed, stream, threshold, drop_all, offset + begin, elements, 0, count)
+        words_range(keep, seed, stream, threshold, drop_all, offset + begin, elements, START,
+                    count)
         for i in range(begin, begin + elements):
             lane = _ZERO - ((keep[(i - begin) >> 6] >> np.uint64(i & 63)) & _ONE)
             value = source[i]

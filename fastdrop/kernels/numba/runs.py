@@ -9,7 +9,7 @@ import numpy as np
 from numba import njit, prange
 
 from ..._config import NUMBA_CACHE
-from .dropout import mask_range, word_chunk, words_range
+from .dropout import START, mask_range, word_chunk, words_range
 
 _ZERO = np.uint64(0)
 _ONE = np.uint64(1)
@@ -83,7 +83,9 @@ def runs_mask_words(out, seed, stream, threshold, drop_all, base, shape, strides
     dense = span <= np.uint64(64 * RUN_SPAN_WORDS) and span <= np.uint64(2 * (end - begin))
     if dense:
         count = (np.int64(span) + 63) // 64
-        words_range(bits, seed, stream, threshold, drop_all, span_start, np.int64(span), 0, count)
+        # offsets as int64 (the same bits), as the other loops pass them
+        words_range(bits, seed, stream, threshold, drop_all, np.int64(span_start),
+                    np.int64(span), START, count)
         bits[count] = _ZERO
     r = begin // run
     while r * run < end:
@@ -97,8 +99,8 @@ def runs_mask_words(out, seed, stream, threshold, drop_all, base, shape, strides
             while at < high:
                 count = min(high - at, 64 * RUN_CHUNK_WORDS)
                 words_range(bits, seed, stream, threshold, drop_all,
-                            start + np.uint64(low - r * run) + np.uint64(at - low), count, 0,
-                            (count + 63) // 64)
+                            np.int64(start + np.uint64(low - r * run) + np.uint64(at - low)),
+                            count, START, (count + 63) // 64)
                 _or_bits(out, at - begin, bits, 0, count)
                 at += count
         r += 1
@@ -130,7 +132,7 @@ def runs_range(source, target, words, scale, seed, stream, threshold, drop_all, 
         if source.size > 0:
             elements = min(n, (at + count) * 64) - at * 64
             mask_range(source[at * 64:at * 64 + elements], target[at * 64:at * 64 + elements],
-                       keep, scale, elements, 0, count)
+                       keep, scale, elements, START, count)
 
 
 @njit(parallel=True, nogil=True, cache=NUMBA_CACHE)

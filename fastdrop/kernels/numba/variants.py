@@ -8,7 +8,7 @@ import numpy as np
 from numba import njit, prange
 
 from ..._config import NUMBA_CACHE
-from .dropout import apply_word, same_memory
+from .dropout import START, apply_word, same_memory
 from .half import kept, load, scale_by_noise, store
 from .normal import BATCH as NORMAL_BATCH
 from .normal import normal_block, standard_normal, standard_normals_batch
@@ -155,7 +155,7 @@ def gaussian_runs_range(source, target, sigma, seed, stream, base, shape, stride
         low = max(r * run, first)
         high = min((r + 1) * run, stop)
         start = run_start(base, shape, strides, r) + np.uint64(low - r * run)
-        gaussian_range(source[low:high], target[low:high], sigma, seed, stream, start, 0,
+        gaussian_range(source[low:high], target[low:high], sigma, seed, stream, start, START,
                        high - low)
         r += 1
 
