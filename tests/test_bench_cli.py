@@ -355,6 +355,19 @@ def test_the_torch_script_times_the_op_and_a_call(tmp_path):
         assert label in output, label
 
 
+def test_the_next_to_torch_script_times_both_cache_settings():
+    pytest.importorskip("torch", reason="needs the torch extra")
+    from fastdrop.torch import _build
+
+    if _build.ops() is None:
+        pytest.skip(f"needs the C++ path of fastdrop.torch: {_build.describe()}")
+    output = run_python(str(BENCHMARKS / "bench_next_to_torch.py"), "--calls", "2",
+                        "--log2-n", "16")
+    rows = [line for line in output.splitlines() if line.startswith("| default")
+            or line.startswith("| off")]
+    assert [row.split(" | ")[1] for row in rows] == ["alone", "next to torch's"] * 2, output
+
+
 def test_settled_samples_follow_an_untimed_call_of_their_own():
     """``settle=True``: every sample of one call comes after an untimed call of the same one."""
     order = []
