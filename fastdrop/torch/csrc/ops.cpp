@@ -30,6 +30,7 @@
 // threads: fastdrop's own thread count where the user chose one, else 0 (torch's).
 #include <ATen/CPUGeneratorImpl.h>
 #include <ATen/Parallel.h>
+#include <pthread.h>
 #include <sys/mman.h>
 #include <torch/extension.h>
 #include <torch/library.h>
@@ -40,6 +41,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <mutex>
+#include <new>
 #include <string>
 #include <unordered_map>
 #include <vector>
@@ -250,6 +252,8 @@ class ResultCache final : public c10::Allocator {
                   "got '", setting, "'");
     }
     limit_ = static_cast<size_t>(megabytes) << 20;
+    // a child forked while another thread held the lock (DataLoader workers) gets a free one
+    pthread_atfork(nullptr, nullptr, [] { new (&get().mutex_) std::mutex(); });
   }
 
   static void release(void* block) { get().give_back(block); }
