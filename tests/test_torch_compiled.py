@@ -69,12 +69,15 @@ def test_relu_then_dropout_keeps_no_bool_mask():
     assert torch.bool not in kept, kept
 
 
+# (shape, shared_dims, alpha) of the operator cases
+CASES = (((3, 5, 7), [], False), ((4, 6, 5), [2], False), ((7, 13), [], True),
+         ((2, 5, 4, 3), [2, 3], True), ((300, 70), [], False), ((0, 3), [], False))
+
+
 @pytest.mark.skipif(not CPP, reason="the C++ path is not built here")
 def test_operator_bodies_equal_on_the_cpp_kernels_and_the_numpy_path(monkeypatch, subtests):
-    cases = [((3, 5, 7), [], False), ((4, 6, 5), [2], False), ((7, 13), [], True),
-             ((2, 5, 4, 3), [2, 3], True), ((300, 70), [], False), ((0, 3), [], False)]
     for dtype in (torch.float16, torch.float32, torch.float64, torch.bfloat16):
-        for shape, shared, alpha in cases:
+        for shape, shared, alpha in CASES:
             x, grad = values(shape, dtype), values(shape, dtype, salt=5)
             key = torch.tensor([-5, 1 << 62])
             results = []
@@ -129,9 +132,7 @@ def test_compiled_graphs_call_the_cpp_operators_with_the_eager_bits(monkeypatch,
         torch.manual_seed(SEED)
         assert torch.equal(drawn, OPS.draw_key(torch.empty(0)))
     for dtype in (torch.float16, torch.float32, torch.float64, torch.bfloat16):
-        for shape, shared, alpha in (((3, 5, 7), [], False), ((4, 6, 5), [2], False),
-                                     ((2, 5, 4, 3), [2, 3], True), ((300, 70), [], False),
-                                     ((0, 3), [], False)):
+        for shape, shared, alpha in CASES:
             x, grad = values(shape, dtype), values(shape, dtype, salt=5)
             key = torch.tensor([-5, 1 << 62])
             with subtests.test(dtype=str(dtype), shape=shape, shared=shared, alpha=alpha):

@@ -315,7 +315,7 @@ def traced_dropout(x, p, shared_dims, alpha, recompute):
     """The traced path's dropout of x, its key drawn: the operators, or their Functions.
 
     Graphs being compiled (not exported: an exported program names only the ``fastdrop``
-    operators) take the C++ operators where that path is on (`_compiled_ops`). Under
+    operators) take the C++ operators where that path is on (`_compiled_ops_on`). Under
     functorch's transforms the key is drawn for a detached ``x`` (an operator's autograd
     would be refused there) and dropout is the autograd.Function.
     """

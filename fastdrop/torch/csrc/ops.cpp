@@ -212,21 +212,20 @@ class ResultCache final : public c10::Allocator {
 
   c10::DataPtr allocate(size_t nbytes) override {
     const size_t size = (std::max(nbytes, size_t{1}) + kHugePage - 1) & ~(kHugePage - 1);
-    void* block = nullptr;
     {
-      std::lock_guard<std::mutex> lock(mutex_);
+      std::lock_guard<std::mutex> lock(mutex_);  // a waiting block: one lock, the usual case
       auto waiting = free_.find(size);
       if (waiting != free_.end() && !waiting->second.empty()) {
-        block = waiting->second.back();
+        void* block = waiting->second.back();
         waiting->second.pop_back();
         waiting_ -= size;
+        sizes_[block] = size;
+        return {block, block, &release, at::Device(at::kCPU)};
       }
     }
-    if (block == nullptr) {
-      block = std::aligned_alloc(kHugePage, size);
-      TORCH_CHECK(block != nullptr, "fastdrop: out of memory allocating ", size, " bytes");
-      madvise(block, size, MADV_HUGEPAGE);
-    }
+    void* block = std::aligned_alloc(kHugePage, size);
+    TORCH_CHECK(block != nullptr, "fastdrop: out of memory allocating ", size, " bytes");
+    madvise(block, size, MADV_HUGEPAGE);
     {
       std::lock_guard<std::mutex> lock(mutex_);
       sizes_[block] = size;
@@ -788,7 +787,7 @@ std::tuple<at::Tensor, at::Tensor> dropout_of_key_cpu(const at::Tensor& x, doubl
 at::Tensor dropout_backward_of_words_cpu(const at::Tensor& grad, const at::Tensor& words,
                                          double p, int64_t threads, at::IntArrayRef shared,
                                          bool alpha, const std::optional<at::Tensor>& input) {
-  return backward_from_words(grad, words, {p, shared, alpha}, threads);
+  return dropout_backward_cpu(grad, words, p, threads, shared, alpha);
 }
 
 // Autograd kernels.
